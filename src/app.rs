@@ -1,0 +1,223 @@
+//! Builds and runs the chatd server: migrations, the gRPC services behind auth, health
+//! that follows the database, reflection, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::{AuthConfig, TokenVerifier};
+use crate::domain::{Chat, Role};
+use crate::grpc::pb::chat_service_server::ChatServiceServer;
+use crate::grpc::pb::sync_service_server::SyncServiceServer;
+use crate::grpc::{self, Authenticate};
+use crate::storage::{DatabaseUrl, PoolConfig, Store};
+
+/// Everything `chatd serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database: DatabaseUrl,
+    pub pool: PoolConfig,
+    pub auth: AuthConfig,
+    /// How often health re-checks that the database answers.
+    pub health_interval: Duration,
+}
+
+/// A built server: migrated database, bound listener, ready to `run`.
+pub struct Application {
+    listener: TcpListener,
+    store: Store,
+    verifier: Arc<TokenVerifier>,
+    health_interval: Duration,
+}
+
+impl Application {
+    /// Connects and migrates the database, loads the token keys and binds the listener
+    /// (port 0 picks a free port: see `local_addr`).
+    pub async fn build(config: ServeConfig) -> Result<Self, String> {
+        let store = Store::connect(&config.database, &config.pool)?;
+        let applied = store
+            .migrate()
+            .await
+            .map_err(|e| format!("cannot migrate the {} database: {e}", store.backend()))?;
+        tracing::info!(
+            backend = store.backend(),
+            applied = applied.len(),
+            "database migrated"
+        );
+        let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        Ok(Self {
+            listener,
+            store,
+            verifier,
+            health_interval: config.health_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has an address; fall back to unspecified rather than panic.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, lets in-flight calls
+    /// finish and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
+        let addr = self.local_addr();
+        let chat = Chat::new(self.store.clone());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+
+        // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
+        // google.rpc types are served too, so clients can decode ErrorInfo details.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| format!("reflection: {e}"))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| format!("reflection: {e}"))?;
+
+        let chat_service = ChatServiceServer::with_interceptor(
+            grpc::ChatService::new(chat.clone()),
+            Authenticate::new(
+                self.verifier.clone(),
+                ChatServiceServer::<grpc::ChatService>::NAME,
+                &[Role::Tutor, Role::Student],
+            ),
+        );
+        let sync_service = SyncServiceServer::with_interceptor(
+            grpc::SyncService::new(chat),
+            Authenticate::new(
+                self.verifier.clone(),
+                SyncServiceServer::<grpc::SyncService>::NAME,
+                &[Role::Service],
+            ),
+        );
+
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let monitor = tokio::spawn(monitor_database(
+            self.store.clone(),
+            health.clone(),
+            self.health_interval,
+            stopping_rx,
+        ));
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: not serving, finishing in-flight calls");
+            let _ = stopping_tx.send(true);
+            set_health(&health, ServingStatus::NotServing).await;
+        };
+
+        tracing::info!(%addr, backend = self.store.backend(), "chatd gRPC listening");
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let served = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(chat_service)
+            .add_service(sync_service)
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(|e| format!("gRPC server failed: {e}"));
+        monitor.abort();
+        served
+    }
+}
+
+/// The services whose health follows the database ("" is the whole server).
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    ChatServiceServer::<grpc::ChatService>::NAME,
+    SyncServiceServer::<grpc::SyncService>::NAME,
+];
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Pings the database every `interval`: SERVING while it answers, NOT_SERVING while it
+/// does not. One task for the whole server; stops when shutdown begins.
+async fn monitor_database(
+    store: Store,
+    health: HealthReporter,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        let reachable = store.ping().await;
+        if *stopping.borrow() {
+            return;
+        }
+        let now_serving = reachable.is_ok();
+        if serving != Some(now_serving) {
+            match &reachable {
+                Ok(()) => tracing::info!("database reachable: serving"),
+                Err(e) => tracing::warn!(error = %e, "database unreachable: not serving"),
+            }
+            let status = if now_serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+            serving = Some(now_serving);
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,316 @@
+//! Bearer-token authentication: verifies JWTs into a typed `Caller`, signs development
+//! tokens for `chatd token`, and keeps the default HS256 secret in a file.
+//!
+//! With no key configured, `serve` and `token` share a random secret stored next to the
+//! database, so the default is both secure (no well-known secret) and usable (a token
+//! minted on the same machine is accepted).
+
+use std::fs;
+use std::io::{ErrorKind as IoErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Caller, DomainError, Role};
+use crate::storage::DatabaseUrl;
+
+/// Shortest HS256 secret accepted: shorter ones can be brute-forced.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Where the token keys come from.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The HS256 secret itself (`CHATD_JWT_SECRET`).
+    pub secret: Option<String>,
+    /// A file holding the HS256 secret; created with a random one when missing.
+    pub secret_file: Option<PathBuf>,
+    /// A PEM public key (RSA or EC) for RS256/ES256 tokens signed elsewhere.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+impl AuthConfig {
+    /// The secret file used when none is named: beside the SQLite database, or in the
+    /// working directory for PostgreSQL.
+    pub fn default_secret_file(database: &DatabaseUrl) -> PathBuf {
+        match database {
+            DatabaseUrl::Sqlite(path) => PathBuf::from(format!("{path}.jwt-secret")),
+            DatabaseUrl::Postgres(_) => PathBuf::from("chatd.jwt-secret"),
+        }
+    }
+
+    /// The HS256 secret: from the environment, else from the secret file (created on
+    /// first use with 32 random bytes, readable by the owner only).
+    pub fn hmac_secret(&self, database: &DatabaseUrl) -> Result<Vec<u8>, String> {
+        if let Some(secret) = &self.secret {
+            return check_secret_length(secret.as_bytes().to_vec(), "CHATD_JWT_SECRET");
+        }
+        let path = self
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| Self::default_secret_file(database));
+        let secret = read_or_create_secret(&path)?;
+        check_secret_length(secret, &path.display().to_string())
+    }
+}
+
+fn check_secret_length(secret: Vec<u8>, source: &str) -> Result<Vec<u8>, String> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "the JWT secret from {source} is {} bytes; use at least {MIN_SECRET_BYTES}",
+            secret.len()
+        ));
+    }
+    Ok(secret)
+}
+
+fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let read = |path: &Path| {
+        fs::read_to_string(path)
+            .map(|text| text.trim().as_bytes().to_vec())
+            .map_err(|e| format!("cannot read the JWT secret file {}: {e}", path.display()))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a JWT secret: {e}"))?;
+    let secret = hex::encode(bytes);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(secret.as_bytes())
+                .map_err(|e| format!("cannot write the JWT secret file {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "created a random JWT secret");
+            Ok(secret.into_bytes())
+        }
+        // Another process (a `token` beside `serve`) created it first: use theirs.
+        Err(e) if e.kind() == IoErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(format!(
+            "cannot create the JWT secret file {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Checks bearer tokens. Built once at start; cheap to share behind an `Arc`.
+pub struct TokenVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(config: &AuthConfig, database: &DatabaseUrl) -> Result<Self, String> {
+        let (key, algorithms) = match &config.public_key_file {
+            Some(path) => {
+                let pem = fs::read(path).map_err(|e| {
+                    format!("cannot read the JWT public key {}: {e}", path.display())
+                })?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    (key, vec![Algorithm::RS256])
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    (key, vec![Algorithm::ES256])
+                } else {
+                    return Err(format!(
+                        "{} is neither an RSA nor an EC public key in PEM form",
+                        path.display()
+                    ));
+                }
+            }
+            None => (
+                DecodingKey::from_secret(&config.hmac_secret(database)?),
+                vec![Algorithm::HS256],
+            ),
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// Verifies an `authorization` header value (`Bearer <JWT>`) into the caller.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Caller, DomainError> {
+        let header = header.ok_or(DomainError::TokenMissing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| DomainError::TokenInvalid("expected `Bearer <JWT>`".into()))?;
+        self.verify(token.trim())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Caller, DomainError> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                JwtErrorKind::ExpiredSignature => DomainError::TokenExpired,
+                JwtErrorKind::InvalidSignature => DomainError::TokenInvalid("bad signature".into()),
+                _ => DomainError::TokenInvalid(e.to_string()),
+            })?
+            .claims;
+        let user_id = claims
+            .sub
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| DomainError::TokenInvalid("sub must be a positive integer".into()))?;
+        let role = Role::parse(&claims.role).ok_or_else(|| {
+            DomainError::TokenInvalid("role must be tutor, student or service".into())
+        })?;
+        Ok(Caller { user_id, role })
+    }
+}
+
+/// Signs HS256 tokens, for `chatd token`, tests and benchmarks.
+pub struct TokenSigner {
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl TokenSigner {
+    pub fn new(config: &AuthConfig, database: &DatabaseUrl) -> Result<Self, String> {
+        if config.public_key_file.is_some() {
+            return Err("chatd verifies RS256/ES256 tokens but cannot sign them: \
+                        mint them with the private key's owner, or use an HS256 secret"
+                .into());
+        }
+        Ok(Self::from_secret(
+            &config.hmac_secret(database)?,
+            config.issuer.clone(),
+            config.audience.clone(),
+        ))
+    }
+
+    pub fn from_secret(secret: &[u8], issuer: Option<String>, audience: Option<String>) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret),
+            issuer,
+            audience,
+        }
+    }
+
+    /// A token for `user_id` acting as `role`, valid for `ttl` (negative TTLs are for
+    /// tests of expiry: pass a `SystemTime` in the past via `sign_until`).
+    pub fn sign(&self, user_id: i64, role: Role, ttl: Duration) -> Result<String, String> {
+        self.sign_until(user_id, role, SystemTime::now() + ttl)
+    }
+
+    pub fn sign_until(
+        &self,
+        user_id: i64,
+        role: Role,
+        expires: SystemTime,
+    ) -> Result<String, String> {
+        let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = Claims {
+            sub: user_id.to_string(),
+            role: role.as_str().to_owned(),
+            exp: seconds(expires),
+            iat: Some(seconds(SystemTime::now())),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+            .map_err(|e| format!("cannot sign the token: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(secret: &[u8]) -> (TokenSigner, TokenVerifier) {
+        let config = AuthConfig {
+            secret: Some(String::from_utf8(secret.to_vec()).unwrap()),
+            ..AuthConfig::default()
+        };
+        let db = DatabaseUrl::Sqlite("unused.db".into());
+        (
+            TokenSigner::new(&config, &db).unwrap(),
+            TokenVerifier::new(&config, &db).unwrap(),
+        )
+    }
+
+    #[test]
+    fn round_trip_and_failures() {
+        let (signer, verifier) = pair(&[b'a'; 32]);
+        let token = signer
+            .sign(42, Role::Tutor, Duration::from_secs(60))
+            .unwrap();
+        let caller = verifier
+            .verify_header(Some(&format!("Bearer {token}")))
+            .unwrap();
+        assert_eq!(
+            caller,
+            Caller {
+                user_id: 42,
+                role: Role::Tutor
+            }
+        );
+
+        assert!(matches!(
+            verifier.verify_header(None),
+            Err(DomainError::TokenMissing)
+        ));
+        let expired = signer
+            .sign_until(
+                42,
+                Role::Tutor,
+                SystemTime::now() - Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert!(matches!(
+            verifier.verify(&expired),
+            Err(DomainError::TokenExpired)
+        ));
+        let (other, _) = pair(&[b'b'; 32]);
+        let forged = other
+            .sign(42, Role::Tutor, Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(
+            verifier.verify(&forged),
+            Err(DomainError::TokenInvalid(_))
+        ));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let config = AuthConfig {
+            secret: Some("short".into()),
+            ..AuthConfig::default()
+        };
+        let err = TokenVerifier::new(&config, &DatabaseUrl::Sqlite("x.db".into()))
+            .err()
+            .unwrap();
+        assert!(err.contains("at least 32"), "{err}");
+    }
+}

@@ -1,0 +1,148 @@
+//! The `chatd` command line: subcommands, flags and their `CHATD_*` environment twins.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::app::ServeConfig;
+use crate::auth::AuthConfig;
+use crate::domain::Role;
+use crate::storage::{DatabaseUrl, PoolConfig};
+
+/// chatd: chat threads between tutors and students, and their unread counts, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "chatd", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service (with health and reflection), migrating the database first.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Print a signed JWT for development and grpcurl (uses the same key as `serve`).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database: postgres://user@host/db (PostgreSQL) or sqlite://path (embedded SQLite).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://chatd.db")]
+    pub database_url: String,
+}
+
+impl DatabaseArgs {
+    pub fn parse_url(&self) -> Result<DatabaseUrl, String> {
+        DatabaseUrl::parse(&self.database_url)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// HS256 secret for bearer tokens (at least 32 bytes). Unset: a random secret kept in
+    /// --jwt-secret-file.
+    #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret, created when missing [default: <sqlite path>.jwt-secret,
+    /// or ./chatd.jwt-secret with PostgreSQL].
+    #[arg(long, env = "CHATD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA or EC) to verify RS256/ES256 tokens instead of HS256.
+    #[arg(long, env = "CHATD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "CHATD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "CHATD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl AuthArgs {
+    pub fn config(&self) -> AuthConfig {
+        AuthConfig {
+            secret: self.jwt_secret.clone(),
+            secret_file: self.jwt_secret_file.clone(),
+            public_key_file: self.jwt_public_key.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC listener.
+    #[arg(long, env = "CHATD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Most database connections held open.
+    #[arg(long, env = "CHATD_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+    /// How long a call waits for a database connection before it fails UNAVAILABLE.
+    #[arg(long, env = "CHATD_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_timeout: Duration,
+    /// How often health checks that the database answers.
+    #[arg(long, env = "CHATD_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Result<ServeConfig, String> {
+        if self.db_pool_size == 0 {
+            return Err("--db-pool-size must be at least 1".into());
+        }
+        Ok(ServeConfig {
+            listen: self.listen,
+            database: self.database.parse_url()?,
+            pool: PoolConfig {
+                max_size: self.db_pool_size,
+                timeout: self.db_timeout,
+            },
+            auth: self.auth.config(),
+            health_interval: self.health_interval,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Tutor,
+    Student,
+    Service,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Tutor => Role::Tutor,
+            RoleArg::Student => Role::Student,
+            RoleArg::Service => Role::Service,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// User id the token speaks for (the `sub` claim).
+    #[arg(long)]
+    pub sub: i64,
+    /// Role of the caller: tutor and student call ChatService, service calls SyncService.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// How long the token stays valid (e.g. 15m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}

@@ -1,0 +1,310 @@
+//! Validated values and the records the domain hands to transports.
+//!
+//! Every constructor here is where raw request input becomes a value the rules can
+//! trust: `UserId::parse(0)` fails naming the field, so no rule ever sees an id of 0.
+
+use chrono::{DateTime, Utc};
+
+use super::DomainError;
+
+/// Longest message body accepted, in characters (not bytes).
+pub const MAX_BODY_CHARS: usize = 4000;
+/// Longest idempotency key accepted, in characters.
+pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 64;
+/// Page size used when a request's `limit` is 0.
+pub const DEFAULT_PAGE_LIMIT: i64 = 50;
+/// Largest page size a request may ask for.
+pub const MAX_PAGE_LIMIT: i64 = 200;
+/// How much of the last message the unread summary shows, in characters.
+pub const PREVIEW_CHARS: usize = 100;
+
+/// Parses a positive id for the named request field.
+pub fn positive_id(field: &'static str, value: i64) -> Result<i64, DomainError> {
+    if value <= 0 {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be a positive id, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Who is calling, as proven by the bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: i64,
+    pub role: Role,
+}
+
+/// The role claim of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Tutor,
+    Student,
+    /// An upstream service pushing facts (SyncService only).
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Tutor => "tutor",
+            Role::Student => "student",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "tutor" => Some(Role::Tutor),
+            "student" => Some(Role::Student),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+/// A participant's side of a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Tutor,
+    Student,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Tutor => "tutor",
+            Side::Student => "student",
+        }
+    }
+
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Tutor => Side::Student,
+            Side::Student => Side::Tutor,
+        }
+    }
+
+    /// The side a caller's role acts on; services take no side in a thread.
+    pub fn of(role: Role) -> Option<Side> {
+        match role {
+            Role::Tutor => Some(Side::Tutor),
+            Role::Student => Some(Side::Student),
+            Role::Service => None,
+        }
+    }
+}
+
+/// Declares a fact's status enum with its stored (upper-case) names.
+macro_rules! stored_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// The name stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Reads a stored name back; `None` means the row is corrupt.
+            pub fn from_stored(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+stored_enum!(
+    /// What a thread was opened from.
+    ThreadKind { Negotiation => "negotiation", Contact => "contact" }
+);
+stored_enum!(
+    /// The lifecycle of a tutor-student relation.
+    RelationStatus { Pending => "PENDING", Active => "ACTIVE", Archived => "ARCHIVED" }
+);
+stored_enum!(
+    /// Whether a tutor may see (and so chat with) a student's contacts.
+    ContactAccessState { Locked => "LOCKED", Unlocked => "UNLOCKED", Revoked => "REVOKED" }
+);
+stored_enum!(
+    /// The lifecycle of a student's inquiry to a tutor.
+    InquiryStatus { Open => "OPEN", Accepted => "ACCEPTED", Declined => "DECLINED", Closed => "CLOSED" }
+);
+
+impl InquiryStatus {
+    /// A negotiation thread stays writable while its inquiry is open or accepted.
+    pub fn allows_messages(self) -> bool {
+        matches!(self, InquiryStatus::Open | InquiryStatus::Accepted)
+    }
+}
+
+/// The thing a thread is opened from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadTarget {
+    Relation(i64),
+    Inquiry(i64),
+}
+
+/// A message body: 1..=4000 characters, not only whitespace.
+#[derive(Debug, Clone)]
+pub struct MessageBody(String);
+
+impl MessageBody {
+    pub fn parse(body: String) -> Result<Self, DomainError> {
+        if body.trim().is_empty() {
+            return Err(DomainError::invalid(
+                "body",
+                "must not be empty or only whitespace",
+            ));
+        }
+        let chars = body.chars().count();
+        if chars > MAX_BODY_CHARS {
+            return Err(DomainError::invalid(
+                "body",
+                format!("must be at most {MAX_BODY_CHARS} characters, got {chars}"),
+            ));
+        }
+        Ok(Self(body))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The start of the body shown in unread summaries.
+    pub fn preview(&self) -> String {
+        self.0.chars().take(PREVIEW_CHARS).collect()
+    }
+}
+
+/// An optional idempotency key: empty means none.
+pub fn client_message_id(value: String) -> Result<Option<String>, DomainError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let chars = value.chars().count();
+    if chars > MAX_CLIENT_MESSAGE_ID_CHARS {
+        return Err(DomainError::invalid(
+            "client_message_id",
+            format!("must be at most {MAX_CLIENT_MESSAGE_ID_CHARS} characters, got {chars}"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// A page size: 0 means the default, else 1..=200.
+pub fn page_limit(field: &'static str, limit: i32) -> Result<i64, DomainError> {
+    match i64::from(limit) {
+        0 => Ok(DEFAULT_PAGE_LIMIT),
+        n @ 1..=MAX_PAGE_LIMIT => Ok(n),
+        n => Err(DomainError::invalid(
+            field,
+            format!(
+                "must be between 0 (default {DEFAULT_PAGE_LIMIT}) and {MAX_PAGE_LIMIT}, got {n}"
+            ),
+        )),
+    }
+}
+
+/// A thread as its participants see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thread {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub is_writable: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One line of the unread summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadUnread {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub unread_count: i64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub last_message_preview: String,
+    pub last_message_sender_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadSummary {
+    pub threads: Vec<ThreadUnread>,
+    /// All unread messages of the caller, not only those of the page.
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub message_id: i64,
+    pub thread_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub client_message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadState {
+    pub thread_id: i64,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePage {
+    /// Newest first.
+    pub messages: Vec<Message>,
+    pub last_read_seq: i64,
+    pub peer_last_read_seq: i64,
+    pub has_more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_rules_count_characters_not_bytes() {
+        assert!(MessageBody::parse("ї".repeat(MAX_BODY_CHARS)).is_ok());
+        let err = MessageBody::parse("a".repeat(MAX_BODY_CHARS + 1)).unwrap_err();
+        assert_eq!(err.field(), Some("body"));
+        assert_eq!(
+            MessageBody::parse(" \n\t".into()).unwrap_err().field(),
+            Some("body")
+        );
+    }
+
+    #[test]
+    fn page_limit_defaults_and_bounds() {
+        assert_eq!(page_limit("limit", 0).unwrap(), DEFAULT_PAGE_LIMIT);
+        assert_eq!(page_limit("limit", 200).unwrap(), 200);
+        assert!(page_limit("limit", 201).is_err());
+        assert!(page_limit("limit", -1).is_err());
+    }
+
+    #[test]
+    fn client_message_id_is_optional_and_bounded() {
+        assert_eq!(client_message_id(String::new()).unwrap(), None);
+        assert!(client_message_id("k".repeat(64)).is_ok());
+        assert!(client_message_id("k".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn preview_is_a_character_prefix() {
+        let body = MessageBody::parse("й".repeat(150)).unwrap();
+        assert_eq!(body.preview().chars().count(), PREVIEW_CHARS);
+    }
+}

@@ -1,0 +1,109 @@
+//! chat.v1.ChatService: the calls of tutors and students, mapped onto the domain.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::convert;
+use super::pb::{self, chat_service_server};
+use crate::domain::{self, Chat, MessageBody};
+
+/// The ChatService implementation. Cloning is shallow.
+#[derive(Clone)]
+pub struct ChatService {
+    chat: Chat,
+}
+
+impl ChatService {
+    pub fn new(chat: Chat) -> Self {
+        Self { chat }
+    }
+}
+
+#[tonic::async_trait]
+impl chat_service_server::ChatService for ChatService {
+    async fn ensure_thread(
+        &self,
+        request: Request<pb::EnsureThreadRequest>,
+    ) -> Result<Response<pb::EnsureThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let target = convert::target(request.into_inner().target)?;
+        let (thread, created) = self.chat.ensure_thread(caller, target).await?;
+        Ok(Response::new(pb::EnsureThreadResponse {
+            thread: Some(convert::thread(thread)),
+            created,
+        }))
+    }
+
+    async fn get_unread_summary(
+        &self,
+        request: Request<pb::GetUnreadSummaryRequest>,
+    ) -> Result<Response<pb::GetUnreadSummaryResponse>, Status> {
+        let caller = caller(&request)?;
+        let limit = domain::page_limit("limit", request.get_ref().limit)?;
+        let summary = self.chat.unread_summary(caller, limit).await?;
+        Ok(Response::new(pb::GetUnreadSummaryResponse {
+            threads: summary
+                .threads
+                .into_iter()
+                .map(convert::thread_unread)
+                .collect(),
+            total: summary.total,
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let up_to_seq = convert::seq("up_to_seq", request.up_to_seq)?;
+        let state = self.chat.mark_read(caller, thread_id, up_to_seq).await?;
+        Ok(Response::new(pb::MarkReadResponse {
+            thread_id: state.thread_id,
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+            total: state.total,
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let body = MessageBody::parse(request.body)?;
+        let client_message_id = domain::client_message_id(request.client_message_id)?;
+        let message = self
+            .chat
+            .send_message(caller, thread_id, body, client_message_id)
+            .await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(convert::message(message)),
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let before_seq = convert::seq("before_seq", request.before_seq)?;
+        let limit = domain::page_limit("limit", request.limit)?;
+        let page = self
+            .chat
+            .list_messages(caller, thread_id, before_seq, limit)
+            .await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.messages.into_iter().map(convert::message).collect(),
+            last_read_seq: page.last_read_seq,
+            peer_last_read_seq: page.peer_last_read_seq,
+            has_more: page.has_more,
+        }))
+    }
+}

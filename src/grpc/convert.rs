@@ -1,0 +1,147 @@
+//! Conversions between generated `pb` types and domain types. Input is validated here,
+//! at the boundary, so the domain only ever sees valid values.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::domain::{
+    self, ContactAccessState, DomainError, InquiryStatus, RelationStatus, ThreadKind, ThreadTarget,
+};
+
+pub fn timestamp(at: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn thread_kind(kind: ThreadKind) -> pb::ThreadKind {
+    match kind {
+        ThreadKind::Negotiation => pb::ThreadKind::Negotiation,
+        ThreadKind::Contact => pb::ThreadKind::Contact,
+    }
+}
+
+pub fn target(
+    target: Option<pb::ensure_thread_request::Target>,
+) -> Result<ThreadTarget, DomainError> {
+    use pb::ensure_thread_request::Target;
+    match target {
+        Some(Target::RelationId(id)) => Ok(ThreadTarget::Relation(domain::positive_id(
+            "relation_id",
+            id,
+        )?)),
+        Some(Target::InquiryId(id)) => Ok(ThreadTarget::Inquiry(domain::positive_id(
+            "inquiry_id",
+            id,
+        )?)),
+        None => Err(DomainError::invalid(
+            "target",
+            "set relation_id or inquiry_id",
+        )),
+    }
+}
+
+pub fn thread(thread: domain::Thread) -> pb::Thread {
+    pb::Thread {
+        thread_id: thread.thread_id,
+        kind: thread_kind(thread.kind).into(),
+        relation_id: thread.relation_id,
+        inquiry_id: thread.inquiry_id,
+        tutor_id: thread.tutor_id,
+        student_id: thread.student_id,
+        is_writable: thread.is_writable,
+        created_at: Some(timestamp(thread.created_at)),
+    }
+}
+
+pub fn thread_unread(entry: domain::ThreadUnread) -> pb::ThreadUnread {
+    pb::ThreadUnread {
+        thread_id: entry.thread_id,
+        kind: thread_kind(entry.kind).into(),
+        relation_id: entry.relation_id,
+        inquiry_id: entry.inquiry_id,
+        tutor_id: entry.tutor_id,
+        student_id: entry.student_id,
+        unread_count: entry.unread_count,
+        last_message_at: entry.last_message_at.map(timestamp),
+        last_message_preview: entry.last_message_preview,
+        last_message_sender_id: entry.last_message_sender_id,
+    }
+}
+
+pub fn message(message: domain::Message) -> pb::Message {
+    pb::Message {
+        message_id: message.message_id,
+        thread_id: message.thread_id,
+        seq: message.seq,
+        sender_id: message.sender_id,
+        body: message.body,
+        created_at: Some(timestamp(message.created_at)),
+        client_message_id: message.client_message_id.unwrap_or_default(),
+    }
+}
+
+/// A sequence number a request may name: 0 or more.
+pub fn seq(field: &'static str, value: Option<i64>) -> Result<Option<i64>, DomainError> {
+    match value {
+        Some(v) if v < 0 => Err(DomainError::invalid(
+            field,
+            format!("must not be negative, got {v}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+pub fn version(value: i64) -> Result<i64, DomainError> {
+    if value < 0 {
+        return Err(DomainError::invalid(
+            "version",
+            format!("must not be negative, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Reads a proto enum field, refusing UNSPECIFIED and numbers this build does not know.
+fn known_enum<P, D>(
+    field: &'static str,
+    raw: i32,
+    map: fn(P) -> Option<D>,
+) -> Result<D, DomainError>
+where
+    P: TryFrom<i32>,
+{
+    P::try_from(raw).ok().and_then(map).ok_or_else(|| {
+        DomainError::invalid(field, format!("must be set to a known value, got {raw}"))
+    })
+}
+
+pub fn relation_status(raw: i32) -> Result<RelationStatus, DomainError> {
+    known_enum("status", raw, |status| match status {
+        pb::RelationStatus::Pending => Some(RelationStatus::Pending),
+        pb::RelationStatus::Active => Some(RelationStatus::Active),
+        pb::RelationStatus::Archived => Some(RelationStatus::Archived),
+        pb::RelationStatus::Unspecified => None,
+    })
+}
+
+pub fn inquiry_status(raw: i32) -> Result<InquiryStatus, DomainError> {
+    known_enum("status", raw, |status| match status {
+        pb::InquiryStatus::Open => Some(InquiryStatus::Open),
+        pb::InquiryStatus::Accepted => Some(InquiryStatus::Accepted),
+        pb::InquiryStatus::Declined => Some(InquiryStatus::Declined),
+        pb::InquiryStatus::Closed => Some(InquiryStatus::Closed),
+        pb::InquiryStatus::Unspecified => None,
+    })
+}
+
+pub fn contact_access_state(raw: i32) -> Result<ContactAccessState, DomainError> {
+    known_enum("state", raw, |state| match state {
+        pb::ContactAccessState::Locked => Some(ContactAccessState::Locked),
+        pb::ContactAccessState::Unlocked => Some(ContactAccessState::Unlocked),
+        pb::ContactAccessState::Revoked => Some(ContactAccessState::Revoked),
+        pb::ContactAccessState::Unspecified => None,
+    })
+}

@@ -1,0 +1,18 @@
+//! chatd: chat threads between tutors and students, and their unread counts, over gRPC.
+//!
+//! Layers, each depending only on the ones after it:
+//! - `cli`: the command line and its environment variables, into config structs.
+//! - `app`: builds and runs the server (migrations, health, reflection, shutdown).
+//! - `grpc`: tonic services, the auth interceptor, proto ↔ domain conversion, and the
+//!   one `DomainError` → `Status` mapping.
+//! - `auth`: JWT verification into a typed `Caller`, and development token signing.
+//! - `domain`: the rules and guards of threads, messages, unread counts and facts.
+//! - `storage`: schema, migrations and queries on PostgreSQL or embedded SQLite.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod domain;
+pub mod grpc;
+pub mod storage;

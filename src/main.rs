@@ -1,0 +1,64 @@
+//! The `chatd` binary: parses the command line and runs the chosen subcommand.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use chatd::app::{Application, shutdown_signal};
+use chatd::auth::TokenSigner;
+use chatd::cli::{Cli, Command};
+use chatd::storage::{PoolConfig, Store};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs go to stderr so that `chatd token` prints only the token on stdout.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("chatd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(args) => {
+            let app = Application::build(args.config()?).await?;
+            app.run(shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            let pool = PoolConfig {
+                max_size: 1,
+                timeout: std::time::Duration::from_secs(10),
+            };
+            let store = Store::connect(&args.parse_url()?, &pool)?;
+            let applied = store.migrate().await?;
+            eprintln!(
+                "applied {} migration(s) to the {} database",
+                applied.len(),
+                store.backend()
+            );
+            Ok(())
+        }
+        Command::Token(args) => {
+            let signer = TokenSigner::new(&args.auth.config(), &args.database.parse_url()?)?;
+            if args.sub <= 0 {
+                return Err(format!(
+                    "--sub must be a positive user id, got {}",
+                    args.sub
+                ));
+            }
+            println!("{}", signer.sign(args.sub, args.role.into(), args.ttl)?);
+            Ok(())
+        }
+    }
+}
