@@ -471,7 +471,8 @@ pub async fn unread_summary(
         ))
         .load(conn)
         .await?;
-    let total = rows.iter().next().map_or(0, |(_, total)| *total);
+    // Qualified: diesel's `QueryDsl::first` would shadow the slice method.
+    let total = <[_]>::first(&rows).map_or(0, |(_, total)| *total);
     Ok((rows.into_iter().map(|(row, _)| row).collect(), total))
 }
 

@@ -1,0 +1,102 @@
+//! Bearer tokens: missing, malformed, expired or forged tokens are UNAUTHENTICATED; the
+//! wrong role is PERMISSION_DENIED.
+
+use std::time::{Duration, SystemTime};
+
+use chatd::auth::TokenSigner;
+use chatd::domain::Role;
+use chatd::grpc::pb::UpsertRelationRequest;
+use chatd::grpc::pb::sync_service_client::SyncServiceClient;
+use tonic::Code;
+
+use crate::helpers::{Bearer, SECRET, TestApp, assert_error, summary};
+
+async fn tokens_are_checked(app: TestApp) {
+    let result = app
+        .chat_with_header(None)
+        .get_unread_summary(summary(0))
+        .await;
+    assert_error(result, Code::Unauthenticated, "TOKEN_MISSING");
+
+    let result = app
+        .chat_with_header(Some("Basic abc".into()))
+        .get_unread_summary(summary(0))
+        .await;
+    assert_error(result, Code::Unauthenticated, "TOKEN_INVALID");
+    let result = app
+        .chat_with_header(Some("Bearer not.a.jwt".into()))
+        .get_unread_summary(summary(0))
+        .await;
+    assert_error(result, Code::Unauthenticated, "TOKEN_INVALID");
+
+    let signer = TokenSigner::from_secret(SECRET.as_bytes(), None, None);
+    let expired = signer
+        .sign_until(
+            42,
+            Role::Tutor,
+            SystemTime::now() - Duration::from_secs(3600),
+        )
+        .unwrap();
+    let result = app
+        .chat_with_header(Some(format!("Bearer {expired}")))
+        .get_unread_summary(summary(0))
+        .await;
+    assert_error(result, Code::Unauthenticated, "TOKEN_EXPIRED");
+
+    let forger = TokenSigner::from_secret(b"another-secret-another-secret-another", None, None);
+    let forged = forger
+        .sign(42, Role::Tutor, Duration::from_secs(60))
+        .unwrap();
+    let result = app
+        .chat_with_header(Some(format!("Bearer {forged}")))
+        .get_unread_summary(summary(0))
+        .await;
+    assert_error(result, Code::Unauthenticated, "TOKEN_INVALID");
+
+    let valid = app.tutor(42).get_unread_summary(summary(0)).await;
+    assert!(valid.is_ok(), "{valid:?}");
+}
+
+async fn roles_are_checked(app: TestApp) {
+    let service = app.token(1, Role::Service);
+    let result = app
+        .chat_with_header(Some(format!("Bearer {service}")))
+        .get_unread_summary(summary(0))
+        .await;
+    assert_error(result, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+
+    for role in [Role::Tutor, Role::Student] {
+        let token = app.token(42, role);
+        let mut client = SyncServiceClient::with_interceptor(
+            app.channel(),
+            Bearer(Some(format!("Bearer {token}"))),
+        );
+        let request = UpsertRelationRequest {
+            relation_id: 1,
+            tutor_id: 42,
+            student_id: 7,
+            status: 2,
+            version: 1,
+        };
+        assert_error(
+            client.upsert_relation(request).await,
+            Code::PermissionDenied,
+            "ROLE_NOT_ALLOWED",
+        );
+    }
+    let mut anonymous = SyncServiceClient::with_interceptor(app.channel(), Bearer(None));
+    let request = UpsertRelationRequest {
+        relation_id: 1,
+        tutor_id: 42,
+        student_id: 7,
+        status: 2,
+        version: 1,
+    };
+    assert_error(
+        anonymous.upsert_relation(request).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+}
+
+backend_suite!(tokens_are_checked, roles_are_checked);

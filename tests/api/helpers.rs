@@ -1,0 +1,384 @@
+//! Spawns chatd for one test on a database of its own, and gives typed clients.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chatd::app::{Application, ServeConfig};
+use chatd::auth::{AuthConfig, TokenSigner};
+use chatd::domain::Role;
+use chatd::grpc::pb;
+use chatd::grpc::pb::chat_service_client::ChatServiceClient;
+use chatd::grpc::pb::sync_service_client::SyncServiceClient;
+use chatd::storage::{DatabaseUrl, PoolConfig, Store};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub type ChatClient = ChatServiceClient<InterceptedService<Channel, Bearer>>;
+pub type SyncClient = SyncServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call (or nothing, for `None`).
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().expect("ascii header"));
+        }
+        Ok(request)
+    }
+}
+
+/// A running chatd with its own database; dropping it drops the database.
+pub struct TestApp {
+    pub store: Store,
+    signer: TokenSigner,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), String>>>,
+    channel: Channel,
+    database: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
+        let database = TestDatabase::create(backend).await;
+        let config = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: database.url(),
+            pool: PoolConfig {
+                max_size: 8,
+                timeout: Duration::from_secs(5),
+            },
+            auth: AuthConfig {
+                secret: Some(SECRET.into()),
+                ..AuthConfig::default()
+            },
+            health_interval: Duration::from_millis(100),
+        };
+        let app = Application::build(config).await.expect("chatd builds");
+        let addr = app.local_addr();
+        let store = app.store().clone();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run(async move {
+            let _ = stop.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects to chatd");
+        Self {
+            store,
+            signer: TokenSigner::from_secret(SECRET.as_bytes(), None, None),
+            shutdown: Some(shutdown),
+            server: Some(server),
+            channel,
+            database,
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn token(&self, user_id: i64, role: Role) -> String {
+        self.signer
+            .sign(user_id, role, Duration::from_secs(600))
+            .unwrap()
+    }
+
+    pub fn chat_with_header(&self, header: Option<String>) -> ChatClient {
+        ChatServiceClient::with_interceptor(self.channel(), Bearer(header))
+    }
+
+    pub fn tutor(&self, user_id: i64) -> ChatClient {
+        self.chat_with_header(Some(format!("Bearer {}", self.token(user_id, Role::Tutor))))
+    }
+
+    pub fn student(&self, user_id: i64) -> ChatClient {
+        self.chat_with_header(Some(format!(
+            "Bearer {}",
+            self.token(user_id, Role::Student)
+        )))
+    }
+
+    pub fn sync(&self) -> SyncClient {
+        SyncServiceClient::with_interceptor(
+            self.channel(),
+            Bearer(Some(format!("Bearer {}", self.token(1, Role::Service)))),
+        )
+    }
+
+    pub async fn relation(
+        &self,
+        relation_id: i64,
+        tutor: i64,
+        student: i64,
+        status: pb::RelationStatus,
+        version: i64,
+    ) -> bool {
+        self.sync()
+            .upsert_relation(pb::UpsertRelationRequest {
+                relation_id,
+                tutor_id: tutor,
+                student_id: student,
+                status: status.into(),
+                version,
+            })
+            .await
+            .expect("upsert relation")
+            .into_inner()
+            .applied
+    }
+
+    pub async fn contact_access(
+        &self,
+        tutor: i64,
+        student: i64,
+        state: pb::ContactAccessState,
+        version: i64,
+    ) -> bool {
+        self.sync()
+            .upsert_contact_access(pb::UpsertContactAccessRequest {
+                tutor_id: tutor,
+                student_id: student,
+                state: state.into(),
+                version,
+            })
+            .await
+            .expect("upsert contact access")
+            .into_inner()
+            .applied
+    }
+
+    pub async fn inquiry(
+        &self,
+        inquiry_id: i64,
+        tutor: i64,
+        student: i64,
+        status: pb::InquiryStatus,
+        version: i64,
+    ) -> bool {
+        self.sync()
+            .upsert_inquiry(pb::UpsertInquiryRequest {
+                inquiry_id,
+                tutor_id: tutor,
+                student_id: student,
+                status: status.into(),
+                version,
+            })
+            .await
+            .expect("upsert inquiry")
+            .into_inner()
+            .applied
+    }
+
+    /// An ACTIVE relation with unlocked contact access, and its contact thread.
+    pub async fn contact_thread(&self, relation_id: i64, tutor: i64, student: i64) -> pb::Thread {
+        self.relation(relation_id, tutor, student, pb::RelationStatus::Active, 1)
+            .await;
+        self.contact_access(tutor, student, pb::ContactAccessState::Unlocked, 1)
+            .await;
+        self.tutor(tutor)
+            .ensure_thread(ensure_relation(relation_id))
+            .await
+            .expect("ensure contact thread")
+            .into_inner()
+            .thread
+            .expect("thread")
+    }
+
+    /// Stops the server gracefully and returns what `run` returned.
+    pub async fn stop(&mut self) -> Result<(), String> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+}
+
+pub fn ensure_relation(relation_id: i64) -> pb::EnsureThreadRequest {
+    pb::EnsureThreadRequest {
+        target: Some(pb::ensure_thread_request::Target::RelationId(relation_id)),
+    }
+}
+
+pub fn ensure_inquiry(inquiry_id: i64) -> pb::EnsureThreadRequest {
+    pb::EnsureThreadRequest {
+        target: Some(pb::ensure_thread_request::Target::InquiryId(inquiry_id)),
+    }
+}
+
+pub fn send(thread_id: i64, body: &str) -> pb::SendMessageRequest {
+    pb::SendMessageRequest {
+        thread_id,
+        body: body.into(),
+        client_message_id: String::new(),
+    }
+}
+
+pub fn summary(limit: i32) -> pb::GetUnreadSummaryRequest {
+    pb::GetUnreadSummaryRequest { limit }
+}
+
+pub fn mark_read(thread_id: i64, up_to_seq: Option<i64>) -> pb::MarkReadRequest {
+    pb::MarkReadRequest {
+        thread_id,
+        up_to_seq,
+    }
+}
+
+/// Asserts a call failed with `code` and ErrorInfo `reason`; returns the status.
+#[track_caller]
+pub fn assert_error<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason: &str,
+) -> Status {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "code of {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "reason of {status:?}");
+    status
+}
+
+/// A database that exists for one test only.
+pub enum TestDatabase {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The server PostgreSQL tests use: CHATD_TEST_DATABASE_URL, else the local one.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CHATD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
+    format!("{base}/{name}")
+}
+
+impl TestDatabase {
+    async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("chatd_test_{}.db", unique_suffix()));
+                TestDatabase::Sqlite(path)
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let mut admin = AsyncPgConnection::establish(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL is not reachable at {admin_url} ({e}): start it, or set \
+                         CHATD_TEST_DATABASE_URL to a server where tests may create databases"
+                        )
+                    });
+                let name = format!("chatd_test_{}", unique_suffix());
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                TestDatabase::Postgres { admin_url, name }
+            }
+        }
+    }
+
+    pub fn url(&self) -> DatabaseUrl {
+        match self {
+            TestDatabase::Sqlite(path) => DatabaseUrl::Sqlite(path.display().to_string()),
+            TestDatabase::Postgres { admin_url, name } => {
+                DatabaseUrl::Postgres(replace_database(admin_url, name))
+            }
+        }
+    }
+
+    /// Runs SQL as the administrator (PostgreSQL only), e.g. to cut the database off.
+    pub async fn admin_execute(&self, sql: &str) {
+        if let TestDatabase::Postgres { admin_url, .. } = self {
+            let mut admin = AsyncPgConnection::establish(admin_url)
+                .await
+                .expect("admin connection");
+            admin.batch_execute(sql).await.expect("admin SQL");
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match self {
+            TestDatabase::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            TestDatabase::Postgres { admin_url, name } => {
+                // Drop runs inside the test's runtime, which cannot block on itself: use a
+                // thread with a runtime of its own.
+                let (admin_url, database) = (admin_url.clone(), name.clone());
+                let dropped = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async {
+                        let mut admin = AsyncPgConnection::establish(&admin_url).await?;
+                        admin
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                            ))
+                            .await?;
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                    })
+                })
+                .join();
+                if !matches!(dropped, Ok(Ok(()))) {
+                    eprintln!("could not drop test database {name}");
+                }
+            }
+        }
+    }
+}

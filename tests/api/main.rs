@@ -1,0 +1,37 @@
+//! API tests: the real chatd server on an ephemeral port, driven over gRPC by the
+//! generated client. Every case runs once on SQLite and once on PostgreSQL, each with a
+//! database of its own (`TEST_LOG=1` shows the server's logs).
+
+/// Instantiates each listed case for both backends: `<file>::sqlite::<case>` and
+/// `<file>::postgres::<case>`.
+macro_rules! backend_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(crate::helpers::TestApp::spawn(crate::helpers::Backend::Postgres).await).await
+                }
+            )*
+        }
+    };
+}
+
+mod helpers;
+
+mod auth;
+mod concurrency;
+mod contact_threads;
+mod guards;
+mod health;
+mod messages;
+mod sync;
+mod unread_summary;

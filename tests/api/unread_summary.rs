@@ -1,0 +1,215 @@
+//! The seed's UnreadSummaryTestCase and the summary's paging, order and totals.
+
+use chatd::grpc::pb::ThreadKind;
+
+use crate::helpers::{TestApp, mark_read, send, summary};
+
+const TUTOR: i64 = 42;
+const STUDENT: i64 = 7;
+
+async fn empty_summary(app: TestApp) {
+    app.contact_thread(10, TUTOR, STUDENT).await;
+    let response = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.threads.is_empty());
+    assert_eq!(response.total, 0);
+}
+
+async fn unread_messages_are_counted(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    app.student(STUDENT)
+        .send_message(send(thread.thread_id, "hello tutor"))
+        .await
+        .unwrap();
+    let response = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.total, 1);
+    let entry = &response.threads[0];
+    assert_eq!(entry.thread_id, thread.thread_id);
+    assert_eq!(entry.kind(), ThreadKind::Contact);
+    assert_eq!(entry.relation_id, Some(10));
+    assert_eq!((entry.tutor_id, entry.student_id), (TUTOR, STUDENT));
+    assert_eq!(entry.unread_count, 1);
+    assert_eq!(entry.last_message_preview, "hello tutor");
+    assert_eq!(entry.last_message_sender_id, STUDENT);
+    assert!(entry.last_message_at.is_some());
+}
+
+async fn own_messages_are_not_unread(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    app.tutor(TUTOR)
+        .send_message(send(thread.thread_id, "mine"))
+        .await
+        .unwrap();
+    let tutor = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tutor.total, 0);
+    assert!(tutor.threads.is_empty());
+    let student = app
+        .student(STUDENT)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(student.total, 1);
+}
+
+async fn read_messages_are_not_unread(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    for body in ["one", "two", "three"] {
+        app.student(STUDENT)
+            .send_message(send(thread.thread_id, body))
+            .await
+            .unwrap();
+    }
+    let partly = app
+        .tutor(TUTOR)
+        .mark_read(mark_read(thread.thread_id, Some(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (partly.last_read_seq, partly.unread_count, partly.total),
+        (2, 1, 1)
+    );
+    let all = app
+        .tutor(TUTOR)
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((all.last_read_seq, all.unread_count, all.total), (3, 0, 0));
+    let response = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.total, 0);
+    assert!(response.threads.is_empty());
+}
+
+async fn several_unread_counted_newest_first(app: TestApp) {
+    let mut threads = Vec::new();
+    for (relation_id, student) in [(10, 7), (11, 8), (12, 9)] {
+        threads.push(app.contact_thread(relation_id, TUTOR, student).await);
+    }
+    // Thread 0 gets 2 messages, thread 1 gets 3, thread 2 gets 1 (sent last: newest).
+    for (thread, student, count) in [
+        (&threads[0], 7, 2),
+        (&threads[1], 8, 3),
+        (&threads[2], 9, 1),
+    ] {
+        for n in 0..count {
+            app.student(student)
+                .send_message(send(thread.thread_id, &format!("m{n}")))
+                .await
+                .unwrap();
+        }
+    }
+    let response = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.total, 6);
+    let order: Vec<(i64, i64)> = response
+        .threads
+        .iter()
+        .map(|t| (t.thread_id, t.unread_count))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (threads[2].thread_id, 1),
+            (threads[1].thread_id, 3),
+            (threads[0].thread_id, 2)
+        ]
+    );
+    // A page of one still reports the total of every thread.
+    let page = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.threads.len(), 1);
+    assert_eq!(page.threads[0].thread_id, threads[2].thread_id);
+    assert_eq!(page.total, 6);
+}
+
+async fn summary_is_per_role(app: TestApp) {
+    // User 42 tutors student 7 and is also a student of tutor 99.
+    let as_tutor = app.contact_thread(10, 42, 7).await;
+    let as_student = app.contact_thread(11, 99, 42).await;
+    app.student(7)
+        .send_message(send(as_tutor.thread_id, "to my tutor"))
+        .await
+        .unwrap();
+    app.tutor(99)
+        .send_message(send(as_student.thread_id, "to my student"))
+        .await
+        .unwrap();
+    app.tutor(99)
+        .send_message(send(as_student.thread_id, "again"))
+        .await
+        .unwrap();
+    let tutor_view = app
+        .tutor(42)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tutor_view.total, 1);
+    assert_eq!(tutor_view.threads[0].thread_id, as_tutor.thread_id);
+    let student_view = app
+        .student(42)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(student_view.total, 2);
+    assert_eq!(student_view.threads[0].thread_id, as_student.thread_id);
+}
+
+async fn preview_is_truncated(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let long = "ж".repeat(500);
+    app.student(STUDENT)
+        .send_message(send(thread.thread_id, &long))
+        .await
+        .unwrap();
+    let response = app
+        .tutor(TUTOR)
+        .get_unread_summary(summary(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.threads[0].last_message_preview.chars().count(),
+        100
+    );
+}
+
+backend_suite!(
+    empty_summary,
+    unread_messages_are_counted,
+    own_messages_are_not_unread,
+    read_messages_are_not_unread,
+    several_unread_counted_newest_first,
+    summary_is_per_role,
+    preview_is_truncated,
+);
