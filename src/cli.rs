@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::ServeConfig;
 use crate::auth::AuthConfig;
+use crate::bench::{BenchConfig, Rpc};
 use crate::domain::Role;
-use crate::storage::{DatabaseUrl, PoolConfig};
+use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
 
 /// chatd: chat threads between tutors and students, and their unread counts, over gRPC.
 #[derive(Debug, Parser)]
@@ -27,6 +28,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a signed JWT for development and grpcurl (uses the same key as `serve`).
     Token(TokenArgs),
+    /// Seed a synthetic dataset and load-test a running chatd; prints RPS and latency per RPC.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -145,4 +148,62 @@ pub struct TokenArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The running chatd to drive (it must use the same database and token secret).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Seed the dataset into --database-url first (the database must have no threads).
+    #[arg(long)]
+    pub seed: bool,
+    /// Users in the dataset: half tutors, half students.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: i64,
+    /// Threads in the dataset, one per tutor-student relation.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub threads: i64,
+    /// Messages in the dataset, spread evenly over the threads.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub messages: i64,
+    /// Concurrent clients, each on its own connection.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How long each RPC is driven.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// RPCs to drive, in order (default: all, starting with the Health/Check reference).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub rpcs: Vec<Rpc>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+impl BenchArgs {
+    pub fn config(&self) -> Result<BenchConfig, String> {
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        let dataset = Dataset {
+            users: self.users,
+            threads: self.threads,
+            messages: self.messages,
+        };
+        dataset.validate()?;
+        Ok(BenchConfig {
+            target: self.target.clone(),
+            dataset,
+            seed: self.seed,
+            concurrency: self.concurrency,
+            duration: self.duration,
+            rpcs: if self.rpcs.is_empty() {
+                Rpc::ALL.to_vec()
+            } else {
+                self.rpcs.clone()
+            },
+        })
+    }
 }

@@ -5,6 +5,7 @@
 //! - `app`: builds and runs the server (migrations, health, reflection, shutdown).
 //! - `grpc`: tonic services, the auth interceptor, proto ↔ domain conversion, and the
 //!   one `DomainError` → `Status` mapping.
+//! - `bench`: the load generator behind `chatd bench`.
 //! - `auth`: JWT verification into a typed `Caller`, and development token signing.
 //! - `domain`: the rules and guards of threads, messages, unread counts and facts.
 //! - `storage`: schema, migrations and queries on PostgreSQL or embedded SQLite.
@@ -12,6 +13,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod grpc;

@@ -60,5 +60,20 @@ async fn run(command: Command) -> Result<(), String> {
             println!("{}", signer.sign(args.sub, args.role.into(), args.ttl)?);
             Ok(())
         }
+        Command::Bench(args) => {
+            let config = args.config()?;
+            let database = args.database.parse_url()?;
+            let signer = TokenSigner::new(&args.auth.config(), &database)?;
+            let store = if config.seed {
+                let pool = PoolConfig {
+                    max_size: 2,
+                    timeout: std::time::Duration::from_secs(30),
+                };
+                Some(Store::connect(&database, &pool)?)
+            } else {
+                None
+            };
+            chatd::bench::run(config, store, signer).await
+        }
     }
 }

@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use diesel::Queryable;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncMigrationHarness, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -57,6 +59,9 @@ pub mod sqlite {
 
     include!("storage/queries.rs");
 }
+
+mod seed;
+pub use seed::Dataset;
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -251,14 +256,32 @@ macro_rules! on_backend {
         match $store {
             Store::Postgres(pool) => {
                 let mut conn = pool.get().await?;
-                Ok(postgres::$function(&mut conn, $($arg),*).await?)
+                postgres::$function(&mut conn, $($arg),*)
+                    .await
+                    .map_err(|error| forget_idle_on_outage(pool, error.into()))
             }
             Store::Sqlite(pool) => {
                 let mut conn = pool.get().await?;
-                Ok(sqlite::$function(&mut conn, $($arg),*).await?)
+                sqlite::$function(&mut conn, $($arg),*)
+                    .await
+                    .map_err(|error| forget_idle_on_outage(pool, error.into()))
             }
         }
     };
+}
+
+/// Connections are handed out without a liveness ping (`RecyclingMethod::Fast`: a ping
+/// per call would double the round trips). When one turns out dead, the server most
+/// likely restarted and the idle ones are dead too: drop them all, so that after an
+/// outage only calls already in flight fail, not one call per stale connection.
+fn forget_idle_on_outage<M: deadpool::managed::Manager>(
+    pool: &deadpool::managed::Pool<M>,
+    error: StoreError,
+) -> StoreError {
+    if matches!(error, StoreError::Unavailable(_)) {
+        pool.retain(|_, _| false);
+    }
+    error
 }
 
 impl Store {
@@ -267,7 +290,12 @@ impl Store {
     pub fn connect(url: &DatabaseUrl, config: &PoolConfig) -> Result<Self, String> {
         match url {
             DatabaseUrl::Postgres(url) => {
-                let manager = AsyncDieselConnectionManager::<postgres::Conn>::new(url.clone());
+                let mut manager_config = ManagerConfig::<postgres::Conn>::default();
+                manager_config.recycling_method = RecyclingMethod::Fast;
+                let manager = AsyncDieselConnectionManager::<postgres::Conn>::new_with_config(
+                    url.clone(),
+                    manager_config,
+                );
                 with_limits(Pool::builder(manager), config)
                     .build()
                     .map(Store::Postgres)

@@ -5,7 +5,6 @@
 // run fails to compile instead of failing in production.
 
 use chrono::Utc;
-use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 #[allow(unused_imports, reason = "`transaction` is a trait method on PostgreSQL only")]
@@ -145,8 +144,47 @@ const MESSAGE_COLUMNS: (
     messages::client_message_id,
 );
 
-/// Sum of a user's unread counters. SUM(BIGINT) is NUMERIC on PostgreSQL, hence the cast.
-const TOTAL_UNREAD: &str = "CAST(COALESCE(SUM(thread_participants.unread_count), 0) AS BIGINT)";
+/// Declares a fixed SQL expression with a static query id. Unlike `diesel::dsl::sql`,
+/// a query that selects it keeps a static id, so the connection caches its prepared
+/// statement: on the hot summary query, planning cost more than executing.
+macro_rules! fixed_sql_expression {
+    ($(#[$doc:meta])* $name:ident: $sql_type:ty = $sql:literal, aggregate = $aggregate:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+        struct $name;
+
+        impl diesel::expression::Expression for $name {
+            type SqlType = $sql_type;
+        }
+
+        impl<DB: diesel::backend::Backend> diesel::query_builder::QueryFragment<DB> for $name {
+            fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> QueryResult<()> {
+                out.push_sql($sql);
+                Ok(())
+            }
+        }
+
+        impl<QS> diesel::expression::SelectableExpression<QS> for $name {}
+        impl<QS> diesel::expression::AppearsOnTable<QS> for $name {}
+        impl diesel::expression::ValidGrouping<()> for $name {
+            type IsAggregate = $aggregate;
+        }
+    };
+}
+
+fixed_sql_expression!(
+    /// Sum of the selected unread counters. SUM(BIGINT) is NUMERIC on PostgreSQL, hence the cast.
+    TotalUnread: BigInt = "CAST(COALESCE(SUM(thread_participants.unread_count), 0) AS BIGINT)",
+    aggregate = diesel::expression::is_aggregate::Yes
+);
+
+fixed_sql_expression!(
+    /// The same sum as a window over every row the WHERE clause keeps: computed before
+    /// LIMIT, so each row of a page carries the total of all pages.
+    TotalUnreadOverAllRows: BigInt =
+        "CAST(SUM(thread_participants.unread_count) OVER () AS BIGINT)",
+    aggregate = diesel::expression::is_aggregate::Never
+);
 
 pub async fn ping(conn: &mut Conn) -> QueryResult<()> {
     conn.batch_execute("SELECT 1").await
@@ -426,7 +464,7 @@ pub async fn mark_read(
             .filter(thread_participants::user_id.eq(user_id))
             .filter(thread_participants::side.eq(&side))
             .filter(thread_participants::unread_count.gt(0))
-            .select(sql::<BigInt>(TOTAL_UNREAD))
+            .select(TotalUnread)
             .get_result(conn)
             .await?;
         Ok(ReadStateRow {
@@ -467,7 +505,7 @@ pub async fn unread_summary(
                 threads::last_message_preview,
                 threads::last_message_sender_id,
             ),
-            sql::<BigInt>("CAST(SUM(thread_participants.unread_count) OVER () AS BIGINT)"),
+            TotalUnreadOverAllRows,
         ))
         .load(conn)
         .await?;

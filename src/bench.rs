@@ -1,0 +1,345 @@
+//! `chatd bench`: seeds a synthetic dataset, then drives a running chatd over gRPC with
+//! N concurrent clients for T seconds per RPC, and reports throughput and latency.
+//!
+//! grpc.health.v1 Check runs first as the reference: it measures what the gRPC stack
+//! and the machine can do with no domain work, so each RPC's throughput is also shown
+//! as a ratio of Check's, which travels between machines better than raw numbers.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::auth::TokenSigner;
+use crate::domain::Role;
+use crate::grpc::pb;
+use crate::grpc::pb::chat_service_client::ChatServiceClient;
+use crate::storage::{Dataset, Store};
+
+/// What to seed and how hard to push.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub target: String,
+    pub dataset: Dataset,
+    pub seed: bool,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub rpcs: Vec<Rpc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rpc {
+    Check,
+    GetUnreadSummary,
+    EnsureThread,
+    SendMessage,
+    MarkRead,
+}
+
+impl Rpc {
+    pub const ALL: [Rpc; 5] = [
+        Rpc::Check,
+        Rpc::GetUnreadSummary,
+        Rpc::EnsureThread,
+        Rpc::SendMessage,
+        Rpc::MarkRead,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::Check => "Health/Check",
+            Rpc::GetUnreadSummary => "GetUnreadSummary",
+            Rpc::EnsureThread => "EnsureThread",
+            Rpc::SendMessage => "SendMessage",
+            Rpc::MarkRead => "MarkRead",
+        }
+    }
+}
+
+/// One sampled thread with bearer headers for both of its participants.
+struct Participants {
+    thread: i64,
+    tutor: MetadataValue<tonic::metadata::Ascii>,
+    student: MetadataValue<tonic::metadata::Ascii>,
+}
+
+/// How many threads the load samples from (tokens are minted once per sampled thread).
+const SAMPLE: i64 = 2048;
+
+/// Results of one RPC's run.
+struct Report {
+    rpc: Rpc,
+    calls: usize,
+    errors: usize,
+    first_error: Option<String>,
+    latencies_us: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Report {
+    fn rps(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let rank = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[rank] as f64 / 1000.0
+    }
+}
+
+pub async fn run(
+    config: BenchConfig,
+    store: Option<Store>,
+    signer: TokenSigner,
+) -> Result<(), String> {
+    let dataset = config.dataset;
+    dataset.validate()?;
+    if config.seed {
+        let store = store.ok_or("--seed needs --database-url")?;
+        let started = Instant::now();
+        store.migrate().await?;
+        store.seed_benchmark(dataset).await?;
+        eprintln!(
+            "seeded {} users, {} threads, {} messages in {:.1?}",
+            dataset.users,
+            dataset.threads,
+            dataset.threads * dataset.messages_per_thread(),
+            started.elapsed()
+        );
+    }
+    let sample = sample_participants(&dataset, &signer)?;
+    let mut channels = Vec::with_capacity(config.concurrency);
+    for _ in 0..config.concurrency {
+        let endpoint = Endpoint::from_shared(config.target.clone())
+            .map_err(|e| format!("bad --target {}: {e}", config.target))?
+            .tcp_nodelay(true);
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", config.target))?,
+        );
+    }
+    println!(
+        "chatd bench: {} clients, {:?} per RPC, target {}, dataset {} users / {} threads / {} messages per thread",
+        config.concurrency,
+        config.duration,
+        config.target,
+        dataset.users,
+        dataset.threads,
+        dataset.messages_per_thread()
+    );
+    let mut reports = Vec::new();
+    for rpc in &config.rpcs {
+        reports.push(drive(*rpc, &channels, &sample, config.duration).await);
+    }
+    print_reports(&reports);
+    Ok(())
+}
+
+fn sample_participants(
+    dataset: &Dataset,
+    signer: &TokenSigner,
+) -> Result<Vec<Participants>, String> {
+    let mut random = XorShift::new();
+    let ttl = Duration::from_secs(3600);
+    (0..SAMPLE.min(dataset.threads))
+        .map(|_| {
+            let thread = 1 + random.below(dataset.threads as u64) as i64;
+            let header = |user, role| -> Result<MetadataValue<_>, String> {
+                let token = signer.sign(user, role, ttl)?;
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| "token is not ASCII".to_string())
+            };
+            Ok(Participants {
+                thread,
+                tutor: header(dataset.tutor_of(thread), Role::Tutor)?,
+                student: header(dataset.student_of(thread), Role::Student)?,
+            })
+        })
+        .collect()
+}
+
+/// Runs `rpc` from every channel at once until `duration` has passed.
+async fn drive(
+    rpc: Rpc,
+    channels: &[Channel],
+    sample: &[Participants],
+    duration: Duration,
+) -> Report {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = channels
+        .iter()
+        .cloned()
+        .map(|channel| {
+            let sample: Vec<(i64, MetadataValue<_>, MetadataValue<_>)> = sample
+                .iter()
+                .map(|p| (p.thread, p.tutor.clone(), p.student.clone()))
+                .collect();
+            tokio::spawn(async move {
+                let mut health = HealthClient::new(channel.clone());
+                let mut chat = ChatServiceClient::new(channel);
+                let mut random = XorShift::new();
+                let mut latencies = Vec::new();
+                let (mut errors, mut first_error) = (0usize, None);
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let (thread, tutor, student) =
+                        &sample[random.below(sample.len() as u64) as usize];
+                    n += 1;
+                    let call_started = Instant::now();
+                    let result = match rpc {
+                        Rpc::Check => health
+                            .check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await
+                            .map(drop),
+                        Rpc::GetUnreadSummary => chat
+                            .get_unread_summary(authed(
+                                pb::GetUnreadSummaryRequest { limit: 50 },
+                                tutor,
+                            ))
+                            .await
+                            .map(drop),
+                        Rpc::EnsureThread => chat
+                            .ensure_thread(authed(
+                                pb::EnsureThreadRequest {
+                                    target: Some(pb::ensure_thread_request::Target::RelationId(
+                                        *thread,
+                                    )),
+                                },
+                                tutor,
+                            ))
+                            .await
+                            .map(drop),
+                        Rpc::SendMessage => chat
+                            .send_message(authed(
+                                pb::SendMessageRequest {
+                                    thread_id: *thread,
+                                    body: format!("bench message {n}"),
+                                    client_message_id: String::new(),
+                                },
+                                student,
+                            ))
+                            .await
+                            .map(drop),
+                        Rpc::MarkRead => chat
+                            .mark_read(authed(
+                                pb::MarkReadRequest {
+                                    thread_id: *thread,
+                                    up_to_seq: None,
+                                },
+                                tutor,
+                            ))
+                            .await
+                            .map(drop),
+                    };
+                    match result {
+                        Ok(()) => latencies.push(call_started.elapsed().as_micros() as u64),
+                        Err(status) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| {
+                                format!("{:?}: {}", status.code(), status.message())
+                            });
+                        }
+                    }
+                }
+                (latencies, errors, first_error)
+            })
+        })
+        .collect();
+    let mut report = Report {
+        rpc,
+        calls: 0,
+        errors: 0,
+        first_error: None,
+        latencies_us: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        match task.await {
+            Ok((latencies, errors, first_error)) => {
+                report.calls += latencies.len();
+                report.latencies_us.extend(latencies);
+                report.errors += errors;
+                if report.first_error.is_none() {
+                    report.first_error = first_error;
+                }
+            }
+            Err(e) => {
+                report.errors += 1;
+                report
+                    .first_error
+                    .get_or_insert_with(|| format!("client task failed: {e}"));
+            }
+        }
+    }
+    report.elapsed = started.elapsed();
+    report.latencies_us.sort_unstable();
+    report
+}
+
+fn authed<T>(message: T, header: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", header.clone());
+    request
+}
+
+fn print_reports(reports: &[Report]) {
+    let check_rps = reports
+        .iter()
+        .find(|r| r.rpc == Rpc::Check)
+        .map(Report::rps)
+        .filter(|rps| *rps > 0.0);
+    println!(
+        "{:<18} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "rpc", "rps", "p50 ms", "p99 ms", "max ms", "errors", "vs Check"
+    );
+    for report in reports {
+        let ratio = check_rps.map_or("-".to_string(), |check| {
+            format!("{:.2}", report.rps() / check)
+        });
+        println!(
+            "{:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>9}",
+            report.rpc.name(),
+            report.rps(),
+            report.percentile_ms(0.50),
+            report.percentile_ms(0.99),
+            report.percentile_ms(1.0),
+            report.errors,
+            ratio
+        );
+        if let Some(error) = &report.first_error {
+            println!("  first error: {error}");
+        }
+    }
+}
+
+/// A tiny non-cryptographic generator: enough to spread load over the sample.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Self(nanos | 1)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound.max(1)
+    }
+}
