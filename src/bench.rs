@@ -204,7 +204,10 @@ async fn drive(
                             .map(drop),
                         Rpc::GetUnreadSummary => chat
                             .get_unread_summary(authed(
-                                pb::GetUnreadSummaryRequest { limit: 50 },
+                                pb::GetUnreadSummaryRequest {
+                                    limit: 50,
+                                    if_none_match: String::new(),
+                                },
                                 tutor,
                             ))
                             .await

@@ -110,13 +110,26 @@ impl Chat {
         Ok((thread_from_row(row, is_writable)?, created))
     }
 
-    /// The caller's threads with unread messages (newest first) and total unread count.
+    /// The caller's threads with unread messages (newest first) and total unread count,
+    /// or `NotModified` when `if_none_match` names the current summary.
+    ///
+    /// The version is read before the summary, so an etag never claims content newer
+    /// than what it was sent with: at worst a client fetches once more than needed.
     pub async fn unread_summary(
         &self,
         caller: Caller,
         limit: i64,
-    ) -> Result<UnreadSummary, DomainError> {
+        if_none_match: Option<&str>,
+    ) -> Result<SummaryAnswer, DomainError> {
         let side = user_side(caller)?;
+        let version = self
+            .store
+            .summary_version(caller.user_id, side.as_str())
+            .await?;
+        let etag = format!("v{version}.l{limit}");
+        if if_none_match == Some(etag.as_str()) {
+            return Ok(SummaryAnswer::NotModified { etag });
+        }
         let (rows, total) = self
             .store
             .unread_summary(caller.user_id, side.as_str(), limit)
@@ -138,7 +151,10 @@ impl Chat {
                 })
             })
             .collect::<Result<_, DomainError>>()?;
-        Ok(UnreadSummary { threads, total })
+        Ok(SummaryAnswer::Summary {
+            summary: UnreadSummary { threads, total },
+            etag,
+        })
     }
 
     /// Moves the caller's read horizon forward, never back.

@@ -456,6 +456,10 @@ impl Store {
         on_backend!(self, mark_read(thread_id, side, user_id, up_to_seq))
     }
 
+    pub async fn summary_version(&self, user_id: i64, side: &str) -> StoreResult<i64> {
+        on_backend!(self, summary_version(user_id, side))
+    }
+
     pub async fn unread_summary(
         &self,
         user_id: i64,

@@ -244,6 +244,18 @@ pub struct UnreadSummary {
     pub total: i64,
 }
 
+/// What GetUnreadSummary answers: the summary, or that the caller's copy is current.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SummaryAnswer {
+    Summary {
+        summary: UnreadSummary,
+        etag: String,
+    },
+    NotModified {
+        etag: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub message_id: i64,

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::convert;
 use super::pb::{self, chat_service_server};
-use crate::domain::{self, Chat, MessageBody};
+use crate::domain::{self, Chat, MessageBody, SummaryAnswer};
 
 /// The ChatService implementation. Cloning is shallow.
 #[derive(Clone)]
@@ -39,15 +39,30 @@ impl chat_service_server::ChatService for ChatService {
         request: Request<pb::GetUnreadSummaryRequest>,
     ) -> Result<Response<pb::GetUnreadSummaryResponse>, Status> {
         let caller = caller(&request)?;
-        let limit = domain::page_limit("limit", request.get_ref().limit)?;
-        let summary = self.chat.unread_summary(caller, limit).await?;
-        Ok(Response::new(pb::GetUnreadSummaryResponse {
-            threads: summary
-                .threads
-                .into_iter()
-                .map(convert::thread_unread)
-                .collect(),
-            total: summary.total,
+        let request = request.into_inner();
+        let limit = domain::page_limit("limit", request.limit)?;
+        let if_none_match = Some(request.if_none_match.as_str()).filter(|tag| !tag.is_empty());
+        let answer = self
+            .chat
+            .unread_summary(caller, limit, if_none_match)
+            .await?;
+        Ok(Response::new(match answer {
+            SummaryAnswer::Summary { summary, etag } => pb::GetUnreadSummaryResponse {
+                threads: summary
+                    .threads
+                    .into_iter()
+                    .map(convert::thread_unread)
+                    .collect(),
+                total: summary.total,
+                etag,
+                not_modified: false,
+            },
+            SummaryAnswer::NotModified { etag } => pb::GetUnreadSummaryResponse {
+                threads: Vec::new(),
+                total: 0,
+                etag,
+                not_modified: true,
+            },
         }))
     }
 

@@ -95,7 +95,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    summary_versions (user_id, side) {
+        user_id -> BigInt,
+        side -> Text,
+        version -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    summary_versions,
     relations,
     contact_access,
     inquiries,
@@ -408,6 +417,11 @@ pub async fn append_message(
             .execute(conn)
             .await?;
         // Sending reads everything before it: the sender's horizon moves to the new message.
+        let sender_had_unread: i64 = thread_participants::table
+            .find((thread_id, &side))
+            .select(thread_participants::unread_count)
+            .first(conn)
+            .await?;
         diesel::update(thread_participants::table.find((thread_id, &side)))
             .set((
                 thread_participants::last_read_seq.eq(seq),
@@ -415,10 +429,21 @@ pub async fn append_message(
             ))
             .execute(conn)
             .await?;
-        diesel::update(thread_participants::table.find((thread_id, &peer_side)))
+        let peer_id: i64 = diesel::update(thread_participants::table.find((thread_id, &peer_side)))
             .set(thread_participants::unread_count.eq(thread_participants::unread_count + 1))
-            .execute(conn)
+            .returning(thread_participants::user_id)
+            .get_result(conn)
             .await?;
+        // The peer's summary always changes; the sender's only if it had unread here.
+        // Tutor row before student row in every transaction, so no two can deadlock.
+        let mut changed = vec![(peer_id, peer_side.as_str())];
+        if sender_had_unread > 0 {
+            changed.push((sender_id, side.as_str()));
+        }
+        changed.sort_by_key(|(_, side)| *side != "tutor");
+        for (user_id, side) in changed {
+            bump_summary_version(conn, user_id, side).await?;
+        }
         Ok(message)
     })
 }
@@ -453,13 +478,18 @@ pub async fn mark_read(
             .count()
             .get_result(conn)
             .await?;
-        diesel::update(thread_participants::table.find((thread_id, &side)))
-            .set((
-                thread_participants::last_read_seq.eq(last_read_seq),
-                thread_participants::unread_count.eq(unread_count),
-            ))
-            .execute(conn)
+        let unread_before: i64 = diesel::update(thread_participants::table.find((thread_id, &side)))
+            .set(thread_participants::last_read_seq.eq(last_read_seq))
+            .returning(thread_participants::unread_count)
+            .get_result(conn)
             .await?;
+        if unread_before != unread_count {
+            diesel::update(thread_participants::table.find((thread_id, &side)))
+                .set(thread_participants::unread_count.eq(unread_count))
+                .execute(conn)
+                .await?;
+            bump_summary_version(conn, user_id, &side).await?;
+        }
         let total: i64 = thread_participants::table
             .filter(thread_participants::user_id.eq(user_id))
             .filter(thread_participants::side.eq(&side))
@@ -473,6 +503,33 @@ pub async fn mark_read(
             total,
         })
     })
+}
+
+/// Marks a user's unread summary as changed.
+async fn bump_summary_version(conn: &mut Conn, user_id: i64, side: &str) -> QueryResult<()> {
+    diesel::insert_into(summary_versions::table)
+        .values((
+            summary_versions::user_id.eq(user_id),
+            summary_versions::side.eq(side),
+            summary_versions::version.eq(1),
+        ))
+        .on_conflict((summary_versions::user_id, summary_versions::side))
+        .do_update()
+        .set(summary_versions::version.eq(summary_versions::version + 1))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The version of a user's unread summary: 0 until it first changes.
+pub async fn summary_version(conn: &mut Conn, user_id: i64, side: &str) -> QueryResult<i64> {
+    Ok(summary_versions::table
+        .find((user_id, side))
+        .select(summary_versions::version)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// A page of the user's threads with unread messages, newest first, and the user's total.

@@ -124,6 +124,14 @@ impl Store {
                 ),
             ),
             (
+                "summary versions",
+                format!(
+                    "{} INSERT INTO summary_versions (user_id, side, version) \
+                     SELECT DISTINCT {tutor}, 'tutor', 1 FROM s WHERE {unread} > 0",
+                    series(t)
+                ),
+            ),
+            (
                 "messages",
                 format!(
                     "{} INSERT INTO messages (thread_id, seq, sender_id, body, created_at) \

@@ -1,13 +1,14 @@
 //! Bad arguments: INVALID_ARGUMENT with a message and a BadRequest that name the field.
 
 use chatd::grpc::pb::{
-    EnsureThreadRequest, GetUnreadSummaryRequest, ListMessagesRequest, SendMessageRequest,
-    UpsertRelationRequest,
+    EnsureThreadRequest, ListMessagesRequest, SendMessageRequest, UpsertRelationRequest,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, assert_error, ensure_inquiry, ensure_relation, mark_read, send};
+use crate::helpers::{
+    TestApp, assert_error, ensure_inquiry, ensure_relation, mark_read, send, summary,
+};
 
 #[track_caller]
 fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
@@ -61,12 +62,7 @@ async fn bad_arguments_name_the_field(app: TestApp) {
     assert_invalid(tutor.send_message(long_key).await, "client_message_id");
 
     for limit in [-1, 201] {
-        assert_invalid(
-            tutor
-                .get_unread_summary(GetUnreadSummaryRequest { limit })
-                .await,
-            "limit",
-        );
+        assert_invalid(tutor.get_unread_summary(summary(limit)).await, "limit");
         let list = ListMessagesRequest {
             thread_id: thread.thread_id,
             before_seq: None,
@@ -75,7 +71,7 @@ async fn bad_arguments_name_the_field(app: TestApp) {
         assert_invalid(tutor.list_messages(list).await, "limit");
     }
     tutor
-        .get_unread_summary(GetUnreadSummaryRequest { limit: 200 })
+        .get_unread_summary(summary(200))
         .await
         .expect("200 is the maximum");
 

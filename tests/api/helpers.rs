@@ -245,7 +245,10 @@ pub fn send(thread_id: i64, body: &str) -> pb::SendMessageRequest {
 }
 
 pub fn summary(limit: i32) -> pb::GetUnreadSummaryRequest {
-    pb::GetUnreadSummaryRequest { limit }
+    pb::GetUnreadSummaryRequest {
+        limit,
+        if_none_match: String::new(),
+    }
 }
 
 pub fn mark_read(thread_id: i64, up_to_seq: Option<i64>) -> pb::MarkReadRequest {

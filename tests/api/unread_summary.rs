@@ -1,6 +1,6 @@
 //! The seed's UnreadSummaryTestCase and the summary's paging, order and totals.
 
-use chatd::grpc::pb::ThreadKind;
+use chatd::grpc::pb::{GetUnreadSummaryRequest, ThreadKind};
 
 use crate::helpers::{TestApp, mark_read, send, summary};
 
@@ -204,7 +204,89 @@ async fn preview_is_truncated(app: TestApp) {
     );
 }
 
+async fn etag_changes_only_with_the_summary(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let mut tutor = app.tutor(TUTOR);
+    let ask = |etag: &str| GetUnreadSummaryRequest {
+        limit: 0,
+        if_none_match: etag.to_owned(),
+    };
+    let first = tutor
+        .get_unread_summary(ask(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.not_modified);
+    assert!(!first.etag.is_empty());
+    let again = tutor
+        .get_unread_summary(ask(&first.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.not_modified, "nothing changed");
+    assert!(again.threads.is_empty());
+    assert_eq!(again.etag, first.etag);
+    // The tutor's own message changes nothing in the tutor's summary.
+    app.tutor(TUTOR)
+        .send_message(send(thread.thread_id, "mine"))
+        .await
+        .unwrap();
+    let own = tutor
+        .get_unread_summary(ask(&first.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(own.not_modified);
+    // Another limit is another page: a different etag.
+    let other_page = tutor
+        .get_unread_summary(GetUnreadSummaryRequest {
+            limit: 10,
+            if_none_match: first.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other_page.not_modified);
+    // A message from the student changes it, and the new summary comes with it.
+    app.student(STUDENT)
+        .send_message(send(thread.thread_id, "hi"))
+        .await
+        .unwrap();
+    let changed = tutor
+        .get_unread_summary(ask(&first.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!changed.not_modified);
+    assert_eq!(changed.total, 1);
+    assert_ne!(changed.etag, first.etag);
+    // Reading it changes it again.
+    tutor
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap();
+    let read = tutor
+        .get_unread_summary(ask(&changed.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!read.not_modified);
+    assert_eq!(read.total, 0);
+    // Marking read again with nothing new leaves it current.
+    tutor
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap();
+    let same = tutor
+        .get_unread_summary(ask(&read.etag))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(same.not_modified);
+}
+
 backend_suite!(
+    etag_changes_only_with_the_summary,
     empty_summary,
     unread_messages_are_counted,
     own_messages_are_not_unread,
