@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -19,6 +19,7 @@ use crate::domain::{Chat, Role};
 use crate::grpc::pb::chat_service_server::ChatServiceServer;
 use crate::grpc::pb::sync_service_server::SyncServiceServer;
 use crate::grpc::{self, Authenticate};
+use crate::http::{Gateway, GatewayConfig};
 use crate::storage::{DatabaseUrl, PoolConfig, Store};
 
 /// Everything `chatd serve` needs to know.
@@ -30,11 +31,17 @@ pub struct ServeConfig {
     pub auth: AuthConfig,
     /// How often health re-checks that the database answers.
     pub health_interval: Duration,
+    /// The in-process REST gateway's address; `None` serves gRPC only.
+    pub http: Option<SocketAddr>,
+    /// CORS origins and upstream timeout of the in-process gateway.
+    pub cors_allowed_origins: Vec<String>,
+    pub upstream_timeout: Duration,
 }
 
 /// A built server: migrated database, bound listener, ready to `run`.
 pub struct Application {
     listener: TcpListener,
+    gateway: Option<Gateway>,
     store: Store,
     verifier: Arc<TokenVerifier>,
     health_interval: Duration,
@@ -58,8 +65,28 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let gateway = match config.http {
+            Some(listen) => {
+                let grpc = listener.local_addr().map_err(|e| e.to_string())?;
+                // The gateway calls this server over loopback gRPC, as an edge would.
+                let upstream = if grpc.ip().is_unspecified() {
+                    format!("http://127.0.0.1:{}", grpc.port())
+                } else {
+                    format!("http://{grpc}")
+                };
+                let gateway_config = GatewayConfig {
+                    listen,
+                    upstream,
+                    upstream_timeout: config.upstream_timeout,
+                    cors_allowed_origins: config.cors_allowed_origins.clone(),
+                };
+                Some(Gateway::build(&gateway_config).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            gateway,
             store,
             verifier,
             health_interval: config.health_interval,
@@ -71,6 +98,11 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where the in-process REST gateway listens, if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(Gateway::local_addr)
     }
 
     pub fn store(&self) -> &Store {
@@ -86,7 +118,9 @@ impl Application {
         let addr = self.local_addr();
         let chat = Chat::new(self.store.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::NotServing).await;
+        // `build` has just migrated the database, so it answers: start SERVING, and let
+        // the monitor follow it from here.
+        set_health(&health, ServingStatus::Serving).await;
 
         // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
         // google.rpc types are served too, so clients can decode ErrorInfo details.
@@ -127,11 +161,26 @@ impl Application {
             self.health_interval,
             stopping_rx,
         ));
+        // The gateway drains first: its in-flight requests still need their gRPC calls.
+        let (stop_gateway, gateway_stopping) = oneshot::channel::<()>();
+        let gateway = self.gateway.map(|gateway| {
+            tokio::spawn(gateway.run(async move {
+                let _ = gateway_stopping.await;
+            }))
+        });
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: not serving, finishing in-flight calls");
             let _ = stopping_tx.send(true);
             set_health(&health, ServingStatus::NotServing).await;
+            let _ = stop_gateway.send(());
+            if let Some(gateway) = gateway {
+                match gateway.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "REST gateway stopped with an error"),
+                    Err(e) => tracing::error!(error = %e, "REST gateway task failed"),
+                }
+            }
         };
 
         tracing::info!(%addr, backend = self.store.backend(), "chatd gRPC listening");
@@ -173,7 +222,7 @@ async fn monitor_database(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serving = None;
+    let mut serving = Some(true);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

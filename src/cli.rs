@@ -10,6 +10,7 @@ use crate::app::ServeConfig;
 use crate::auth::AuthConfig;
 use crate::bench::{BenchConfig, Rpc};
 use crate::domain::Role;
+use crate::http::GatewayConfig;
 use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
 
 /// chatd: chat threads between tutors and students, and their unread counts, over gRPC.
@@ -28,6 +29,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a signed JWT for development and grpcurl (uses the same key as `serve`).
     Token(TokenArgs),
+    /// Run the REST/JSON gateway alone, translating the web API into gRPC calls to chatd.
+    Gateway(GatewayArgs),
     /// Seed a synthetic dataset and load-test a running chatd; prints RPS and latency per RPC.
     Bench(BenchArgs),
 }
@@ -94,8 +97,72 @@ pub struct ServeArgs {
     /// How often health checks that the database answers.
     #[arg(long, env = "CHATD_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
+    /// Address of the in-process REST gateway, or `off` to serve gRPC only.
+    #[arg(long, env = "CHATD_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: HttpListen,
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// Where an HTTP listener goes, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub enum HttpListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(HttpListen::Off);
+        }
+        value
+            .parse()
+            .map(HttpListen::On)
+            .map_err(|_| format!("expected an address like 127.0.0.1:8080, or off; got {value:?}"))
+    }
+}
+
+/// Options of the REST gateway, in-process or standalone.
+#[derive(Debug, Args)]
+pub struct GatewayOptions {
+    /// Origins allowed to call the REST API from a browser (comma-separated); none: CORS off.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "CHATD_CORS_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Vec<String>,
+    /// How long one gRPC call to chatd may take before the REST client gets 504.
+    #[arg(long, env = "CHATD_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// chatd's gRPC address.
+    #[arg(long, env = "CHATD_UPSTREAM", default_value = "http://127.0.0.1:50051")]
+    pub upstream: String,
+    /// Address of the REST listener.
+    #[arg(long, env = "CHATD_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub options: GatewayOptions,
+}
+
+impl GatewayArgs {
+    pub fn config(&self) -> GatewayConfig {
+        GatewayConfig {
+            listen: self.listen,
+            upstream: self.upstream.clone(),
+            upstream_timeout: self.options.upstream_timeout,
+            cors_allowed_origins: self.options.cors_allowed_origins.clone(),
+        }
+    }
 }
 
 impl ServeArgs {
@@ -112,6 +179,12 @@ impl ServeArgs {
             },
             auth: self.auth.config(),
             health_interval: self.health_interval,
+            http: match self.http {
+                HttpListen::Off => None,
+                HttpListen::On(addr) => Some(addr),
+            },
+            cors_allowed_origins: self.gateway.cors_allowed_origins.clone(),
+            upstream_timeout: self.gateway.upstream_timeout,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Layers, each depending only on the ones after it:
 //! - `cli`: the command line and its environment variables, into config structs.
 //! - `app`: builds and runs the server (migrations, health, reflection, shutdown).
+//! - `http`: the REST/JSON edge gateway, translating the web API into gRPC calls.
 //! - `grpc`: tonic services, the auth interceptor, proto ↔ domain conversion, and the
 //!   one `DomainError` → `Status` mapping.
 //! - `bench`: the load generator behind `chatd bench`.
@@ -17,4 +18,5 @@ pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod storage;

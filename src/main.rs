@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use chatd::app::{Application, shutdown_signal};
 use chatd::auth::TokenSigner;
 use chatd::cli::{Cli, Command};
+use chatd::http::Gateway;
 use chatd::storage::{PoolConfig, Store};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -34,6 +35,10 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Serve(args) => {
             let app = Application::build(args.config()?).await?;
             app.run(shutdown_signal()).await
+        }
+        Command::Gateway(args) => {
+            let gateway = Gateway::build(&args.config()).await?;
+            gateway.run(shutdown_signal()).await
         }
         Command::Migrate(args) => {
             let pool = PoolConfig {

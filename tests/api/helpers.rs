@@ -48,6 +48,10 @@ impl Interceptor for Bearer {
 
 /// A running chatd with its own database; dropping it drops the database.
 pub struct TestApp {
+    /// Base URL of chatd's gRPC listener.
+    pub grpc: String,
+    /// Base URL of the in-process REST gateway.
+    pub http: String,
     pub store: Store,
     signer: TokenSigner,
     shutdown: Option<oneshot::Sender<()>>,
@@ -74,9 +78,13 @@ impl TestApp {
                 ..AuthConfig::default()
             },
             health_interval: Duration::from_millis(100),
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            cors_allowed_origins: Vec::new(),
+            upstream_timeout: Duration::from_secs(10),
         };
         let app = Application::build(config).await.expect("chatd builds");
         let addr = app.local_addr();
+        let http = format!("http://{}", app.http_addr().expect("gateway enabled"));
         let store = app.store().clone();
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
@@ -88,6 +96,8 @@ impl TestApp {
             .await
             .expect("connects to chatd");
         Self {
+            grpc: format!("http://{addr}"),
+            http,
             store,
             signer: TokenSigner::from_secret(SECRET.as_bytes(), None, None),
             shutdown: Some(shutdown),
@@ -109,6 +119,16 @@ impl TestApp {
 
     pub fn chat_with_header(&self, header: Option<String>) -> ChatClient {
         ChatServiceClient::with_interceptor(self.channel(), Bearer(header))
+    }
+
+    /// `Bearer <token>` for a user in a role.
+    pub fn bearer(&self, user_id: i64, role: Role) -> String {
+        format!("Bearer {}", self.token(user_id, role))
+    }
+
+    /// A URL on the REST gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
     }
 
     pub fn tutor(&self, user_id: i64) -> ChatClient {

@@ -30,6 +30,7 @@ mod helpers;
 mod auth;
 mod concurrency;
 mod contact_threads;
+mod gateway;
 mod guards;
 mod health;
 mod messages;

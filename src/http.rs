@@ -1,0 +1,434 @@
+//! The edge gateway: the web frontend's REST/JSON contract, each request translated into
+//! a chat.v1 gRPC call to chatd over a real gRPC channel (the path internal callers
+//! take), forwarding `authorization` and the W3C `traceparent`/`tracestate` headers.
+//!
+//! SyncService has no route here: upstream services reach it over gRPC only.
+
+mod error;
+mod json;
+mod openapi;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::{ApiError, code_name, http_status};
+
+use crate::grpc::pb;
+use crate::grpc::pb::chat_service_client::ChatServiceClient;
+use json::{
+    EnsureThreadBody, MarkReadBody, MessageJson, MessagePageJson, ReadStateJson, SendMessageBody,
+    ThreadJson, UnreadSummaryJson,
+};
+
+/// Largest request body accepted: larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Headers copied from the HTTP request into the gRPC call's metadata.
+const FORWARDED_HEADERS: [&str; 3] = ["authorization", "traceparent", "tracestate"];
+
+/// Everything the gateway needs to know.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// chatd's gRPC address, e.g. `http://127.0.0.1:50051`.
+    pub upstream: String,
+    /// How long one upstream call may take before the client gets 504.
+    pub upstream_timeout: Duration,
+    /// Origins allowed by CORS; empty turns CORS off.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// The gateway's state: one lazily connected channel to chatd. It reconnects by itself,
+/// so the gateway recovers without a restart when chatd comes back.
+#[derive(Clone)]
+struct Upstream {
+    channel: Channel,
+}
+
+impl Upstream {
+    fn chat(&self) -> ChatServiceClient<Channel> {
+        ChatServiceClient::new(self.channel.clone())
+    }
+}
+
+/// A bound gateway, ready to `run`.
+pub struct Gateway {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Gateway {
+    pub async fn build(config: &GatewayConfig) -> Result<Self, String> {
+        let router = router(config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        Ok(Self { listener, router })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
+        tracing::info!(addr = %self.local_addr(), "chatd REST gateway listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| format!("REST gateway failed: {e}"))
+    }
+}
+
+/// The REST routes, each path with and without its trailing slash.
+pub fn router(config: &GatewayConfig) -> Result<Router, String> {
+    let channel = Endpoint::from_shared(config.upstream.clone())
+        .map_err(|e| format!("bad upstream URL {:?}: {e}", config.upstream))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(config.upstream_timeout)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let upstream = Upstream { channel };
+    let mut router = Router::new();
+    for (path, route) in [
+        ("/api/v1/chat/threads/negotiation/", post(ensure_thread)),
+        ("/api/v1/chat/unread-summary/", get(unread_summary)),
+        ("/api/v1/chat/threads/{thread_id}/read/", post(mark_read)),
+        (
+            "/api/v1/chat/threads/{thread_id}/messages/",
+            post(send_message).get(list_messages),
+        ),
+    ] {
+        router = router
+            .route(path, route.clone())
+            .route(path.trim_end_matches('/'), route);
+    }
+    let mut router = router
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(upstream);
+    if !config.cors_allowed_origins.is_empty() {
+        router = router.layer(cors(&config.cors_allowed_origins)?);
+    }
+    Ok(router)
+}
+
+fn cors(origins: &[String]) -> Result<CorsLayer, String> {
+    let origins = origins
+        .iter()
+        .map(|origin| {
+            HeaderValue::from_str(origin).map_err(|_| format!("bad CORS origin {origin:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(Duration::from_secs(600)))
+}
+
+/// Wraps a message into a gRPC request carrying the forwarded headers.
+fn upstream_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = headers.get(name)
+            && let Ok(value) = value.to_str()
+            && let Ok(value) = value.parse()
+        {
+            request.metadata_mut().insert(name, value);
+        }
+    }
+    request
+}
+
+/// A JSON request body. Unlike `axum::Json`, its failures are the gateway's JSON errors,
+/// and an empty body reads as `{}` where the type allows it.
+struct JsonBody<T>(T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_none_or(|value| value.starts_with("application/json"));
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::http(
+                        status,
+                        "PAYLOAD_TOO_LARGE",
+                        format!("the request body is over {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::http(status, "BAD_REQUEST", rejection.body_text())
+                }
+            })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        if !is_json {
+            return Err(ApiError::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "send the body as application/json",
+            ));
+        }
+        Json::<T>::from_bytes(bytes)
+            .map(|Json(value)| JsonBody(value))
+            .map_err(|rejection| ApiError::invalid("body", rejection.body_text()))
+    }
+}
+
+/// Parses a path id, naming the parameter when it is not an integer.
+fn path_id(field: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
+}
+
+/// Parses an optional integer query parameter.
+fn query_int<T: std::str::FromStr>(field: &str, raw: Option<&str>) -> Result<Option<T>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<T>()
+            .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
+    })
+    .transpose()
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    limit: Option<String>,
+    before_seq: Option<String>,
+}
+
+async fn ensure_thread(
+    State(upstream): State<Upstream>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<EnsureThreadBody>,
+) -> Result<Response, ApiError> {
+    use pb::ensure_thread_request::Target;
+    let target = match (body.relation_id, body.inquiry_id) {
+        (Some(id), None) => Some(Target::RelationId(id)),
+        (None, Some(id)) => Some(Target::InquiryId(id)),
+        (None, None) => None, // chatd names the missing target
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "target",
+                "set only one of relation_id and inquiry_id",
+            ));
+        }
+    };
+    let response = upstream
+        .chat()
+        .ensure_thread(upstream_request(
+            &headers,
+            pb::EnsureThreadRequest { target },
+        ))
+        .await?
+        .into_inner();
+    let thread = response
+        .thread
+        .ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no thread")))?;
+    let status = if response.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(ThreadJson::new(thread, response.created))).into_response())
+}
+
+async fn unread_summary(
+    State(upstream): State<Upstream>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0);
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(first_entity_tag)
+        .unwrap_or_default();
+    let summary = upstream
+        .chat()
+        .get_unread_summary(upstream_request(
+            &headers,
+            pb::GetUnreadSummaryRequest {
+                limit,
+                if_none_match,
+            },
+        ))
+        .await?
+        .into_inner();
+    let etag = format!("\"{}\"", summary.etag);
+    let cache_headers = [
+        (header::ETAG, etag),
+        // Per-user content: browsers may keep it but must revalidate; shared caches must not mix users.
+        (header::CACHE_CONTROL, "private, no-cache".to_owned()),
+        (header::VARY, "Authorization".to_owned()),
+    ];
+    if summary.not_modified {
+        return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
+    }
+    Ok((cache_headers, Json(UnreadSummaryJson::from(summary))).into_response())
+}
+
+/// The opaque tag of an `If-None-Match` header (first of a list, weak or strong).
+fn first_entity_tag(header: &str) -> Option<String> {
+    let tag = header.split(',').next()?.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let tag = tag.strip_prefix('"')?.strip_suffix('"')?;
+    Some(tag.to_owned())
+}
+
+async fn mark_read(
+    State(upstream): State<Upstream>,
+    headers: HeaderMap,
+    Path(thread_id): Path<String>,
+    JsonBody(body): JsonBody<MarkReadBody>,
+) -> Result<Json<ReadStateJson>, ApiError> {
+    let request = pb::MarkReadRequest {
+        thread_id: path_id("thread_id", &thread_id)?,
+        up_to_seq: body.up_to_seq,
+    };
+    let state = upstream
+        .chat()
+        .mark_read(upstream_request(&headers, request))
+        .await?
+        .into_inner();
+    Ok(Json(ReadStateJson::from(state)))
+}
+
+async fn send_message(
+    State(upstream): State<Upstream>,
+    headers: HeaderMap,
+    Path(thread_id): Path<String>,
+    JsonBody(body): JsonBody<SendMessageBody>,
+) -> Result<Response, ApiError> {
+    let request = pb::SendMessageRequest {
+        thread_id: path_id("thread_id", &thread_id)?,
+        body: body.body,
+        client_message_id: body.client_message_id.unwrap_or_default(),
+    };
+    let response = upstream
+        .chat()
+        .send_message(upstream_request(&headers, request))
+        .await?
+        .into_inner();
+    let message = response
+        .message
+        .ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no message")))?;
+    Ok((StatusCode::CREATED, Json(MessageJson::from(message))).into_response())
+}
+
+async fn list_messages(
+    State(upstream): State<Upstream>,
+    headers: HeaderMap,
+    Path(thread_id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<MessagePageJson>, ApiError> {
+    let request = pb::ListMessagesRequest {
+        thread_id: path_id("thread_id", &thread_id)?,
+        before_seq: query_int("before_seq", query.before_seq.as_deref())?,
+        limit: query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0),
+    };
+    let page = upstream
+        .chat()
+        .list_messages(upstream_request(&headers, request))
+        .await?
+        .into_inner();
+    Ok(Json(MessagePageJson::from(page)))
+}
+
+/// Liveness: the gateway process answers.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: chatd answers its gRPC health check with SERVING.
+async fn readyz(State(upstream): State<Upstream>) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = HealthClient::new(upstream.channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    if status == ServingStatus::Serving as i32 {
+        Ok(Json(serde_json::json!({ "status": "ready" })))
+    } else {
+        Err(ApiError::from(tonic::Status::unavailable(
+            "chatd is not serving",
+        )))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::http(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such path: see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this path does not take that method: see /openapi.json",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_tags() {
+        assert_eq!(first_entity_tag("\"v3.l50\"").as_deref(), Some("v3.l50"));
+        assert_eq!(
+            first_entity_tag("W/\"v3.l50\", \"x\"").as_deref(),
+            Some("v3.l50")
+        );
+        assert_eq!(first_entity_tag("*"), None);
+    }
+}

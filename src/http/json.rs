@@ -1,0 +1,183 @@
+//! The REST contract's JSON bodies (snake_case, ids as numbers, absent ids null, RFC 3339
+//! timestamps), converted from the chat.v1 messages the gateway receives.
+
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::grpc::pb;
+
+/// POST /threads/negotiation/: exactly one of the two targets.
+#[derive(Debug, Deserialize)]
+pub struct EnsureThreadBody {
+    #[serde(default)]
+    pub relation_id: Option<i64>,
+    #[serde(default)]
+    pub inquiry_id: Option<i64>,
+}
+
+/// POST /threads/{id}/read/: `{}` (or no body) reads everything.
+#[derive(Debug, Default, Deserialize)]
+pub struct MarkReadBody {
+    #[serde(default)]
+    pub up_to_seq: Option<i64>,
+}
+
+/// POST /threads/{id}/messages/.
+#[derive(Debug, Deserialize)]
+pub struct SendMessageBody {
+    pub body: String,
+    #[serde(default)]
+    pub client_message_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadJson {
+    pub thread_id: i64,
+    pub kind: &'static str,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub is_writable: bool,
+    pub created: bool,
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadUnreadJson {
+    pub thread_id: i64,
+    pub kind: &'static str,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub unread_count: i64,
+    pub last_message_at: Option<String>,
+    pub last_message_preview: String,
+    pub last_message_sender_id: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnreadSummaryJson {
+    pub threads: Vec<ThreadUnreadJson>,
+    pub total: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadStateJson {
+    pub thread_id: i64,
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+    pub total: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageJson {
+    pub message_id: i64,
+    pub thread_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub body: String,
+    pub created_at: Option<String>,
+    pub client_message_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessagePageJson {
+    pub messages: Vec<MessageJson>,
+    pub last_read_seq: i64,
+    pub peer_last_read_seq: i64,
+    pub has_more: bool,
+}
+
+fn kind(kind: i32) -> &'static str {
+    match pb::ThreadKind::try_from(kind) {
+        Ok(pb::ThreadKind::Contact) => "contact",
+        Ok(pb::ThreadKind::Negotiation) => "negotiation",
+        _ => "unspecified",
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, e.g. `2026-11-24T21:45:46.439151Z`.
+fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
+    let at = at?;
+    let nanos = u32::try_from(at.nanos).ok()?;
+    DateTime::from_timestamp(at.seconds, nanos)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+impl ThreadJson {
+    pub fn new(thread: pb::Thread, created: bool) -> Self {
+        Self {
+            thread_id: thread.thread_id,
+            kind: kind(thread.kind),
+            relation_id: thread.relation_id,
+            inquiry_id: thread.inquiry_id,
+            tutor_id: thread.tutor_id,
+            student_id: thread.student_id,
+            is_writable: thread.is_writable,
+            created,
+            created_at: rfc3339(thread.created_at),
+        }
+    }
+}
+
+impl From<pb::GetUnreadSummaryResponse> for UnreadSummaryJson {
+    fn from(summary: pb::GetUnreadSummaryResponse) -> Self {
+        Self {
+            threads: summary
+                .threads
+                .into_iter()
+                .map(|t| ThreadUnreadJson {
+                    thread_id: t.thread_id,
+                    kind: kind(t.kind),
+                    relation_id: t.relation_id,
+                    inquiry_id: t.inquiry_id,
+                    tutor_id: t.tutor_id,
+                    student_id: t.student_id,
+                    unread_count: t.unread_count,
+                    last_message_at: rfc3339(t.last_message_at),
+                    last_message_preview: t.last_message_preview,
+                    last_message_sender_id: t.last_message_sender_id,
+                })
+                .collect(),
+            total: summary.total,
+        }
+    }
+}
+
+impl From<pb::MarkReadResponse> for ReadStateJson {
+    fn from(state: pb::MarkReadResponse) -> Self {
+        Self {
+            thread_id: state.thread_id,
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+            total: state.total,
+        }
+    }
+}
+
+impl From<pb::Message> for MessageJson {
+    fn from(message: pb::Message) -> Self {
+        Self {
+            message_id: message.message_id,
+            thread_id: message.thread_id,
+            seq: message.seq,
+            sender_id: message.sender_id,
+            body: message.body,
+            created_at: rfc3339(message.created_at),
+            client_message_id: Some(message.client_message_id).filter(|id| !id.is_empty()),
+        }
+    }
+}
+
+impl From<pb::ListMessagesResponse> for MessagePageJson {
+    fn from(page: pb::ListMessagesResponse) -> Self {
+        Self {
+            messages: page.messages.into_iter().map(MessageJson::from).collect(),
+            last_read_seq: page.last_read_seq,
+            peer_last_read_seq: page.peer_last_read_seq,
+            has_more: page.has_more,
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The REST gateway over real HTTP: the seed's three frontend flows, the JSON contract,
+//! ETag/304, and every error path as status code and JSON body.
+
+use std::time::Duration;
+
+use chatd::app::{Application, ServeConfig};
+use chatd::auth::AuthConfig;
+use chatd::domain::Role;
+use chatd::grpc::pb::{ContactAccessState, RelationStatus};
+use chatd::http::{Gateway, GatewayConfig};
+use chatd::storage::PoolConfig;
+use reqwest::StatusCode;
+use reqwest::header::{ETAG, IF_NONE_MATCH};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, SECRET, TestApp};
+
+const TUTOR: i64 = 42;
+const STUDENT: i64 = 7;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Sends a request and returns its status and JSON body (Null when there is none).
+async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.to_str()
+                .unwrap_or_default()
+                .starts_with("application/json")
+        });
+    let text = response.text().await.unwrap();
+    if text.is_empty() {
+        return (status, Value::Null);
+    }
+    assert!(is_json, "{status} answered non-JSON: {text}");
+    (status, serde_json::from_str(&text).expect("a JSON body"))
+}
+
+#[track_caller]
+fn assert_api_error(answer: &(StatusCode, Value), status: u16, code: &str, grpc_status: &str) {
+    let (got, body) = answer;
+    assert_eq!(got.as_u16(), status, "status of {body}");
+    assert_eq!(body["code"], code, "code of {body}");
+    assert_eq!(body["grpc_status"], grpc_status, "grpc_status of {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message of {body}"
+    );
+}
+
+async fn ensure(app: &TestApp, user: i64, role: Role, body: Value) -> (StatusCode, Value) {
+    call(
+        client()
+            .post(app.url("/api/v1/chat/threads/negotiation/"))
+            .header("authorization", app.bearer(user, role))
+            .json(&body),
+    )
+    .await
+}
+
+async fn unread(app: &TestApp, user: i64, role: Role) -> (StatusCode, Value) {
+    call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/"))
+            .header("authorization", app.bearer(user, role)),
+    )
+    .await
+}
+
+async fn send(
+    app: &TestApp,
+    user: i64,
+    role: Role,
+    thread_id: i64,
+    body: &str,
+) -> (StatusCode, Value) {
+    call(
+        client()
+            .post(app.url(&format!("/api/v1/chat/threads/{thread_id}/messages/")))
+            .header("authorization", app.bearer(user, role))
+            .json(&json!({ "body": body, "client_message_id": null })),
+    )
+    .await
+}
+
+/// Flow 1: relation accepted → contact unlocked → tutor ensures the thread → sends.
+async fn flow_accept_unlock_chat(app: TestApp) {
+    app.relation(10, TUTOR, STUDENT, RelationStatus::Active, 1)
+        .await;
+    app.contact_access(TUTOR, STUDENT, ContactAccessState::Unlocked, 1)
+        .await;
+    let (status, thread) = ensure(&app, TUTOR, Role::Tutor, json!({ "relation_id": 10 })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let thread_id = thread["thread_id"].as_i64().expect("numeric thread_id");
+    assert_eq!(thread["kind"], "contact");
+    assert_eq!(thread["relation_id"], 10);
+    assert_eq!(thread["inquiry_id"], Value::Null);
+    assert_eq!(thread["tutor_id"], TUTOR);
+    assert_eq!(thread["student_id"], STUDENT);
+    assert_eq!(thread["is_writable"], true);
+    assert_eq!(thread["created"], true);
+    let (status, again) = ensure(&app, TUTOR, Role::Tutor, json!({ "relation_id": 10 })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["created"], false);
+    assert_eq!(again["thread_id"], thread_id);
+
+    let (status, message) = send(
+        &app,
+        TUTOR,
+        Role::Tutor,
+        thread_id,
+        "Hi! Shall we chat here?",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(message["seq"], 1);
+    assert_eq!(message["sender_id"], TUTOR);
+    assert_eq!(message["body"], "Hi! Shall we chat here?");
+    assert_eq!(message["client_message_id"], Value::Null);
+    let created_at = message["created_at"].as_str().expect("a timestamp");
+    chrono::DateTime::parse_from_rfc3339(created_at).expect("RFC 3339");
+
+    let (status, page) = call(
+        client()
+            .get(app.url(&format!(
+                "/api/v1/chat/threads/{thread_id}/messages/?limit=10"
+            )))
+            .header("authorization", app.bearer(STUDENT, Role::Student)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["messages"][0]["body"], "Hi! Shall we chat here?");
+    assert_eq!(page["has_more"], false);
+    assert_eq!(page["peer_last_read_seq"], 1);
+}
+
+/// Flow 2: the student writes → the tutor's bell shows the badge → the tutor reads → gone.
+async fn flow_badge_appears_and_clears(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let (_, empty) = unread(&app, TUTOR, Role::Tutor).await;
+    assert_eq!(empty, json!({ "threads": [], "total": 0 }));
+
+    send(
+        &app,
+        STUDENT,
+        Role::Student,
+        thread.thread_id,
+        "When is our next lesson?",
+    )
+    .await;
+    let (status, summary) = unread(&app, TUTOR, Role::Tutor).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(summary["total"], 1);
+    let entry = &summary["threads"][0];
+    assert_eq!(entry["thread_id"], thread.thread_id);
+    assert_eq!(entry["kind"], "contact");
+    assert_eq!(entry["relation_id"], 10);
+    assert_eq!(entry["inquiry_id"], Value::Null);
+    assert_eq!(entry["unread_count"], 1);
+    assert_eq!(entry["last_message_preview"], "When is our next lesson?");
+    assert_eq!(entry["last_message_sender_id"], STUDENT);
+    chrono::DateTime::parse_from_rfc3339(entry["last_message_at"].as_str().unwrap())
+        .expect("RFC 3339");
+
+    // The frontend sends {} (or nothing) to read everything.
+    let (status, read) = call(
+        client()
+            .post(app.url(&format!("/api/v1/chat/threads/{}/read/", thread.thread_id)))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        read,
+        json!({ "thread_id": thread.thread_id, "last_read_seq": 1, "unread_count": 0, "total": 0 })
+    );
+    let (_, cleared) = unread(&app, TUTOR, Role::Tutor).await;
+    assert_eq!(cleared["total"], 0);
+}
+
+/// Flow 3: contact access revoked → the tutor's ensure is refused (the button disables).
+async fn flow_revoked_access_refuses_the_tutor(app: TestApp) {
+    app.contact_thread(10, TUTOR, STUDENT).await;
+    app.contact_access(TUTOR, STUDENT, ContactAccessState::Revoked, 2)
+        .await;
+    let answer = ensure(&app, TUTOR, Role::Tutor, json!({ "relation_id": 10 })).await;
+    assert_api_error(&answer, 403, "CONTACT_ACCESS_LOCKED", "PERMISSION_DENIED");
+    // The student is not affected.
+    let (status, _) = ensure(&app, STUDENT, Role::Student, json!({ "relation_id": 10 })).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn unread_summary_etag_and_304(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let summary_request = || {
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/"))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor))
+    };
+    let first = summary_request().send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()[ETAG].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+
+    let unchanged = summary_request()
+        .header(IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.headers()[ETAG], etag.as_str());
+    assert!(
+        unchanged.bytes().await.unwrap().is_empty(),
+        "304 has no body"
+    );
+
+    send(&app, STUDENT, Role::Student, thread.thread_id, "news").await;
+    let changed = summary_request()
+        .header(IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_ne!(changed.headers()[ETAG], etag.as_str());
+    let body: Value = changed.json().await.unwrap();
+    assert_eq!(body["total"], 1);
+}
+
+async fn bad_http_input_gets_json_errors(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let tutor = app.bearer(TUTOR, Role::Tutor);
+    let messages = app.url(&format!(
+        "/api/v1/chat/threads/{}/messages/",
+        thread.thread_id
+    ));
+    let ensure_url = app.url("/api/v1/chat/threads/negotiation/");
+
+    let malformed = call(
+        client()
+            .post(&ensure_url)
+            .header("authorization", &tutor)
+            .header("content-type", "application/json")
+            .body("{\"relation_id\": "),
+    )
+    .await;
+    assert_api_error(&malformed, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+
+    let wrong_type = call(
+        client()
+            .post(&ensure_url)
+            .header("authorization", &tutor)
+            .json(&json!({ "relation_id": "ten" })),
+    )
+    .await;
+    assert_api_error(&wrong_type, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert!(
+        wrong_type.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("relation_id"),
+        "{}",
+        wrong_type.1
+    );
+
+    let unknown_target = call(
+        client()
+            .post(&ensure_url)
+            .header("authorization", &tutor)
+            .json(&json!({ "student_id": 7 })),
+    )
+    .await;
+    assert_api_error(&unknown_target, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(unknown_target.1["field"], "target");
+    let both = call(
+        client()
+            .post(&ensure_url)
+            .header("authorization", &tutor)
+            .json(&json!({ "relation_id": 10, "inquiry_id": 5 })),
+    )
+    .await;
+    assert_api_error(&both, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+
+    let not_numeric = call(
+        client()
+            .post(app.url("/api/v1/chat/threads/abc/messages/"))
+            .header("authorization", &tutor)
+            .json(&json!({ "body": "x" })),
+    )
+    .await;
+    assert_api_error(&not_numeric, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(not_numeric.1["field"], "thread_id");
+
+    let too_large = call(
+        client()
+            .post(&messages)
+            .header("authorization", &tutor)
+            .json(&json!({ "body": "x".repeat(70 * 1024) })),
+    )
+    .await;
+    assert_api_error(&too_large, 413, "PAYLOAD_TOO_LARGE", "RESOURCE_EXHAUSTED");
+
+    let not_json = call(
+        client()
+            .post(&messages)
+            .header("authorization", &tutor)
+            .header("content-type", "text/plain")
+            .body("hello"),
+    )
+    .await;
+    assert_api_error(&not_json, 415, "UNSUPPORTED_MEDIA_TYPE", "UNIMPLEMENTED");
+
+    let empty_body = call(
+        client()
+            .post(&messages)
+            .header("authorization", &tutor)
+            .json(&json!({ "body": "  " })),
+    )
+    .await;
+    assert_api_error(&empty_body, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(empty_body.1["field"], "body");
+
+    let wrong_method = call(client().delete(&messages).header("authorization", &tutor)).await;
+    assert_api_error(&wrong_method, 405, "METHOD_NOT_ALLOWED", "UNIMPLEMENTED");
+
+    let unknown_path = call(
+        client()
+            .get(app.url("/api/v1/chat/nope/"))
+            .header("authorization", &tutor),
+    )
+    .await;
+    assert_api_error(&unknown_path, 404, "NOT_FOUND", "NOT_FOUND");
+
+    // SyncService has no REST route, not even by its gRPC path.
+    let sync = call(
+        client()
+            .post(app.url("/chat.v1.SyncService/UpsertRelation"))
+            .header("authorization", app.bearer(1, Role::Service))
+            .json(&json!({})),
+    )
+    .await;
+    assert_api_error(&sync, 404, "NOT_FOUND", "NOT_FOUND");
+
+    let bad_limit = call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/?limit=abc"))
+            .header("authorization", &tutor),
+    )
+    .await;
+    assert_api_error(&bad_limit, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    let big_limit = call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/?limit=500"))
+            .header("authorization", &tutor),
+    )
+    .await;
+    assert_api_error(&big_limit, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(big_limit.1["field"], "limit");
+}
+
+async fn chatd_errors_map_to_http(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let no_token = call(client().get(app.url("/api/v1/chat/unread-summary/"))).await;
+    assert_api_error(&no_token, 401, "TOKEN_MISSING", "UNAUTHENTICATED");
+    let service = call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/"))
+            .header("authorization", app.bearer(1, Role::Service)),
+    )
+    .await;
+    assert_api_error(&service, 403, "ROLE_NOT_ALLOWED", "PERMISSION_DENIED");
+    let stranger = send(&app, 99, Role::Student, thread.thread_id, "hi").await;
+    assert_api_error(&stranger, 404, "THREAD_NOT_FOUND", "NOT_FOUND");
+    let missing = ensure(&app, TUTOR, Role::Tutor, json!({ "relation_id": 999 })).await;
+    assert_api_error(&missing, 404, "RELATION_NOT_FOUND", "NOT_FOUND");
+    app.relation(10, TUTOR, STUDENT, RelationStatus::Archived, 2)
+        .await;
+    let archived = send(&app, STUDENT, Role::Student, thread.thread_id, "hi").await;
+    assert_api_error(&archived, 400, "THREAD_NOT_WRITABLE", "FAILED_PRECONDITION");
+}
+
+async fn paths_work_without_trailing_slash(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let (status, _) = call(
+        client()
+            .post(app.url(&format!(
+                "/api/v1/chat/threads/{}/messages",
+                thread.thread_id
+            )))
+            .header("authorization", app.bearer(STUDENT, Role::Student))
+            .json(&json!({ "body": "no slash" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, summary) = call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary"))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(summary["total"], 1);
+}
+
+async fn health_readiness_and_openapi(app: TestApp) {
+    let (status, body) = call(client().get(app.url("/healthz"))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "status": "ok" })));
+    let (status, body) = call(client().get(app.url("/readyz"))).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "status": "ready" }))
+    );
+    let (status, doc) = call(client().get(app.url("/openapi.json"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/api/v1/chat/unread-summary/"]["get"].is_object());
+}
+
+backend_suite!(
+    flow_accept_unlock_chat,
+    flow_badge_appears_and_clears,
+    flow_revoked_access_refuses_the_tutor,
+    unread_summary_etag_and_304,
+    bad_http_input_gets_json_errors,
+    chatd_errors_map_to_http,
+    paths_work_without_trailing_slash,
+    health_readiness_and_openapi,
+);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// chatd down → 503 with the JSON error; chatd back → the gateway recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_503_then_recovers() {
+    let port = free_port();
+    let gateway = Gateway::build(&GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: format!("http://127.0.0.1:{port}"),
+        upstream_timeout: Duration::from_secs(5),
+        cors_allowed_origins: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::spawn(gateway.run(std::future::pending()));
+
+    let db = std::env::temp_dir().join(format!("chatd_gateway_{port}.db"));
+    let signer = chatd::auth::TokenSigner::from_secret(SECRET.as_bytes(), None, None);
+    let token = format!(
+        "Bearer {}",
+        signer
+            .sign(TUTOR, Role::Tutor, Duration::from_secs(60))
+            .unwrap()
+    );
+    let summary = || {
+        client()
+            .get(format!("{base}/api/v1/chat/unread-summary/"))
+            .header("authorization", &token)
+    };
+
+    let down = call(summary()).await;
+    assert_api_error(&down, 503, "UPSTREAM_UNAVAILABLE", "UNAVAILABLE");
+    let not_ready = call(client().get(format!("{base}/readyz"))).await;
+    assert_api_error(&not_ready, 503, "UPSTREAM_UNAVAILABLE", "UNAVAILABLE");
+    let (status, _) = call(client().get(format!("{base}/healthz"))).await;
+    assert_eq!(status, StatusCode::OK, "the gateway itself is alive");
+
+    let chatd = Application::build(ServeConfig {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        database: chatd::storage::DatabaseUrl::Sqlite(db.display().to_string()),
+        pool: PoolConfig {
+            max_size: 4,
+            timeout: Duration::from_secs(5),
+        },
+        auth: AuthConfig {
+            secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        },
+        health_interval: Duration::from_millis(100),
+        http: None,
+        cors_allowed_origins: Vec::new(),
+        upstream_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(chatd.run(async move {
+        let _ = stopped.await;
+    }));
+    let (status, body) = call(summary()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["total"], 0);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    for suffix in ["", "-wal", "-shm", ".jwt-secret"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+/// CORS is off by default and answers preflights for configured origins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_only_configured_origins() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let preflight = |base: String, origin: &'static str| {
+        client()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{base}/api/v1/chat/unread-summary/"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+    };
+    let default = preflight(app.http.clone(), "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        default
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "off by default"
+    );
+
+    let gateway = Gateway::build(&GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: app.grpc.clone(),
+        upstream_timeout: Duration::from_secs(5),
+        cors_allowed_origins: vec!["https://app.example".into()],
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::spawn(gateway.run(std::future::pending()));
+    let allowed = preflight(base.clone(), "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = preflight(base, "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
