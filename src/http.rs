@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -214,6 +215,10 @@ where
                 "send the body as application/json",
             ));
         }
+        // serde would read `[…]` into a struct too; the contract's bodies are objects.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        }
         Json::<T>::from_bytes(bytes)
             .map(|Json(value)| JsonBody(value))
             .map_err(|rejection| ApiError::invalid("body", rejection.body_text()))
@@ -235,6 +240,43 @@ fn query_int<T: std::str::FromStr>(field: &str, raw: Option<&str>) -> Result<Opt
     .transpose()
 }
 
+/// Query parameters whose failures are the gateway's JSON errors, not axum's plain text.
+struct QueryParams<T>(T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| QueryParams(value))
+            .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))
+    }
+}
+
+/// Requires an `authorization` header before anything else is looked at, so a caller
+/// without credentials learns that first (401), whatever else is wrong with the request.
+/// The token itself is verified by chatd, the one place that holds the keys.
+struct Credentials;
+
+impl<S: Send + Sync> FromRequestParts<S> for Credentials {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            Ok(Credentials)
+        } else {
+            Err(ApiError::from(tonic::Status::from(
+                crate::domain::DomainError::TokenMissing,
+            )))
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct PageQuery {
     limit: Option<String>,
@@ -242,6 +284,7 @@ struct PageQuery {
 }
 
 async fn ensure_thread(
+    _: Credentials,
     State(upstream): State<Upstream>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<EnsureThreadBody>,
@@ -278,9 +321,10 @@ async fn ensure_thread(
 }
 
 async fn unread_summary(
+    _: Credentials,
     State(upstream): State<Upstream>,
     headers: HeaderMap,
-    Query(query): Query<PageQuery>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0);
     let if_none_match = headers
@@ -321,6 +365,7 @@ fn first_entity_tag(header: &str) -> Option<String> {
 }
 
 async fn mark_read(
+    _: Credentials,
     State(upstream): State<Upstream>,
     headers: HeaderMap,
     Path(thread_id): Path<String>,
@@ -339,6 +384,7 @@ async fn mark_read(
 }
 
 async fn send_message(
+    _: Credentials,
     State(upstream): State<Upstream>,
     headers: HeaderMap,
     Path(thread_id): Path<String>,
@@ -361,10 +407,11 @@ async fn send_message(
 }
 
 async fn list_messages(
+    _: Credentials,
     State(upstream): State<Upstream>,
     headers: HeaderMap,
     Path(thread_id): Path<String>,
-    Query(query): Query<PageQuery>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<MessagePageJson>, ApiError> {
     let request = pb::ListMessagesRequest {
         thread_id: path_id("thread_id", &thread_id)?,

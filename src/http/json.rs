@@ -6,16 +6,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::grpc::pb;
 
-/// POST /threads/negotiation/: exactly one of the two targets.
+/// POST /threads/negotiation/: exactly one of the two targets (an explicit null is
+/// refused rather than read as absent, as the contract's bodies never carry one).
 #[derive(Debug, Deserialize)]
 pub struct EnsureThreadBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub relation_id: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub inquiry_id: Option<i64>,
 }
 
-/// POST /threads/{id}/read/: `{}` (or no body) reads everything.
+/// A field that may be absent (`default` makes it `None`) but not null.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    i64::deserialize(deserializer).map(Some)
+}
+
+/// POST /threads/{id}/read/: `{}`, no body or a null `up_to_seq` reads everything.
 #[derive(Debug, Default, Deserialize)]
 pub struct MarkReadBody {
     #[serde(default)]

@@ -346,6 +346,38 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     .await;
     assert_api_error(&sync, 404, "NOT_FOUND", "NOT_FOUND");
 
+    let array_body = call(
+        client()
+            .post(app.url(&format!("/api/v1/chat/threads/{}/read/", thread.thread_id)))
+            .header("authorization", &tutor)
+            .json(&json!([])),
+    )
+    .await;
+    assert_api_error(&array_body, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    let null_target = call(
+        client()
+            .post(&ensure_url)
+            .header("authorization", &tutor)
+            .json(&json!({ "relation_id": 10, "inquiry_id": null })),
+    )
+    .await;
+    assert_api_error(&null_target, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    // Credentials are checked before the body: a caller without them learns that first.
+    let anonymous_bad_body = call(
+        client()
+            .post(&ensure_url)
+            .json(&json!({ "relation_id": 0, "inquiry_id": 0 })),
+    )
+    .await;
+    assert_api_error(&anonymous_bad_body, 401, "TOKEN_MISSING", "UNAUTHENTICATED");
+    let repeated_param = call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/?limit=1&limit=2"))
+            .header("authorization", &tutor),
+    )
+    .await;
+    assert_api_error(&repeated_param, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+
     let bad_limit = call(
         client()
             .get(app.url("/api/v1/chat/unread-summary/?limit=abc"))
