@@ -14,13 +14,14 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -56,14 +57,8 @@ pub struct GatewayConfig {
 /// The gateway's state: one lazily connected channel to chatd. It reconnects by itself,
 /// so the gateway recovers without a restart when chatd comes back.
 #[derive(Clone)]
-struct Upstream {
+struct UpstreamChannel {
     channel: Channel,
-}
-
-impl Upstream {
-    fn chat(&self) -> ChatServiceClient<Channel> {
-        ChatServiceClient::new(self.channel.clone())
-    }
 }
 
 /// A bound gateway, ready to `run`.
@@ -108,7 +103,7 @@ pub fn router(config: &GatewayConfig) -> Result<Router, String> {
         .timeout(config.upstream_timeout)
         .tcp_nodelay(true)
         .connect_lazy();
-    let upstream = Upstream { channel };
+    let upstream = UpstreamChannel { channel };
     let mut router = Router::new();
     for (path, route) in [
         ("/api/v1/chat/threads/negotiation/", post(ensure_thread)),
@@ -156,20 +151,6 @@ fn cors(origins: &[String]) -> Result<CorsLayer, String> {
         ])
         .expose_headers([header::ETAG])
         .max_age(Duration::from_secs(600)))
-}
-
-/// Wraps a message into a gRPC request carrying the forwarded headers.
-fn upstream_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    for name in FORWARDED_HEADERS {
-        if let Some(value) = headers.get(name)
-            && let Ok(value) = value.to_str()
-            && let Ok(value) = value.parse()
-        {
-            request.metadata_mut().insert(name, value);
-        }
-    }
-    request
 }
 
 /// A JSON request body. Unlike `axum::Json`, its failures are the gateway's JSON errors,
@@ -225,10 +206,20 @@ where
     }
 }
 
-/// Parses a path id, naming the parameter when it is not an integer.
-fn path_id(field: &str, raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
+/// The `{thread_id}` of a path, refused with a JSON error naming it when not an integer.
+struct ThreadPath(i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ThreadPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::invalid("thread_id", rejection.body_text()))?;
+        raw.parse::<i64>()
+            .map(ThreadPath)
+            .map_err(|_| ApiError::invalid("thread_id", format!("must be an integer, got {raw:?}")))
+    }
 }
 
 /// Parses an optional integer query parameter.
@@ -258,22 +249,48 @@ where
     }
 }
 
-/// Requires an `authorization` header before anything else is looked at, so a caller
-/// without credentials learns that first (401), whatever else is wrong with the request.
-/// The token itself is verified by chatd, the one place that holds the keys.
-struct Credentials;
+/// A call to chatd on behalf of the HTTP caller: its `authorization` and trace headers
+/// become the gRPC metadata of every request made through it.
+///
+/// It is the first extractor of every API handler and requires the `authorization`
+/// header, so a caller without credentials learns that first (401), whatever else is
+/// wrong with the request. The token itself is verified by chatd, which holds the keys.
+struct Upstream {
+    chat: ChatServiceClient<Channel>,
+    metadata: MetadataMap,
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for Credentials {
+impl Upstream {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        tonic::Request::from_parts(self.metadata.clone(), Extensions::default(), message)
+    }
+}
+
+impl FromRequestParts<UpstreamChannel> for Upstream {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            Ok(Credentials)
-        } else {
-            Err(ApiError::from(tonic::Status::from(
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &UpstreamChannel,
+    ) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::from(tonic::Status::from(
                 crate::domain::DomainError::TokenMissing,
-            )))
+            )));
         }
+        let mut metadata = MetadataMap::new();
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = parts.headers.get(name)
+                && let Ok(value) = value.to_str()
+                && let Ok(value) = value.parse()
+            {
+                metadata.insert(name, value);
+            }
+        }
+        Ok(Self {
+            chat: ChatServiceClient::new(state.channel.clone()),
+            metadata,
+        })
     }
 }
 
@@ -284,9 +301,7 @@ struct PageQuery {
 }
 
 async fn ensure_thread(
-    _: Credentials,
-    State(upstream): State<Upstream>,
-    headers: HeaderMap,
+    mut upstream: Upstream,
     JsonBody(body): JsonBody<EnsureThreadBody>,
 ) -> Result<Response, ApiError> {
     use pb::ensure_thread_request::Target;
@@ -301,14 +316,8 @@ async fn ensure_thread(
             ));
         }
     };
-    let response = upstream
-        .chat()
-        .ensure_thread(upstream_request(
-            &headers,
-            pb::EnsureThreadRequest { target },
-        ))
-        .await?
-        .into_inner();
+    let request = upstream.request(pb::EnsureThreadRequest { target });
+    let response = upstream.chat.ensure_thread(request).await?.into_inner();
     let thread = response
         .thread
         .ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no thread")))?;
@@ -321,8 +330,7 @@ async fn ensure_thread(
 }
 
 async fn unread_summary(
-    _: Credentials,
-    State(upstream): State<Upstream>,
+    mut upstream: Upstream,
     headers: HeaderMap,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Response, ApiError> {
@@ -332,15 +340,13 @@ async fn unread_summary(
         .and_then(|value| value.to_str().ok())
         .and_then(first_entity_tag)
         .unwrap_or_default();
+    let request = upstream.request(pb::GetUnreadSummaryRequest {
+        limit,
+        if_none_match,
+    });
     let summary = upstream
-        .chat()
-        .get_unread_summary(upstream_request(
-            &headers,
-            pb::GetUnreadSummaryRequest {
-                limit,
-                if_none_match,
-            },
-        ))
+        .chat
+        .get_unread_summary(request)
         .await?
         .into_inner();
     let etag = format!("\"{}\"", summary.etag);
@@ -365,39 +371,35 @@ fn first_entity_tag(header: &str) -> Option<String> {
 }
 
 async fn mark_read(
-    _: Credentials,
-    State(upstream): State<Upstream>,
-    headers: HeaderMap,
-    Path(thread_id): Path<String>,
+    mut upstream: Upstream,
+    ThreadPath(thread_id): ThreadPath,
     JsonBody(body): JsonBody<MarkReadBody>,
 ) -> Result<Json<ReadStateJson>, ApiError> {
     let request = pb::MarkReadRequest {
-        thread_id: path_id("thread_id", &thread_id)?,
+        thread_id,
         up_to_seq: body.up_to_seq,
     };
     let state = upstream
-        .chat()
-        .mark_read(upstream_request(&headers, request))
+        .chat
+        .mark_read(upstream.request(request))
         .await?
         .into_inner();
     Ok(Json(ReadStateJson::from(state)))
 }
 
 async fn send_message(
-    _: Credentials,
-    State(upstream): State<Upstream>,
-    headers: HeaderMap,
-    Path(thread_id): Path<String>,
+    mut upstream: Upstream,
+    ThreadPath(thread_id): ThreadPath,
     JsonBody(body): JsonBody<SendMessageBody>,
 ) -> Result<Response, ApiError> {
     let request = pb::SendMessageRequest {
-        thread_id: path_id("thread_id", &thread_id)?,
+        thread_id,
         body: body.body,
         client_message_id: body.client_message_id.unwrap_or_default(),
     };
     let response = upstream
-        .chat()
-        .send_message(upstream_request(&headers, request))
+        .chat
+        .send_message(upstream.request(request))
         .await?
         .into_inner();
     let message = response
@@ -407,20 +409,18 @@ async fn send_message(
 }
 
 async fn list_messages(
-    _: Credentials,
-    State(upstream): State<Upstream>,
-    headers: HeaderMap,
-    Path(thread_id): Path<String>,
+    mut upstream: Upstream,
+    ThreadPath(thread_id): ThreadPath,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<MessagePageJson>, ApiError> {
     let request = pb::ListMessagesRequest {
-        thread_id: path_id("thread_id", &thread_id)?,
+        thread_id,
         before_seq: query_int("before_seq", query.before_seq.as_deref())?,
         limit: query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0),
     };
     let page = upstream
-        .chat()
-        .list_messages(upstream_request(&headers, request))
+        .chat
+        .list_messages(upstream.request(request))
         .await?
         .into_inner();
     Ok(Json(MessagePageJson::from(page)))
@@ -432,7 +432,9 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Readiness: chatd answers its gRPC health check with SERVING.
-async fn readyz(State(upstream): State<Upstream>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn readyz(
+    State(upstream): State<UpstreamChannel>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let status = HealthClient::new(upstream.channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),

@@ -5,7 +5,7 @@ use futures::future::join_all;
 
 use chatd::grpc::pb::{ContactAccessState, RelationStatus, SendMessageRequest};
 
-use crate::helpers::{TestApp, ensure_relation, mark_read, send, summary};
+use crate::helpers::{ChatClientExt, TestApp, ensure_relation, mark_read, send};
 
 async fn concurrent_ensure_creates_one_thread(app: TestApp) {
     app.relation(10, 42, 7, RelationStatus::Active, 1).await;
@@ -87,12 +87,7 @@ async fn concurrent_retries_send_once(app: TestApp) {
         })
         .collect();
     assert!(ids.iter().all(|id| *id == ids[0]));
-    let unread = app
-        .tutor(42)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let unread = app.tutor(42).unread().await;
     assert_eq!(unread.total, 1);
 }
 
@@ -134,13 +129,7 @@ async fn counters_agree_with_recount_under_concurrency(app: TestApp) {
             .unwrap();
         assert_eq!(counter, recount, "{side}'s counter matches the messages");
     }
-    let tutor_total = app
-        .tutor(42)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner()
-        .total;
+    let tutor_total = app.tutor(42).unread().await.total;
     let (tutor_counter, _) = app
         .store
         .recount_unread(thread.thread_id, "tutor")

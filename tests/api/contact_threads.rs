@@ -3,7 +3,7 @@
 use chatd::grpc::pb::{ContactAccessState, InquiryStatus, RelationStatus, ThreadKind};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_error, ensure_inquiry, ensure_relation, send};
+use crate::helpers::{ChatClientExt, TestApp, assert_error, ensure_inquiry, ensure_relation, send};
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
@@ -123,9 +123,8 @@ async fn tutors_are_isolated(app: TestApp) {
 async fn contact_thread_writable_follows_relation(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     app.student(STUDENT)
-        .send_message(send(thread.thread_id, "ok while active"))
-        .await
-        .unwrap();
+        .say(thread.thread_id, "ok while active")
+        .await;
     for (version, status) in [(2, RelationStatus::Archived), (3, RelationStatus::Pending)] {
         app.relation(10, TUTOR, STUDENT, status, version).await;
         let result = app
@@ -139,9 +138,8 @@ async fn contact_thread_writable_follows_relation(app: TestApp) {
     app.relation(10, TUTOR, STUDENT, RelationStatus::Active, 4)
         .await;
     app.student(STUDENT)
-        .send_message(send(thread.thread_id, "active again"))
-        .await
-        .unwrap();
+        .say(thread.thread_id, "active again")
+        .await;
 }
 
 async fn negotiation_thread_writable_follows_inquiry(app: TestApp) {
@@ -204,10 +202,7 @@ async fn tutor_send_needs_contact_access_on_contact_thread(app: TestApp) {
         .await;
     assert_error(result, Code::PermissionDenied, "CONTACT_ACCESS_LOCKED");
     // The student may still write while the relation is active.
-    app.student(STUDENT)
-        .send_message(send(thread.thread_id, "yes"))
-        .await
-        .unwrap();
+    app.student(STUDENT).say(thread.thread_id, "yes").await;
 }
 
 backend_suite!(

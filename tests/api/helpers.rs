@@ -405,3 +405,29 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// The calls tests make most, on a client that is expected to succeed.
+pub trait ChatClientExt {
+    /// Sends `body` to a thread and returns the message.
+    async fn say(&mut self, thread_id: i64, body: &str) -> pb::Message;
+    /// The caller's unread summary (default page).
+    async fn unread(&mut self) -> pb::GetUnreadSummaryResponse;
+}
+
+impl ChatClientExt for ChatClient {
+    async fn say(&mut self, thread_id: i64, body: &str) -> pb::Message {
+        self.send_message(send(thread_id, body))
+            .await
+            .expect("send succeeds")
+            .into_inner()
+            .message
+            .expect("a message")
+    }
+
+    async fn unread(&mut self) -> pb::GetUnreadSummaryResponse {
+        self.get_unread_summary(summary(0))
+            .await
+            .expect("summary succeeds")
+            .into_inner()
+    }
+}

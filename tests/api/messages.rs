@@ -3,7 +3,7 @@
 use chatd::grpc::pb::{ListMessagesRequest, SendMessageRequest};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_error, mark_read, send, summary};
+use crate::helpers::{ChatClientExt, TestApp, assert_error, mark_read, send};
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
@@ -66,12 +66,7 @@ async fn same_client_message_id_returns_the_first_message(app: TestApp) {
     assert_eq!(retry, first);
     assert_eq!(first.client_message_id, "retry-1");
     // Only one message, one unread.
-    let tutor = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let tutor = app.tutor(TUTOR).unread().await;
     assert_eq!(tutor.total, 1);
     // The same key from the other participant is their own message.
     let other = app
@@ -107,9 +102,8 @@ async fn list_pages_newest_first_with_horizons(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     for n in 1..=5 {
         app.student(STUDENT)
-            .send_message(send(thread.thread_id, &format!("m{n}")))
-            .await
-            .unwrap();
+            .say(thread.thread_id, &format!("m{n}"))
+            .await;
     }
     app.tutor(TUTOR)
         .mark_read(mark_read(thread.thread_id, Some(3)))
@@ -152,10 +146,7 @@ async fn list_pages_newest_first_with_horizons(app: TestApp) {
 async fn mark_read_clamps_and_never_moves_back(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     for _ in 0..3 {
-        app.student(STUDENT)
-            .send_message(send(thread.thread_id, "x"))
-            .await
-            .unwrap();
+        app.student(STUDENT).say(thread.thread_id, "x").await;
     }
     let beyond = app
         .tutor(TUTOR)
@@ -179,24 +170,10 @@ async fn mark_read_clamps_and_never_moves_back(app: TestApp) {
 
 async fn sending_reads_what_came_before(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
-    app.student(STUDENT)
-        .send_message(send(thread.thread_id, "question"))
-        .await
-        .unwrap();
-    app.student(STUDENT)
-        .send_message(send(thread.thread_id, "another"))
-        .await
-        .unwrap();
-    app.tutor(TUTOR)
-        .send_message(send(thread.thread_id, "answer"))
-        .await
-        .unwrap();
-    let tutor = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    app.student(STUDENT).say(thread.thread_id, "question").await;
+    app.student(STUDENT).say(thread.thread_id, "another").await;
+    app.tutor(TUTOR).say(thread.thread_id, "answer").await;
+    let tutor = app.tutor(TUTOR).unread().await;
     assert_eq!(
         tutor.total, 0,
         "replying moves the tutor's horizon past the questions"
@@ -205,10 +182,7 @@ async fn sending_reads_what_came_before(app: TestApp) {
 
 async fn strangers_cannot_read_or_mark(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
-    app.student(STUDENT)
-        .send_message(send(thread.thread_id, "private"))
-        .await
-        .unwrap();
+    app.student(STUDENT).say(thread.thread_id, "private").await;
     let stranger = app.student(8);
     let result = stranger
         .clone()

@@ -2,19 +2,14 @@
 
 use chatd::grpc::pb::{GetUnreadSummaryRequest, ThreadKind};
 
-use crate::helpers::{TestApp, mark_read, send, summary};
+use crate::helpers::{ChatClientExt, TestApp, mark_read, summary};
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
 
 async fn empty_summary(app: TestApp) {
     app.contact_thread(10, TUTOR, STUDENT).await;
-    let response = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.tutor(TUTOR).unread().await;
     assert!(response.threads.is_empty());
     assert_eq!(response.total, 0);
 }
@@ -22,15 +17,9 @@ async fn empty_summary(app: TestApp) {
 async fn unread_messages_are_counted(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     app.student(STUDENT)
-        .send_message(send(thread.thread_id, "hello tutor"))
-        .await
-        .unwrap();
-    let response = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+        .say(thread.thread_id, "hello tutor")
+        .await;
+    let response = app.tutor(TUTOR).unread().await;
     assert_eq!(response.total, 1);
     let entry = &response.threads[0];
     assert_eq!(entry.thread_id, thread.thread_id);
@@ -45,34 +34,18 @@ async fn unread_messages_are_counted(app: TestApp) {
 
 async fn own_messages_are_not_unread(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
-    app.tutor(TUTOR)
-        .send_message(send(thread.thread_id, "mine"))
-        .await
-        .unwrap();
-    let tutor = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    app.tutor(TUTOR).say(thread.thread_id, "mine").await;
+    let tutor = app.tutor(TUTOR).unread().await;
     assert_eq!(tutor.total, 0);
     assert!(tutor.threads.is_empty());
-    let student = app
-        .student(STUDENT)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let student = app.student(STUDENT).unread().await;
     assert_eq!(student.total, 1);
 }
 
 async fn read_messages_are_not_unread(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     for body in ["one", "two", "three"] {
-        app.student(STUDENT)
-            .send_message(send(thread.thread_id, body))
-            .await
-            .unwrap();
+        app.student(STUDENT).say(thread.thread_id, body).await;
     }
     let partly = app
         .tutor(TUTOR)
@@ -91,12 +64,7 @@ async fn read_messages_are_not_unread(app: TestApp) {
         .unwrap()
         .into_inner();
     assert_eq!((all.last_read_seq, all.unread_count, all.total), (3, 0, 0));
-    let response = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.tutor(TUTOR).unread().await;
     assert_eq!(response.total, 0);
     assert!(response.threads.is_empty());
 }
@@ -114,17 +82,11 @@ async fn several_unread_counted_newest_first(app: TestApp) {
     ] {
         for n in 0..count {
             app.student(student)
-                .send_message(send(thread.thread_id, &format!("m{n}")))
-                .await
-                .unwrap();
+                .say(thread.thread_id, &format!("m{n}"))
+                .await;
         }
     }
-    let response = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.tutor(TUTOR).unread().await;
     assert_eq!(response.total, 6);
     let order: Vec<(i64, i64)> = response
         .threads
@@ -155,32 +117,15 @@ async fn summary_is_per_role(app: TestApp) {
     // User 42 tutors student 7 and is also a student of tutor 99.
     let as_tutor = app.contact_thread(10, 42, 7).await;
     let as_student = app.contact_thread(11, 99, 42).await;
-    app.student(7)
-        .send_message(send(as_tutor.thread_id, "to my tutor"))
-        .await
-        .unwrap();
+    app.student(7).say(as_tutor.thread_id, "to my tutor").await;
     app.tutor(99)
-        .send_message(send(as_student.thread_id, "to my student"))
-        .await
-        .unwrap();
-    app.tutor(99)
-        .send_message(send(as_student.thread_id, "again"))
-        .await
-        .unwrap();
-    let tutor_view = app
-        .tutor(42)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+        .say(as_student.thread_id, "to my student")
+        .await;
+    app.tutor(99).say(as_student.thread_id, "again").await;
+    let tutor_view = app.tutor(42).unread().await;
     assert_eq!(tutor_view.total, 1);
     assert_eq!(tutor_view.threads[0].thread_id, as_tutor.thread_id);
-    let student_view = app
-        .student(42)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let student_view = app.student(42).unread().await;
     assert_eq!(student_view.total, 2);
     assert_eq!(student_view.threads[0].thread_id, as_student.thread_id);
 }
@@ -188,16 +133,8 @@ async fn summary_is_per_role(app: TestApp) {
 async fn preview_is_truncated(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let long = "ж".repeat(500);
-    app.student(STUDENT)
-        .send_message(send(thread.thread_id, &long))
-        .await
-        .unwrap();
-    let response = app
-        .tutor(TUTOR)
-        .get_unread_summary(summary(0))
-        .await
-        .unwrap()
-        .into_inner();
+    app.student(STUDENT).say(thread.thread_id, &long).await;
+    let response = app.tutor(TUTOR).unread().await;
     assert_eq!(
         response.threads[0].last_message_preview.chars().count(),
         100
@@ -227,10 +164,7 @@ async fn etag_changes_only_with_the_summary(app: TestApp) {
     assert!(again.threads.is_empty());
     assert_eq!(again.etag, first.etag);
     // The tutor's own message changes nothing in the tutor's summary.
-    app.tutor(TUTOR)
-        .send_message(send(thread.thread_id, "mine"))
-        .await
-        .unwrap();
+    app.tutor(TUTOR).say(thread.thread_id, "mine").await;
     let own = tutor
         .get_unread_summary(ask(&first.etag))
         .await
@@ -248,10 +182,7 @@ async fn etag_changes_only_with_the_summary(app: TestApp) {
         .into_inner();
     assert!(!other_page.not_modified);
     // A message from the student changes it, and the new summary comes with it.
-    app.student(STUDENT)
-        .send_message(send(thread.thread_id, "hi"))
-        .await
-        .unwrap();
+    app.student(STUDENT).say(thread.thread_id, "hi").await;
     let changed = tutor
         .get_unread_summary(ask(&first.etag))
         .await
