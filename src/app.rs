@@ -15,7 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthConfig, TokenVerifier};
-use crate::domain::{Chat, Role};
+use crate::domain::{Chat, Role, SummaryHub, WatchLimits};
 use crate::grpc::pb::chat_service_server::ChatServiceServer;
 use crate::grpc::pb::sync_service_server::SyncServiceServer;
 use crate::grpc::{self, Authenticate};
@@ -36,12 +36,19 @@ pub struct ServeConfig {
     /// CORS origins and upstream timeout of the in-process gateway.
     pub cors_allowed_origins: Vec<String>,
     pub upstream_timeout: Duration,
+    /// Limits on WatchUnreadSummary streams.
+    pub watch_limits: WatchLimits,
+    /// How long a watcher lets a burst of changes gather before it sends.
+    pub watch_coalesce: Duration,
 }
 
 /// A built server: migrated database, bound listener, ready to `run`.
 pub struct Application {
     listener: TcpListener,
     gateway: Option<Gateway>,
+    database: DatabaseUrl,
+    hub: SummaryHub,
+    watch_coalesce: Duration,
     store: Store,
     verifier: Arc<TokenVerifier>,
     health_interval: Duration,
@@ -87,6 +94,9 @@ impl Application {
         Ok(Self {
             listener,
             gateway,
+            database: config.database.clone(),
+            hub: SummaryHub::new(config.watch_limits),
+            watch_coalesce: config.watch_coalesce,
             store,
             verifier,
             health_interval: config.health_interval,
@@ -116,7 +126,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), String> {
         let addr = self.local_addr();
-        let chat = Chat::new(self.store.clone());
+        let chat = Chat::new(self.store.clone(), self.hub.clone(), self.watch_coalesce);
         let (health, health_service) = tonic_health::server::health_reporter();
         // `build` has just migrated the database, so it answers: start SERVING, and let
         // the monitor follow it from here.
@@ -159,8 +169,18 @@ impl Application {
             self.store.clone(),
             health.clone(),
             self.health_interval,
-            stopping_rx,
+            stopping_rx.clone(),
         ));
+        // Replicas share PostgreSQL: changes committed by any of them arrive by NOTIFY.
+        let listener = match &self.database {
+            DatabaseUrl::Postgres(url) => Some(tokio::spawn(listen_for_changes(
+                url.clone(),
+                self.hub.clone(),
+                stopping_rx,
+            ))),
+            DatabaseUrl::Sqlite(_) => None,
+        };
+        let hub = self.hub.clone();
         // The gateway drains first: its in-flight requests still need their gRPC calls.
         let (stop_gateway, gateway_stopping) = oneshot::channel::<()>();
         let gateway = self.gateway.map(|gateway| {
@@ -173,6 +193,8 @@ impl Application {
             tracing::info!("shutting down: not serving, finishing in-flight calls");
             let _ = stopping_tx.send(true);
             set_health(&health, ServingStatus::NotServing).await;
+            // Summary streams never end by themselves: end them, or draining would wait forever.
+            hub.close();
             let _ = stop_gateway.send(());
             if let Some(gateway) = gateway {
                 match gateway.await {
@@ -195,6 +217,9 @@ impl Application {
             .await
             .map_err(|e| format!("gRPC server failed: {e}"));
         monitor.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         served
     }
 }
@@ -245,6 +270,64 @@ async fn monitor_database(
             };
             set_health(&health, status).await;
             serving = Some(now_serving);
+        }
+    }
+}
+
+/// Keeps one connection LISTENing on the summary channel and wakes this process's
+/// watchers for every change any replica commits. When the connection is lost it is
+/// re-established, and every watcher re-reads its summary, since notifications sent
+/// meanwhile are gone.
+async fn listen_for_changes(url: String, hub: SummaryHub, mut stopping: watch::Receiver<bool>) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    use futures_util::StreamExt;
+
+    let retry_after = Duration::from_secs(1);
+    loop {
+        let connected = async {
+            let mut conn = AsyncPgConnection::establish(&url)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.batch_execute(&format!("LISTEN {}", crate::storage::SUMMARY_CHANNEL))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(conn)
+        };
+        let mut conn = tokio::select! {
+            connected = connected => match connected {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for summary changes; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_after) => continue,
+                        _ = stopping.changed() => return,
+                    }
+                }
+            },
+            _ = stopping.changed() => return,
+        };
+        tracing::info!("listening for summary changes");
+        hub.notify_all();
+        let mut notifications = std::pin::pin!(conn.notifications_stream());
+        loop {
+            tokio::select! {
+                notification = notifications.next() => match notification {
+                    Some(Ok(notification)) => {
+                        if let Some((user_id, side)) = crate::storage::parse_summary_payload(&notification.payload) {
+                            hub.notify(user_id, &side);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "summary listener lost its connection; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("summary listener connection closed; reconnecting");
+                        break;
+                    }
+                },
+                _ = stopping.changed() => return,
+            }
         }
     }
 }

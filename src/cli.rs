@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::ServeConfig;
 use crate::auth::AuthConfig;
 use crate::bench::{BenchConfig, Rpc};
-use crate::domain::Role;
+use crate::domain::{Role, WatchLimits};
 use crate::http::GatewayConfig;
 use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
 
@@ -97,6 +97,15 @@ pub struct ServeArgs {
     /// How often health checks that the database answers.
     #[arg(long, env = "CHATD_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
+    /// Most WatchUnreadSummary streams one user may hold open (per role).
+    #[arg(long, env = "CHATD_WATCH_MAX_PER_USER", default_value_t = 8)]
+    pub watch_max_per_user: usize,
+    /// Most WatchUnreadSummary streams open on this server.
+    #[arg(long, env = "CHATD_WATCH_MAX_TOTAL", default_value_t = 20_000)]
+    pub watch_max_total: usize,
+    /// How long a watcher lets a burst of changes gather into one update.
+    #[arg(long, env = "CHATD_WATCH_COALESCE", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub watch_coalesce: Duration,
     /// Address of the in-process REST gateway, or `off` to serve gRPC only.
     #[arg(long, env = "CHATD_HTTP", default_value = "127.0.0.1:8080")]
     pub http: HttpListen,
@@ -185,6 +194,11 @@ impl ServeArgs {
             },
             cors_allowed_origins: self.gateway.cors_allowed_origins.clone(),
             upstream_timeout: self.gateway.upstream_timeout,
+            watch_limits: WatchLimits {
+                per_user: self.watch_max_per_user,
+                total: self.watch_max_total,
+            },
+            watch_coalesce: self.watch_coalesce,
         })
     }
 }

@@ -3,12 +3,18 @@
 
 mod error;
 mod types;
+mod watch;
 
 pub use error::{DomainError, ErrorKind};
 pub use types::*;
+pub use watch::{SummaryHub, WatchLimits};
+
+use std::time::Duration;
+
+use watch::Subscription;
 
 use crate::storage::{
-    FactRow, MessageRow, Store, StoreError, ThreadRecord, ThreadRow, UpsertOutcome,
+    FactRow, MessageRow, Store, StoreError, SummaryKey, ThreadRecord, ThreadRow, UpsertOutcome,
 };
 
 impl From<StoreError> for DomainError {
@@ -29,15 +35,49 @@ fn stored<T>(parse: fn(&str) -> Option<T>, text: &str, what: &str) -> Result<T, 
 #[derive(Clone)]
 pub struct Chat {
     store: Store,
+    hub: SummaryHub,
+    /// How long a watcher lets a burst of changes gather before it re-reads its summary.
+    coalesce: Duration,
 }
 
 impl Chat {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, hub: SummaryHub, coalesce: Duration) -> Self {
+        Self {
+            store,
+            hub,
+            coalesce,
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Wakes this process's watchers of the summaries a committed write changed. Other
+    /// replicas learn of it from PostgreSQL NOTIFY, sent in the write's transaction.
+    fn changed(&self, keys: &[SummaryKey]) {
+        for (user_id, side) in keys {
+            self.hub.notify(*user_id, side);
+        }
+    }
+
+    /// Opens a stream of the caller's unread summary: `next` yields the current one,
+    /// then one each time it changes.
+    pub fn watch_unread_summary(
+        &self,
+        caller: Caller,
+        limit: i64,
+    ) -> Result<SummaryWatch, DomainError> {
+        let side = user_side(caller)?;
+        let subscription = self.hub.subscribe(caller.user_id, side)?;
+        Ok(SummaryWatch {
+            chat: self.clone(),
+            caller,
+            limit,
+            subscription,
+            last_sent: None,
+            started: false,
+        })
     }
 
     /// Returns the thread of a relation or inquiry, creating it on first use.
@@ -148,6 +188,11 @@ impl Chat {
                     last_message_at: row.last_message_at,
                     last_message_preview: row.last_message_preview,
                     last_message_sender_id: row.last_message_sender_id,
+                    is_writable: writable(
+                        &row.kind,
+                        row.relation_status.as_deref(),
+                        row.inquiry_status.as_deref(),
+                    )?,
                 })
             })
             .collect::<Result<_, DomainError>>()?;
@@ -169,6 +214,9 @@ impl Chat {
             .store
             .mark_read(thread_id, side.as_str(), caller.user_id, up_to_seq)
             .await?;
+        if state.changed {
+            self.hub.notify(caller.user_id, side.as_str());
+        }
         Ok(ReadState {
             thread_id,
             last_read_seq: state.last_read_seq,
@@ -203,7 +251,7 @@ impl Chat {
                 });
             }
         }
-        let row = self
+        let (row, changed) = self
             .store
             .append_message(
                 thread_id,
@@ -215,6 +263,7 @@ impl Chat {
                 client_message_id.as_deref(),
             )
             .await?;
+        self.changed(&changed);
         Ok(message_from_row(row))
     }
 
@@ -254,7 +303,8 @@ impl Chat {
             status: status.as_str().to_owned(),
             version,
         };
-        let outcome = self.store.upsert_relation(relation_id, &fact).await?;
+        let (outcome, changed) = self.store.upsert_relation(relation_id, &fact).await?;
+        self.changed(&changed);
         upsert_applied(outcome, "relation", relation_id)
     }
 
@@ -273,7 +323,8 @@ impl Chat {
             status: status.as_str().to_owned(),
             version,
         };
-        let outcome = self.store.upsert_inquiry(inquiry_id, &fact).await?;
+        let (outcome, changed) = self.store.upsert_inquiry(inquiry_id, &fact).await?;
+        self.changed(&changed);
         upsert_applied(outcome, "inquiry", inquiry_id)
     }
 
@@ -349,19 +400,31 @@ fn is_participant(user_id: i64, side: Side, fact: &FactRow) -> bool {
 }
 
 /// Contact thread: its relation is ACTIVE. Negotiation thread: its inquiry is OPEN or ACCEPTED.
-fn is_writable(record: &ThreadRecord) -> Result<bool, DomainError> {
-    match stored(ThreadKind::from_stored, &record.thread.kind, "thread kind")? {
-        ThreadKind::Contact => Ok(match record.relation_status.as_deref() {
+fn writable(
+    kind: &str,
+    relation_status: Option<&str>,
+    inquiry_status: Option<&str>,
+) -> Result<bool, DomainError> {
+    match stored(ThreadKind::from_stored, kind, "thread kind")? {
+        ThreadKind::Contact => Ok(match relation_status {
             Some(s) => {
                 stored(RelationStatus::from_stored, s, "relation status")? == RelationStatus::Active
             }
             None => false,
         }),
-        ThreadKind::Negotiation => Ok(match record.inquiry_status.as_deref() {
+        ThreadKind::Negotiation => Ok(match inquiry_status {
             Some(s) => stored(InquiryStatus::from_stored, s, "inquiry status")?.allows_messages(),
             None => false,
         }),
     }
+}
+
+fn is_writable(record: &ThreadRecord) -> Result<bool, DomainError> {
+    writable(
+        &record.thread.kind,
+        record.relation_status.as_deref(),
+        record.inquiry_status.as_deref(),
+    )
 }
 
 fn upsert_applied(
@@ -400,5 +463,49 @@ fn message_from_row(row: MessageRow) -> Message {
         body: row.body,
         created_at: row.created_at,
         client_message_id: row.client_message_id,
+    }
+}
+
+/// A stream of one caller's unread summary (see `Chat::watch_unread_summary`).
+pub struct SummaryWatch {
+    chat: Chat,
+    caller: Caller,
+    limit: i64,
+    subscription: Subscription,
+    last_sent: Option<UnreadSummary>,
+    started: bool,
+}
+
+impl SummaryWatch {
+    /// The next summary to send: the current one first, then each that differs from the
+    /// last one sent. `None` when the server is shutting down.
+    pub async fn next(&mut self) -> Option<Result<(UnreadSummary, String), DomainError>> {
+        loop {
+            if self.started {
+                if !self.subscription.changed().await {
+                    return None;
+                }
+                // Let a burst (100 messages in a second) gather into one read and one send.
+                tokio::time::sleep(self.chat.coalesce).await;
+            }
+            self.started = true;
+            // Changes from here on wake the next round: none is lost between the read and the wait.
+            self.subscription.mark_seen();
+            let answer = self
+                .chat
+                .unread_summary(self.caller, self.limit, None)
+                .await;
+            match answer {
+                Err(error) => return Some(Err(error)),
+                Ok(SummaryAnswer::NotModified { .. }) => continue,
+                Ok(SummaryAnswer::Summary { summary, etag }) => {
+                    if self.last_sent.as_ref() == Some(&summary) {
+                        continue;
+                    }
+                    self.last_sent = Some(summary.clone());
+                    return Some(Ok((summary, etag)));
+                }
+            }
+        }
     }
 }

@@ -15,9 +15,11 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -108,15 +110,22 @@ pub fn router(config: &GatewayConfig) -> Result<Router, String> {
     for (path, route) in [
         ("/api/v1/chat/threads/negotiation/", post(ensure_thread)),
         ("/api/v1/chat/unread-summary/", get(unread_summary)),
+        (
+            "/api/v1/chat/unread-summary/stream",
+            get(unread_summary_stream),
+        ),
         ("/api/v1/chat/threads/{thread_id}/read/", post(mark_read)),
         (
             "/api/v1/chat/threads/{thread_id}/messages/",
             post(send_message).get(list_messages),
         ),
     ] {
-        router = router
-            .route(path, route.clone())
-            .route(path.trim_end_matches('/'), route);
+        // The same route with and without the trailing slash.
+        let twin = match path.strip_suffix('/') {
+            Some(bare) => bare.to_owned(),
+            None => format!("{path}/"),
+        };
+        router = router.route(path, route.clone()).route(&twin, route);
     }
     let mut router = router
         .route("/healthz", get(healthz))
@@ -360,6 +369,41 @@ async fn unread_summary(
         return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
     }
     Ok((cache_headers, Json(UnreadSummaryJson::from(summary))).into_response())
+}
+
+/// How often an idle event stream sends a comment, so proxies and browsers keep it open.
+const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Server-Sent Events: one `summary` event (the unread summary's JSON) per change, from
+/// chatd's WatchUnreadSummary stream, so the frontend can stop polling. If the stream
+/// fails, one `error` event carries the JSON error, and the stream ends.
+async fn unread_summary_stream(
+    mut upstream: Upstream,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0);
+    let request = upstream.request(pb::WatchUnreadSummaryRequest { limit });
+    let updates = upstream
+        .chat
+        .watch_unread_summary(request)
+        .await?
+        .into_inner();
+    let events = updates.map(|update| {
+        let event = match update {
+            Ok(summary) => Event::default()
+                .event("summary")
+                .json_data(UnreadSummaryJson::from(summary)),
+            Err(status) => Event::default()
+                .event("error")
+                .json_data(ApiError::from(status)),
+        };
+        // Serializing our own JSON types cannot fail; if it ever did, say so in-band.
+        Ok::<_, std::convert::Infallible>(event.unwrap_or_else(|_| Event::default().event("error")))
+    });
+    let sse =
+        Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE).text("keepalive"));
+    // Tell buffering proxies (nginx) to pass events through as they come.
+    Ok(([(HeaderName::from_static("x-accel-buffering"), "no")], sse).into_response())
 }
 
 /// The opaque tag of an `If-None-Match` header (first of a list, weak or strong).

@@ -33,6 +33,18 @@ pub mod postgres {
             $conn.transaction($body).await
         };
     }
+    /// Tells every replica (via LISTEN) that a user's summary changed. Inside a
+    /// transaction, PostgreSQL delivers it only on commit, and never on rollback.
+    macro_rules! notify_summary {
+        ($conn:expr, $user_id:expr, $side:expr) => {
+            diesel::sql_query("SELECT pg_notify('chatd_summary', $1)")
+                .bind::<diesel::sql_types::Text, _>(crate::storage::summary_payload(
+                    $user_id, $side,
+                ))
+                .execute($conn)
+                .await?
+        };
+    }
 
     include!("storage/queries.rs");
 }
@@ -56,6 +68,12 @@ pub mod sqlite {
             $conn.immediate_transaction($body).await
         };
     }
+    /// SQLite serves one process: the domain notifies its in-process hub directly.
+    macro_rules! notify_summary {
+        ($conn:expr, $user_id:expr, $side:expr) => {
+            let _ = (&$conn, $user_id, $side);
+        };
+    }
 
     include!("storage/queries.rs");
 }
@@ -69,6 +87,23 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 /// Key of the PostgreSQL advisory lock that makes replicas starting together migrate
 /// one at a time.
 const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_645f_6d69; // "chatd_mi"
+
+/// The PostgreSQL NOTIFY channel that carries "this user's summary changed".
+pub const SUMMARY_CHANNEL: &str = "chatd_summary";
+
+/// A user's unread summary, as named in change notifications: (user id, side).
+pub type SummaryKey = (i64, String);
+
+/// The NOTIFY payload for a summary key: `<user_id>:<side>`.
+pub fn summary_payload(user_id: i64, side: &str) -> String {
+    format!("{user_id}:{side}")
+}
+
+/// Reads a NOTIFY payload back; `None` for anything malformed.
+pub fn parse_summary_payload(payload: &str) -> Option<SummaryKey> {
+    let (user, side) = payload.split_once(':')?;
+    Some((user.parse().ok()?, side.to_owned()))
+}
 
 /// A thread row as stored.
 #[derive(Debug, Clone, Queryable)]
@@ -124,6 +159,8 @@ pub struct UnreadRow {
     pub last_message_at: Option<DateTime<Utc>>,
     pub last_message_preview: String,
     pub last_message_sender_id: i64,
+    pub relation_status: Option<String>,
+    pub inquiry_status: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +168,8 @@ pub struct ReadStateRow {
     pub last_read_seq: i64,
     pub unread_count: i64,
     pub total: i64,
+    /// Whether the reader's summary changed (its unread count in this thread did).
+    pub changed: bool,
 }
 
 /// What a versioned upsert did.
@@ -431,7 +470,7 @@ impl Store {
         body: &str,
         preview: &str,
         client_message_id: Option<&str>,
-    ) -> StoreResult<MessageRow> {
+    ) -> StoreResult<(MessageRow, Vec<SummaryKey>)> {
         on_backend!(
             self,
             append_message(
@@ -479,11 +518,19 @@ impl Store {
         on_backend!(self, list_messages(thread_id, side, before_seq, limit))
     }
 
-    pub async fn upsert_relation(&self, id: i64, fact: &FactRow) -> StoreResult<UpsertOutcome> {
+    pub async fn upsert_relation(
+        &self,
+        id: i64,
+        fact: &FactRow,
+    ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
         on_backend!(self, upsert_relation(id, fact))
     }
 
-    pub async fn upsert_inquiry(&self, id: i64, fact: &FactRow) -> StoreResult<UpsertOutcome> {
+    pub async fn upsert_inquiry(
+        &self,
+        id: i64,
+        fact: &FactRow,
+    ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
         on_backend!(self, upsert_inquiry(id, fact))
     }
 
@@ -526,5 +573,14 @@ mod tests {
         ));
         assert!(DatabaseUrl::parse("mysql://x").is_err());
         assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn summary_payloads_round_trip() {
+        assert_eq!(
+            parse_summary_payload(&summary_payload(42, "tutor")),
+            Some((42, "tutor".to_owned()))
+        );
+        assert_eq!(parse_summary_payload("nonsense"), None);
     }
 }

@@ -60,6 +60,10 @@ pub enum DomainError {
     /// FailedPrecondition, `PARTICIPANTS_IMMUTABLE`: an upsert tried to change who is in a fact.
     #[error("the tutor_id/student_id of {entity} {id} cannot change")]
     ParticipantsImmutable { entity: &'static str, id: i64 },
+    /// ResourceExhausted, `TOO_MANY_STREAMS`: the caller (or the server) has as many
+    /// summary streams open as allowed.
+    #[error("too many unread summary streams {scope} (at most {limit}): close one and retry")]
+    TooManyStreams { limit: usize, scope: &'static str },
     /// Unavailable, `DATABASE_UNAVAILABLE`: the database cannot be reached; retry later.
     #[error("the database is unavailable, retry later")]
     Unavailable(String),
@@ -92,6 +96,7 @@ impl DomainError {
             Self::ThreadNotFound(_) => "THREAD_NOT_FOUND",
             Self::ThreadNotWritable(_) => "THREAD_NOT_WRITABLE",
             Self::ParticipantsImmutable { .. } => "PARTICIPANTS_IMMUTABLE",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -112,6 +117,7 @@ impl DomainError {
             Self::RelationNotActive(_)
             | Self::ThreadNotWritable(_)
             | Self::ParticipantsImmutable { .. } => ErrorKind::FailedPrecondition,
+            Self::TooManyStreams { .. } => ErrorKind::ResourceExhausted,
             Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Internal(_) => ErrorKind::Internal,
         }

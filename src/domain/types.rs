@@ -65,7 +65,7 @@ impl Role {
 }
 
 /// A participant's side of a thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     Tutor,
     Student,
@@ -235,6 +235,7 @@ pub struct ThreadUnread {
     pub last_message_at: Option<DateTime<Utc>>,
     pub last_message_preview: String,
     pub last_message_sender_id: i64,
+    pub is_writable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

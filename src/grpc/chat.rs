@@ -1,5 +1,8 @@
 //! chat.v1.ChatService: the calls of tutors and students, mapped onto the domain.
 
+use std::pin::Pin;
+
+use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
@@ -19,8 +22,43 @@ impl ChatService {
     }
 }
 
+/// The stream WatchUnreadSummary answers with.
+pub type SummaryStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchUnreadSummaryResponse, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl chat_service_server::ChatService for ChatService {
+    type WatchUnreadSummaryStream = SummaryStream;
+
+    async fn watch_unread_summary(
+        &self,
+        request: Request<pb::WatchUnreadSummaryRequest>,
+    ) -> Result<Response<SummaryStream>, Status> {
+        let caller = caller(&request)?;
+        let limit = domain::page_limit("limit", request.get_ref().limit)?;
+        let watch = self.chat.watch_unread_summary(caller, limit)?;
+        // After an error the stream ends (the client reconnects and gets a snapshot).
+        let stream = futures_util::stream::unfold(Some(watch), |watch| async move {
+            let mut watch = watch?;
+            match watch.next().await? {
+                Ok((summary, etag)) => {
+                    let message = pb::WatchUnreadSummaryResponse {
+                        threads: summary
+                            .threads
+                            .into_iter()
+                            .map(convert::thread_unread)
+                            .collect(),
+                        total: summary.total,
+                        etag,
+                    };
+                    Some((Ok(message), Some(watch)))
+                }
+                Err(error) => Some((Err(Status::from(error)), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn ensure_thread(
         &self,
         request: Request<pb::EnsureThreadRequest>,

@@ -68,6 +68,7 @@ pub fn thread_unread(entry: domain::ThreadUnread) -> pb::ThreadUnread {
         last_message_at: entry.last_message_at.map(timestamp),
         last_message_preview: entry.last_message_preview,
         last_message_sender_id: entry.last_message_sender_id,
+        is_writable: entry.is_writable,
     }
 }
 

@@ -61,6 +61,7 @@ pub struct ThreadUnreadJson {
     pub last_message_at: Option<String>,
     pub last_message_preview: String,
     pub last_message_sender_id: i64,
+    pub is_writable: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,9 +131,20 @@ impl ThreadJson {
 
 impl From<pb::GetUnreadSummaryResponse> for UnreadSummaryJson {
     fn from(summary: pb::GetUnreadSummaryResponse) -> Self {
+        Self::new(summary.threads, summary.total)
+    }
+}
+
+impl From<pb::WatchUnreadSummaryResponse> for UnreadSummaryJson {
+    fn from(summary: pb::WatchUnreadSummaryResponse) -> Self {
+        Self::new(summary.threads, summary.total)
+    }
+}
+
+impl UnreadSummaryJson {
+    fn new(threads: Vec<pb::ThreadUnread>, total: i64) -> Self {
         Self {
-            threads: summary
-                .threads
+            threads: threads
                 .into_iter()
                 .map(|t| ThreadUnreadJson {
                     thread_id: t.thread_id,
@@ -145,9 +157,10 @@ impl From<pb::GetUnreadSummaryResponse> for UnreadSummaryJson {
                     last_message_at: rfc3339(t.last_message_at),
                     last_message_preview: t.last_message_preview,
                     last_message_sender_id: t.last_message_sender_id,
+                    is_writable: t.is_writable,
                 })
                 .collect(),
-            total: summary.total,
+            total,
         }
     }
 }

@@ -12,7 +12,8 @@ use diesel_async::AsyncConnection;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
 use crate::storage::{
-    FactRow, MessageRow, ReadStateRow, ThreadRecord, ThreadRow, UnreadRow, UpsertOutcome,
+    FactRow, MessageRow, ReadStateRow, SummaryKey, ThreadRecord, ThreadRow, UnreadRow,
+    UpsertOutcome,
 };
 
 diesel::table! {
@@ -368,7 +369,7 @@ pub async fn append_message(
     body: &str,
     preview: &str,
     client_message_id: Option<&str>,
-) -> QueryResult<MessageRow> {
+) -> QueryResult<(MessageRow, Vec<SummaryKey>)> {
     let (side, peer_side, body, preview) = (
         side.to_owned(),
         peer_side.to_owned(),
@@ -390,7 +391,7 @@ pub async fn append_message(
                 .await
                 .optional()?;
             if let Some(message) = existing {
-                return Ok(message);
+                return Ok((message, Vec::new()));
             }
         }
         let seq = last_seq + 1;
@@ -441,10 +442,14 @@ pub async fn append_message(
             changed.push((sender_id, side.as_str()));
         }
         changed.sort_by_key(|(_, side)| *side != "tutor");
-        for (user_id, side) in changed {
-            bump_summary_version(conn, user_id, side).await?;
+        for (user_id, side) in &changed {
+            bump_summary_version(conn, *user_id, side).await?;
         }
-        Ok(message)
+        let changed = changed
+            .into_iter()
+            .map(|(user_id, side)| (user_id, side.to_owned()))
+            .collect();
+        Ok((message, changed))
     })
 }
 
@@ -501,6 +506,7 @@ pub async fn mark_read(
             last_read_seq,
             unread_count,
             total,
+            changed: unread_before != unread_count,
         })
     })
 }
@@ -518,6 +524,7 @@ async fn bump_summary_version(conn: &mut Conn, user_id: i64, side: &str) -> Quer
         .set(summary_versions::version.eq(summary_versions::version + 1))
         .execute(conn)
         .await?;
+    notify_summary!(conn, user_id, side);
     Ok(())
 }
 
@@ -544,6 +551,8 @@ pub async fn unread_summary(
 ) -> QueryResult<(Vec<UnreadRow>, i64)> {
     let rows: Vec<(UnreadRow, i64)> = thread_participants::table
         .inner_join(threads::table.on(threads::thread_id.eq(thread_participants::thread_id)))
+        .left_join(relations::table.on(relations::relation_id.nullable().eq(threads::relation_id)))
+        .left_join(inquiries::table.on(inquiries::inquiry_id.nullable().eq(threads::inquiry_id)))
         .filter(thread_participants::user_id.eq(user_id))
         .filter(thread_participants::side.eq(side))
         .filter(thread_participants::unread_count.gt(0))
@@ -561,6 +570,8 @@ pub async fn unread_summary(
                 threads::last_message_at,
                 threads::last_message_preview,
                 threads::last_message_sender_id,
+                relations::status.nullable(),
+                inquiries::status.nullable(),
             ),
             TotalUnreadOverAllRows,
         ))
@@ -612,7 +623,29 @@ pub async fn upsert_relation(
     conn: &mut Conn,
     relation_id: i64,
     fact: &FactRow,
-) -> QueryResult<UpsertOutcome> {
+) -> QueryResult<(UpsertOutcome, Vec<SummaryKey>)> {
+    let outcome = store_relation(conn, relation_id, fact).await?;
+    let changed = match outcome {
+        UpsertOutcome::Applied => thread_changed(conn, true, relation_id).await?,
+        _ => Vec::new(),
+    };
+    Ok((outcome, changed))
+}
+
+/// A thread's writability follows its relation or inquiry: when one changes, both
+/// participants' summaries change (their `is_writable`).
+async fn thread_changed(conn: &mut Conn, is_relation: bool, target_id: i64) -> QueryResult<Vec<SummaryKey>> {
+    let Some(thread) = find_thread_by_target(conn, is_relation, target_id).await? else {
+        return Ok(Vec::new());
+    };
+    let keys = vec![(thread.tutor_id, "tutor"), (thread.student_id, "student")];
+    for (user_id, side) in &keys {
+        bump_summary_version(conn, *user_id, side).await?;
+    }
+    Ok(keys.into_iter().map(|(user_id, side)| (user_id, side.to_owned())).collect())
+}
+
+async fn store_relation(conn: &mut Conn, relation_id: i64, fact: &FactRow) -> QueryResult<UpsertOutcome> {
     let now = Utc::now();
     let inserted = diesel::insert_into(relations::table)
         .values((
@@ -652,7 +685,16 @@ pub async fn upsert_inquiry(
     conn: &mut Conn,
     inquiry_id: i64,
     fact: &FactRow,
-) -> QueryResult<UpsertOutcome> {
+) -> QueryResult<(UpsertOutcome, Vec<SummaryKey>)> {
+    let outcome = store_inquiry(conn, inquiry_id, fact).await?;
+    let changed = match outcome {
+        UpsertOutcome::Applied => thread_changed(conn, false, inquiry_id).await?,
+        _ => Vec::new(),
+    };
+    Ok((outcome, changed))
+}
+
+async fn store_inquiry(conn: &mut Conn, inquiry_id: i64, fact: &FactRow) -> QueryResult<UpsertOutcome> {
     let now = Utc::now();
     let inserted = diesel::insert_into(inquiries::table)
         .values((

@@ -452,7 +452,107 @@ async fn health_readiness_and_openapi(app: TestApp) {
     assert!(doc["paths"]["/api/v1/chat/unread-summary/"]["get"].is_object());
 }
 
+/// Reads Server-Sent Events from a streaming response body.
+struct EventReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventReader {
+    /// The next event's (name, data), within 10 s; comments (keepalives) are skipped.
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        name = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim());
+                    }
+                }
+                if !data.is_empty() {
+                    return (name, serde_json::from_str(&data).expect("JSON event data"));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("an event within 10 s")
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+        }
+    }
+}
+
+/// The frontend's replacement for polling: the unread summary as Server-Sent Events.
+async fn unread_summary_as_server_sent_events(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let response = client()
+        .get(app.url("/api/v1/chat/unread-summary/stream"))
+        .header("authorization", app.bearer(TUTOR, Role::Tutor))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut events = EventReader {
+        response,
+        buffer: String::new(),
+    };
+    assert_eq!(
+        events.next().await,
+        ("summary".to_owned(), json!({ "threads": [], "total": 0 }))
+    );
+
+    send(
+        &app,
+        STUDENT,
+        Role::Student,
+        thread.thread_id,
+        "pushed, not polled",
+    )
+    .await;
+    let (name, summary) = events.next().await;
+    assert_eq!(name, "summary");
+    assert_eq!(summary["total"], 1);
+    assert_eq!(
+        summary["threads"][0]["last_message_preview"],
+        "pushed, not polled"
+    );
+    assert_eq!(summary["threads"][0]["is_writable"], true);
+
+    // Past the per-user limit: 429 with the JSON error.
+    let mut open = Vec::new();
+    for _ in 1..crate::helpers::WATCH_LIMITS.per_user {
+        let response = client()
+            .get(app.url("/api/v1/chat/unread-summary/stream/"))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    let refused = call(
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/stream"))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor)),
+    )
+    .await;
+    assert_api_error(&refused, 429, "TOO_MANY_STREAMS", "RESOURCE_EXHAUSTED");
+}
+
 backend_suite!(
+    unread_summary_as_server_sent_events,
     flow_accept_unlock_chat,
     flow_badge_appears_and_clears,
     flow_revoked_access_refuses_the_tutor,
@@ -522,6 +622,8 @@ async fn upstream_down_is_503_then_recovers() {
         http: None,
         cors_allowed_origins: Vec::new(),
         upstream_timeout: Duration::from_secs(5),
+        watch_limits: crate::helpers::WATCH_LIMITS,
+        watch_coalesce: Duration::from_millis(20),
     })
     .await
     .unwrap();

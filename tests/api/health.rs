@@ -53,7 +53,7 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     wait_for(&app, "", ServingStatus::Serving).await;
     let name = match app.database() {
         crate::helpers::TestDatabase::Postgres { name, .. } => name.clone(),
-        crate::helpers::TestDatabase::Sqlite(_) => unreachable!(),
+        _ => unreachable!("a PostgreSQL test app owns its database"),
     };
     app.database()
         .admin_execute(&format!(

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatd::app::{Application, ServeConfig};
 use chatd::auth::{AuthConfig, TokenSigner};
-use chatd::domain::Role;
+use chatd::domain::{Role, WatchLimits};
 use chatd::grpc::pb;
 use chatd::grpc::pb::chat_service_client::ChatServiceClient;
 use chatd::grpc::pb::sync_service_client::SyncServiceClient;
@@ -19,6 +19,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+
+/// Stream limits of test servers: small, so tests can reach them.
+pub const WATCH_LIMITS: WatchLimits = WatchLimits {
+    per_user: 3,
+    total: 50,
+};
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
@@ -65,7 +71,15 @@ impl TestApp {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
-        let database = TestDatabase::create(backend).await;
+        Self::start(TestDatabase::create(backend).await).await
+    }
+
+    /// Another chatd on this one's database: a second replica.
+    pub async fn replica(&self) -> TestApp {
+        Self::start(TestDatabase::Shared(self.database.url())).await
+    }
+
+    async fn start(database: TestDatabase) -> Self {
         let config = ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: database.url(),
@@ -81,6 +95,8 @@ impl TestApp {
             http: Some("127.0.0.1:0".parse().unwrap()),
             cors_allowed_origins: Vec::new(),
             upstream_timeout: Duration::from_secs(10),
+            watch_limits: WATCH_LIMITS,
+            watch_coalesce: Duration::from_millis(20),
         };
         let app = Application::build(config).await.expect("chatd builds");
         let addr = app.local_addr();
@@ -228,6 +244,17 @@ impl TestApp {
             .expect("thread")
     }
 
+    /// Opens a WatchUnreadSummary stream as `client`'s caller.
+    pub async fn watch(
+        client: &mut ChatClient,
+    ) -> tonic::Streaming<pb::WatchUnreadSummaryResponse> {
+        client
+            .watch_unread_summary(pb::WatchUnreadSummaryRequest { limit: 0 })
+            .await
+            .expect("watch opens")
+            .into_inner()
+    }
+
     /// Stops the server gracefully and returns what `run` returned.
     pub async fn stop(&mut self) -> Result<(), String> {
         if let Some(shutdown) = self.shutdown.take() {
@@ -297,7 +324,12 @@ pub fn assert_error<T: std::fmt::Debug>(
 /// A database that exists for one test only.
 pub enum TestDatabase {
     Sqlite(PathBuf),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+    /// Another test app's database, left for that app to drop.
+    Shared(DatabaseUrl),
 }
 
 fn unique_suffix() -> String {
@@ -357,6 +389,19 @@ impl TestDatabase {
             TestDatabase::Postgres { admin_url, name } => {
                 DatabaseUrl::Postgres(replace_database(admin_url, name))
             }
+            TestDatabase::Shared(url) => url.clone(),
+        }
+    }
+
+    /// Runs SQL inside this test's PostgreSQL database, behind chatd's back.
+    pub async fn execute_inside(&self, sql: &str) {
+        if let DatabaseUrl::Postgres(url) = self.url() {
+            let mut conn = AsyncPgConnection::establish(&url)
+                .await
+                .expect("test database connection");
+            conn.batch_execute(sql)
+                .await
+                .expect("SQL inside the test database");
         }
     }
 
@@ -374,6 +419,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         match self {
+            TestDatabase::Shared(_) => {}
             TestDatabase::Sqlite(path) => {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

@@ -36,3 +36,4 @@ mod health;
 mod messages;
 mod sync;
 mod unread_summary;
+mod watch;

@@ -1,0 +1,181 @@
+//! WatchUnreadSummary: a snapshot, then one update per change, coalesced; across
+//! replicas through PostgreSQL NOTIFY; limited; ended cleanly on shutdown.
+
+use std::time::Duration;
+
+use chatd::grpc::pb::{RelationStatus, WatchUnreadSummaryResponse};
+use futures::future::join_all;
+use tonic::Code;
+
+use crate::helpers::{
+    Backend, ChatClientExt, TestApp, WATCH_LIMITS, assert_error, mark_read, send,
+};
+
+const TUTOR: i64 = 42;
+const STUDENT: i64 = 7;
+
+/// The next update, which must come within 10 s (a bound, not a synchronization).
+async fn next(
+    stream: &mut tonic::Streaming<WatchUnreadSummaryResponse>,
+) -> WatchUnreadSummaryResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an update within 10 s")
+        .expect("the stream is healthy")
+        .expect("the stream is open")
+}
+
+async fn snapshot_first_then_each_change(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    let first = next(&mut updates).await;
+    assert_eq!(first.total, 0);
+    assert!(first.threads.is_empty());
+
+    app.student(STUDENT).say(thread.thread_id, "ping").await;
+    let after_message = next(&mut updates).await;
+    assert_eq!(after_message.total, 1);
+    assert_eq!(after_message.threads[0].last_message_preview, "ping");
+    assert!(after_message.threads[0].is_writable);
+
+    // The tutor reads on another device: this stream learns of it too.
+    app.tutor(TUTOR)
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap();
+    let after_read = next(&mut updates).await;
+    assert_eq!(after_read.total, 0);
+    assert_ne!(after_read.etag, after_message.etag);
+}
+
+async fn a_burst_is_coalesced(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    assert_eq!(next(&mut updates).await.total, 0);
+    let burst = (0..100).map(|n| {
+        let mut student = app.student(STUDENT);
+        async move {
+            student
+                .send_message(send(thread.thread_id, &format!("m{n}")))
+                .await
+        }
+    });
+    assert!(join_all(burst).await.iter().all(Result::is_ok));
+    let mut received = 0;
+    loop {
+        received += 1;
+        if next(&mut updates).await.total == 100 {
+            break;
+        }
+    }
+    assert!(
+        received < 100,
+        "100 messages made {received} updates: not coalesced"
+    );
+}
+
+async fn a_thread_becoming_unwritable_is_sent(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    app.student(STUDENT).say(thread.thread_id, "hello").await;
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    assert!(next(&mut updates).await.threads[0].is_writable);
+    app.relation(10, TUTOR, STUDENT, RelationStatus::Archived, 2)
+        .await;
+    let update = next(&mut updates).await;
+    assert!(!update.threads[0].is_writable);
+    assert_eq!(update.total, 1);
+}
+
+async fn streams_per_user_are_limited(app: TestApp) {
+    let mut open = Vec::new();
+    for _ in 0..WATCH_LIMITS.per_user {
+        let mut stream = TestApp::watch(&mut app.tutor(TUTOR)).await;
+        next(&mut stream).await;
+        open.push(stream);
+    }
+    let refused = app
+        .tutor(TUTOR)
+        .watch_unread_summary(chatd::grpc::pb::WatchUnreadSummaryRequest { limit: 0 })
+        .await;
+    assert_error(refused, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+    // Another user is not affected.
+    let mut other = TestApp::watch(&mut app.tutor(TUTOR + 1)).await;
+    next(&mut other).await;
+}
+
+async fn streams_end_cleanly_on_shutdown(mut app: TestApp) {
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    next(&mut updates).await;
+    // Graceful shutdown must not wait forever on an open stream.
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert_eq!(
+        stopped.expect("shutdown completes with a stream open"),
+        Ok(())
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), updates.message())
+        .await
+        .expect("the stream ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+backend_suite!(
+    snapshot_first_then_each_change,
+    a_burst_is_coalesced,
+    a_thread_becoming_unwritable_is_sent,
+    streams_per_user_are_limited,
+    streams_end_cleanly_on_shutdown,
+);
+
+/// Two replicas on one PostgreSQL database: a watcher on B sees a message accepted by A,
+/// and a MarkRead made on A by the same user's other device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_changes_on_one_replica_reach_watchers_on_another() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let b = a.replica().await;
+    let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+    let mut on_b = TestApp::watch(&mut b.tutor(TUTOR)).await;
+    assert_eq!(next(&mut on_b).await.total, 0);
+
+    a.student(STUDENT)
+        .say(thread.thread_id, "via replica A")
+        .await;
+    let update = next(&mut on_b).await;
+    assert_eq!(update.total, 1);
+    assert_eq!(update.threads[0].last_message_preview, "via replica A");
+
+    a.tutor(TUTOR)
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut on_b).await.total, 0);
+}
+
+/// A lost listener connection is re-established, and watchers then get a fresh
+/// snapshot: here a change made behind chatd's back (so never notified) shows up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_reconnects_and_resends_the_summary() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    app.student(STUDENT).say(thread.thread_id, "one").await;
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    assert_eq!(next(&mut updates).await.total, 1);
+
+    let database = app.database();
+    database
+        .execute_inside(&format!(
+            "UPDATE thread_participants SET unread_count = 5 WHERE thread_id = {} AND side = 'tutor'",
+            thread.thread_id
+        ))
+        .await;
+    database
+        .execute_inside(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .await;
+    assert_eq!(
+        next(&mut updates).await.total,
+        5,
+        "the resync after reconnecting shows it"
+    );
+}
