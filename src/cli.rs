@@ -260,6 +260,20 @@ pub struct BenchArgs {
     /// How long each RPC is driven.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Watcher mode: open this many WatchUnreadSummary streams (one per tutor), send
+    /// messages to them at --send-rate, and report delivery latency and server RSS.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+    /// Watcher mode: messages per second (each watcher receives at most one).
+    #[arg(long, default_value_t = 200)]
+    pub send_rate: u32,
+    /// Watcher mode: pid of the chatd under test, to report its resident memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Watcher mode: send messages through this replica instead of --target, to measure
+    /// delivery across replicas (PostgreSQL NOTIFY).
+    #[arg(long)]
+    pub send_target: Option<String>,
     /// RPCs to drive, in order (default: all, starting with the Health/Check reference).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub rpcs: Vec<Rpc>,
@@ -291,6 +305,10 @@ impl BenchArgs {
             } else {
                 self.rpcs.clone()
             },
+            watchers: self.watchers,
+            send_rate: self.send_rate,
+            server_pid: self.server_pid,
+            send_target: self.send_target.clone(),
         })
     }
 }
