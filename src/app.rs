@@ -208,6 +208,7 @@ impl Application {
         tracing::info!(%addr, backend = self.store.backend(), "chatd gRPC listening");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let served = Server::builder()
+            .layer(grpc::RpcTraceLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -12,6 +12,7 @@ use crate::bench::{BenchConfig, Rpc};
 use crate::domain::{Role, WatchLimits};
 use crate::http::GatewayConfig;
 use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
+use crate::telemetry::LogFormat;
 
 /// chatd: chat threads between tutors and students, and their unread counts, over gRPC.
 #[derive(Debug, Parser)]
@@ -19,6 +20,16 @@ use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as human-readable text or JSON (with trace_id and span_id when tracing).
+    /// Tracing exports over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; level from RUST_LOG.
+    #[arg(
+        long,
+        global = true,
+        env = "CHATD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

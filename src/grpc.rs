@@ -6,11 +6,13 @@ mod chat;
 mod convert;
 mod status;
 mod sync;
+mod trace;
 
 pub use auth::Authenticate;
 pub use chat::ChatService;
 pub use status::ERROR_DOMAIN;
 pub use sync::SyncService;
+pub use trace::RpcTraceLayer;
 
 /// Code generated from `proto/chat/v1/chat.proto`, and its descriptor set (imports
 /// included) for server reflection.

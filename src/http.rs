@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -28,6 +30,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 pub use error::{ApiError, code_name, http_status};
 
@@ -134,11 +138,41 @@ pub fn router(config: &GatewayConfig) -> Result<Router, String> {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(trace_request))
         .with_state(upstream);
     if !config.cors_allowed_origins.is_empty() {
         router = router.layer(cors(&config.cors_allowed_origins)?);
     }
     Ok(router)
+}
+
+/// A span per HTTP request, with OpenTelemetry's HTTP conventions (http.request.method,
+/// http.route, http.response.status_code), continuing the caller's W3C trace.
+async fn trace_request(request: Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format!("{method} {}", route.as_deref().unwrap_or("(unmatched)")),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = %request.uri().path(),
+        http.response.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    crate::telemetry::extract_parent(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 fn cors(origins: &[String]) -> Result<CorsLayer, String> {
@@ -193,11 +227,8 @@ where
                     ApiError::http(status, "BAD_REQUEST", rejection.body_text())
                 }
             })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        // No body at all reads as `{}`; anything else must be a JSON object.
+        let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
         if !is_json {
             return Err(ApiError::http(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -296,6 +327,9 @@ impl FromRequestParts<UpstreamChannel> for Upstream {
                 metadata.insert(name, value);
             }
         }
+        // When tracing, chatd's span is the child of this request's span, in the same
+        // trace as the caller's `traceparent`; otherwise that header goes on as it came.
+        crate::telemetry::inject_current(&mut metadata);
         Ok(Self {
             chat: ChatServiceClient::new(state.channel.clone()),
             metadata,

@@ -9,6 +9,8 @@
 //! - `bench`: the load generator behind `chatd bench`.
 //! - `auth`: JWT verification into a typed `Caller`, and development token signing.
 //! - `domain`: the rules and guards of threads, messages, unread counts and facts.
+//! - `telemetry`: logs (text or JSON) and OpenTelemetry traces over OTLP, with W3C
+//!   trace context carried across the gateway, chatd and storage.
 //! - `storage`: schema, migrations and queries on PostgreSQL or embedded SQLite.
 #![forbid(unsafe_code)]
 
@@ -20,3 +22,4 @@ pub mod domain;
 pub mod grpc;
 pub mod http;
 pub mod storage;
+pub mod telemetry;

@@ -8,20 +8,24 @@ use chatd::auth::TokenSigner;
 use chatd::cli::{Cli, Command};
 use chatd::http::Gateway;
 use chatd::storage::{PoolConfig, Store};
+use chatd::telemetry::Telemetry;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr so that `chatd token` prints only the token on stdout.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli.command).await {
+    let telemetry = match Telemetry::init(cli.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("chatd: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = run(cli.command).await;
+    // Spans still buffered are exported before the process exits.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("chatd: {message}");

@@ -17,6 +17,7 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncMigrationHarness, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use tracing::Instrument;
 
 pub mod postgres {
     //! The PostgreSQL copy of the queries: rows are locked with `SELECT … FOR UPDATE`.
@@ -291,22 +292,35 @@ pub enum Store {
 /// Runs the same query function on whichever backend the store has, with a pooled
 /// connection. Each arm is type-checked against its backend's copy of the function.
 macro_rules! on_backend {
-    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
-        match $store {
-            Store::Postgres(pool) => {
-                let mut conn = pool.get().await?;
-                postgres::$function(&mut conn, $($arg),*)
-                    .await
-                    .map_err(|error| forget_idle_on_outage(pool, error.into()))
-            }
-            Store::Sqlite(pool) => {
-                let mut conn = pool.get().await?;
-                sqlite::$function(&mut conn, $($arg),*)
-                    .await
-                    .map_err(|error| forget_idle_on_outage(pool, error.into()))
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {{
+        // A span per storage call, named for the query function (never its data).
+        let span = tracing::debug_span!(
+            "db",
+            otel.name = stringify!($function),
+            otel.kind = "client",
+            db.system = $store.backend(),
+            db.operation.name = stringify!($function),
+        );
+        let result: StoreResult<_> = async {
+            match $store {
+                Store::Postgres(pool) => {
+                    let mut conn = pool.get().await?;
+                    postgres::$function(&mut conn, $($arg),*)
+                        .await
+                        .map_err(|error| forget_idle_on_outage(pool, error.into()))
+                }
+                Store::Sqlite(pool) => {
+                    let mut conn = pool.get().await?;
+                    sqlite::$function(&mut conn, $($arg),*)
+                        .await
+                        .map_err(|error| forget_idle_on_outage(pool, error.into()))
+                }
             }
         }
-    };
+        .instrument(span)
+        .await;
+        result
+    }};
 }
 
 /// Connections are handed out without a liveness ping (`RecyclingMethod::Fast`: a ping

@@ -354,6 +354,15 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     )
     .await;
     assert_api_error(&array_body, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    let blank_body = call(
+        client()
+            .post(app.url(&format!("/api/v1/chat/threads/{}/read/", thread.thread_id)))
+            .header("authorization", &tutor)
+            .header("content-type", "application/json")
+            .body(" "),
+    )
+    .await;
+    assert_api_error(&blank_body, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
     let null_target = call(
         client()
             .post(&ensure_url)

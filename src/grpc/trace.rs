@@ -1,0 +1,89 @@
+//! A span per chat.v1 call, with OpenTelemetry's RPC conventions (rpc.system,
+//! rpc.service, rpc.method, rpc.grpc.status_code), continuing the caller's W3C trace.
+//! Health checks and reflection are not traced: probes call them constantly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::telemetry;
+
+/// Wraps the gRPC server's routes in `RpcTrace`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcTraceLayer;
+
+impl<S> Layer<S> for RpcTraceLayer {
+    type Service = RpcTrace<S>;
+
+    fn layer(&self, inner: S) -> RpcTrace<S> {
+        RpcTrace { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcTrace<S> {
+    inner: S,
+}
+
+impl<S, B, ResponseBody> Service<http::Request<B>> for RpcTrace<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResponseBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The clone is not ready yet; the ready one serves this call (tower's convention).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().trim_start_matches('/');
+        let Some((service, method)) = path.split_once('/').filter(|(s, _)| s.starts_with("chat."))
+        else {
+            return Box::pin(inner.call(request));
+        };
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        telemetry::extract_parent(&span, request.headers());
+        let future = inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let response = future.await?;
+            // Errors of unary calls travel in the response headers (trailers-only);
+            // a response without grpc-status there carries OK or streams.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<i32>().ok())
+                .unwrap_or(0);
+            span.record("rpc.grpc.status_code", code);
+            if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+                // Server faults (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+                // UNAVAILABLE, DATA_LOSS), per the RPC conventions.
+                span.record("otel.status_code", "ERROR");
+            }
+            Ok(response)
+        })
+    }
+}
