@@ -40,12 +40,16 @@ pub struct ServeConfig {
     pub watch_limits: WatchLimits,
     /// How long a watcher lets a burst of changes gather before it sends.
     pub watch_coalesce: Duration,
+    /// A listener serving only Prometheus `/metrics`; `None` for none (the REST port
+    /// serves `/metrics` too).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A built server: migrated database, bound listener, ready to `run`.
 pub struct Application {
     listener: TcpListener,
     gateway: Option<Gateway>,
+    metrics: Option<TcpListener>,
     database: DatabaseUrl,
     hub: SummaryHub,
     watch_coalesce: Duration,
@@ -91,9 +95,18 @@ impl Application {
             }
             None => None,
         };
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             gateway,
+            metrics,
             database: config.database.clone(),
             hub: SummaryHub::new(config.watch_limits),
             watch_coalesce: config.watch_coalesce,
@@ -108,6 +121,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where the metrics-only listener listens, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Where the in-process REST gateway listens, if it runs.
@@ -127,6 +147,14 @@ impl Application {
     ) -> Result<(), String> {
         let addr = self.local_addr();
         let chat = Chat::new(self.store.clone(), self.hub.clone(), self.watch_coalesce);
+        crate::metrics::global().set_sources(self.store.clone(), self.hub.clone());
+        let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
+        if let Some(listener) = self.metrics {
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+            tokio::spawn(crate::metrics::serve(listener, async move {
+                let _ = metrics_stopping.await;
+            }));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         // `build` has just migrated the database, so it answers: start SERVING, and let
         // the monitor follow it from here.
@@ -196,6 +224,7 @@ impl Application {
             // Summary streams never end by themselves: end them, or draining would wait forever.
             hub.close();
             let _ = stop_gateway.send(());
+            let _ = stop_metrics.send(());
             if let Some(gateway) = gateway {
                 match gateway.await {
                     Ok(Ok(())) => {}

@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// Address of the in-process REST gateway, or `off` to serve gRPC only.
     #[arg(long, env = "CHATD_HTTP", default_value = "127.0.0.1:8080")]
     pub http: HttpListen,
+    /// Address of a listener serving only Prometheus /metrics, or `off` (the REST port
+    /// serves /metrics too).
+    #[arg(long, env = "CHATD_METRICS", default_value = "off")]
+    pub metrics: HttpListen,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -210,6 +214,10 @@ impl ServeArgs {
                 total: self.watch_max_total,
             },
             watch_coalesce: self.watch_coalesce,
+            metrics: match self.metrics {
+                HttpListen::Off => None,
+                HttpListen::On(addr) => Some(addr),
+            },
         })
     }
 }

@@ -147,6 +147,17 @@ impl Chat {
                     .await?
             }
         };
+        let metrics = crate::metrics::global();
+        metrics.increment(
+            "chat_thread_ensured",
+            vec![("created", created.to_string())],
+        );
+        if created {
+            metrics.increment(
+                "chatd_threads_created",
+                vec![("kind", kind.as_str().to_owned())],
+            );
+        }
         Ok((thread_from_row(row, is_writable)?, created))
     }
 
@@ -263,7 +274,11 @@ impl Chat {
                 client_message_id.as_deref(),
             )
             .await?;
-        self.changed(&changed);
+        // A retry that returned the first message changed nothing and sent nothing.
+        if !changed.is_empty() {
+            self.changed(&changed);
+            crate::metrics::global().increment("chatd_messages_sent", Vec::new());
+        }
         Ok(message_from_row(row))
     }
 

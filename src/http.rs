@@ -135,6 +135,7 @@ pub fn router(config: &GatewayConfig) -> Result<Router, String> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(crate::metrics::endpoint))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -167,8 +168,18 @@ async fn trace_request(request: Request, next: axum::middleware::Next) -> Respon
         span_id = Empty,
     );
     crate::telemetry::extract_parent(&span, request.headers());
+    let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
+    crate::metrics::global().observe(
+        "chatd_http_requests",
+        vec![
+            ("method", method),
+            ("route", route.unwrap_or_else(|| "(unmatched)".to_owned())),
+            ("status", response.status().as_u16().to_string()),
+        ],
+        started.elapsed(),
+    );
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }

@@ -9,6 +9,7 @@
 //! - `bench`: the load generator behind `chatd bench`.
 //! - `auth`: JWT verification into a typed `Caller`, and development token signing.
 //! - `domain`: the rules and guards of threads, messages, unread counts and facts.
+//! - `metrics`: Prometheus counters and histograms, served at `/metrics`.
 //! - `telemetry`: logs (text or JSON) and OpenTelemetry traces over OTLP, with W3C
 //!   trace context carried across the gateway, chatd and storage.
 //! - `storage`: schema, migrations and queries on PostgreSQL or embedded SQLite.
@@ -21,5 +22,6 @@ pub mod cli;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod storage;
 pub mod telemetry;

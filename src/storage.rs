@@ -417,6 +417,14 @@ impl Store {
         Ok(applied)
     }
 
+    /// The connection pool's size, idle connections and waiting callers.
+    pub fn pool_status(&self) -> deadpool::managed::Status {
+        match self {
+            Store::Postgres(pool) => pool.status(),
+            Store::Sqlite(pool) => pool.status(),
+        }
+    }
+
     /// The backend's name, for logs and telemetry.
     pub fn backend(&self) -> &'static str {
         match self {

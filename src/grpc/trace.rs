@@ -66,6 +66,8 @@ where
             span_id = Empty,
         );
         telemetry::extract_parent(&span, request.headers());
+        let rpc = path.to_owned();
+        let started = std::time::Instant::now();
         let future = inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let response = future.await?;
@@ -78,6 +80,17 @@ where
                 .and_then(|value| value.parse::<i32>().ok())
                 .unwrap_or(0);
             span.record("rpc.grpc.status_code", code);
+            crate::metrics::global().observe(
+                "chatd_rpc_requests",
+                vec![
+                    ("rpc", rpc),
+                    (
+                        "code",
+                        crate::http::code_name(tonic::Code::from(code)).to_owned(),
+                    ),
+                ],
+                started.elapsed(),
+            );
             if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
                 // Server faults (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
                 // UNAVAILABLE, DATA_LOSS), per the RPC conventions.

@@ -560,7 +560,41 @@ async fn unread_summary_as_server_sent_events(app: TestApp) {
     assert_api_error(&refused, 429, "TOO_MANY_STREAMS", "RESOURCE_EXHAUSTED");
 }
 
+/// Prometheus text at /metrics, on the REST port and on the metrics-only port.
+async fn metrics_show_the_named_series(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    send(&app, STUDENT, Role::Student, thread.thread_id, "counted").await;
+    let _stream = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    for url in [app.url("/metrics"), app.metrics.clone()] {
+        let response = client().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let text = response.text().await.unwrap();
+        for series in [
+            "chatd_rpc_requests_total{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"}",
+            "chatd_rpc_requests_duration_seconds_bucket{rpc=\"chat.v1.ChatService/EnsureThread\",code=\"OK\",le=\"+Inf\"}",
+            "chatd_http_requests_total{method=\"POST\",route=\"/api/v1/chat/threads/{thread_id}/messages/\",status=\"201\"}",
+            "chatd_http_requests_duration_seconds_count{",
+            "chat_thread_ensured_total{created=\"true\"}",
+            "chatd_threads_created_total{kind=\"contact\"}",
+            "chatd_messages_sent_total ",
+            "chatd_db_pool_connections{state=\"in_use\"}",
+            "chatd_db_pool_max_connections ",
+            "chatd_db_pool_waiting ",
+            "chatd_watch_streams ",
+        ] {
+            assert!(text.contains(series), "{url} lacks {series}:\n{text}");
+        }
+    }
+}
+
 backend_suite!(
+    metrics_show_the_named_series,
     unread_summary_as_server_sent_events,
     flow_accept_unlock_chat,
     flow_badge_appears_and_clears,
@@ -633,6 +667,7 @@ async fn upstream_down_is_503_then_recovers() {
         upstream_timeout: Duration::from_secs(5),
         watch_limits: crate::helpers::WATCH_LIMITS,
         watch_coalesce: Duration::from_millis(20),
+        metrics: None,
     })
     .await
     .unwrap();

@@ -58,6 +58,8 @@ pub struct TestApp {
     pub grpc: String,
     /// Base URL of the in-process REST gateway.
     pub http: String,
+    /// URL of the metrics-only listener's `/metrics`.
+    pub metrics: String,
     pub store: Store,
     signer: TokenSigner,
     shutdown: Option<oneshot::Sender<()>>,
@@ -97,10 +99,15 @@ impl TestApp {
             upstream_timeout: Duration::from_secs(10),
             watch_limits: WATCH_LIMITS,
             watch_coalesce: Duration::from_millis(20),
+            metrics: Some("127.0.0.1:0".parse().unwrap()),
         };
         let app = Application::build(config).await.expect("chatd builds");
         let addr = app.local_addr();
         let http = format!("http://{}", app.http_addr().expect("gateway enabled"));
+        let metrics = format!(
+            "http://{}/metrics",
+            app.metrics_addr().expect("metrics enabled")
+        );
         let store = app.store().clone();
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
@@ -112,6 +119,7 @@ impl TestApp {
             .await
             .expect("connects to chatd");
         Self {
+            metrics,
             grpc: format!("http://{addr}"),
             http,
             store,
