@@ -159,6 +159,11 @@ impl Application {
         // `build` has just migrated the database, so it answers: start SERVING, and let
         // the monitor follow it from here.
         set_health(&health, ServingStatus::Serving).await;
+        // For liveness probes: SERVING while the process serves, whatever the database
+        // does (restarting chatd would not bring a database back).
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
 
         // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
         // google.rpc types are served too, so clients can decode ErrorInfo details.
@@ -253,6 +258,9 @@ impl Application {
         served
     }
 }
+
+/// The health service name that only says the process is alive.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// The services whose health follows the database ("" is the whole server).
 const HEALTH_SERVICES: [&str; 3] = [

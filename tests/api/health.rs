@@ -38,12 +38,20 @@ async fn serving_when_the_database_answers(app: TestApp) {
     assert_eq!(check.status, ServingStatus::Serving as i32);
 }
 
+async fn liveness_ignores_the_database(app: TestApp) {
+    wait_for(&app, "liveness", ServingStatus::Serving).await;
+}
+
 async fn shutdown_is_graceful(mut app: TestApp) {
     wait_for(&app, "", ServingStatus::Serving).await;
     assert_eq!(app.stop().await, Ok(()));
 }
 
-backend_suite!(serving_when_the_database_answers, shutdown_is_graceful);
+backend_suite!(
+    serving_when_the_database_answers,
+    liveness_ignores_the_database,
+    shutdown_is_graceful
+);
 
 /// PostgreSQL only: a database that refuses connections makes calls UNAVAILABLE and
 /// health NOT_SERVING, and both recover by themselves.
@@ -62,6 +70,18 @@ async fn postgres_outage_is_unavailable_then_recovers() {
         ))
         .await;
     wait_for(&app, "", ServingStatus::NotServing).await;
+    let liveness = HealthClient::new(app.channel())
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        liveness.status,
+        ServingStatus::Serving as i32,
+        "alive while the database is out"
+    );
     let result = app.tutor(42).get_unread_summary(summary(0)).await;
     assert_error(result, Code::Unavailable, "DATABASE_UNAVAILABLE");
 
