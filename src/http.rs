@@ -171,6 +171,13 @@ async fn trace_request(request: Request, next: axum::middleware::Next) -> Respon
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "http request finished"
+        );
+    });
     crate::metrics::global().observe(
         "chatd_http_requests",
         vec![

@@ -80,6 +80,13 @@ where
                 .and_then(|value| value.parse::<i32>().ok())
                 .unwrap_or(0);
             span.record("rpc.grpc.status_code", code);
+            span.in_scope(|| {
+                tracing::debug!(
+                    code,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "rpc finished"
+                );
+            });
             crate::metrics::global().observe(
                 "chatd_rpc_requests",
                 vec![
