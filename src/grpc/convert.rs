@@ -56,7 +56,12 @@ pub fn thread(thread: domain::Thread) -> pb::Thread {
     }
 }
 
-pub fn thread_unread(entry: domain::ThreadUnread) -> pb::ThreadUnread {
+/// The entries of an unread summary, for GetUnreadSummary and WatchUnreadSummary alike.
+pub fn threads_unread(threads: Vec<domain::ThreadUnread>) -> Vec<pb::ThreadUnread> {
+    threads.into_iter().map(thread_unread).collect()
+}
+
+fn thread_unread(entry: domain::ThreadUnread) -> pb::ThreadUnread {
     pb::ThreadUnread {
         thread_id: entry.thread_id,
         kind: thread_kind(entry.kind).into(),
