@@ -143,6 +143,7 @@ impl Chat {
                         (!is_relation).then_some(target_id),
                         fact.tutor_id,
                         fact.student_id,
+                        is_writable,
                     )
                     .await?
             }
@@ -173,18 +174,49 @@ impl Chat {
         if_none_match: Option<&str>,
     ) -> Result<SummaryAnswer, DomainError> {
         let side = user_side(caller)?;
-        let version = self
-            .store
-            .summary_version(caller.user_id, side.as_str())
-            .await?;
-        let etag = format!("v{version}.l{limit}");
-        if if_none_match == Some(etag.as_str()) {
-            return Ok(SummaryAnswer::NotModified { etag });
-        }
-        let (rows, total) = self
+        let etag_of = |version: i64| format!("v{version}.l{limit}");
+        // A conditional request checks the version alone first: a current one costs a
+        // key lookup and builds nothing.
+        let checked = match if_none_match {
+            Some(tag) => {
+                let version = self
+                    .store
+                    .summary_version(caller.user_id, side.as_str())
+                    .await?;
+                if tag == etag_of(version) {
+                    return Ok(SummaryAnswer::NotModified {
+                        etag: etag_of(version),
+                    });
+                }
+                Some(version)
+            }
+            None => None,
+        };
+        let (mut rows, mut total, page_version) = self
             .store
             .unread_summary(caller.user_id, side.as_str(), limit)
             .await?;
+        // An etag must never claim newer content than it is sent with, or a later poll
+        // would be told 304 over a change it never saw. The version read with the page
+        // is exact, and one read before the page is older or equal. An empty page
+        // carries none: read the version, then the page again.
+        let version = match (checked, page_version) {
+            (_, Some(exact)) => exact,
+            (Some(before), None) => before,
+            (None, None) => {
+                let version = self
+                    .store
+                    .summary_version(caller.user_id, side.as_str())
+                    .await?;
+                let (again, again_total, again_version) = self
+                    .store
+                    .unread_summary(caller.user_id, side.as_str(), limit)
+                    .await?;
+                (rows, total) = (again, again_total);
+                again_version.unwrap_or(version)
+            }
+        };
+        let etag = etag_of(version);
         let threads = rows
             .into_iter()
             .map(|row| {
@@ -199,11 +231,7 @@ impl Chat {
                     last_message_at: row.last_message_at,
                     last_message_preview: row.last_message_preview,
                     last_message_sender_id: row.last_message_sender_id,
-                    is_writable: writable(
-                        &row.kind,
-                        row.relation_status.as_deref(),
-                        row.inquiry_status.as_deref(),
-                    )?,
+                    is_writable: row.is_writable,
                 })
             })
             .collect::<Result<_, DomainError>>()?;
@@ -318,7 +346,11 @@ impl Chat {
             status: status.as_str().to_owned(),
             version,
         };
-        let (outcome, changed) = self.store.upsert_relation(relation_id, &fact).await?;
+        let is_writable = status == RelationStatus::Active;
+        let (outcome, changed) = self
+            .store
+            .upsert_relation(relation_id, &fact, is_writable)
+            .await?;
         self.changed(&changed);
         upsert_applied(outcome, "relation", relation_id)
     }
@@ -338,7 +370,10 @@ impl Chat {
             status: status.as_str().to_owned(),
             version,
         };
-        let (outcome, changed) = self.store.upsert_inquiry(inquiry_id, &fact).await?;
+        let (outcome, changed) = self
+            .store
+            .upsert_inquiry(inquiry_id, &fact, status.allows_messages())
+            .await?;
         self.changed(&changed);
         upsert_applied(outcome, "inquiry", inquiry_id)
     }

@@ -160,8 +160,7 @@ pub struct UnreadRow {
     pub last_message_at: Option<DateTime<Utc>>,
     pub last_message_preview: String,
     pub last_message_sender_id: i64,
-    pub relation_status: Option<String>,
-    pub inquiry_status: Option<String>,
+    pub is_writable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,10 +467,18 @@ impl Store {
         inquiry_id: Option<i64>,
         tutor_id: i64,
         student_id: i64,
+        is_writable: bool,
     ) -> StoreResult<(ThreadRow, bool)> {
         on_backend!(
             self,
-            create_thread(kind, relation_id, inquiry_id, tutor_id, student_id)
+            create_thread(
+                kind,
+                relation_id,
+                inquiry_id,
+                tutor_id,
+                student_id,
+                is_writable
+            )
         )
     }
 
@@ -526,7 +533,7 @@ impl Store {
         user_id: i64,
         side: &str,
         limit: i64,
-    ) -> StoreResult<(Vec<UnreadRow>, i64)> {
+    ) -> StoreResult<(Vec<UnreadRow>, i64, Option<i64>)> {
         on_backend!(self, unread_summary(user_id, side, limit))
     }
 
@@ -544,16 +551,18 @@ impl Store {
         &self,
         id: i64,
         fact: &FactRow,
+        is_writable: bool,
     ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
-        on_backend!(self, upsert_relation(id, fact))
+        on_backend!(self, upsert_relation(id, fact, is_writable))
     }
 
     pub async fn upsert_inquiry(
         &self,
         id: i64,
         fact: &FactRow,
+        is_writable: bool,
     ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
-        on_backend!(self, upsert_inquiry(id, fact))
+        on_backend!(self, upsert_inquiry(id, fact, is_writable))
     }
 
     pub async fn upsert_contact_access(

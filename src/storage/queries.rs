@@ -87,12 +87,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
     thread_participants (thread_id, side) {
         thread_id -> BigInt,
         side -> Text,
         user_id -> BigInt,
         last_read_seq -> BigInt,
         unread_count -> BigInt,
+        kind -> Text,
+        relation_id -> Nullable<BigInt>,
+        inquiry_id -> Nullable<BigInt>,
+        tutor_id -> BigInt,
+        student_id -> BigInt,
+        is_writable -> Bool,
+        last_message_at -> Nullable<Ts>,
+        last_message_preview -> Text,
+        last_message_sender_id -> BigInt,
     }
 }
 
@@ -268,6 +279,7 @@ pub async fn create_thread(
     inquiry_id: Option<i64>,
     tutor_id: i64,
     student_id: i64,
+    is_writable: bool,
 ) -> QueryResult<(ThreadRow, bool)> {
     let kind = kind.to_owned();
     write_transaction!(conn, async |conn: &mut Conn| {
@@ -306,6 +318,12 @@ pub async fn create_thread(
                             thread_participants::thread_id.eq(thread.thread_id),
                             thread_participants::side.eq(side),
                             thread_participants::user_id.eq(user_id),
+                            thread_participants::kind.eq(&kind),
+                            thread_participants::relation_id.eq(relation_id),
+                            thread_participants::inquiry_id.eq(inquiry_id),
+                            thread_participants::tutor_id.eq(tutor_id),
+                            thread_participants::student_id.eq(student_id),
+                            thread_participants::is_writable.eq(is_writable),
                         ))
                         .execute(conn)
                         .await?;
@@ -423,15 +441,24 @@ pub async fn append_message(
             .select(thread_participants::unread_count)
             .first(conn)
             .await?;
+        let last_message = (
+            thread_participants::last_message_at.eq(now),
+            thread_participants::last_message_preview.eq(&preview),
+            thread_participants::last_message_sender_id.eq(sender_id),
+        );
         diesel::update(thread_participants::table.find((thread_id, &side)))
             .set((
                 thread_participants::last_read_seq.eq(seq),
                 thread_participants::unread_count.eq(0),
+                last_message,
             ))
             .execute(conn)
             .await?;
         let peer_id: i64 = diesel::update(thread_participants::table.find((thread_id, &peer_side)))
-            .set(thread_participants::unread_count.eq(thread_participants::unread_count + 1))
+            .set((
+                thread_participants::unread_count.eq(thread_participants::unread_count + 1),
+                last_message,
+            ))
             .returning(thread_participants::user_id)
             .get_result(conn)
             .await?;
@@ -539,47 +566,57 @@ pub async fn summary_version(conn: &mut Conn, user_id: i64, side: &str) -> Query
         .unwrap_or(0))
 }
 
-/// A page of the user's threads with unread messages, newest first, and the user's total.
+/// A page of the user's threads with unread messages, newest first, the user's total,
+/// and (for a non-empty page) the summary's version.
 ///
-/// One query over the partial index `thread_participants_unread`: the window sum runs
-/// before LIMIT, so every row carries the total over all unread threads, not the page.
+/// One range scan of the covering partial index `thread_participants_unread`, already
+/// in page order; the window sum runs before LIMIT, so every row carries the total
+/// over all unread threads, not only the page.
 pub async fn unread_summary(
     conn: &mut Conn,
     user_id: i64,
     side: &str,
     limit: i64,
-) -> QueryResult<(Vec<UnreadRow>, i64)> {
-    let rows: Vec<(UnreadRow, i64)> = thread_participants::table
-        .inner_join(threads::table.on(threads::thread_id.eq(thread_participants::thread_id)))
-        .left_join(relations::table.on(relations::relation_id.nullable().eq(threads::relation_id)))
-        .left_join(inquiries::table.on(inquiries::inquiry_id.nullable().eq(threads::inquiry_id)))
+) -> QueryResult<(Vec<UnreadRow>, i64, Option<i64>)> {
+    // The summary's version, read in the same statement: exactly the page's version.
+    let version = summary_versions::table
+        .filter(summary_versions::user_id.eq(user_id))
+        .filter(summary_versions::side.eq(side))
+        .select(summary_versions::version)
+        .single_value();
+    let rows: Vec<(UnreadRow, i64, Option<i64>)> = thread_participants::table
         .filter(thread_participants::user_id.eq(user_id))
         .filter(thread_participants::side.eq(side))
         .filter(thread_participants::unread_count.gt(0))
-        .order((threads::last_message_at.desc(), threads::thread_id.desc()))
+        .order((
+            thread_participants::last_message_at.desc(),
+            thread_participants::thread_id.desc(),
+        ))
         .limit(limit)
         .select((
             (
-                threads::thread_id,
-                threads::kind,
-                threads::relation_id,
-                threads::inquiry_id,
-                threads::tutor_id,
-                threads::student_id,
+                thread_participants::thread_id,
+                thread_participants::kind,
+                thread_participants::relation_id,
+                thread_participants::inquiry_id,
+                thread_participants::tutor_id,
+                thread_participants::student_id,
                 thread_participants::unread_count,
-                threads::last_message_at,
-                threads::last_message_preview,
-                threads::last_message_sender_id,
-                relations::status.nullable(),
-                inquiries::status.nullable(),
+                thread_participants::last_message_at,
+                thread_participants::last_message_preview,
+                thread_participants::last_message_sender_id,
+                thread_participants::is_writable,
             ),
             TotalUnreadOverAllRows,
+            version,
         ))
         .load(conn)
         .await?;
     // Qualified: diesel's `QueryDsl::first` would shadow the slice method.
-    let total = <[_]>::first(&rows).map_or(0, |(_, total)| *total);
-    Ok((rows.into_iter().map(|(row, _)| row).collect(), total))
+    let (total, version) = <[_]>::first(&rows).map_or((0, None), |(_, total, version)| (*total, *version));
+    // An empty page carries no version: the caller reads it separately.
+    let version = if rows.is_empty() { None } else { Some(version.unwrap_or(0)) };
+    Ok((rows.into_iter().map(|(row, _, _)| row).collect(), total, version))
 }
 
 /// Messages before `before_seq` (or the newest), newest first, one page of `limit`,
@@ -623,10 +660,11 @@ pub async fn upsert_relation(
     conn: &mut Conn,
     relation_id: i64,
     fact: &FactRow,
+    is_writable: bool,
 ) -> QueryResult<(UpsertOutcome, Vec<SummaryKey>)> {
     let outcome = store_relation(conn, relation_id, fact).await?;
     let changed = match outcome {
-        UpsertOutcome::Applied => thread_changed(conn, true, relation_id).await?,
+        UpsertOutcome::Applied => thread_changed(conn, true, relation_id, is_writable).await?,
         _ => Vec::new(),
     };
     Ok((outcome, changed))
@@ -634,10 +672,19 @@ pub async fn upsert_relation(
 
 /// A thread's writability follows its relation or inquiry: when one changes, both
 /// participants' summaries change (their `is_writable`).
-async fn thread_changed(conn: &mut Conn, is_relation: bool, target_id: i64) -> QueryResult<Vec<SummaryKey>> {
+async fn thread_changed(
+    conn: &mut Conn,
+    is_relation: bool,
+    target_id: i64,
+    is_writable: bool,
+) -> QueryResult<Vec<SummaryKey>> {
     let Some(thread) = find_thread_by_target(conn, is_relation, target_id).await? else {
         return Ok(Vec::new());
     };
+    diesel::update(thread_participants::table.filter(thread_participants::thread_id.eq(thread.thread_id)))
+        .set(thread_participants::is_writable.eq(is_writable))
+        .execute(conn)
+        .await?;
     let keys = vec![(thread.tutor_id, "tutor"), (thread.student_id, "student")];
     for (user_id, side) in &keys {
         bump_summary_version(conn, *user_id, side).await?;
@@ -685,10 +732,11 @@ pub async fn upsert_inquiry(
     conn: &mut Conn,
     inquiry_id: i64,
     fact: &FactRow,
+    is_writable: bool,
 ) -> QueryResult<(UpsertOutcome, Vec<SummaryKey>)> {
     let outcome = store_inquiry(conn, inquiry_id, fact).await?;
     let changed = match outcome {
-        UpsertOutcome::Applied => thread_changed(conn, false, inquiry_id).await?,
+        UpsertOutcome::Applied => thread_changed(conn, false, inquiry_id, is_writable).await?,
         _ => Vec::new(),
     };
     Ok((outcome, changed))

@@ -117,9 +117,13 @@ impl Store {
             (
                 "participants",
                 format!(
-                    "{} INSERT INTO thread_participants (thread_id, side, user_id, last_read_seq, unread_count) \
-                     SELECT x, 'tutor', {tutor}, {k} - {unread}, {unread} FROM s \
-                     UNION ALL SELECT x, 'student', {student}, {k}, 0 FROM s",
+                    "{} INSERT INTO thread_participants (thread_id, side, user_id, last_read_seq, unread_count, \
+                     kind, relation_id, tutor_id, student_id, is_writable, \
+                     last_message_at, last_message_preview, last_message_sender_id) \
+                     SELECT x, 'tutor', {tutor}, {k} - {unread}, {unread}, \
+                     'contact', x, {tutor}, {student}, TRUE, {ts}, 'message {k}', {student} FROM s \
+                     UNION ALL SELECT x, 'student', {student}, {k}, 0, \
+                     'contact', x, {tutor}, {student}, TRUE, {ts}, 'message {k}', {student} FROM s",
                     series(t)
                 ),
             ),

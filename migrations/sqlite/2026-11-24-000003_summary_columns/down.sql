@@ -1,0 +1,11 @@
+DROP INDEX thread_participants_unread;
+ALTER TABLE thread_participants DROP COLUMN kind;
+ALTER TABLE thread_participants DROP COLUMN relation_id;
+ALTER TABLE thread_participants DROP COLUMN inquiry_id;
+ALTER TABLE thread_participants DROP COLUMN tutor_id;
+ALTER TABLE thread_participants DROP COLUMN student_id;
+ALTER TABLE thread_participants DROP COLUMN is_writable;
+ALTER TABLE thread_participants DROP COLUMN last_message_at;
+ALTER TABLE thread_participants DROP COLUMN last_message_preview;
+ALTER TABLE thread_participants DROP COLUMN last_message_sender_id;
+CREATE INDEX thread_participants_unread ON thread_participants (user_id, side) WHERE unread_count > 0;
