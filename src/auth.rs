@@ -302,6 +302,97 @@ mod tests {
         ));
     }
 
+    /// Signs claims with a test private key, as an identity provider would.
+    fn sign_with(private_pem: &str, algorithm: Algorithm, claims: &Claims) -> String {
+        let key = match algorithm {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap(),
+            _ => EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap(),
+        };
+        jsonwebtoken::encode(&Header::new(algorithm), claims, &key).unwrap()
+    }
+
+    fn claims(iss: Option<&str>, aud: Option<&str>) -> Claims {
+        Claims {
+            sub: "42".into(),
+            role: "student".into(),
+            exp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 60,
+            iat: None,
+            iss: iss.map(Into::into),
+            aud: aud.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn public_keys_verify_rs256_and_es256_with_issuer_and_audience() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for (name, algorithm) in [("es256", Algorithm::ES256), ("rs256", Algorithm::RS256)] {
+            let private = fs::read_to_string(fixtures.join(format!("{name}-private.pem"))).unwrap();
+            let config = AuthConfig {
+                public_key_file: Some(fixtures.join(format!("{name}-public.pem"))),
+                issuer: Some("https://id.example".into()),
+                audience: Some("chatd".into()),
+                ..AuthConfig::default()
+            };
+            let verifier =
+                TokenVerifier::new(&config, &DatabaseUrl::Sqlite("x.db".into())).unwrap();
+            let good = sign_with(
+                &private,
+                algorithm,
+                &claims(Some("https://id.example"), Some("chatd")),
+            );
+            assert_eq!(
+                verifier.verify(&good).unwrap(),
+                Caller {
+                    user_id: 42,
+                    role: Role::Student
+                },
+                "{name}"
+            );
+            let wrong_issuer = sign_with(
+                &private,
+                algorithm,
+                &claims(Some("https://evil.example"), Some("chatd")),
+            );
+            assert!(
+                matches!(
+                    verifier.verify(&wrong_issuer),
+                    Err(DomainError::TokenInvalid(_))
+                ),
+                "{name}"
+            );
+            let wrong_audience = sign_with(
+                &private,
+                algorithm,
+                &claims(Some("https://id.example"), Some("other")),
+            );
+            assert!(
+                matches!(
+                    verifier.verify(&wrong_audience),
+                    Err(DomainError::TokenInvalid(_))
+                ),
+                "{name}"
+            );
+            // An HS256 token (e.g. signed with the public key as a secret) is refused.
+            let public = fs::read(fixtures.join(format!("{name}-public.pem"))).unwrap();
+            let confused = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(Some("https://id.example"), Some("chatd")),
+                &EncodingKey::from_secret(&public),
+            )
+            .unwrap();
+            assert!(
+                verifier.verify(&confused).is_err(),
+                "{name}: algorithm confusion"
+            );
+            // And chatd will not pretend to sign for a key it only verifies with.
+            assert!(TokenSigner::new(&config, &DatabaseUrl::Sqlite("x.db".into())).is_err());
+        }
+    }
+
     #[test]
     fn short_secrets_are_refused() {
         let config = AuthConfig {
