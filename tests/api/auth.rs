@@ -58,6 +58,13 @@ async fn tokens_are_checked(app: TestApp) {
 }
 
 async fn roles_are_checked(app: TestApp) {
+    let request = UpsertRelationRequest {
+        relation_id: 1,
+        tutor_id: 42,
+        student_id: 7,
+        status: 2,
+        version: 1,
+    };
     let service = app.token(1, Role::Service);
     let result = app
         .chat_with_header(Some(format!("Bearer {service}")))
@@ -71,13 +78,6 @@ async fn roles_are_checked(app: TestApp) {
             app.channel(),
             Bearer(Some(format!("Bearer {token}"))),
         );
-        let request = UpsertRelationRequest {
-            relation_id: 1,
-            tutor_id: 42,
-            student_id: 7,
-            status: 2,
-            version: 1,
-        };
         assert_error(
             client.upsert_relation(request).await,
             Code::PermissionDenied,
@@ -85,13 +85,6 @@ async fn roles_are_checked(app: TestApp) {
         );
     }
     let mut anonymous = SyncServiceClient::with_interceptor(app.channel(), Bearer(None));
-    let request = UpsertRelationRequest {
-        relation_id: 1,
-        tutor_id: 42,
-        student_id: 7,
-        status: 2,
-        version: 1,
-    };
     assert_error(
         anonymous.upsert_relation(request).await,
         Code::Unauthenticated,

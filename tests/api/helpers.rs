@@ -462,6 +462,8 @@ impl Drop for TestDatabase {
 
 /// The calls tests make most, on a client that is expected to succeed.
 pub trait ChatClientExt {
+    /// Sends a message request and returns the message.
+    async fn send(&mut self, request: pb::SendMessageRequest) -> pb::Message;
     /// Sends `body` to a thread and returns the message.
     async fn say(&mut self, thread_id: i64, body: &str) -> pb::Message;
     /// The caller's unread summary (default page).
@@ -469,13 +471,17 @@ pub trait ChatClientExt {
 }
 
 impl ChatClientExt for ChatClient {
-    async fn say(&mut self, thread_id: i64, body: &str) -> pb::Message {
-        self.send_message(send(thread_id, body))
+    async fn send(&mut self, request: pb::SendMessageRequest) -> pb::Message {
+        self.send_message(request)
             .await
             .expect("send succeeds")
             .into_inner()
             .message
             .expect("a message")
+    }
+
+    async fn say(&mut self, thread_id: i64, body: &str) -> pb::Message {
+        self.send(send(thread_id, body)).await
     }
 
     async fn unread(&mut self) -> pb::GetUnreadSummaryResponse {

@@ -47,54 +47,25 @@ async fn same_client_message_id_returns_the_first_message(app: TestApp) {
         body: "once".into(),
         client_message_id: "retry-1".into(),
     };
-    let first = app
-        .student(STUDENT)
-        .send_message(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-        .unwrap();
-    let retry = app
-        .student(STUDENT)
-        .send_message(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-        .unwrap();
+    let first = app.student(STUDENT).send(request.clone()).await;
+    let retry = app.student(STUDENT).send(request.clone()).await;
     assert_eq!(retry, first);
     assert_eq!(first.client_message_id, "retry-1");
     // Only one message, one unread.
     let tutor = app.tutor(TUTOR).unread().await;
     assert_eq!(tutor.total, 1);
     // The same key from the other participant is their own message.
-    let other = app
-        .tutor(TUTOR)
-        .send_message(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-        .unwrap();
+    let other = app.tutor(TUTOR).send(request).await;
     assert_ne!(other.message_id, first.message_id);
     // No key: every call sends.
     let a = app
         .student(STUDENT)
-        .send_message(send(thread.thread_id, "same"))
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-        .unwrap();
+        .send(send(thread.thread_id, "same"))
+        .await;
     let b = app
         .student(STUDENT)
-        .send_message(send(thread.thread_id, "same"))
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-        .unwrap();
+        .send(send(thread.thread_id, "same"))
+        .await;
     assert_ne!(a.message_id, b.message_id);
 }
 
