@@ -34,7 +34,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC service (with health and reflection), migrating the database first.
+    /// Run the gRPC service (health, reflection) and, unless --http off, the REST gateway;
+    /// migrates the database first.
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
