@@ -179,3 +179,73 @@ async fn postgres_listener_reconnects_and_resends_the_summary() {
         "the resync after reconnecting shows it"
     );
 }
+
+/// The same across two OS processes: replica B is the `chatd` binary, started as a
+/// user would (`chatd serve`), on the database replica A (in this process) uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_chatd_processes_share_updates() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+    let chatd::storage::DatabaseUrl::Postgres(url) = a.database().url() else {
+        unreachable!("a PostgreSQL test app")
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut replica_b = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "off",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("CHATD_JWT_SECRET", crate::helpers::SECRET)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chatd starts");
+    // Ready when it says it listens (its log, not a sleep).
+    let mut log = BufReader::new(replica_b.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("chatd gRPC listening") {
+                return;
+            }
+        }
+        panic!("replica B exited before listening");
+    })
+    .await
+    .expect("replica B listens within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tutor_on_b = chatd::grpc::pb::chat_service_client::ChatServiceClient::with_interceptor(
+        channel,
+        crate::helpers::Bearer(Some(a.bearer(TUTOR, chatd::domain::Role::Tutor))),
+    );
+    let mut on_b = TestApp::watch(&mut tutor_on_b).await;
+    assert_eq!(next(&mut on_b).await.total, 0);
+
+    a.student(STUDENT)
+        .say(thread.thread_id, "from process A")
+        .await;
+    let update = next(&mut on_b).await;
+    assert_eq!(update.total, 1);
+    assert_eq!(update.threads[0].last_message_preview, "from process A");
+    a.tutor(TUTOR)
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut on_b).await.total, 0);
+}
