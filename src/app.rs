@@ -1,5 +1,7 @@
 //! Builds and runs the chatd server: migrations, the gRPC services behind auth, health
-//! that follows the database, reflection, and graceful shutdown.
+//! that follows the database, reflection, the change fan-out between replicas, the
+//! application's metrics, and graceful shutdown. This is where the parts are assembled;
+//! none of them knows the others beyond what is handed to it here.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,11 +17,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthConfig, TokenVerifier};
-use crate::domain::{Chat, Role, SummaryHub, WatchLimits};
-use crate::grpc::pb::chat_service_server::ChatServiceServer;
-use crate::grpc::pb::sync_service_server::SyncServiceServer;
-use crate::grpc::{self, Authenticate};
+use crate::domain::{Chat, Role, SummaryHub, SummaryKey, WatchLimits};
+use crate::fanout::postgres::{FanoutConfig, PgFanout};
+use crate::fanout::{ChangeSink, Local, Publisher};
+use crate::grpc::{self, Authenticate, RpcTraceLayer};
 use crate::http::{Gateway, GatewayConfig};
+use crate::metrics::Metrics;
+use crate::proto::chat_service_server::ChatServiceServer;
+use crate::proto::sync_service_server::SyncServiceServer;
 use crate::storage::{DatabaseUrl, PoolConfig, Store};
 
 /// Everything `chatd serve` needs to know.
@@ -43,25 +48,40 @@ pub struct ServeConfig {
     /// A listener serving only Prometheus `/metrics`; `None` for none (the REST port
     /// serves `/metrics` too).
     pub metrics: Option<SocketAddr>,
+    /// Where the PostgreSQL change fan-out connects (default: the database URL).
+    pub fanout_url: Option<String>,
+    /// How often the fan-out proves it is alive.
+    pub fanout_heartbeat: Duration,
 }
 
-/// A built server: migrated database, bound listener, ready to `run`.
+/// A built server: migrated database, bound listeners, ready to `run`.
 pub struct Application {
     listener: TcpListener,
     gateway: Option<Gateway>,
-    metrics: Option<TcpListener>,
-    database: DatabaseUrl,
+    metrics_listener: Option<TcpListener>,
+    metrics: Metrics,
+    rpc_trace: RpcTraceLayer,
     hub: SummaryHub,
-    watch_coalesce: Duration,
+    /// Whether this replica hears other replicas' changes (the fan-out is connected).
+    feed: (watch::Sender<bool>, watch::Receiver<bool>),
+    config: ServeConfig,
     store: Store,
     verifier: Arc<TokenVerifier>,
-    health_interval: Duration,
 }
 
 impl Application {
-    /// Connects and migrates the database, loads the token keys and binds the listener
+    /// Connects and migrates the database, loads the token keys and binds the listeners
     /// (port 0 picks a free port: see `local_addr`).
     pub async fn build(config: ServeConfig) -> Result<Self, String> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        Self::build_on(config, listener).await
+    }
+
+    /// The same on a listener bound already (tests bind port 0 and keep it, so no other
+    /// process can take the port between choosing and serving).
+    pub async fn build_on(config: ServeConfig, listener: TcpListener) -> Result<Self, String> {
         let store = Store::connect(&config.database, &config.pool)?;
         let applied = store
             .migrate()
@@ -73,9 +93,7 @@ impl Application {
             "database migrated"
         );
         let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let metrics = Metrics::new();
         let gateway = match config.http {
             Some(listen) => {
                 let grpc = listener.local_addr().map_err(|e| e.to_string())?;
@@ -91,11 +109,18 @@ impl Application {
                     upstream_timeout: config.upstream_timeout,
                     cors_allowed_origins: config.cors_allowed_origins.clone(),
                 };
-                Some(Gateway::build(&gateway_config).await?)
+                Some(Gateway::build(&gateway_config, metrics.clone()).await?)
             }
             None => None,
         };
-        let metrics = match config.metrics {
+        // Everything a scrape shows exists from here on, before the first call.
+        let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone());
+        let hub = SummaryHub::new(config.watch_limits);
+        // One SQLite process hears every change it makes; PostgreSQL replicas wait for
+        // their fan-out to connect.
+        let feed = watch::channel(matches!(config.database, DatabaseUrl::Sqlite(_)));
+        register_gauges(&metrics, &store, &hub, feed.1.clone());
+        let metrics_listener = match config.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -106,13 +131,14 @@ impl Application {
         Ok(Self {
             listener,
             gateway,
+            metrics_listener,
             metrics,
-            database: config.database.clone(),
-            hub: SummaryHub::new(config.watch_limits),
-            watch_coalesce: config.watch_coalesce,
+            rpc_trace,
+            hub,
+            feed,
+            config,
             store,
             verifier,
-            health_interval: config.health_interval,
         })
     }
 
@@ -125,7 +151,7 @@ impl Application {
 
     /// Where the metrics-only listener listens, if configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics
+        self.metrics_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
     }
@@ -139,6 +165,11 @@ impl Application {
         &self.store
     }
 
+    /// This application's metrics (each application has its own registry).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Serves until `shutdown` completes, then reports NOT_SERVING, lets in-flight calls
     /// finish and returns.
     pub async fn run(
@@ -146,16 +177,55 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), String> {
         let addr = self.local_addr();
-        let chat = Chat::new(self.store.clone(), self.hub.clone(), self.watch_coalesce);
-        crate::metrics::global().set_sources(self.store.clone(), self.hub.clone());
-        let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
-        if let Some(listener) = self.metrics {
-            tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
-            tokio::spawn(crate::metrics::serve(listener, async move {
-                let _ = metrics_stopping.await;
-            }));
-        }
+        let config = self.config;
+        let metrics = self.metrics;
+        let hub = self.hub;
         let (health, health_service) = tonic_health::server::health_reporter();
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+
+        // Replicas share PostgreSQL: changes committed by any of them arrive through the
+        // fan-out. One SQLite process has nothing to hear.
+        let (feed_state, feed_followed) = self.feed;
+        let fanout = match &config.database {
+            DatabaseUrl::Postgres(url) => {
+                let sink = Arc::new(FeedHealth {
+                    inner: hub.clone(),
+                    state: feed_state,
+                });
+                Some(PgFanout::start(
+                    FanoutConfig {
+                        url: config.fanout_url.clone().unwrap_or_else(|| url.clone()),
+                        heartbeat: config.fanout_heartbeat,
+                    },
+                    sink,
+                    stopping_rx.clone(),
+                ))
+            }
+            DatabaseUrl::Sqlite(_) => None,
+        };
+        let publisher: Arc<dyn Publisher> = match &fanout {
+            Some(fanout) => Arc::new(fanout.publisher.clone()),
+            None => Arc::new(Local),
+        };
+        let chat = Chat::new(
+            self.store.clone(),
+            hub.clone(),
+            publisher,
+            metrics.chat.clone(),
+            config.watch_coalesce,
+        );
+
+        let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
+        if let Some(listener) = self.metrics_listener {
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+            tokio::spawn(crate::http::serve_metrics(
+                listener,
+                metrics.clone(),
+                async move {
+                    let _ = metrics_stopping.await;
+                },
+            ));
+        }
         // `build` has just migrated the database, so it answers: start SERVING, and let
         // the monitor follow it from here.
         set_health(&health, ServingStatus::Serving).await;
@@ -164,12 +234,13 @@ impl Application {
         health
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
+        let feed_health = tokio::spawn(follow_feed(health.clone(), feed_followed));
 
         // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
         // google.rpc types are served too, so clients can decode ErrorInfo details.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
@@ -197,23 +268,12 @@ impl Application {
             ),
         );
 
-        let (stopping_tx, stopping_rx) = watch::channel(false);
         let monitor = tokio::spawn(monitor_database(
             self.store.clone(),
             health.clone(),
-            self.health_interval,
-            stopping_rx.clone(),
+            config.health_interval,
+            stopping_rx,
         ));
-        // Replicas share PostgreSQL: changes committed by any of them arrive by NOTIFY.
-        let listener = match &self.database {
-            DatabaseUrl::Postgres(url) => Some(tokio::spawn(listen_for_changes(
-                url.clone(),
-                self.hub.clone(),
-                stopping_rx,
-            ))),
-            DatabaseUrl::Sqlite(_) => None,
-        };
-        let hub = self.hub.clone();
         // The gateway drains first: its in-flight requests still need their gRPC calls.
         let (stop_gateway, gateway_stopping) = oneshot::channel::<()>();
         let gateway = self.gateway.map(|gateway| {
@@ -221,13 +281,14 @@ impl Application {
                 let _ = gateway_stopping.await;
             }))
         });
+        let closing_hub = hub.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: not serving, finishing in-flight calls");
             let _ = stopping_tx.send(true);
             set_health(&health, ServingStatus::NotServing).await;
             // Summary streams never end by themselves: end them, or draining would wait forever.
-            hub.close();
+            closing_hub.close();
             let _ = stop_gateway.send(());
             let _ = stop_metrics.send(());
             if let Some(gateway) = gateway {
@@ -242,7 +303,7 @@ impl Application {
         tracing::info!(%addr, backend = self.store.backend(), "chatd gRPC listening");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let served = Server::builder()
-            .layer(grpc::RpcTraceLayer)
+            .layer(self.rpc_trace)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -252,15 +313,66 @@ impl Application {
             .await
             .map_err(|e| format!("gRPC server failed: {e}"));
         monitor.abort();
-        if let Some(listener) = listener {
-            listener.abort();
+        feed_health.abort();
+        if let Some(fanout) = fanout {
+            fanout.abort();
         }
         served
     }
 }
 
+/// The gauges read from their owners at scrape time.
+fn register_gauges(
+    metrics: &Metrics,
+    store: &Store,
+    hub: &SummaryHub,
+    feed: watch::Receiver<bool>,
+) {
+    let pool = store.clone();
+    metrics.gauge_family(
+        "chatd_db_pool_connections",
+        "Database connections of the pool, in use or idle",
+        "state",
+        move || {
+            let status = pool.pool_status();
+            vec![
+                ("in_use", (status.open - status.idle) as i64),
+                ("idle", status.idle as i64),
+            ]
+        },
+    );
+    let pool = store.clone();
+    metrics.gauge(
+        "chatd_db_pool_max_connections",
+        "Most connections the pool opens",
+        move || pool.pool_status().max as i64,
+    );
+    let pool = store.clone();
+    metrics.gauge(
+        "chatd_db_pool_waiting",
+        "Calls waiting for a pooled connection now",
+        move || pool.pool_status().waiting as i64,
+    );
+    let streams = hub.clone();
+    metrics.gauge(
+        "chatd_watch_streams",
+        "Open WatchUnreadSummary and SSE streams",
+        move || streams.open_streams() as i64,
+    );
+    metrics.gauge(
+        "chatd_fanout_up",
+        "1 while this replica hears other replicas' changes (always 1 on SQLite)",
+        move || i64::from(*feed.borrow()),
+    );
+}
+
 /// The health service name that only says the process is alive.
 pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// The health service name that says whether this replica hears other replicas'
+/// changes (PostgreSQL's fan-out). Calls are served either way; while it is
+/// NOT_SERVING, summaries are read from the database.
+pub const FANOUT_SERVICE: &str = "fanout";
 
 /// The services whose health follows the database ("" is the whole server).
 const HEALTH_SERVICES: [&str; 3] = [
@@ -272,6 +384,44 @@ const HEALTH_SERVICES: [&str; 3] = [
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH_SERVICES {
         health.set_service_status(service, status).await;
+    }
+}
+
+/// Passes the fan-out's news to the domain and keeps the `fanout` health state.
+struct FeedHealth {
+    inner: SummaryHub,
+    state: watch::Sender<bool>,
+}
+
+impl ChangeSink for FeedHealth {
+    fn changed(&self, keys: &[SummaryKey]) {
+        self.inner.changed(keys);
+    }
+
+    fn connected(&self) {
+        self.inner.connected();
+        self.state.send_replace(true);
+    }
+
+    fn disconnected(&self) {
+        self.inner.disconnected();
+        self.state.send_replace(false);
+    }
+}
+
+/// Mirrors the fan-out's state into health, in order.
+async fn follow_feed(health: HealthReporter, mut feed: watch::Receiver<bool>) {
+    loop {
+        let up = *feed.borrow_and_update();
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status(FANOUT_SERVICE, status).await;
+        if feed.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -308,64 +458,6 @@ async fn monitor_database(
             };
             set_health(&health, status).await;
             serving = Some(now_serving);
-        }
-    }
-}
-
-/// Keeps one connection LISTENing on the summary channel and wakes this process's
-/// watchers for every change any replica commits. When the connection is lost it is
-/// re-established, and every watcher re-reads its summary, since notifications sent
-/// meanwhile are gone.
-async fn listen_for_changes(url: String, hub: SummaryHub, mut stopping: watch::Receiver<bool>) {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-    use futures_util::StreamExt;
-
-    let retry_after = Duration::from_secs(1);
-    loop {
-        let connected = async {
-            let mut conn = AsyncPgConnection::establish(&url)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.batch_execute(&format!("LISTEN {}", crate::storage::SUMMARY_CHANNEL))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(conn)
-        };
-        let mut conn = tokio::select! {
-            connected = connected => match connected {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for summary changes; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_after) => continue,
-                        _ = stopping.changed() => return,
-                    }
-                }
-            },
-            _ = stopping.changed() => return,
-        };
-        tracing::info!("listening for summary changes");
-        hub.notify_all();
-        let mut notifications = std::pin::pin!(conn.notifications_stream());
-        loop {
-            tokio::select! {
-                notification = notifications.next() => match notification {
-                    Some(Ok(notification)) => {
-                        if let Some((user_id, side)) = crate::storage::parse_summary_payload(&notification.payload) {
-                            hub.notify(user_id, &side);
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "summary listener lost its connection; reconnecting");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!("summary listener connection closed; reconnecting");
-                        break;
-                    }
-                },
-                _ = stopping.changed() => return,
-            }
         }
     }
 }

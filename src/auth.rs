@@ -158,8 +158,8 @@ impl TokenVerifier {
         Ok(Self { key, validation })
     }
 
-    /// Verifies an `authorization` header value (`Bearer <JWT>`) into the caller.
-    pub fn verify_header(&self, header: Option<&str>) -> Result<Caller, DomainError> {
+    /// Verifies an `authorization` header value (`Bearer <JWT>`).
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Verified, DomainError> {
         let header = header.ok_or(DomainError::TokenMissing)?;
         let token = header
             .strip_prefix("Bearer ")
@@ -168,7 +168,10 @@ impl TokenVerifier {
         self.verify(token.trim())
     }
 
-    pub fn verify(&self, token: &str) -> Result<Caller, DomainError> {
+    /// Verifies a token's signature and claims. The role comes back as claimed: a role
+    /// chatd does not know is a refusal of the service called (`Verified::caller_for`),
+    /// not a bad token.
+    pub fn verify(&self, token: &str) -> Result<Verified, DomainError> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
                 JwtErrorKind::ExpiredSignature => DomainError::TokenExpired,
@@ -182,10 +185,45 @@ impl TokenVerifier {
             .ok()
             .filter(|id| *id > 0)
             .ok_or_else(|| DomainError::TokenInvalid("sub must be a positive integer".into()))?;
-        let role = Role::parse(&claims.role).ok_or_else(|| {
-            DomainError::TokenInvalid("role must be tutor, student or service".into())
-        })?;
-        Ok(Caller { user_id, role })
+        let role = Role::parse(&claims.role).ok_or(claims.role);
+        Ok(Verified { user_id, role })
+    }
+}
+
+/// A correctly signed, unexpired token: who it speaks for and the role it claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: i64,
+    /// The role, or the claimed name when chatd knows no such role.
+    pub role: Result<Role, String>,
+}
+
+/// Longest role claim repeated back in an error message.
+const MAX_ROLE_ECHO: usize = 32;
+
+impl Verified {
+    /// The caller, when its role is one of those `service` accepts. Any other role,
+    /// known or not, is a known caller without the right: PERMISSION_DENIED, so the
+    /// client is not sent to log in again for nothing.
+    pub fn caller_for(
+        self,
+        allowed: &[Role],
+        service: &'static str,
+    ) -> Result<Caller, DomainError> {
+        match self.role {
+            Ok(role) if allowed.contains(&role) => Ok(Caller {
+                user_id: self.user_id,
+                role,
+            }),
+            Ok(role) => Err(DomainError::RoleNotAllowed {
+                role: role.as_str().to_owned(),
+                service,
+            }),
+            Err(claimed) => Err(DomainError::RoleNotAllowed {
+                role: claimed.chars().take(MAX_ROLE_ECHO).collect(),
+                service,
+            }),
+        }
     }
 }
 
@@ -268,6 +306,8 @@ mod tests {
             .unwrap();
         let caller = verifier
             .verify_header(Some(&format!("Bearer {token}")))
+            .unwrap()
+            .caller_for(&[Role::Tutor], "test")
             .unwrap();
         assert_eq!(
             caller,
@@ -346,9 +386,9 @@ mod tests {
             );
             assert_eq!(
                 verifier.verify(&good).unwrap(),
-                Caller {
+                Verified {
                     user_id: 42,
-                    role: Role::Student
+                    role: Ok(Role::Student)
                 },
                 "{name}"
             );
@@ -391,6 +431,25 @@ mod tests {
             // And chatd will not pretend to sign for a key it only verifies with.
             assert!(TokenSigner::new(&config, &DatabaseUrl::Sqlite("x.db".into())).is_err());
         }
+    }
+
+    #[test]
+    fn an_unknown_role_is_a_known_caller_without_the_right() {
+        let (_, verifier) = pair(&[b'a'; 32]);
+        let mut admin = claims(None, None);
+        admin.role = "admin".into();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &admin,
+            &EncodingKey::from_secret(&[b'a'; 32]),
+        )
+        .unwrap();
+        let verified = verifier.verify(&token).expect("a valid token");
+        assert_eq!(verified.role, Err("admin".to_owned()));
+        let refused = verified
+            .caller_for(&[Role::Tutor, Role::Student], "chat.v1.ChatService")
+            .unwrap_err();
+        assert!(matches!(refused, DomainError::RoleNotAllowed { ref role, .. } if role == "admin"));
     }
 
     #[test]

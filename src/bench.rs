@@ -14,8 +14,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::auth::TokenSigner;
 use crate::domain::Role;
-use crate::grpc::pb;
-use crate::grpc::pb::chat_service_client::ChatServiceClient;
+use crate::proto as pb;
+use crate::proto::chat_service_client::ChatServiceClient;
 use crate::storage::{Dataset, Store};
 
 /// What to seed and how hard to push.
@@ -77,27 +77,58 @@ struct Participants {
 /// How many threads the load samples from (tokens are minted once per sampled thread).
 const SAMPLE: i64 = 2048;
 
+/// Latencies of many calls, in microseconds, kept in an HDR histogram: fixed memory
+/// however many calls, three significant digits at every magnitude.
+#[derive(Clone)]
+struct Latencies(hdrhistogram::Histogram<u64>);
+
+impl Latencies {
+    /// An empty histogram from 1 µs to 1 h; clone it rather than build another.
+    fn new() -> Result<Self, String> {
+        hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map(Self)
+            .map_err(|e| format!("latency histogram: {e}"))
+    }
+
+    fn record(&mut self, elapsed: Duration) {
+        self.0.saturating_record(elapsed.as_micros().max(1) as u64);
+    }
+
+    fn add(&mut self, other: &Latencies) {
+        // Both have the same bounds: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The latency at quantile `q` (0.5 is the median, 1.0 the maximum), in ms.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let micros = if q >= 1.0 {
+            self.0.max()
+        } else {
+            self.0.value_at_quantile(q)
+        };
+        micros as f64 / 1000.0
+    }
+}
+
 /// Results of one RPC's run.
 struct Report {
     rpc: Rpc,
-    calls: usize,
     errors: usize,
     first_error: Option<String>,
-    latencies_us: Vec<u64>,
+    latencies: Latencies,
     elapsed: Duration,
 }
 
 impl Report {
     fn rps(&self) -> f64 {
-        self.calls as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let rank = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[rank] as f64 / 1000.0
+        self.latencies.count() as f64 / self.elapsed.as_secs_f64()
     }
 }
 
@@ -146,9 +177,10 @@ pub async fn run(
         dataset.threads,
         dataset.messages_per_thread()
     );
+    let empty = Latencies::new()?;
     let mut reports = Vec::new();
     for rpc in &config.rpcs {
-        reports.push(drive(*rpc, &channels, &sample, config.duration).await);
+        reports.push(drive(*rpc, &channels, &sample, config.duration, &empty).await);
     }
     print_reports(&reports);
     Ok(())
@@ -184,6 +216,7 @@ async fn drive(
     channels: &[Channel],
     sample: &[Participants],
     duration: Duration,
+    empty: &Latencies,
 ) -> Report {
     let started = Instant::now();
     let deadline = started + duration;
@@ -195,11 +228,12 @@ async fn drive(
                 .iter()
                 .map(|p| (p.thread, p.tutor.clone(), p.student.clone()))
                 .collect();
+            let fresh = empty.clone();
             tokio::spawn(async move {
                 let mut health = HealthClient::new(channel.clone());
                 let mut chat = ChatServiceClient::new(channel);
                 let mut random = XorShift::new();
-                let mut latencies = Vec::new();
+                let mut latencies = fresh;
                 let (mut errors, mut first_error) = (0usize, None);
                 let mut n = 0u64;
                 while Instant::now() < deadline {
@@ -258,7 +292,7 @@ async fn drive(
                             .map(drop),
                     };
                     match result {
-                        Ok(()) => latencies.push(call_started.elapsed().as_micros() as u64),
+                        Ok(()) => latencies.record(call_started.elapsed()),
                         Err(status) => {
                             errors += 1;
                             first_error.get_or_insert_with(|| {
@@ -273,17 +307,15 @@ async fn drive(
         .collect();
     let mut report = Report {
         rpc,
-        calls: 0,
         errors: 0,
         first_error: None,
-        latencies_us: Vec::new(),
+        latencies: empty.clone(),
         elapsed: Duration::ZERO,
     };
     for task in tasks {
         match task.await {
             Ok((latencies, errors, first_error)) => {
-                report.calls += latencies.len();
-                report.latencies_us.extend(latencies);
+                report.latencies.add(&latencies);
                 report.errors += errors;
                 if report.first_error.is_none() {
                     report.first_error = first_error;
@@ -298,7 +330,6 @@ async fn drive(
         }
     }
     report.elapsed = started.elapsed();
-    report.latencies_us.sort_unstable();
     report
 }
 
@@ -328,9 +359,9 @@ fn print_reports(reports: &[Report]) {
             "{:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>9}",
             report.rpc.name(),
             report.rps(),
-            report.percentile_ms(0.50),
-            report.percentile_ms(0.99),
-            report.percentile_ms(1.0),
+            report.latencies.quantile_ms(0.50),
+            report.latencies.quantile_ms(0.99),
+            report.latencies.quantile_ms(1.0),
             report.errors,
             ratio
         );
@@ -505,22 +536,17 @@ async fn run_watchers(config: &BenchConfig, signer: &TokenSigner) -> Result<(), 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss_after = rss_mib(config.server_pid);
-    let mut latencies_us: Vec<u64> = (0..sends)
-        .filter_map(|i| {
-            let (sent, got) = (
-                accepted[i].load(Ordering::Acquire),
-                received[i].load(Ordering::Acquire),
-            );
-            // The update can beat the sender's own acknowledgement: that counts as 0.
-            (got > 0).then(|| got.saturating_sub(sent) / 1000)
-        })
-        .collect();
-    latencies_us.sort_unstable();
-    let percentile = |p: f64| {
-        latencies_us
-            .get(((latencies_us.len().max(1) - 1) as f64 * p).round() as usize)
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
+    let mut latencies = Latencies::new()?;
+    for latency in (0..sends).filter_map(|i| {
+        let (sent, got) = (
+            accepted[i].load(Ordering::Acquire),
+            received[i].load(Ordering::Acquire),
+        );
+        // The update can beat the sender's own acknowledgement: that counts as 0.
+        (got > 0).then(|| Duration::from_nanos(got.saturating_sub(sent)))
+    }) {
+        latencies.record(latency);
+    }
     let mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} MiB"));
     println!(
         "chatd bench --watchers: {watchers} streams on {} connections to {}, opened in {opened_in:.1?}; messages sent to {}",
@@ -538,10 +564,10 @@ async fn run_watchers(config: &BenchConfig, signer: &TokenSigner) -> Result<(), 
         "sent {sends} messages at {}/s ({send_errors} failed); delivered {} of them; \
          delivery latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         config.send_rate,
-        latencies_us.len(),
-        percentile(0.5),
-        percentile(0.99),
-        percentile(1.0)
+        latencies.count(),
+        latencies.quantile_ms(0.5),
+        latencies.quantile_ms(0.99),
+        latencies.quantile_ms(1.0)
     );
     Ok(())
 }

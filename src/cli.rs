@@ -125,6 +125,15 @@ pub struct ServeArgs {
     /// serves /metrics too).
     #[arg(long, env = "CHATD_METRICS", default_value = "off")]
     pub metrics: HttpListen,
+    /// PostgreSQL only: where replicas publish and hear each other's changes (NOTIFY and
+    /// LISTEN). Default: --database-url. Set a direct route when the pool goes through
+    /// a pooler that cannot LISTEN (pgbouncer in transaction mode).
+    #[arg(long, env = "CHATD_FANOUT_URL", hide_env_values = true)]
+    pub fanout_url: Option<String>,
+    /// PostgreSQL only: how often the fan-out sends a heartbeat; a replica that hears
+    /// none for three of them reconnects and reads summaries from the database meanwhile.
+    #[arg(long, env = "CHATD_FANOUT_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fanout_heartbeat: Duration,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -195,6 +204,9 @@ impl ServeArgs {
         if self.db_pool_size == 0 {
             return Err("--db-pool-size must be at least 1".into());
         }
+        if self.fanout_heartbeat.is_zero() {
+            return Err("--fanout-heartbeat must be more than 0s".into());
+        }
         Ok(ServeConfig {
             listen: self.listen,
             database: self.database.parse_url()?,
@@ -219,6 +231,8 @@ impl ServeArgs {
                 HttpListen::Off => None,
                 HttpListen::On(addr) => Some(addr),
             },
+            fanout_url: self.fanout_url.clone(),
+            fanout_heartbeat: self.fanout_heartbeat,
         })
     }
 }

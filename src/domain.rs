@@ -1,21 +1,38 @@
-//! The rules of chatd: who may open, read and write which thread, and how upstream facts
-//! are accepted. Transport-free: no tonic, axum or diesel types cross this boundary.
+//! The operations of chatd: who may open, read and write which thread, and how upstream
+//! facts are accepted. Transport-free: no tonic, axum or diesel types cross this
+//! boundary.
+//!
+//! - `rules.rs`: every rule, stated once (membership, writability, contact access,
+//!   horizons, what counts as unread, whose summary a write changes).
+//! - `values.rs`: validated request values, and the records handed to transports.
+//! - `error.rs`: the one error type and the reasons clients see.
+//! - `watch.rs`: who watches which unread summary, and waking them on change.
+//!
+//! Each operation asks storage once where it can: writes check the rules under the
+//! rows' locks and report what they saw, and `Chat` reads the rules' answer from that.
 
 mod error;
-mod types;
+pub mod rules;
+mod values;
 mod watch;
 
-pub use error::{DomainError, ErrorKind};
-pub use types::*;
+pub use error::{DomainError, Reason};
+pub use values::*;
 pub use watch::{SummaryHub, WatchLimits};
+
+pub use crate::model::{
+    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
+    ThreadKind, ThreadUnread,
+};
 
 use std::time::Duration;
 
+use rules::Participants;
 use watch::Subscription;
 
-use crate::storage::{
-    FactRow, MessageRow, Store, StoreError, SummaryKey, ThreadRecord, ThreadRow, UpsertOutcome,
-};
+use crate::fanout::Publisher;
+use crate::metrics::ChatCounters;
+use crate::storage::{Fact, NewMessage, NewThread, Store, StoreError, ThreadFacts, UpsertOutcome};
 
 impl From<StoreError> for DomainError {
     fn from(error: StoreError) -> Self {
@@ -26,25 +43,31 @@ impl From<StoreError> for DomainError {
     }
 }
 
-/// Reads a stored enum name, treating an unknown one as corrupt data.
-fn stored<T>(parse: fn(&str) -> Option<T>, text: &str, what: &str) -> Result<T, DomainError> {
-    parse(text).ok_or_else(|| DomainError::Internal(format!("unknown stored {what} {text:?}")))
-}
-
 /// The operations of ChatService and SyncService. Cloning is shallow.
 #[derive(Clone)]
 pub struct Chat {
     store: Store,
     hub: SummaryHub,
+    /// Tells other replicas, after commit, which summaries a write changed.
+    publisher: std::sync::Arc<dyn Publisher>,
+    counters: ChatCounters,
     /// How long a watcher lets a burst of changes gather before it re-reads its summary.
     coalesce: Duration,
 }
 
 impl Chat {
-    pub fn new(store: Store, hub: SummaryHub, coalesce: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        hub: SummaryHub,
+        publisher: std::sync::Arc<dyn Publisher>,
+        counters: ChatCounters,
+        coalesce: Duration,
+    ) -> Self {
         Self {
             store,
             hub,
+            publisher,
+            counters,
             coalesce,
         }
     }
@@ -53,12 +76,16 @@ impl Chat {
         &self.store
     }
 
-    /// Wakes this process's watchers of the summaries a committed write changed. Other
-    /// replicas learn of it from PostgreSQL NOTIFY, sent in the write's transaction.
+    /// After a write committed: wakes this process's watchers of the summaries it
+    /// changed, and has other replicas told.
     fn changed(&self, keys: &[SummaryKey]) {
-        for (user_id, side) in keys {
-            self.hub.notify(*user_id, side);
+        if keys.is_empty() {
+            return;
         }
+        for key in keys {
+            self.hub.notify(*key);
+        }
+        self.publisher.publish(keys);
     }
 
     /// Opens a stream of the caller's unread summary: `next` yields the current one,
@@ -68,8 +95,8 @@ impl Chat {
         caller: Caller,
         limit: i64,
     ) -> Result<SummaryWatch, DomainError> {
-        let side = user_side(caller)?;
-        let subscription = self.hub.subscribe(caller.user_id, side)?;
+        let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
+        let subscription = self.hub.subscribe(key)?;
         Ok(SummaryWatch {
             chat: self.clone(),
             caller,
@@ -86,80 +113,69 @@ impl Chat {
         caller: Caller,
         target: ThreadTarget,
     ) -> Result<(Thread, bool), DomainError> {
-        let side = user_side(caller)?;
-        let (kind, fact, is_writable) = match target {
+        let side = caller_side(caller)?;
+        let (kind, existing, new) = match target {
             ThreadTarget::Relation(id) => {
-                let relation = self
+                let found = self
                     .store
-                    .find_relation(id)
+                    .relation_target(id)
                     .await?
-                    .filter(|r| is_participant(caller.user_id, side, r))
+                    .filter(|found| participants(&found.fact).includes(caller.user_id, side))
                     .ok_or(DomainError::RelationNotFound(id))?;
-                let status = stored(
-                    RelationStatus::from_stored,
-                    &relation.status,
-                    "relation status",
-                )?;
-                if status != RelationStatus::Active {
+                if !found.fact.status.allows_messages() {
                     return Err(DomainError::RelationNotActive(id));
                 }
-                if side == Side::Tutor {
-                    self.require_contact_access(relation.tutor_id, relation.student_id)
-                        .await?;
+                if rules::needs_contact_access(side, ThreadKind::Contact)
+                    && !rules::contact_allowed(found.contact_access)
+                {
+                    return Err(DomainError::ContactAccessLocked {
+                        student_id: found.fact.student_id,
+                    });
                 }
-                (ThreadKind::Contact, relation, true)
+                let new = NewThread::Relation {
+                    relation_id: id,
+                    writable: allowing(RelationStatus::ALL, |s| s.allows_messages()),
+                };
+                (ThreadKind::Contact, found.thread, new)
             }
             ThreadTarget::Inquiry(id) => {
-                let inquiry = self
+                let found = self
                     .store
-                    .find_inquiry(id)
+                    .inquiry_target(id)
                     .await?
-                    .filter(|i| is_participant(caller.user_id, side, i))
+                    .filter(|found| participants(&found.fact).includes(caller.user_id, side))
                     .ok_or(DomainError::InquiryNotFound(id))?;
-                let status = stored(
-                    InquiryStatus::from_stored,
-                    &inquiry.status,
-                    "inquiry status",
-                )?;
-                (ThreadKind::Negotiation, inquiry, status.allows_messages())
+                let new = NewThread::Inquiry {
+                    inquiry_id: id,
+                    writable: allowing(InquiryStatus::ALL, |s| s.allows_messages()),
+                };
+                (ThreadKind::Negotiation, found.thread, new)
             }
         };
-        let (is_relation, target_id) = match target {
-            ThreadTarget::Relation(id) => (true, id),
-            ThreadTarget::Inquiry(id) => (false, id),
-        };
-        // Most calls find an existing thread: read first, write only on first use.
-        let (row, created) = match self
-            .store
-            .find_thread_by_target(is_relation, target_id)
-            .await?
-        {
+        // Most calls find an existing thread: the read above found it, nothing is written.
+        let (row, created) = match existing {
             Some(row) => (row, false),
-            None => {
-                self.store
-                    .create_thread(
-                        kind.as_str(),
-                        is_relation.then_some(target_id),
-                        (!is_relation).then_some(target_id),
-                        fact.tutor_id,
-                        fact.student_id,
-                        is_writable,
-                    )
-                    .await?
+            None => match self.store.create_thread(&new).await? {
+                Some(row) => (row, true),
+                // Another call created it in between: answer theirs.
+                None => (self.thread_of(target).await?, false),
+            },
+        };
+        self.counters.thread_ensured(kind.as_str(), created);
+        Ok((row, created))
+    }
+
+    /// The thread of a target known to exist.
+    async fn thread_of(&self, target: ThreadTarget) -> Result<Thread, DomainError> {
+        let thread = match target {
+            ThreadTarget::Relation(id) => {
+                self.store.relation_target(id).await?.and_then(|t| t.thread)
+            }
+            ThreadTarget::Inquiry(id) => {
+                self.store.inquiry_target(id).await?.and_then(|t| t.thread)
             }
         };
-        let metrics = crate::metrics::global();
-        metrics.increment(
-            "chat_thread_ensured",
-            vec![("created", created.to_string())],
-        );
-        if created {
-            metrics.increment(
-                "chatd_threads_created",
-                vec![("kind", kind.as_str().to_owned())],
-            );
-        }
-        Ok((thread_from_row(row, is_writable)?, created))
+        thread.ok_or_else(|| DomainError::Internal(format!("the thread of {target:?} vanished")))
     }
 
     /// The caller's threads with unread messages (newest first) and total unread count,
@@ -173,16 +189,13 @@ impl Chat {
         limit: i64,
         if_none_match: Option<&str>,
     ) -> Result<SummaryAnswer, DomainError> {
-        let side = user_side(caller)?;
+        let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
         let etag_of = |version: i64| format!("v{version}.l{limit}");
         // A conditional request checks the version alone first: a current one costs a
         // key lookup and builds nothing.
         let checked = match if_none_match {
             Some(tag) => {
-                let version = self
-                    .store
-                    .summary_version(caller.user_id, side.as_str())
-                    .await?;
+                let version = self.store.summary_version(key).await?;
                 if tag == etag_of(version) {
                     return Ok(SummaryAnswer::NotModified {
                         etag: etag_of(version),
@@ -192,69 +205,51 @@ impl Chat {
             }
             None => None,
         };
-        let (mut rows, mut total, page_version) = self
-            .store
-            .unread_summary(caller.user_id, side.as_str(), limit)
-            .await?;
+        let mut page = self.store.unread_summary(key, limit).await?;
         // An etag must never claim newer content than it is sent with, or a later poll
         // would be told 304 over a change it never saw. The version read with the page
         // is exact, and one read before the page is older or equal. An empty page
         // carries none: read the version, then the page again.
-        let version = match (checked, page_version) {
+        let version = match (checked, page.version) {
             (_, Some(exact)) => exact,
             (Some(before), None) => before,
             (None, None) => {
-                let version = self
-                    .store
-                    .summary_version(caller.user_id, side.as_str())
-                    .await?;
-                let (again, again_total, again_version) = self
-                    .store
-                    .unread_summary(caller.user_id, side.as_str(), limit)
-                    .await?;
-                (rows, total) = (again, again_total);
-                again_version.unwrap_or(version)
+                let version = self.store.summary_version(key).await?;
+                page = self.store.unread_summary(key, limit).await?;
+                page.version.unwrap_or(version)
             }
         };
-        let etag = etag_of(version);
-        let threads = rows
-            .into_iter()
-            .map(|row| {
-                Ok(ThreadUnread {
-                    thread_id: row.thread_id,
-                    kind: stored(ThreadKind::from_stored, &row.kind, "thread kind")?,
-                    relation_id: row.relation_id,
-                    inquiry_id: row.inquiry_id,
-                    tutor_id: row.tutor_id,
-                    student_id: row.student_id,
-                    unread_count: row.unread_count,
-                    last_message_at: row.last_message_at,
-                    last_message_preview: row.last_message_preview,
-                    last_message_sender_id: row.last_message_sender_id,
-                    is_writable: row.is_writable,
-                })
-            })
-            .collect::<Result<_, DomainError>>()?;
         Ok(SummaryAnswer::Summary {
-            summary: UnreadSummary { threads, total },
-            etag,
+            summary: UnreadSummary {
+                threads: page.rows,
+                total: page.total,
+            },
+            etag: etag_of(version),
         })
     }
 
-    /// Moves the caller's read horizon forward, never back.
+    /// Moves the caller's read horizon forward, never back (`rules::horizon_after_mark_read`).
     pub async fn mark_read(
         &self,
         caller: Caller,
         thread_id: i64,
         up_to_seq: Option<i64>,
     ) -> Result<ReadState, DomainError> {
-        let (side, _) = self.participant_thread(caller, thread_id).await?;
-        let state = self
+        let side = caller_side(caller)?;
+        let attempt = self
             .store
-            .mark_read(thread_id, side.as_str(), caller.user_id, up_to_seq)
+            .mark_read(thread_id, side, caller.user_id, up_to_seq)
             .await?;
+        // A thread the caller is not in does not exist for them.
+        let member = attempt
+            .thread
+            .is_some_and(|thread| thread_participants(&thread).includes(caller.user_id, side));
+        let state = attempt
+            .state
+            .filter(|_| member)
+            .ok_or(DomainError::ThreadNotFound(thread_id))?;
         if state.changed {
-            self.hub.notify(caller.user_id, side.as_str());
+            self.changed(&[SummaryKey::new(caller.user_id, side)]);
         }
         Ok(ReadState {
             thread_id,
@@ -272,42 +267,53 @@ impl Chat {
         body: MessageBody,
         client_message_id: Option<String>,
     ) -> Result<Message, DomainError> {
-        let (side, record) = self.participant_thread(caller, thread_id).await?;
-        if !is_writable(&record)? {
+        let side = caller_side(caller)?;
+        let request = NewMessage {
+            thread_id,
+            side,
+            sender_id: caller.user_id,
+            preview: body.preview(),
+            body: body.into_string(),
+            client_message_id,
+            unlocking: allowing(ContactAccessState::ALL, |s| s.lets_tutor_contact()),
+        };
+        let attempt = self.store.send_message(&request).await?;
+        let thread = attempt
+            .thread
+            .filter(|thread| thread_participants(thread).includes(caller.user_id, side))
+            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        if let Some(first) = attempt.replayed {
+            return Ok(first);
+        }
+        if let Some(sent) = attempt.sent {
+            self.changed(&attempt.changed);
+            self.counters.message_sent();
+            return Ok(sent);
+        }
+        // Not appended: the rules say why, from what the write saw under its locks.
+        if !thread.is_writable {
             return Err(DomainError::ThreadNotWritable(thread_id));
         }
-        let kind = stored(ThreadKind::from_stored, &record.thread.kind, "thread kind")?;
-        if side == Side::Tutor && kind == ThreadKind::Contact {
-            let unlocked = record
-                .contact_access
-                .as_deref()
-                .map(|state| stored(ContactAccessState::from_stored, state, "contact access"))
-                .transpose()?
-                == Some(ContactAccessState::Unlocked);
-            if !unlocked {
-                return Err(DomainError::ContactAccessLocked {
-                    student_id: record.thread.student_id,
-                });
-            }
+        if rules::needs_contact_access(side, thread.kind)
+            && !rules::contact_allowed(thread.contact_access)
+        {
+            return Err(DomainError::ContactAccessLocked {
+                student_id: thread.student_id,
+            });
         }
-        let (row, changed) = self
-            .store
-            .append_message(
-                thread_id,
-                side.as_str(),
-                side.peer().as_str(),
-                caller.user_id,
-                body.as_str(),
-                &body.preview(),
-                client_message_id.as_deref(),
-            )
-            .await?;
-        // A retry that returned the first message changed nothing and sent nothing.
-        if !changed.is_empty() {
-            self.changed(&changed);
-            crate::metrics::global().increment("chatd_messages_sent", Vec::new());
+        // Allowed, yet not appended: a concurrent retry with the same key committed
+        // first, after this write's snapshot. Its message is the answer.
+        if let Some(key) = &request.client_message_id
+            && let Some(first) = self
+                .store
+                .message_by_key(thread_id, caller.user_id, key)
+                .await?
+        {
+            return Ok(first);
         }
-        Ok(message_from_row(row))
+        Err(DomainError::Internal(format!(
+            "message to thread {thread_id} neither appended nor refused"
+        )))
     }
 
     /// A page of messages, newest first, with both sides' read horizons.
@@ -318,16 +324,32 @@ impl Chat {
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<MessagePage, DomainError> {
-        let (side, _) = self.participant_thread(caller, thread_id).await?;
-        let (rows, has_more, last_read_seq, peer_last_read_seq) = self
+        let side = caller_side(caller)?;
+        let horizons = self
             .store
-            .list_messages(thread_id, side.as_str(), before_seq, limit)
+            .horizons(thread_id)
+            .await?
+            .filter(|h| {
+                Participants {
+                    tutor_id: h.tutor_id,
+                    student_id: h.student_id,
+                }
+                .includes(caller.user_id, side)
+            })
+            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        let page = self
+            .store
+            .messages_page(thread_id, before_seq, limit)
             .await?;
+        let (own, peer) = match side {
+            Side::Tutor => (horizons.tutor_read_seq, horizons.student_read_seq),
+            Side::Student => (horizons.student_read_seq, horizons.tutor_read_seq),
+        };
         Ok(MessagePage {
-            messages: rows.into_iter().map(message_from_row).collect(),
-            last_read_seq,
-            peer_last_read_seq,
-            has_more,
+            messages: page.messages,
+            last_read_seq: own,
+            peer_last_read_seq: peer,
+            has_more: page.has_more,
         })
     }
 
@@ -340,16 +362,15 @@ impl Chat {
         status: RelationStatus,
         version: i64,
     ) -> Result<bool, DomainError> {
-        let fact = FactRow {
+        let fact = Fact {
             tutor_id,
             student_id,
-            status: status.as_str().to_owned(),
+            status,
             version,
         };
-        let is_writable = status == RelationStatus::Active;
         let (outcome, changed) = self
             .store
-            .upsert_relation(relation_id, &fact, is_writable)
+            .upsert_relation(relation_id, fact, status.allows_messages())
             .await?;
         self.changed(&changed);
         upsert_applied(outcome, "relation", relation_id)
@@ -364,15 +385,15 @@ impl Chat {
         status: InquiryStatus,
         version: i64,
     ) -> Result<bool, DomainError> {
-        let fact = FactRow {
+        let fact = Fact {
             tutor_id,
             student_id,
-            status: status.as_str().to_owned(),
+            status,
             version,
         };
         let (outcome, changed) = self
             .store
-            .upsert_inquiry(inquiry_id, &fact, status.allows_messages())
+            .upsert_inquiry(inquiry_id, fact, status.allows_messages())
             .await?;
         self.changed(&changed);
         upsert_applied(outcome, "inquiry", inquiry_id)
@@ -388,93 +409,37 @@ impl Chat {
     ) -> Result<bool, DomainError> {
         Ok(self
             .store
-            .upsert_contact_access(tutor_id, student_id, state.as_str(), version)
+            .upsert_contact_access(tutor_id, student_id, state, version)
             .await?)
-    }
-
-    /// Loads a thread the caller is in. A thread the caller is not in does not exist for
-    /// them: the same THREAD_NOT_FOUND as a missing one, so its existence does not leak.
-    async fn participant_thread(
-        &self,
-        caller: Caller,
-        thread_id: i64,
-    ) -> Result<(Side, ThreadRecord), DomainError> {
-        let side = user_side(caller)?;
-        let record = self
-            .store
-            .load_thread(thread_id)
-            .await?
-            .ok_or(DomainError::ThreadNotFound(thread_id))?;
-        let member = match side {
-            Side::Tutor => record.thread.tutor_id == caller.user_id,
-            Side::Student => record.thread.student_id == caller.user_id,
-        };
-        if !member {
-            return Err(DomainError::ThreadNotFound(thread_id));
-        }
-        Ok((side, record))
-    }
-
-    async fn require_contact_access(
-        &self,
-        tutor_id: i64,
-        student_id: i64,
-    ) -> Result<(), DomainError> {
-        let state = self.store.find_contact_access(tutor_id, student_id).await?;
-        let state = state
-            .as_deref()
-            .map(|s| stored(ContactAccessState::from_stored, s, "contact access"))
-            .transpose()?;
-        if state == Some(ContactAccessState::Unlocked) {
-            Ok(())
-        } else {
-            Err(DomainError::ContactAccessLocked { student_id })
-        }
     }
 }
 
-/// The side a user's token acts on. Only services lack one, and the transport lets no
-/// service token reach ChatService; this is the domain's own guard of that rule.
-fn user_side(caller: Caller) -> Result<Side, DomainError> {
-    Side::of(caller.role).ok_or(DomainError::RoleNotAllowed {
-        role: caller.role.as_str(),
+/// The side a caller acts on. Only services lack one, and the transport lets no service
+/// token reach ChatService; this is the domain's own guard of that rule.
+fn caller_side(caller: Caller) -> Result<Side, DomainError> {
+    rules::side_of(caller.role).ok_or(DomainError::RoleNotAllowed {
+        role: caller.role.as_str().to_owned(),
         service: "chat.v1.ChatService",
     })
 }
 
-fn is_participant(user_id: i64, side: Side, fact: &FactRow) -> bool {
-    match side {
-        Side::Tutor => fact.tutor_id == user_id,
-        Side::Student => fact.student_id == user_id,
+/// The values of `all` that `rule` allows: how the domain hands a rule to storage as data.
+fn allowing<T: Copy>(all: &[T], rule: impl Fn(T) -> bool) -> Vec<T> {
+    all.iter().copied().filter(|value| rule(*value)).collect()
+}
+
+fn participants<S>(fact: &Fact<S>) -> Participants {
+    Participants {
+        tutor_id: fact.tutor_id,
+        student_id: fact.student_id,
     }
 }
 
-/// Contact thread: its relation is ACTIVE. Negotiation thread: its inquiry is OPEN or ACCEPTED.
-fn writable(
-    kind: &str,
-    relation_status: Option<&str>,
-    inquiry_status: Option<&str>,
-) -> Result<bool, DomainError> {
-    match stored(ThreadKind::from_stored, kind, "thread kind")? {
-        ThreadKind::Contact => Ok(match relation_status {
-            Some(s) => {
-                stored(RelationStatus::from_stored, s, "relation status")? == RelationStatus::Active
-            }
-            None => false,
-        }),
-        ThreadKind::Negotiation => Ok(match inquiry_status {
-            Some(s) => stored(InquiryStatus::from_stored, s, "inquiry status")?.allows_messages(),
-            None => false,
-        }),
+fn thread_participants(thread: &ThreadFacts) -> Participants {
+    Participants {
+        tutor_id: thread.tutor_id,
+        student_id: thread.student_id,
     }
-}
-
-fn is_writable(record: &ThreadRecord) -> Result<bool, DomainError> {
-    writable(
-        &record.thread.kind,
-        record.relation_status.as_deref(),
-        record.inquiry_status.as_deref(),
-    )
 }
 
 fn upsert_applied(
@@ -488,31 +453,6 @@ fn upsert_applied(
         UpsertOutcome::ParticipantsChanged => {
             Err(DomainError::ParticipantsImmutable { entity, id })
         }
-    }
-}
-
-fn thread_from_row(row: ThreadRow, is_writable: bool) -> Result<Thread, DomainError> {
-    Ok(Thread {
-        thread_id: row.thread_id,
-        kind: stored(ThreadKind::from_stored, &row.kind, "thread kind")?,
-        relation_id: row.relation_id,
-        inquiry_id: row.inquiry_id,
-        tutor_id: row.tutor_id,
-        student_id: row.student_id,
-        is_writable,
-        created_at: row.created_at,
-    })
-}
-
-fn message_from_row(row: MessageRow) -> Message {
-    Message {
-        message_id: row.message_id,
-        thread_id: row.thread_id,
-        seq: row.seq,
-        sender_id: row.sender_id,
-        body: row.body,
-        created_at: row.created_at,
-        client_message_id: row.client_message_id,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The gRPC transport: chat.v1 services over the domain, the auth interceptor, and the
-//! one mapping from `DomainError` to `tonic::Status` (with a google.rpc.ErrorInfo).
+//! The gRPC transport: chat.v1 services over the domain, the auth interceptor, proto ↔
+//! domain conversions, and the one mapping from `DomainError` to `tonic::Status` (with
+//! a google.rpc.ErrorInfo), whose codes come from `crate::status`.
 
 mod auth;
 mod chat;
@@ -10,16 +11,8 @@ mod trace;
 
 pub use auth::Authenticate;
 pub use chat::ChatService;
-pub use status::ERROR_DOMAIN;
 pub use sync::SyncService;
-pub use trace::RpcTraceLayer;
+pub use trace::{RPCS, RpcTraceLayer};
 
-/// Code generated from `proto/chat/v1/chat.proto`, and its descriptor set (imports
-/// included) for server reflection.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("chat.v1");
-
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
-}
+/// The generated code, where callers of this module have always found it.
+pub use crate::proto as pb;

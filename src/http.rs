@@ -33,10 +33,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-pub use error::{ApiError, code_name, http_status};
+pub use error::ApiError;
 
-use crate::grpc::pb;
-use crate::grpc::pb::chat_service_client::ChatServiceClient;
+use crate::domain::DomainError;
+use crate::metrics::{HttpLabels, Metrics};
+use crate::proto as pb;
+use crate::proto::chat_service_client::ChatServiceClient;
+use crate::status::edge;
 use json::{
     EnsureThreadBody, MarkReadBody, MessageJson, MessagePageJson, ReadStateJson, SendMessageBody,
     ThreadJson, UnreadSummaryJson,
@@ -60,11 +63,13 @@ pub struct GatewayConfig {
     pub cors_allowed_origins: Vec<String>,
 }
 
-/// The gateway's state: one lazily connected channel to chatd. It reconnects by itself,
-/// so the gateway recovers without a restart when chatd comes back.
+/// The gateway's state: one lazily connected channel to chatd (it reconnects by
+/// itself, so the gateway recovers without a restart when chatd comes back), and the
+/// metrics it counts into and serves.
 #[derive(Clone)]
-struct UpstreamChannel {
+struct GatewayState {
     channel: Channel,
+    metrics: Metrics,
 }
 
 /// A bound gateway, ready to `run`.
@@ -74,8 +79,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn build(config: &GatewayConfig) -> Result<Self, String> {
-        let router = router(config)?;
+    /// Binds the gateway's listener. `metrics` is where its requests are counted and
+    /// what its `/metrics` serves: the application's, when it runs inside `chatd serve`.
+    pub async fn build(config: &GatewayConfig, metrics: Metrics) -> Result<Self, String> {
+        let router = router(config, metrics)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -101,15 +108,33 @@ impl Gateway {
     }
 }
 
+/// The REST routes that answer a successful call, as metrics label them: each series
+/// exists from the start.
+const API_ROUTES: [(&str, &str, u16); 6] = [
+    ("POST", "/api/v1/chat/threads/negotiation/", 201),
+    ("GET", "/api/v1/chat/unread-summary/", 200),
+    ("GET", "/api/v1/chat/unread-summary/", 304),
+    ("POST", "/api/v1/chat/threads/{thread_id}/read/", 200),
+    ("POST", "/api/v1/chat/threads/{thread_id}/messages/", 201),
+    ("GET", "/api/v1/chat/threads/{thread_id}/messages/", 200),
+];
+
 /// The REST routes, each path with and without its trailing slash.
-pub fn router(config: &GatewayConfig) -> Result<Router, String> {
+pub fn router(config: &GatewayConfig, metrics: Metrics) -> Result<Router, String> {
     let channel = Endpoint::from_shared(config.upstream.clone())
         .map_err(|e| format!("bad upstream URL {:?}: {e}", config.upstream))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(config.upstream_timeout)
         .tcp_nodelay(true)
         .connect_lazy();
-    let upstream = UpstreamChannel { channel };
+    for (method, route, status) in API_ROUTES {
+        metrics.http.declare(&HttpLabels {
+            method,
+            route: route.to_owned(),
+            status,
+        });
+    }
+    let state = GatewayState { channel, metrics };
     let mut router = Router::new();
     for (path, route) in [
         ("/api/v1/chat/threads/negotiation/", post(ensure_thread)),
@@ -135,12 +160,15 @@ pub fn router(config: &GatewayConfig) -> Result<Router, String> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
-        .route("/metrics", get(crate::metrics::endpoint))
+        .route("/metrics", get(metrics_endpoint))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(trace_request))
-        .with_state(upstream);
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            trace_request,
+        ))
+        .with_state(state);
     if !config.cors_allowed_origins.is_empty() {
         router = router.layer(cors(&config.cors_allowed_origins)?);
     }
@@ -149,12 +177,16 @@ pub fn router(config: &GatewayConfig) -> Result<Router, String> {
 
 /// A span per HTTP request, with OpenTelemetry's HTTP conventions (http.request.method,
 /// http.route, http.response.status_code), continuing the caller's W3C trace.
-async fn trace_request(request: Request, next: axum::middleware::Next) -> Response {
+async fn trace_request(
+    State(state): State<GatewayState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_name(request.method());
     let span = tracing::info_span!(
         "http",
         otel.name = %format!("{method} {}", route.as_deref().unwrap_or("(unmatched)")),
@@ -178,19 +210,61 @@ async fn trace_request(request: Request, next: axum::middleware::Next) -> Respon
             "http request finished"
         );
     });
-    crate::metrics::global().observe(
-        "chatd_http_requests",
-        vec![
-            ("method", method),
-            ("route", route.unwrap_or_else(|| "(unmatched)".to_owned())),
-            ("status", response.status().as_u16().to_string()),
-        ],
-        started.elapsed(),
-    );
+    let labels = HttpLabels {
+        method,
+        route: route.unwrap_or_else(|| "(unmatched)".to_owned()),
+        status: response.status().as_u16(),
+    };
+    state.metrics.http.observe(&labels, started.elapsed());
     if response.status().is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
     response
+}
+
+/// A request method as metrics label it; methods outside HTTP's own are one label.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// `GET /metrics`: Prometheus text, or OpenMetrics when the scraper asks for it.
+async fn metrics_endpoint(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
+    render_metrics(&state.metrics, &headers)
+}
+
+fn render_metrics(metrics: &Metrics, headers: &HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = metrics.render(accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Serves `/metrics` alone on `listener` until `shutdown` (the `--metrics` port of serve).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let router = Router::new().route(
+        "/metrics",
+        get(move |headers: HeaderMap| async move { render_metrics(&metrics, &headers) }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| format!("metrics listener failed: {e}"))
 }
 
 fn cors(origins: &[String]) -> Result<CorsLayer, String> {
@@ -236,21 +310,19 @@ where
             .map_err(|rejection| {
                 let status = rejection.status();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::http(
-                        status,
-                        "PAYLOAD_TOO_LARGE",
+                    ApiError::new(
+                        edge::PAYLOAD_TOO_LARGE,
                         format!("the request body is over {MAX_BODY_BYTES} bytes"),
                     )
                 } else {
-                    ApiError::http(status, "BAD_REQUEST", rejection.body_text())
+                    ApiError::new(edge::BAD_REQUEST, rejection.body_text())
                 }
             })?;
         // No body at all reads as `{}`; anything else must be a JSON object.
         let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
         if !is_json {
-            return Err(ApiError::http(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UNSUPPORTED_MEDIA_TYPE",
+            return Err(ApiError::new(
+                edge::UNSUPPORTED_MEDIA_TYPE,
                 "send the body as application/json",
             ));
         }
@@ -324,17 +396,12 @@ impl Upstream {
     }
 }
 
-impl FromRequestParts<UpstreamChannel> for Upstream {
+impl FromRequestParts<GatewayState> for Upstream {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &UpstreamChannel,
-    ) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &GatewayState) -> Result<Self, ApiError> {
         if !parts.headers.contains_key(header::AUTHORIZATION) {
-            return Err(ApiError::from(tonic::Status::from(
-                crate::domain::DomainError::TokenMissing,
-            )));
+            return Err(ApiError::from(DomainError::TokenMissing));
         }
         let mut metadata = MetadataMap::new();
         for name in FORWARDED_HEADERS {
@@ -528,10 +595,8 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Readiness: chatd answers its gRPC health check with SERVING.
-async fn readyz(
-    State(upstream): State<UpstreamChannel>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = HealthClient::new(upstream.channel.clone())
+async fn readyz(State(state): State<GatewayState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = HealthClient::new(state.channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),
         })
@@ -548,17 +613,12 @@ async fn readyz(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::http(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "no such path: see /openapi.json",
-    )
+    ApiError::new(edge::UNKNOWN_PATH, "no such path: see /openapi.json")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::http(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
+    ApiError::new(
+        edge::METHOD_NOT_ALLOWED,
         "this path does not take that method: see /openapi.json",
     )
 }

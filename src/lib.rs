@@ -1,18 +1,24 @@
 //! chatd: chat threads between tutors and students, and their unread counts, over gRPC.
 //!
-//! Layers, each depending only on the ones after it:
+//! Layers, each depending only on the ones after it (never on one before it):
 //! - `cli`: the command line and its environment variables, into config structs.
-//! - `app`: builds and runs the server (migrations, health, reflection, shutdown).
-//! - `http`: the REST/JSON edge gateway, translating the web API into gRPC calls.
+//! - `app`: assembles and runs the server (migrations, health, reflection, metrics,
+//!   the change fan-out, shutdown).
+//! - `bench`: the load generator behind `chatd bench`.
+//! - `http`: the REST/JSON edge gateway, calling chatd over gRPC like any client.
 //! - `grpc`: tonic services, the auth interceptor, proto ↔ domain conversion, and the
 //!   one `DomainError` → `Status` mapping.
-//! - `bench`: the load generator behind `chatd bench`.
+//! - `status`: the one table of error reasons with their gRPC code and HTTP status,
+//!   below both transports.
+//! - `proto`: the code generated from `proto/chat/v1/chat.proto`.
 //! - `auth`: JWT verification into a typed `Caller`, and development token signing.
-//! - `domain`: the rules and guards of threads, messages, unread counts and facts.
-//! - `metrics`: Prometheus counters and histograms, served at `/metrics`.
+//! - `domain`: the operations and every rule (`domain/rules.rs`), transport-free.
+//! - `fanout`: telling other replicas, after commit, which summaries changed.
+//! - `storage`: schema, migrations, reads and writes on PostgreSQL or embedded SQLite.
 //! - `telemetry`: logs (text or JSON) and OpenTelemetry traces over OTLP, with W3C
 //!   trace context carried across the gateway, chatd and storage.
-//! - `storage`: schema, migrations and queries on PostgreSQL or embedded SQLite.
+//! - `metrics`: a Prometheus registry per application (a leaf: it names no other module).
+//! - `model`: the nouns every layer names (sides, kinds, statuses, summary keys).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -20,8 +26,12 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod domain;
+pub mod fanout;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod status;
 pub mod storage;
 pub mod telemetry;

@@ -41,7 +41,7 @@ async fn run(command: Command) -> Result<(), String> {
             app.run(shutdown_signal()).await
         }
         Command::Gateway(args) => {
-            let gateway = Gateway::build(&args.config()).await?;
+            let gateway = Gateway::build(&args.config(), chatd::metrics::Metrics::new()).await?;
             gateway.run(shutdown_signal()).await
         }
         Command::Migrate(args) => {

@@ -1,226 +1,333 @@
-//! Prometheus metrics: a small registry of counters and latency histograms, rendered
-//! as the text exposition format at `/metrics`. Gauges (pool, streams) are read from
-//! their owners at scrape time, so nothing is sampled in the background.
+//! Prometheus metrics: one registry per application (two applications in one process
+//! never report each other's series), the counters and histograms chatd keeps, and
+//! gauges read from their owners at scrape time. A leaf: callers hand it plain values
+//! and closures; it names nothing else of chatd.
+//!
+//! Every series whose labels are known in advance exists from the first scrape, at
+//! zero, so an alert on `rate()` sees a series before the first event. `render` speaks
+//! the Prometheus text format, or OpenMetrics when the scraper asks for it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::http::header;
-use axum::response::IntoResponse;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-use crate::domain::SummaryHub;
-use crate::storage::Store;
-
-/// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 13] = [
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const LATENCY_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
+/// A gRPC call: the method's full name and the status code's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+    pub code: &'static str,
+}
+
+/// A REST request: method, matched route (never the raw path) and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    pub route: String,
+    pub status: u16,
+}
+
+/// Requests of one kind: a counter and a latency histogram per label set.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics<L: Clone + std::hash::Hash + Eq> {
+    total: Family<L, Counter>,
+    duration: Family<L, Histogram, fn() -> Histogram>,
+}
+
+impl<L> RequestMetrics<L>
+where
+    L: Clone + std::fmt::Debug + std::hash::Hash + Eq + EncodeLabelSet + Send + Sync + 'static,
+{
+    fn new() -> Self {
+        Self {
+            total: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
         }
-        self.count += 1;
-        self.sum += seconds;
+    }
+
+    fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help, self.total.clone());
+        registry.register_with_unit(
+            format!("{name}_duration"),
+            format!("Latency of {help}"),
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+    }
+
+    /// Counts one request and its latency.
+    pub fn observe(&self, labels: &L, elapsed: Duration) {
+        self.total.get_or_create(labels).inc();
+        self.duration
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Makes a series exist (at zero) before its first request.
+    pub fn declare(&self, labels: &L) {
+        drop(self.total.get_or_create(labels));
+        drop(self.duration.get_or_create(labels));
+    }
+
+    /// How many requests with `labels` were counted.
+    pub fn count(&self, labels: &L) -> u64 {
+        self.total.get(labels).map_or(0, |counter| counter.get())
     }
 }
 
-/// Labels rendered in order, e.g. `rpc="…",code="OK"`.
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Default)]
-struct Series {
-    counters: BTreeMap<(&'static str, String), u64>,
-    histograms: BTreeMap<(&'static str, String), Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
-/// What `/metrics` reads at scrape time.
-#[derive(Clone)]
-struct Sources {
-    store: Store,
-    hub: SummaryHub,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CreatedLabel {
+    created: bool,
 }
 
-/// The process's metrics. One per process, like the Prometheus registry it feeds.
+/// What the chat domain counts. Cloning is shallow; every clone counts into the same
+/// series.
+#[derive(Clone, Debug)]
+pub struct ChatCounters {
+    messages_sent: Counter,
+    threads_created: Family<KindLabel, Counter>,
+    thread_ensured: Family<CreatedLabel, Counter>,
+}
+
+impl ChatCounters {
+    /// A message was stored (a retry that returned the first message is not counted).
+    pub fn message_sent(&self) {
+        self.messages_sent.inc();
+    }
+
+    /// EnsureThread answered a thread of `kind`, created by this call or not: the
+    /// seed's rollout event `chat_thread_ensured`.
+    pub fn thread_ensured(&self, kind: &'static str, created: bool) {
+        self.thread_ensured
+            .get_or_create(&CreatedLabel { created })
+            .inc();
+        if created {
+            self.threads_created
+                .get_or_create(&KindLabel { kind })
+                .inc();
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// How unread-summary reads were answered: from the cache, from the database after a
+/// miss, or from the database because the cache could not be trusted at that moment.
+#[derive(Clone, Debug)]
+pub struct CacheCounters {
+    requests: Family<OutcomeLabel, Counter>,
+}
+
+/// The outcomes `CacheCounters` counts, as their label values.
+pub mod cache_outcome {
+    pub const HIT: &str = "hit";
+    pub const MISS: &str = "miss";
+    pub const BYPASS: &str = "bypass";
+    pub const ALL: [&str; 3] = [HIT, MISS, BYPASS];
+}
+
+impl CacheCounters {
+    pub fn count(&self, outcome: &'static str) {
+        self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// How many reads had `outcome` so far.
+    pub fn get(&self, outcome: &'static str) -> u64 {
+        self.requests
+            .get(&OutcomeLabel { outcome })
+            .map_or(0, |counter| counter.get())
+    }
+}
+
+/// The metrics of one application. Cloning is shallow.
+#[derive(Clone, Debug)]
 pub struct Metrics {
-    series: Mutex<Series>,
-    sources: Mutex<Option<Sources>>,
+    pub rpc: RequestMetrics<RpcLabels>,
+    pub http: RequestMetrics<HttpLabels>,
+    pub chat: ChatCounters,
+    pub cache: CacheCounters,
+    registry: Arc<RwLock<Registry>>,
 }
 
-static GLOBAL: LazyLock<Arc<Metrics>> = LazyLock::new(|| {
-    Arc::new(Metrics {
-        series: Mutex::new(Series::default()),
-        sources: Mutex::new(None),
-    })
-});
-
-/// The process's metrics registry.
-pub fn global() -> Arc<Metrics> {
-    GLOBAL.clone()
-}
-
-fn render_labels(labels: &Labels) -> String {
-    labels
-        .iter()
-        .map(|(name, value)| {
-            format!(
-                "{name}=\"{}\"",
-                value.replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `{labels}`, or nothing for a series without labels.
-fn braced(labels: &str) -> String {
-    if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Metrics {
-    fn series(&self) -> std::sync::MutexGuard<'_, Series> {
-        // Counters stay meaningful after a panic elsewhere: ignore poisoning.
-        self.series
-            .lock()
+    /// A registry with every series chatd keeps, the label sets known in advance
+    /// already at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let rpc = RequestMetrics::new();
+        rpc.register(&mut registry, "chatd_rpc_requests", "chat.v1 calls");
+        let http = RequestMetrics::new();
+        http.register(&mut registry, "chatd_http_requests", "REST requests");
+        let chat = ChatCounters {
+            messages_sent: Counter::default(),
+            threads_created: Family::default(),
+            thread_ensured: Family::default(),
+        };
+        for created in [true, false] {
+            drop(chat.thread_ensured.get_or_create(&CreatedLabel { created }));
+        }
+        for kind in ["contact", "negotiation"] {
+            drop(chat.threads_created.get_or_create(&KindLabel { kind }));
+        }
+        registry.register(
+            "chatd_messages_sent",
+            "Messages stored (retries returning the first message excluded)",
+            chat.messages_sent.clone(),
+        );
+        registry.register(
+            "chatd_threads_created",
+            "Threads created, by kind",
+            chat.threads_created.clone(),
+        );
+        registry.register(
+            "chat_thread_ensured",
+            "EnsureThread answers, by whether the call created the thread",
+            chat.thread_ensured.clone(),
+        );
+        let cache = CacheCounters {
+            requests: Family::default(),
+        };
+        for outcome in cache_outcome::ALL {
+            drop(cache.requests.get_or_create(&OutcomeLabel { outcome }));
+        }
+        registry.register(
+            "chatd_summary_cache_requests",
+            "Unread summary reads, by how they were answered (hit, miss, bypass)",
+            cache.requests.clone(),
+        );
+        Self {
+            rpc,
+            http,
+            chat,
+            cache,
+            registry: Arc::new(RwLock::new(registry)),
+        }
+    }
+
+    /// Registers a gauge whose value `read` gives at each scrape.
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        self.gauge_family(name, help, "", move || vec![("", read())]);
+    }
+
+    /// Registers a gauge with one label, `label`, whose series and values `read` gives
+    /// at each scrape (an empty label name registers a gauge without labels).
+    pub fn gauge_family(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        read: impl Fn() -> Vec<(&'static str, i64)> + Send + Sync + 'static,
+    ) {
+        let gauge = ScrapeGauge {
+            name,
+            help,
+            label,
+            read: Box::new(read),
+        };
+        self.registry_mut().register_collector(Box::new(gauge));
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        // Registration cannot leave the registry half-changed: ignore poisoning.
+        self.registry
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds one to a counter.
-    pub fn increment(&self, name: &'static str, labels: Labels) {
-        *self
-            .series()
-            .counters
-            .entry((name, render_labels(&labels)))
-            .or_default() += 1;
-    }
-
-    /// Counts a request and its latency: `<name>_total` and `<name>_duration_seconds`.
-    pub fn observe(&self, name: &'static str, labels: Labels, elapsed: Duration) {
-        let labels = render_labels(&labels);
-        let mut series = self.series();
-        *series.counters.entry((name, labels.clone())).or_default() += 1;
-        series
-            .histograms
-            .entry((name, labels))
-            .or_default()
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// Where the pool and stream gauges come from (set by `chatd serve`).
-    pub fn set_sources(&self, store: Store, hub: SummaryHub) {
-        *self.sources.lock().unwrap_or_else(|p| p.into_inner()) = Some(Sources { store, hub });
-    }
-
-    /// The Prometheus text exposition of every series.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let series = self.series();
-        let mut last = "";
-        for ((name, labels), value) in &series.counters {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name}_total counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}_total{} {value}", braced(labels));
+    /// Every series, and the content type to send them with: OpenMetrics when the
+    /// scraper's `Accept` asks for it, else the Prometheus text format.
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+        let registry = self
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut body = String::new();
+        let openmetrics =
+            accept.is_some_and(|accept| accept.contains("application/openmetrics-text"));
+        // Writing into a String cannot fail.
+        if openmetrics {
+            let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+            (OPENMETRICS_CONTENT_TYPE, body)
+        } else {
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, &registry);
+            (
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                body,
+            )
         }
-        last = "";
-        for ((name, labels), histogram) in &series.histograms {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name}_duration_seconds histogram");
-                last = name;
-            }
-            let sep = if labels.is_empty() { "" } else { "," };
-            for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
-                let _ = writeln!(
-                    out,
-                    "{name}_duration_seconds_bucket{{{labels}{sep}le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_duration_seconds_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-                histogram.count
-            );
-            let _ = writeln!(
-                out,
-                "{name}_duration_seconds_sum{} {}",
-                braced(labels),
-                histogram.sum
-            );
-            let _ = writeln!(
-                out,
-                "{name}_duration_seconds_count{} {}",
-                braced(labels),
-                histogram.count
-            );
-        }
-        drop(series);
-        let sources = self
-            .sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(sources) = sources {
-            let pool = sources.store.pool_status();
-            let _ = writeln!(out, "# TYPE chatd_db_pool_connections gauge");
-            let _ = writeln!(
-                out,
-                "chatd_db_pool_connections{{state=\"in_use\"}} {}",
-                pool.size - pool.available
-            );
-            let _ = writeln!(
-                out,
-                "chatd_db_pool_connections{{state=\"idle\"}} {}",
-                pool.available
-            );
-            let _ = writeln!(out, "# TYPE chatd_db_pool_max_connections gauge");
-            let _ = writeln!(out, "chatd_db_pool_max_connections {}", pool.max_size);
-            let _ = writeln!(out, "# TYPE chatd_db_pool_waiting gauge");
-            let _ = writeln!(out, "chatd_db_pool_waiting {}", pool.waiting);
-            let _ = writeln!(out, "# TYPE chatd_watch_streams gauge");
-            let _ = writeln!(out, "chatd_watch_streams {}", sources.hub.open_streams());
-        }
-        out
     }
 }
 
-/// `GET /metrics`.
-pub async fn endpoint() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        global().render(),
-    )
+/// The content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A gauge read from its owner at scrape time, so nothing samples in the background.
+struct ScrapeGauge {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    read: Box<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>,
 }
 
-/// Serves `/metrics` alone on `listen` until `shutdown` (the `--metrics` port of serve).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    let router = axum::Router::new().route("/metrics", axum::routing::get(endpoint));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| format!("metrics listener failed: {e}"))
+impl std::fmt::Debug for ScrapeGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeGauge")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Collector for ScrapeGauge {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        let series = (self.read)();
+        if self.label.is_empty() {
+            let value = series.first().map_or(0, |(_, value)| *value);
+            return ConstGauge::new(value).encode(metric);
+        }
+        for (label_value, value) in series {
+            let labels = [(self.label, label_value)];
+            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -228,39 +335,88 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histograms() {
-        let metrics = Metrics {
-            series: Mutex::new(Series::default()),
-            sources: Mutex::new(None),
+    fn known_series_exist_at_zero_with_help() {
+        let metrics = Metrics::new();
+        let (content_type, text) = metrics.render(None);
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
+        for line in [
+            "# HELP chatd_messages_sent_total Messages stored",
+            "# TYPE chatd_messages_sent_total counter",
+            "chatd_messages_sent_total 0",
+            "chat_thread_ensured_total{created=\"true\"} 0",
+            "chat_thread_ensured_total{created=\"false\"} 0",
+            "chatd_threads_created_total{kind=\"negotiation\"} 0",
+            "chatd_summary_cache_requests_total{outcome=\"bypass\"} 0",
+        ] {
+            assert!(text.contains(line), "lacks {line}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn requests_count_with_latency_buckets() {
+        let metrics = Metrics::new();
+        let labels = RpcLabels {
+            rpc: "chat.v1.ChatService/SendMessage",
+            code: "OK",
         };
-        metrics.observe(
-            "chatd_rpc",
-            vec![("rpc", "a/B".into()), ("code", "OK".into())],
-            Duration::from_millis(3),
-        );
-        metrics.increment("chat_thread_ensured", vec![("created", "true".into())]);
-        let text = metrics.render();
-        assert!(
-            text.contains("chatd_rpc_total{rpc=\"a/B\",code=\"OK\"} 1"),
-            "{text}"
-        );
+        metrics.rpc.observe(&labels, Duration::from_millis(3));
+        let (_, text) = metrics.render(None);
         assert!(
             text.contains(
-                "chatd_rpc_duration_seconds_bucket{rpc=\"a/B\",code=\"OK\",le=\"0.005\"} 1"
+                "chatd_rpc_requests_total{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"} 1"
             ),
             "{text}"
         );
         assert!(
-            text.contains(
-                "chatd_rpc_duration_seconds_bucket{rpc=\"a/B\",code=\"OK\",le=\"0.0025\"} 0"
-            ),
+            text.contains("chatd_rpc_requests_duration_seconds_bucket{le=\"0.005\",rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"} 1")
+                || text.contains("chatd_rpc_requests_duration_seconds_bucket{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\",le=\"0.005\"} 1"),
             "{text}"
         );
+        assert_eq!(metrics.rpc.count(&labels), 1);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::new();
+        let labels = HttpLabels {
+            method: "GET",
+            route: "a\"b\\c\nd".into(),
+            status: 200,
+        };
+        metrics.http.observe(&labels, Duration::from_millis(1));
+        let (_, text) = metrics.render(None);
+        assert!(text.contains(r#"route="a\"b\\c\nd""#), "{text}");
+    }
+
+    #[test]
+    fn gauges_are_read_at_scrape_time_and_openmetrics_on_request() {
+        let metrics = Metrics::new();
+        let value = Arc::new(std::sync::atomic::AtomicI64::new(3));
+        let read = value.clone();
+        metrics.gauge("chatd_watch_streams", "Open streams", move || {
+            read.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        metrics.gauge_family("chatd_db_pool_connections", "Pool", "state", || {
+            vec![("in_use", 1), ("idle", 2)]
+        });
+        assert!(metrics.render(None).1.contains("chatd_watch_streams 3"));
+        value.store(5, std::sync::atomic::Ordering::Relaxed);
+        let (content_type, text) =
+            metrics.render(Some("application/openmetrics-text; version=1.0.0"));
+        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
+        assert!(text.contains("chatd_watch_streams 5"), "{text}");
         assert!(
-            text.contains("chat_thread_ensured_total{created=\"true\"} 1"),
+            text.contains("chatd_db_pool_connections{state=\"idle\"} 2"),
             "{text}"
         );
-        metrics.increment("chatd_messages_sent", Vec::new());
-        assert!(metrics.render().contains("\nchatd_messages_sent_total 1\n"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn registries_are_separate() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.chat.message_sent();
+        assert!(a.render(None).1.contains("chatd_messages_sent_total 1"));
+        assert!(b.render(None).1.contains("chatd_messages_sent_total 0"));
     }
 }

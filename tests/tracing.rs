@@ -25,6 +25,12 @@ use tonic::transport::server::TcpIncoming;
     dead_code,
     reason = "shared with the api tests; this binary uses a part"
 )]
+#[path = "api/harness.rs"]
+mod harness;
+#[expect(
+    dead_code,
+    reason = "shared with the api tests; this binary uses a part"
+)]
 #[path = "api/helpers.rs"]
 mod helpers;
 
@@ -159,9 +165,10 @@ async fn one_rest_call_is_one_trace_through_gateway_chatd_and_storage() {
             .iter()
             .map(|span| attributes(span)["db.operation.name"].clone())
             .collect();
-        assert!(
-            operations.contains(&"append_message".to_owned()),
-            "{operations:?}"
+        assert_eq!(
+            operations,
+            ["send_message"],
+            "SendMessage is one storage call (one statement on PostgreSQL)"
         );
         let expected_system = match backend {
             Backend::Sqlite => "sqlite",

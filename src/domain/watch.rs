@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::{DomainError, Side};
+use super::{DomainError, SummaryKey};
+use crate::fanout::ChangeSink;
 
 /// How many summary streams may be open, per user (and side) and in total.
 #[derive(Debug, Clone, Copy)]
@@ -20,15 +21,13 @@ pub struct WatchLimits {
     pub total: usize,
 }
 
-type Key = (i64, Side);
-
 struct Entry {
     changes: watch::Sender<u64>,
     watchers: usize,
 }
 
 struct HubInner {
-    keys: Mutex<HashMap<Key, Entry>>,
+    keys: Mutex<HashMap<SummaryKey, Entry>>,
     total: AtomicUsize,
     limits: WatchLimits,
     closed: watch::Sender<bool>,
@@ -48,7 +47,7 @@ impl SummaryHub {
         }))
     }
 
-    fn keys(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<SummaryKey, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (every
         // critical section is a single insert, update or remove), so poison is ignored.
         self.0
@@ -58,13 +57,8 @@ impl SummaryHub {
     }
 
     /// Wakes the watchers of one user's summary, if there are any (else costs a lookup).
-    pub fn notify(&self, user_id: i64, side: &str) {
-        let side = match side {
-            "tutor" => Side::Tutor,
-            "student" => Side::Student,
-            _ => return,
-        };
-        if let Some(entry) = self.keys().get(&(user_id, side)) {
+    pub fn notify(&self, key: SummaryKey) {
+        if let Some(entry) = self.keys().get(&key) {
             entry.changes.send_modify(|generation| *generation += 1);
         }
     }
@@ -87,8 +81,8 @@ impl SummaryHub {
         self.0.total.load(Ordering::Relaxed)
     }
 
-    /// Registers a watcher of `(user_id, side)`, within the limits.
-    pub fn subscribe(&self, user_id: i64, side: Side) -> Result<Subscription, DomainError> {
+    /// Registers a watcher of `key`'s summary, within the limits.
+    pub fn subscribe(&self, key: SummaryKey) -> Result<Subscription, DomainError> {
         if *self.0.closed.borrow() {
             return Err(DomainError::Unavailable(
                 "the server is shutting down".into(),
@@ -96,7 +90,7 @@ impl SummaryHub {
         }
         let limits = self.0.limits;
         let mut keys = self.keys();
-        let watchers = keys.get(&(user_id, side)).map_or(0, |entry| entry.watchers);
+        let watchers = keys.get(&key).map_or(0, |entry| entry.watchers);
         if watchers >= limits.per_user {
             return Err(DomainError::TooManyStreams {
                 limit: limits.per_user,
@@ -110,7 +104,7 @@ impl SummaryHub {
                 scope: "on this server",
             });
         }
-        let entry = keys.entry((user_id, side)).or_insert_with(|| Entry {
+        let entry = keys.entry(key).or_insert_with(|| Entry {
             changes: watch::Sender::new(0),
             watchers: 0,
         });
@@ -119,11 +113,11 @@ impl SummaryHub {
             changes: entry.changes.subscribe(),
             closed: self.0.closed.subscribe(),
             hub: self.clone(),
-            key: (user_id, side),
+            key,
         })
     }
 
-    fn unsubscribe(&self, key: Key) {
+    fn unsubscribe(&self, key: SummaryKey) {
         let mut keys = self.keys();
         if let Some(entry) = keys.get_mut(&key) {
             entry.watchers -= 1;
@@ -135,12 +129,29 @@ impl SummaryHub {
     }
 }
 
+/// What other replicas' changes mean to this process's watchers: a changed key wakes
+/// its watchers; a feed that (re)connected may have missed changes, so every watcher
+/// re-reads its summary and sends it if it changed.
+impl ChangeSink for SummaryHub {
+    fn changed(&self, keys: &[SummaryKey]) {
+        for key in keys {
+            self.notify(*key);
+        }
+    }
+
+    fn connected(&self) {
+        self.notify_all();
+    }
+
+    fn disconnected(&self) {}
+}
+
 /// One watcher's registration; dropping it (the stream ended) frees its place.
 pub struct Subscription {
     changes: watch::Receiver<u64>,
     closed: watch::Receiver<bool>,
     hub: SummaryHub,
-    key: Key,
+    key: SummaryKey,
 }
 
 impl Subscription {
@@ -171,6 +182,11 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Side;
+
+    fn key(user_id: i64, side: Side) -> SummaryKey {
+        SummaryKey::new(user_id, side)
+    }
 
     fn hub(per_user: usize, total: usize) -> SummaryHub {
         SummaryHub::new(WatchLimits { per_user, total })
@@ -179,10 +195,10 @@ mod tests {
     #[tokio::test]
     async fn notify_wakes_only_that_key_and_bursts_coalesce() {
         let hub = hub(4, 10);
-        let mut tutor = hub.subscribe(1, Side::Tutor).unwrap();
-        let mut other = hub.subscribe(2, Side::Tutor).unwrap();
+        let mut tutor = hub.subscribe(key(1, Side::Tutor)).unwrap();
+        let mut other = hub.subscribe(key(2, Side::Tutor)).unwrap();
         for _ in 0..100 {
-            hub.notify(1, "tutor");
+            hub.notify(key(1, Side::Tutor));
         }
         assert!(tutor.changed().await);
         tutor.mark_seen();
@@ -196,29 +212,29 @@ mod tests {
     #[tokio::test]
     async fn limits_and_release() {
         let hub = hub(2, 3);
-        let a = hub.subscribe(1, Side::Tutor).unwrap();
-        let _b = hub.subscribe(1, Side::Tutor).unwrap();
+        let a = hub.subscribe(key(1, Side::Tutor)).unwrap();
+        let _b = hub.subscribe(key(1, Side::Tutor)).unwrap();
         assert!(matches!(
-            hub.subscribe(1, Side::Tutor),
+            hub.subscribe(key(1, Side::Tutor)),
             Err(DomainError::TooManyStreams { .. })
         ));
-        let _c = hub.subscribe(2, Side::Student).unwrap();
+        let _c = hub.subscribe(key(2, Side::Student)).unwrap();
         assert!(matches!(
-            hub.subscribe(3, Side::Student),
+            hub.subscribe(key(3, Side::Student)),
             Err(DomainError::TooManyStreams { .. })
         ));
         assert_eq!(hub.open_streams(), 3);
         drop(a);
         assert_eq!(hub.open_streams(), 2);
-        hub.subscribe(1, Side::Tutor).unwrap();
+        hub.subscribe(key(1, Side::Tutor)).unwrap();
     }
 
     #[tokio::test]
     async fn close_ends_watchers() {
         let hub = hub(2, 2);
-        let mut watcher = hub.subscribe(1, Side::Tutor).unwrap();
+        let mut watcher = hub.subscribe(key(1, Side::Tutor)).unwrap();
         hub.close();
         assert!(!watcher.changed().await);
-        assert!(hub.subscribe(1, Side::Tutor).is_err());
+        assert!(hub.subscribe(key(1, Side::Tutor)).is_err());
     }
 }

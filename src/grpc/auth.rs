@@ -36,14 +36,10 @@ impl Interceptor for Authenticate {
             .metadata()
             .get("authorization")
             .map(|value| value.to_str().unwrap_or_default());
-        let caller = self.verifier.verify_header(header)?;
-        if !self.allowed.contains(&caller.role) {
-            return Err(DomainError::RoleNotAllowed {
-                role: caller.role.as_str(),
-                service: self.service,
-            }
-            .into());
-        }
+        let caller = self
+            .verifier
+            .verify_header(header)?
+            .caller_for(self.allowed, self.service)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -1,28 +1,14 @@
-//! The one place a `DomainError` becomes a `tonic::Status`: the code from its kind and a
-//! google.rpc.ErrorInfo carrying its reason (plus a BadRequest naming the bad field).
+//! The one place a `DomainError` becomes a `tonic::Status`: the code from the status
+//! table (`crate::status`) and a google.rpc.ErrorInfo carrying the reason, plus a
+//! BadRequest naming the bad field.
 
 use std::collections::HashMap;
 
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::{DomainError, ErrorKind};
-
-/// The `ErrorInfo.domain` of every chatd error.
-pub const ERROR_DOMAIN: &str = "chatd.chat.v1";
-
-pub fn code_of(kind: ErrorKind) -> Code {
-    match kind {
-        ErrorKind::InvalidArgument => Code::InvalidArgument,
-        ErrorKind::Unauthenticated => Code::Unauthenticated,
-        ErrorKind::PermissionDenied => Code::PermissionDenied,
-        ErrorKind::NotFound => Code::NotFound,
-        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
-        ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::Internal => Code::Internal,
-    }
-}
+use crate::domain::DomainError;
+use crate::status::{self, ERROR_DOMAIN};
 
 impl From<DomainError> for Status {
     fn from(error: DomainError) -> Self {
@@ -32,114 +18,52 @@ impl From<DomainError> for Status {
             DomainError::Unavailable(detail) => tracing::warn!(%detail, "database unavailable"),
             _ => {}
         }
-        let mut details = ErrorDetails::with_error_info(
-            error.reason(),
-            ERROR_DOMAIN,
-            error
-                .field()
-                .map(|field| ("field".to_owned(), field.to_owned()))
-                .into_iter()
-                .collect::<HashMap<_, _>>(),
-        );
+        let row = status::of(error.reason());
+        let metadata: HashMap<String, String> = error
+            .field()
+            .map(|field| ("field".to_owned(), field.to_owned()))
+            .into_iter()
+            .collect();
+        let mut details = ErrorDetails::with_error_info(row.reason, ERROR_DOMAIN, metadata);
         if let Some(field) = error.field() {
             details.add_bad_request_violation(field, error.to_string());
         }
-        Status::with_error_details(code_of(error.kind()), error.to_string(), details)
+        Status::with_error_details(row.grpc, error.to_string(), details)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Reason;
 
-    /// Pins the whole table: every reason with its gRPC code.
     #[test]
-    fn every_error_has_its_code_and_reason() {
-        let table = [
-            (
-                DomainError::invalid("body", "empty"),
-                Code::InvalidArgument,
-                "INVALID_ARGUMENT",
-            ),
-            (
-                DomainError::TokenMissing,
-                Code::Unauthenticated,
-                "TOKEN_MISSING",
-            ),
-            (
-                DomainError::TokenExpired,
-                Code::Unauthenticated,
-                "TOKEN_EXPIRED",
-            ),
-            (
-                DomainError::TokenInvalid("x".into()),
-                Code::Unauthenticated,
-                "TOKEN_INVALID",
-            ),
-            (
-                DomainError::RoleNotAllowed {
-                    role: "tutor",
-                    service: "s",
-                },
-                Code::PermissionDenied,
-                "ROLE_NOT_ALLOWED",
-            ),
-            (
-                DomainError::RelationNotFound(1),
-                Code::NotFound,
-                "RELATION_NOT_FOUND",
-            ),
-            (
-                DomainError::RelationNotActive(1),
-                Code::FailedPrecondition,
-                "RELATION_NOT_ACTIVE",
-            ),
-            (
-                DomainError::ContactAccessLocked { student_id: 1 },
-                Code::PermissionDenied,
-                "CONTACT_ACCESS_LOCKED",
-            ),
-            (
-                DomainError::InquiryNotFound(1),
-                Code::NotFound,
-                "INQUIRY_NOT_FOUND",
-            ),
-            (
-                DomainError::ThreadNotFound(1),
-                Code::NotFound,
-                "THREAD_NOT_FOUND",
-            ),
-            (
-                DomainError::ThreadNotWritable(1),
-                Code::FailedPrecondition,
-                "THREAD_NOT_WRITABLE",
-            ),
-            (
-                DomainError::ParticipantsImmutable {
-                    entity: "relation",
-                    id: 1,
-                },
-                Code::FailedPrecondition,
-                "PARTICIPANTS_IMMUTABLE",
-            ),
-            (
-                DomainError::Unavailable("down".into()),
-                Code::Unavailable,
-                "DATABASE_UNAVAILABLE",
-            ),
-            (
-                DomainError::Internal("bug".into()),
-                Code::Internal,
-                "INTERNAL",
-            ),
+    fn every_error_carries_its_reason_and_code() {
+        let errors = [
+            DomainError::invalid("body", "empty"),
+            DomainError::TokenMissing,
+            DomainError::RoleNotAllowed {
+                role: "admin".into(),
+                service: "s",
+            },
+            DomainError::ThreadNotWritable(1),
+            DomainError::Unavailable("down".into()),
         ];
-        for (error, code, reason) in table {
+        for error in errors {
+            let reason = error.reason();
             let status = Status::from(error);
-            assert_eq!(status.code(), code);
+            assert_eq!(status.code(), status::of(reason).grpc);
             let info = status.get_details_error_info().expect("ErrorInfo attached");
-            assert_eq!(info.reason, reason);
+            assert_eq!(info.reason, reason.as_str());
             assert_eq!(info.domain, ERROR_DOMAIN);
         }
+        let bad = Status::from(DomainError::invalid("body", "empty"));
+        let violations = bad.get_details_bad_request().expect("BadRequest attached");
+        assert_eq!(violations.field_violations[0].field, "body");
+        assert_eq!(
+            Reason::parse("INVALID_ARGUMENT"),
+            Some(Reason::InvalidArgument)
+        );
     }
 
     #[test]

@@ -11,23 +11,54 @@ use tower_service::Service;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::telemetry;
+use crate::metrics::{RequestMetrics, RpcLabels};
+use crate::{status, telemetry};
 
-/// Wraps the gRPC server's routes in `RpcTrace`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcTraceLayer;
+/// Every chat.v1 method, by the name metrics label it with. A path that is none of
+/// these (a client calling a method that does not exist) is counted as `(unknown)`.
+pub const RPCS: [&str; 9] = [
+    "chat.v1.ChatService/EnsureThread",
+    "chat.v1.ChatService/GetUnreadSummary",
+    "chat.v1.ChatService/WatchUnreadSummary",
+    "chat.v1.ChatService/MarkRead",
+    "chat.v1.ChatService/SendMessage",
+    "chat.v1.ChatService/ListMessages",
+    "chat.v1.SyncService/UpsertRelation",
+    "chat.v1.SyncService/UpsertContactAccess",
+    "chat.v1.SyncService/UpsertInquiry",
+];
+
+/// Wraps the gRPC server's routes in `RpcTrace`, counting into `metrics`.
+#[derive(Debug, Clone)]
+pub struct RpcTraceLayer {
+    metrics: RequestMetrics<RpcLabels>,
+}
+
+impl RpcTraceLayer {
+    /// Every method's OK series exists from the start, at zero.
+    pub fn new(metrics: RequestMetrics<RpcLabels>) -> Self {
+        for rpc in RPCS {
+            metrics.declare(&RpcLabels { rpc, code: "OK" });
+        }
+        Self { metrics }
+    }
+}
 
 impl<S> Layer<S> for RpcTraceLayer {
     type Service = RpcTrace<S>;
 
     fn layer(&self, inner: S) -> RpcTrace<S> {
-        RpcTrace { inner }
+        RpcTrace {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcTrace<S> {
     inner: S,
+    metrics: RequestMetrics<RpcLabels>,
 }
 
 impl<S, B, ResponseBody> Service<http::Request<B>> for RpcTrace<S>
@@ -66,7 +97,11 @@ where
             span_id = Empty,
         );
         telemetry::extract_parent(&span, request.headers());
-        let rpc = path.to_owned();
+        let rpc = RPCS
+            .into_iter()
+            .find(|known| *known == path)
+            .unwrap_or("(unknown)");
+        let metrics = self.metrics.clone();
         let started = std::time::Instant::now();
         let future = inner.call(request).instrument(span.clone());
         Box::pin(async move {
@@ -87,15 +122,12 @@ where
                     "rpc finished"
                 );
             });
-            crate::metrics::global().observe(
-                "chatd_rpc_requests",
-                vec![
-                    ("rpc", rpc),
-                    (
-                        "code",
-                        crate::http::code_name(tonic::Code::from(code)).to_owned(),
-                    ),
-                ],
+            let code_name = status::code_name(tonic::Code::from(code));
+            metrics.observe(
+                &RpcLabels {
+                    rpc,
+                    code: code_name,
+                },
                 started.elapsed(),
             );
             if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {

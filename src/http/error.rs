@@ -1,12 +1,15 @@
 //! The one place a gRPC `Status` becomes an HTTP error, and the JSON error body every
 //! gateway error has: `{"code": "<REASON>", "message": "...", "grpc_status": "<CODE>"}`.
+//! Statuses and codes come from the shared table in `crate::status`.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tonic::Code;
 use tonic_types::StatusExt;
+
+use crate::domain::{DomainError, Reason};
+use crate::status::{self, ErrorCode, edge};
 
 /// An error as the REST client sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,58 +26,14 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-/// The standard gRPC → HTTP mapping. FAILED_PRECONDITION is 400, as in google.rpc's
-/// mapping: the request cannot succeed until the state changes (e.g. THREAD_NOT_WRITABLE).
-pub fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            StatusCode::BAD_REQUEST
-        }
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    }
-}
-
-/// The upper-case name of a gRPC code, as grpc-status names it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 impl ApiError {
-    fn new(code: Code, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error of a row of the status table.
+    pub fn new(row: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status: http_status(code),
-            code: reason.into(),
+            status: row.http,
+            code: row.reason.to_owned(),
             message: message.into(),
-            grpc_status: code_name(code),
+            grpc_status: status::code_name(row.grpc),
             field: None,
         }
     }
@@ -82,57 +41,69 @@ impl ApiError {
     /// A request the gateway refuses before calling chatd: 400 INVALID_ARGUMENT.
     pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
         let mut error = Self::new(
-            Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            status::of(Reason::InvalidArgument),
             format!("{field}: {problem}"),
         );
         error.field = Some(field.to_owned());
         error
     }
+}
 
-    /// An HTTP-level refusal (unknown path, wrong method, body too large, ...).
-    pub fn http(status: StatusCode, reason: &str, message: impl Into<String>) -> Self {
-        let code = match status {
-            StatusCode::NOT_FOUND => Code::NotFound,
-            StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
-            StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Code::Unimplemented
-            }
-            _ => Code::InvalidArgument,
-        };
-        Self {
-            status,
-            code: reason.to_owned(),
-            message: message.into(),
-            grpc_status: code_name(code),
-            field: None,
-        }
+/// A refusal the domain states (say, a missing token), answered by the gateway itself.
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        let mut api = Self::new(status::of(error.reason()), error.to_string());
+        api.field = error.field().map(str::to_owned);
+        api
     }
 }
 
 impl From<tonic::Status> for ApiError {
-    fn from(status: tonic::Status) -> Self {
-        match status.get_details_error_info() {
+    fn from(answer: tonic::Status) -> Self {
+        match answer.get_details_error_info() {
             Some(info) => {
-                let mut error = Self::new(status.code(), info.reason, status.message());
+                // chatd's reasons have their row; a reason this build does not know (a
+                // newer chatd) travels with the standard mapping of its code.
+                let row = Reason::parse(&info.reason)
+                    .map(status::of)
+                    .unwrap_or(ErrorCode {
+                        reason: "",
+                        grpc: answer.code(),
+                        http: status::http_status(answer.code()),
+                    });
+                let mut error = Self::new(row, answer.message());
+                error.code = info.reason;
                 error.field = info.metadata.get("field").cloned();
                 error
             }
             // No ErrorInfo: chatd did not answer (connection refused, timeout, ...).
             None => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "upstream call failed");
-                match status.code() {
-                    Code::Unavailable => Self::new(
-                        Code::Unavailable,
-                        "UPSTREAM_UNAVAILABLE",
+                tracing::warn!(code = ?answer.code(), message = answer.message(), "upstream call failed");
+                // A status made on this side of the wire (it carries the local error
+                // that ended the call) means chatd could not be reached or dropped the
+                // connection. CANCELLED likewise: the gateway never cancels its calls.
+                let local = std::error::Error::source(&answer).is_some();
+                match answer.code() {
+                    tonic::Code::Unavailable | tonic::Code::Cancelled => Self::new(
+                        edge::UPSTREAM_UNAVAILABLE,
                         "chatd is unavailable, retry later",
                     ),
-                    Code::DeadlineExceeded => Self::new(
-                        Code::DeadlineExceeded,
-                        "UPSTREAM_TIMEOUT",
+                    tonic::Code::Unknown if local => Self::new(
+                        edge::UPSTREAM_UNAVAILABLE,
+                        "chatd is unavailable, retry later",
+                    ),
+                    tonic::Code::DeadlineExceeded => Self::new(
+                        edge::UPSTREAM_TIMEOUT,
                         "chatd did not answer in time, retry later",
                     ),
-                    code => Self::new(code, code_name(code), status.message()),
+                    code => Self::new(
+                        ErrorCode {
+                            reason: status::code_name(code),
+                            grpc: code,
+                            http: status::http_status(code),
+                        },
+                        answer.message(),
+                    ),
                 }
             }
         }
@@ -149,36 +120,10 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
-    /// Pins the whole mapping table.
-    #[test]
-    fn grpc_codes_map_to_http_statuses() {
-        let table = [
-            (Code::InvalidArgument, 400),
-            (Code::FailedPrecondition, 400),
-            (Code::OutOfRange, 400),
-            (Code::Unauthenticated, 401),
-            (Code::PermissionDenied, 403),
-            (Code::NotFound, 404),
-            (Code::AlreadyExists, 409),
-            (Code::Aborted, 409),
-            (Code::ResourceExhausted, 429),
-            (Code::Unimplemented, 501),
-            (Code::Unavailable, 503),
-            (Code::DeadlineExceeded, 504),
-            (Code::Internal, 500),
-            (Code::Unknown, 500),
-            (Code::DataLoss, 500),
-            (Code::Cancelled, 500),
-        ];
-        for (code, http) in table {
-            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
-        }
-    }
-
     #[test]
     fn domain_errors_keep_their_reason_and_field() {
-        let status = tonic::Status::from(crate::domain::DomainError::invalid("body", "empty"));
-        let error = ApiError::from(status);
+        let answer = tonic::Status::from(DomainError::invalid("body", "empty"));
+        let error = ApiError::from(answer);
         assert_eq!(error.status, StatusCode::BAD_REQUEST);
         assert_eq!(error.code, "INVALID_ARGUMENT");
         assert_eq!(error.grpc_status, "INVALID_ARGUMENT");
@@ -189,10 +134,34 @@ mod tests {
     }
 
     #[test]
+    fn every_domain_reason_reaches_http_by_the_table() {
+        for reason in Reason::ALL {
+            let row = status::of(reason);
+            let answer = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                row.grpc,
+                "x",
+                tonic_types::ErrorDetails::with_error_info(
+                    reason.as_str(),
+                    status::ERROR_DOMAIN,
+                    std::collections::HashMap::new(),
+                ),
+            );
+            let error = ApiError::from(answer);
+            assert_eq!(error.status, row.http, "{}", row.reason);
+            assert_eq!(error.code, row.reason);
+        }
+    }
+
+    #[test]
     fn unreachable_upstream_is_503() {
-        let error = ApiError::from(tonic::Status::unavailable("tcp connect error"));
-        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(error.code, "UPSTREAM_UNAVAILABLE");
-        assert!(!error.message.contains("tcp"), "no transport details leak");
+        for lost in [
+            tonic::Status::unavailable("tcp connect error"),
+            tonic::Status::cancelled("operation was canceled"),
+        ] {
+            let error = ApiError::from(lost);
+            assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.code, "UPSTREAM_UNAVAILABLE");
+            assert!(!error.message.contains("tcp"), "no transport details leak");
+        }
     }
 }

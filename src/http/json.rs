@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::pb;
+use crate::proto as pb;
 
 /// POST /threads/negotiation/: exactly one of the two targets (an explicit null is
 /// refused rather than read as absent, as the contract's bodies never carry one).

@@ -10,7 +10,6 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use diesel_async::SimpleAsyncConnection;
 
 use super::{Store, StoreResult};
 
@@ -109,8 +108,8 @@ impl Store {
                 "threads",
                 format!(
                     "{} INSERT INTO threads (thread_id, kind, relation_id, tutor_id, student_id, last_seq, \
-                     last_message_at, last_message_preview, last_message_sender_id, created_at) \
-                     SELECT x, 'contact', x, {tutor}, {student}, {k}, {ts}, 'message {k}', {student}, {ts} FROM s",
+                     is_writable, last_message_at, last_message_preview, last_message_sender_id, created_at) \
+                     SELECT x, 'contact', x, {tutor}, {student}, {k}, TRUE, {ts}, 'message {k}', {student}, {ts} FROM s",
                     series(t)
                 ),
             ),
@@ -175,24 +174,22 @@ impl Store {
         use diesel::dsl::sql;
         use diesel::sql_types::BigInt;
         use diesel_async::RunQueryDsl;
+        let count = diesel::select(sql::<BigInt>("(SELECT COUNT(*) FROM threads)"));
         match self {
-            Store::Postgres(pool) => Ok(diesel::select(sql::<BigInt>(
-                "(SELECT COUNT(*) FROM threads)",
-            ))
-            .get_result(&mut pool.get().await?)
-            .await?),
-            Store::Sqlite(pool) => Ok(diesel::select(sql::<BigInt>(
-                "(SELECT COUNT(*) FROM threads)",
-            ))
-            .get_result(&mut pool.get().await?)
-            .await?),
-        }
-    }
-
-    async fn execute_batch(&self, sql: &str) -> StoreResult<()> {
-        match self {
-            Store::Postgres(pool) => Ok(pool.get().await?.batch_execute(sql).await?),
-            Store::Sqlite(pool) => Ok(pool.get().await?.batch_execute(sql).await?),
+            Store::Postgres(store) => {
+                let mut conn = store.conn().await?;
+                count
+                    .get_result(&mut conn)
+                    .await
+                    .map_err(|e| store.failed(e))
+            }
+            Store::Sqlite(store) => {
+                let mut conn = store.conn().await?;
+                count
+                    .get_result(&mut conn)
+                    .await
+                    .map_err(|e| store.failed(e))
+            }
         }
     }
 }

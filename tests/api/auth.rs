@@ -11,6 +11,17 @@ use tonic::Code;
 
 use crate::helpers::{Bearer, SECRET, TestApp, assert_error, summary};
 
+/// An UpsertRelation any service could send.
+fn any_relation() -> UpsertRelationRequest {
+    UpsertRelationRequest {
+        relation_id: 1,
+        tutor_id: 42,
+        student_id: 7,
+        status: 2,
+        version: 1,
+    }
+}
+
 async fn tokens_are_checked(app: TestApp) {
     let result = app
         .chat_with_header(None)
@@ -58,13 +69,7 @@ async fn tokens_are_checked(app: TestApp) {
 }
 
 async fn roles_are_checked(app: TestApp) {
-    let request = UpsertRelationRequest {
-        relation_id: 1,
-        tutor_id: 42,
-        student_id: 7,
-        status: 2,
-        version: 1,
-    };
+    let request = any_relation();
     let service = app.token(1, Role::Service);
     let result = app
         .chat_with_header(Some(format!("Bearer {service}")))
@@ -92,4 +97,39 @@ async fn roles_are_checked(app: TestApp) {
     );
 }
 
-backend_suite!(tokens_are_checked, roles_are_checked);
+/// A correctly signed token whose role chatd does not know is a known caller without
+/// the right: PERMISSION_DENIED, not UNAUTHENTICATED (which would send the client to
+/// log in again, forever).
+async fn an_unknown_role_is_permission_denied(app: TestApp) {
+    let exp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let admin = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "42", "role": "admin", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let result = app
+        .chat_with_header(Some(format!("Bearer {admin}")))
+        .get_unread_summary(summary(0))
+        .await;
+    let status = assert_error(result, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    assert!(status.message().contains("admin"), "{status:?}");
+    let mut sync =
+        SyncServiceClient::with_interceptor(app.channel(), Bearer(Some(format!("Bearer {admin}"))));
+    let request = any_relation();
+    assert_error(
+        sync.upsert_relation(request).await,
+        Code::PermissionDenied,
+        "ROLE_NOT_ALLOWED",
+    );
+}
+
+backend_suite!(
+    tokens_are_checked,
+    roles_are_checked,
+    an_unknown_role_is_permission_denied
+);

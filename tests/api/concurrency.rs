@@ -4,6 +4,7 @@
 use futures::future::join_all;
 
 use chatd::grpc::pb::{ContactAccessState, RelationStatus, SendMessageRequest};
+use chatd::model::Side;
 
 use crate::helpers::{ChatClientExt, TestApp, ensure_relation, mark_read, send};
 
@@ -121,24 +122,109 @@ async fn counters_agree_with_recount_under_concurrency(app: TestApp) {
     });
     let (sent, read) = tokio::join!(join_all(sends), join_all(reads));
     assert!(sent.iter().chain(read.iter()).all(Result::is_ok));
-    for side in ["tutor", "student"] {
+    for side in [Side::Tutor, Side::Student] {
         let (counter, recount) = app
             .store
             .recount_unread(thread.thread_id, side)
             .await
             .unwrap();
-        assert_eq!(counter, recount, "{side}'s counter matches the messages");
+        assert_eq!(counter, recount, "{side:?}'s counter matches the messages");
     }
     let tutor_total = app.tutor(42).unread().await.total;
     let (tutor_counter, _) = app
         .store
-        .recount_unread(thread.thread_id, "tutor")
+        .recount_unread(thread.thread_id, Side::Tutor)
         .await
         .unwrap();
     assert_eq!(tutor_total, tutor_counter);
 }
 
+/// Writability is checked inside the write: once UpsertRelation(ARCHIVED) has answered,
+/// the thread holds exactly the messages it will ever hold. Senders that raced it were
+/// either appended before the archive or refused THREAD_NOT_WRITABLE, never appended
+/// after it (a check made before the write's transaction would let some slip in).
+async fn no_message_is_accepted_after_the_archive(app: TestApp) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    let thread = app.contact_thread(10, 42, 7).await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (warm, mut warmed) = tokio::sync::watch::channel(0usize);
+    let senders: Vec<_> = (0..12)
+        .map(|n| {
+            let mut client = if n % 2 == 0 {
+                app.tutor(42)
+            } else {
+                app.student(7)
+            };
+            let (accepted, warm) = (accepted.clone(), warm.clone());
+            tokio::spawn(async move {
+                loop {
+                    match client.send_message(send(thread.thread_id, "racing")).await {
+                        Ok(_) => {
+                            let total = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                            warm.send_replace(total);
+                        }
+                        Err(status) => {
+                            let reason = status.get_details_error_info().map(|info| info.reason);
+                            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                            assert_eq!(reason.as_deref(), Some("THREAD_NOT_WRITABLE"));
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Archive while the senders are busy: after a few dozen messages went in.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        warmed.wait_for(|total| *total >= 24),
+    )
+    .await
+    .expect("senders append messages")
+    .expect("senders run");
+    app.relation(10, 42, 7, RelationStatus::Archived, 2).await;
+    let newest = |app: &TestApp| {
+        let mut reader = app.tutor(42);
+        async move {
+            reader
+                .list_messages(chatd::grpc::pb::ListMessagesRequest {
+                    thread_id: thread.thread_id,
+                    before_seq: None,
+                    limit: 1,
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .messages
+                .first()
+                .map_or(0, |message| message.seq)
+        }
+    };
+    let at_archive = newest(&app).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), join_all(senders))
+        .await
+        .expect("every sender is refused within 20 s of the archive");
+    for sender in ended {
+        sender.expect("every sender ends refused");
+    }
+    assert_eq!(
+        newest(&app).await,
+        at_archive,
+        "messages were appended after the archive answered"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst) as i64,
+        at_archive,
+        "every acknowledged message is stored, and only those"
+    );
+}
+
 backend_suite!(
+    no_message_is_accepted_after_the_archive,
     concurrent_ensure_creates_one_thread,
     concurrent_sends_get_gap_free_seqs,
     concurrent_retries_send_once,

@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use chatd::app::{Application, ServeConfig};
-use chatd::auth::AuthConfig;
 use chatd::domain::Role;
 use chatd::grpc::pb::{ContactAccessState, RelationStatus};
 use chatd::http::{Gateway, GatewayConfig};
-use chatd::storage::PoolConfig;
+use chatd::metrics::Metrics;
 use reqwest::StatusCode;
 use reqwest::header::{ETAG, IF_NONE_MATCH};
 use serde_json::{Value, json};
 
+use crate::harness::{Proxy, Route};
 use crate::helpers::{Backend, SECRET, TestApp};
 
 const TUTOR: i64 = 42;
@@ -560,37 +559,70 @@ async fn unread_summary_as_server_sent_events(app: TestApp) {
     assert_api_error(&refused, 429, "TOO_MANY_STREAMS", "RESOURCE_EXHAUSTED");
 }
 
-/// Prometheus text at /metrics, on the REST port and on the metrics-only port.
+/// Prometheus text at /metrics, on the REST port and on the metrics-only port, counting
+/// this application's own activity (another test's server counts into its own registry,
+/// so exact figures hold), and OpenMetrics when the scraper asks for it.
 async fn metrics_show_the_named_series(app: TestApp) {
+    let (_, first) = call_text(client().get(&app.metrics)).await;
+    for series in [
+        "chat_thread_ensured_total{created=\"true\"} 0",
+        "chatd_messages_sent_total 0",
+        "chatd_rpc_requests_total{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"} 0",
+    ] {
+        assert!(
+            first.contains(series),
+            "before any call, {series} at zero:\n{first}"
+        );
+    }
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     send(&app, STUDENT, Role::Student, thread.thread_id, "counted").await;
     let _stream = TestApp::watch(&mut app.tutor(TUTOR)).await;
     for url in [app.url("/metrics"), app.metrics.clone()] {
-        let response = client().get(&url).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let (content_type, text) = call_text(client().get(&url)).await;
         assert!(
-            response.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain")
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
         );
-        let text = response.text().await.unwrap();
         for series in [
-            "chatd_rpc_requests_total{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"}",
-            "chatd_rpc_requests_duration_seconds_bucket{rpc=\"chat.v1.ChatService/EnsureThread\",code=\"OK\",le=\"+Inf\"}",
-            "chatd_http_requests_total{method=\"POST\",route=\"/api/v1/chat/threads/{thread_id}/messages/\",status=\"201\"}",
+            "# HELP chatd_messages_sent_total ",
+            "chatd_rpc_requests_total{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"} 1",
+            "chatd_rpc_requests_duration_seconds_bucket{",
+            "chatd_http_requests_total{method=\"POST\",route=\"/api/v1/chat/threads/{thread_id}/messages/\",status=\"201\"} 1",
             "chatd_http_requests_duration_seconds_count{",
-            "chat_thread_ensured_total{created=\"true\"}",
-            "chatd_threads_created_total{kind=\"contact\"}",
-            "chatd_messages_sent_total ",
+            "chat_thread_ensured_total{created=\"true\"} 1",
+            "chatd_threads_created_total{kind=\"contact\"} 1",
+            "chatd_messages_sent_total 1",
             "chatd_db_pool_connections{state=\"in_use\"}",
-            "chatd_db_pool_max_connections ",
+            "chatd_db_pool_max_connections 8",
             "chatd_db_pool_waiting ",
-            "chatd_watch_streams ",
+            "chatd_watch_streams 1",
+            "chatd_fanout_up ",
         ] {
             assert!(text.contains(series), "{url} lacks {series}:\n{text}");
         }
     }
+    let (content_type, text) = call_text(
+        client()
+            .get(&app.metrics)
+            .header("accept", "application/openmetrics-text; version=1.0.0"),
+    )
+    .await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+/// Sends a request and returns its content type and text.
+async fn call_text(request: reqwest::RequestBuilder) -> (String, String) {
+    let response = request.send().await.expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (content_type, response.text().await.unwrap())
 }
 
 backend_suite!(
@@ -606,30 +638,25 @@ backend_suite!(
     health_readiness_and_openapi,
 );
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// chatd down → 503 with the JSON error; chatd back → the gateway recovers by itself.
+/// The gateway's upstream is a proxy on a port of its own, refusing until chatd is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_503_then_recovers() {
-    let port = free_port();
-    let gateway = Gateway::build(&GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: format!("http://127.0.0.1:{port}"),
-        upstream_timeout: Duration::from_secs(5),
-        cors_allowed_origins: Vec::new(),
-    })
+    let proxy = Proxy::start(Route::Refuse).await;
+    let gateway = Gateway::build(
+        &GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: format!("http://{}", proxy.addr),
+            upstream_timeout: Duration::from_secs(5),
+            cors_allowed_origins: Vec::new(),
+        },
+        Metrics::new(),
+    )
     .await
     .unwrap();
     let base = format!("http://{}", gateway.local_addr());
     tokio::spawn(gateway.run(std::future::pending()));
 
-    let db = std::env::temp_dir().join(format!("chatd_gateway_{port}.db"));
     let signer = chatd::auth::TokenSigner::from_secret(SECRET.as_bytes(), None, None);
     let token = format!(
         "Bearer {}",
@@ -650,39 +677,16 @@ async fn upstream_down_is_503_then_recovers() {
     let (status, _) = call(client().get(format!("{base}/healthz"))).await;
     assert_eq!(status, StatusCode::OK, "the gateway itself is alive");
 
-    let chatd = Application::build(ServeConfig {
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        database: chatd::storage::DatabaseUrl::Sqlite(db.display().to_string()),
-        pool: PoolConfig {
-            max_size: 4,
-            timeout: Duration::from_secs(5),
-        },
-        auth: AuthConfig {
-            secret: Some(SECRET.into()),
-            ..AuthConfig::default()
-        },
-        health_interval: Duration::from_millis(100),
-        http: None,
-        cors_allowed_origins: Vec::new(),
-        upstream_timeout: Duration::from_secs(5),
-        watch_limits: crate::helpers::WATCH_LIMITS,
-        watch_coalesce: Duration::from_millis(20),
-        metrics: None,
+    let chatd = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.http = None;
     })
-    .await
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(chatd.run(async move {
-        let _ = stopped.await;
-    }));
+    .await;
+    proxy.set(Route::Forward(
+        chatd.grpc.trim_start_matches("http://").parse().unwrap(),
+    ));
     let (status, body) = call(summary()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["total"], 0);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    for suffix in ["", "-wal", "-shm", ".jwt-secret"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
 }
 
 /// CORS is off by default and answers preflights for configured origins only.
@@ -711,12 +715,15 @@ async fn cors_allows_only_configured_origins() {
         "off by default"
     );
 
-    let gateway = Gateway::build(&GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: app.grpc.clone(),
-        upstream_timeout: Duration::from_secs(5),
-        cors_allowed_origins: vec!["https://app.example".into()],
-    })
+    let gateway = Gateway::build(
+        &GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: app.grpc.clone(),
+            upstream_timeout: Duration::from_secs(5),
+            cors_allowed_origins: vec!["https://app.example".into()],
+        },
+        Metrics::new(),
+    )
     .await
     .unwrap();
     let base = format!("http://{}", gateway.local_addr());

@@ -1,8 +1,8 @@
 //! Spawns chatd for one test on a database of its own, and gives typed clients.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use crate::harness::TestDatabase;
+
+use std::time::Duration;
 
 use chatd::app::{Application, ServeConfig};
 use chatd::auth::{AuthConfig, TokenSigner};
@@ -11,7 +11,6 @@ use chatd::grpc::pb;
 use chatd::grpc::pb::chat_service_client::ChatServiceClient;
 use chatd::grpc::pb::sync_service_client::SyncServiceClient;
 use chatd::storage::{DatabaseUrl, PoolConfig, Store};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::Interceptor;
@@ -70,21 +69,41 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns chatd with `adjust` applied to the test configuration.
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
-        Self::start(TestDatabase::create(backend).await).await
+        let database = match backend {
+            Backend::Sqlite => TestDatabase::sqlite().await,
+            Backend::Postgres => TestDatabase::postgres().await,
+        };
+        let mut config = Self::config(database.url());
+        adjust(&mut config);
+        Self::start(database, config).await
     }
 
     /// Another chatd on this one's database: a second replica.
     pub async fn replica(&self) -> TestApp {
-        Self::start(TestDatabase::Shared(self.database.url())).await
+        self.replica_with(|_| {}).await
     }
 
-    async fn start(database: TestDatabase) -> Self {
-        let config = ServeConfig {
+    /// A second replica, with `adjust` applied to its configuration.
+    pub async fn replica_with(&self, adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        let mut config = Self::config(self.database.url());
+        adjust(&mut config);
+        Self::start(TestDatabase::Shared(self.database.url()), config).await
+    }
+
+    /// The configuration of test servers: every listener on port 0, fast health and
+    /// fan-out heartbeats, small stream limits.
+    pub fn config(database: DatabaseUrl) -> ServeConfig {
+        ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            database: database.url(),
+            database,
             pool: PoolConfig {
                 max_size: 8,
                 timeout: Duration::from_secs(5),
@@ -100,14 +119,21 @@ impl TestApp {
             watch_limits: WATCH_LIMITS,
             watch_coalesce: Duration::from_millis(20),
             metrics: Some("127.0.0.1:0".parse().unwrap()),
-        };
+            fanout_url: None,
+            fanout_heartbeat: Duration::from_millis(200),
+        }
+    }
+
+    async fn start(database: TestDatabase, config: ServeConfig) -> Self {
         let app = Application::build(config).await.expect("chatd builds");
         let addr = app.local_addr();
-        let http = format!("http://{}", app.http_addr().expect("gateway enabled"));
-        let metrics = format!(
-            "http://{}/metrics",
-            app.metrics_addr().expect("metrics enabled")
-        );
+        // Empty when the test turned the gateway off.
+        let http = app
+            .http_addr()
+            .map_or_else(String::new, |addr| format!("http://{addr}"));
+        let metrics = app
+            .metrics_addr()
+            .map_or_else(String::new, |addr| format!("http://{addr}/metrics"));
         let store = app.store().clone();
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async move {
@@ -327,137 +353,6 @@ pub fn assert_error<T: std::fmt::Debug>(
         .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.reason, reason, "reason of {status:?}");
     status
-}
-
-/// A database that exists for one test only.
-pub enum TestDatabase {
-    Sqlite(PathBuf),
-    Postgres {
-        admin_url: String,
-        name: String,
-    },
-    /// Another test app's database, left for that app to drop.
-    Shared(DatabaseUrl),
-}
-
-fn unique_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The server PostgreSQL tests use: CHATD_TEST_DATABASE_URL, else the local one.
-pub fn postgres_admin_url() -> String {
-    std::env::var("CHATD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
-    format!("{base}/{name}")
-}
-
-impl TestDatabase {
-    async fn create(backend: Backend) -> Self {
-        match backend {
-            Backend::Sqlite => {
-                let path = std::env::temp_dir().join(format!("chatd_test_{}.db", unique_suffix()));
-                TestDatabase::Sqlite(path)
-            }
-            Backend::Postgres => {
-                let admin_url = postgres_admin_url();
-                let mut admin = AsyncPgConnection::establish(&admin_url)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "PostgreSQL is not reachable at {admin_url} ({e}): start it, or set \
-                         CHATD_TEST_DATABASE_URL to a server where tests may create databases"
-                        )
-                    });
-                let name = format!("chatd_test_{}", unique_suffix());
-                admin
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create test database");
-                TestDatabase::Postgres { admin_url, name }
-            }
-        }
-    }
-
-    pub fn url(&self) -> DatabaseUrl {
-        match self {
-            TestDatabase::Sqlite(path) => DatabaseUrl::Sqlite(path.display().to_string()),
-            TestDatabase::Postgres { admin_url, name } => {
-                DatabaseUrl::Postgres(replace_database(admin_url, name))
-            }
-            TestDatabase::Shared(url) => url.clone(),
-        }
-    }
-
-    /// Runs SQL inside this test's PostgreSQL database, behind chatd's back.
-    pub async fn execute_inside(&self, sql: &str) {
-        if let DatabaseUrl::Postgres(url) = self.url() {
-            let mut conn = AsyncPgConnection::establish(&url)
-                .await
-                .expect("test database connection");
-            conn.batch_execute(sql)
-                .await
-                .expect("SQL inside the test database");
-        }
-    }
-
-    /// Runs SQL as the administrator (PostgreSQL only), e.g. to cut the database off.
-    pub async fn admin_execute(&self, sql: &str) {
-        if let TestDatabase::Postgres { admin_url, .. } = self {
-            let mut admin = AsyncPgConnection::establish(admin_url)
-                .await
-                .expect("admin connection");
-            admin.batch_execute(sql).await.expect("admin SQL");
-        }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        match self {
-            TestDatabase::Shared(_) => {}
-            TestDatabase::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            TestDatabase::Postgres { admin_url, name } => {
-                // Drop runs inside the test's runtime, which cannot block on itself: use a
-                // thread with a runtime of its own.
-                let (admin_url, database) = (admin_url.clone(), name.clone());
-                let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    runtime.block_on(async {
-                        let mut admin = AsyncPgConnection::establish(&admin_url).await?;
-                        admin
-                            .batch_execute(&format!(
-                                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-                            ))
-                            .await?;
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                    })
-                })
-                .join();
-                if !matches!(dropped, Ok(Ok(()))) {
-                    eprintln!("could not drop test database {name}");
-                }
-            }
-        }
-    }
 }
 
 /// The calls tests make most, on a client that is expected to succeed.

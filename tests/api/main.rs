@@ -25,6 +25,7 @@ macro_rules! backend_suite {
     };
 }
 
+mod harness;
 mod helpers;
 
 mod auth;

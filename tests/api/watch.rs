@@ -191,32 +191,26 @@ async fn postgres_two_chatd_processes_share_updates() {
     let chatd::storage::DatabaseUrl::Postgres(url) = a.database().url() else {
         unreachable!("a PostgreSQL test app")
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut replica_b = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http",
-            "off",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
         .env("DATABASE_URL", &url)
         .env("CHATD_JWT_SECRET", crate::helpers::SECRET)
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("chatd starts");
-    // Ready when it says it listens (its log, not a sleep).
+    // It binds port 0 itself and says where in its log (no port chosen here and rebound).
     let mut log = BufReader::new(replica_b.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(30), async {
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = log.next_line().await.unwrap() {
             if line.contains("chatd gRPC listening") {
-                return;
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("addr="))
+                    .expect("the listening line names its address");
+                return addr.to_owned();
             }
         }
         panic!("replica B exited before listening");
@@ -225,7 +219,7 @@ async fn postgres_two_chatd_processes_share_updates() {
     .expect("replica B listens within 30 s");
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await

@@ -3,9 +3,8 @@
 //! Every constructor here is where raw request input becomes a value the rules can
 //! trust: `UserId::parse(0)` fails naming the field, so no rule ever sees an id of 0.
 
-use chrono::{DateTime, Utc};
-
 use super::DomainError;
+use crate::model::{Message, ThreadUnread};
 
 /// Longest message body accepted, in characters (not bytes).
 pub const MAX_BODY_CHARS: usize = 4000;
@@ -64,83 +63,6 @@ impl Role {
     }
 }
 
-/// A participant's side of a thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Tutor,
-    Student,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Tutor => "tutor",
-            Side::Student => "student",
-        }
-    }
-
-    pub fn peer(self) -> Side {
-        match self {
-            Side::Tutor => Side::Student,
-            Side::Student => Side::Tutor,
-        }
-    }
-
-    /// The side a caller's role acts on; services take no side in a thread.
-    pub fn of(role: Role) -> Option<Side> {
-        match role {
-            Role::Tutor => Some(Side::Tutor),
-            Role::Student => Some(Side::Student),
-            Role::Service => None,
-        }
-    }
-}
-
-/// Declares a fact's status enum with its stored (upper-case) names.
-macro_rules! stored_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            /// The name stored in the database.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-
-            /// Reads a stored name back; `None` means the row is corrupt.
-            pub fn from_stored(text: &str) -> Option<Self> {
-                match text { $($text => Some(Self::$variant),)+ _ => None }
-            }
-        }
-    };
-}
-
-stored_enum!(
-    /// What a thread was opened from.
-    ThreadKind { Negotiation => "negotiation", Contact => "contact" }
-);
-stored_enum!(
-    /// The lifecycle of a tutor-student relation.
-    RelationStatus { Pending => "PENDING", Active => "ACTIVE", Archived => "ARCHIVED" }
-);
-stored_enum!(
-    /// Whether a tutor may see (and so chat with) a student's contacts.
-    ContactAccessState { Locked => "LOCKED", Unlocked => "UNLOCKED", Revoked => "REVOKED" }
-);
-stored_enum!(
-    /// The lifecycle of a student's inquiry to a tutor.
-    InquiryStatus { Open => "OPEN", Accepted => "ACCEPTED", Declined => "DECLINED", Closed => "CLOSED" }
-);
-
-impl InquiryStatus {
-    /// A negotiation thread stays writable while its inquiry is open or accepted.
-    pub fn allows_messages(self) -> bool {
-        matches!(self, InquiryStatus::Open | InquiryStatus::Accepted)
-    }
-}
-
 /// The thing a thread is opened from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadTarget {
@@ -172,6 +94,10 @@ impl MessageBody {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 
     /// The start of the body shown in unread summaries.
@@ -209,35 +135,6 @@ pub fn page_limit(field: &'static str, limit: i32) -> Result<i64, DomainError> {
     }
 }
 
-/// A thread as its participants see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Thread {
-    pub thread_id: i64,
-    pub kind: ThreadKind,
-    pub relation_id: Option<i64>,
-    pub inquiry_id: Option<i64>,
-    pub tutor_id: i64,
-    pub student_id: i64,
-    pub is_writable: bool,
-    pub created_at: DateTime<Utc>,
-}
-
-/// One line of the unread summary.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThreadUnread {
-    pub thread_id: i64,
-    pub kind: ThreadKind,
-    pub relation_id: Option<i64>,
-    pub inquiry_id: Option<i64>,
-    pub tutor_id: i64,
-    pub student_id: i64,
-    pub unread_count: i64,
-    pub last_message_at: Option<DateTime<Utc>>,
-    pub last_message_preview: String,
-    pub last_message_sender_id: i64,
-    pub is_writable: bool,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnreadSummary {
     pub threads: Vec<ThreadUnread>,
@@ -255,17 +152,6 @@ pub enum SummaryAnswer {
     NotModified {
         etag: String,
     },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub message_id: i64,
-    pub thread_id: i64,
-    pub seq: i64,
-    pub sender_id: i64,
-    pub body: String,
-    pub created_at: DateTime<Utc>,
-    pub client_message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

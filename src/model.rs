@@ -1,0 +1,164 @@
+//! The nouns of chatd that every layer names: sides, thread kinds, the statuses of the
+//! facts upstream services push, the key of a user's unread summary, and the records
+//! storage reads and the domain hands out (threads, summary lines, messages).
+//!
+//! Plain values with their stored names and nothing else. The rules about them (which
+//! status lets a thread take messages, who is a participant) live in `domain/rules.rs`;
+//! this module sits below every other, so storage can keep rows typed without naming
+//! the domain.
+
+use chrono::{DateTime, Utc};
+
+/// Declares an enum with the lower- or upper-case name it is stored and sent under.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$(Self::$variant),+];
+
+            /// The name stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Reads a stored name back; `None` for a name this build does not know.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// A participant's side of a thread. A user who is a tutor in one relation and a
+    /// student in another has two separate summaries, one per side.
+    Side { Tutor => "tutor", Student => "student" }
+);
+
+impl Side {
+    /// The other participant's side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Tutor => Side::Student,
+            Side::Student => Side::Tutor,
+        }
+    }
+}
+
+named_enum!(
+    /// What a thread was opened from.
+    ThreadKind { Negotiation => "negotiation", Contact => "contact" }
+);
+named_enum!(
+    /// The lifecycle of a tutor–student relation.
+    RelationStatus { Pending => "PENDING", Active => "ACTIVE", Archived => "ARCHIVED" }
+);
+named_enum!(
+    /// Whether a tutor may see (and so chat with) a student's contacts.
+    ContactAccessState { Locked => "LOCKED", Unlocked => "UNLOCKED", Revoked => "REVOKED" }
+);
+named_enum!(
+    /// The lifecycle of a student's inquiry to a tutor.
+    InquiryStatus { Open => "OPEN", Accepted => "ACCEPTED", Declined => "DECLINED", Closed => "CLOSED" }
+);
+
+/// Whose unread summary: one user on one side. Writes report the keys they changed;
+/// caches, watchers and other replicas are told by key. Keys sort by user, then side:
+/// writes that bump several summary versions take their rows in that order, so no two
+/// writes can wait on each other in a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SummaryKey {
+    pub user_id: i64,
+    pub side: Side,
+}
+
+impl SummaryKey {
+    pub fn new(user_id: i64, side: Side) -> Self {
+        Self { user_id, side }
+    }
+}
+
+/// A thread as its participants see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thread {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub is_writable: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One line of a user's unread summary: a thread with unread messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadUnread {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub unread_count: i64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub last_message_preview: String,
+    pub last_message_sender_id: i64,
+    pub is_writable: bool,
+}
+
+/// A message as stored and as its thread's participants read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub message_id: i64,
+    pub thread_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub client_message_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for side in Side::ALL {
+            assert_eq!(Side::parse(side.as_str()), Some(*side));
+        }
+        for status in InquiryStatus::ALL {
+            assert_eq!(InquiryStatus::parse(status.as_str()), Some(*status));
+        }
+        assert_eq!(RelationStatus::parse("active"), None, "names are exact");
+    }
+
+    #[test]
+    fn keys_sort_by_user_then_side() {
+        let mut keys = [
+            SummaryKey::new(9, Side::Tutor),
+            SummaryKey::new(1, Side::Student),
+            SummaryKey::new(1, Side::Tutor),
+        ];
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                SummaryKey::new(1, Side::Tutor),
+                SummaryKey::new(1, Side::Student),
+                SummaryKey::new(9, Side::Tutor),
+            ]
+        );
+    }
+}

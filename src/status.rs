@@ -1,0 +1,206 @@
+//! The one table of what clients see when something fails: each error reason with its
+//! gRPC code and its HTTP status, side by side, so the two transports cannot disagree.
+//!
+//! Below both transports: `grpc/` builds a `tonic::Status` from it and `http/` an HTTP
+//! answer, and neither reaches into the other. One test pins the whole table.
+
+use http::StatusCode;
+use tonic::Code;
+
+use crate::domain::Reason;
+
+/// An error as it travels: the `ErrorInfo.reason`, the gRPC code, the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    pub reason: &'static str,
+    pub grpc: Code,
+    pub http: StatusCode,
+}
+
+const fn code(reason: &'static str, grpc: Code, http: StatusCode) -> ErrorCode {
+    ErrorCode { reason, grpc, http }
+}
+
+/// The `ErrorInfo.domain` of every chatd error.
+pub const ERROR_DOMAIN: &str = "chatd.chat.v1";
+
+/// The row of a domain reason.
+pub fn of(reason: Reason) -> ErrorCode {
+    use StatusCode as H;
+    let (grpc, http) = match reason {
+        Reason::InvalidArgument => (Code::InvalidArgument, H::BAD_REQUEST),
+        Reason::TokenMissing | Reason::TokenExpired | Reason::TokenInvalid => {
+            (Code::Unauthenticated, H::UNAUTHORIZED)
+        }
+        Reason::RoleNotAllowed | Reason::ContactAccessLocked => {
+            (Code::PermissionDenied, H::FORBIDDEN)
+        }
+        Reason::RelationNotFound | Reason::InquiryNotFound | Reason::ThreadNotFound => {
+            (Code::NotFound, H::NOT_FOUND)
+        }
+        // FAILED_PRECONDITION is 400, as in google.rpc's mapping: the request cannot
+        // succeed until the state changes.
+        Reason::RelationNotActive | Reason::ThreadNotWritable | Reason::ParticipantsImmutable => {
+            (Code::FailedPrecondition, H::BAD_REQUEST)
+        }
+        Reason::TooManyStreams => (Code::ResourceExhausted, H::TOO_MANY_REQUESTS),
+        Reason::DatabaseUnavailable => (Code::Unavailable, H::SERVICE_UNAVAILABLE),
+        Reason::Internal => (Code::Internal, H::INTERNAL_SERVER_ERROR),
+    };
+    code(reason.as_str(), grpc, http)
+}
+
+/// Refusals made by the REST gateway itself, before or instead of a call to chatd.
+pub mod edge {
+    use super::{Code, ErrorCode, StatusCode as H, code};
+
+    pub const UNKNOWN_PATH: ErrorCode = code("NOT_FOUND", Code::NotFound, H::NOT_FOUND);
+    pub const METHOD_NOT_ALLOWED: ErrorCode = code(
+        "METHOD_NOT_ALLOWED",
+        Code::Unimplemented,
+        H::METHOD_NOT_ALLOWED,
+    );
+    pub const PAYLOAD_TOO_LARGE: ErrorCode = code(
+        "PAYLOAD_TOO_LARGE",
+        Code::ResourceExhausted,
+        H::PAYLOAD_TOO_LARGE,
+    );
+    pub const UNSUPPORTED_MEDIA_TYPE: ErrorCode = code(
+        "UNSUPPORTED_MEDIA_TYPE",
+        Code::Unimplemented,
+        H::UNSUPPORTED_MEDIA_TYPE,
+    );
+    pub const BAD_REQUEST: ErrorCode = code("BAD_REQUEST", Code::InvalidArgument, H::BAD_REQUEST);
+    /// chatd could not be reached (connection refused, reset, not serving).
+    pub const UPSTREAM_UNAVAILABLE: ErrorCode = code(
+        "UPSTREAM_UNAVAILABLE",
+        Code::Unavailable,
+        H::SERVICE_UNAVAILABLE,
+    );
+    /// chatd did not answer within the gateway's upstream timeout.
+    pub const UPSTREAM_TIMEOUT: ErrorCode = code(
+        "UPSTREAM_TIMEOUT",
+        Code::DeadlineExceeded,
+        H::GATEWAY_TIMEOUT,
+    );
+
+    pub const ALL: [ErrorCode; 7] = [
+        UNKNOWN_PATH,
+        METHOD_NOT_ALLOWED,
+        PAYLOAD_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        BAD_REQUEST,
+        UPSTREAM_UNAVAILABLE,
+        UPSTREAM_TIMEOUT,
+    ];
+}
+
+/// The standard gRPC → HTTP mapping, for a status that names no reason this build knows.
+pub fn http_status(code: Code) -> StatusCode {
+    use StatusCode as H;
+    match code {
+        Code::Ok => H::OK,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => H::BAD_REQUEST,
+        Code::Unauthenticated => H::UNAUTHORIZED,
+        Code::PermissionDenied => H::FORBIDDEN,
+        Code::NotFound => H::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => H::CONFLICT,
+        Code::ResourceExhausted => H::TOO_MANY_REQUESTS,
+        Code::Unimplemented => H::NOT_IMPLEMENTED,
+        Code::Unavailable => H::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
+        Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
+            H::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The upper-case name of a gRPC code, as `grpc_status` in JSON errors and metrics say it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the whole table: every reason a client can see, its gRPC code, its HTTP status.
+    #[test]
+    fn every_reason_has_its_code_and_status() {
+        let expected = [
+            ("INVALID_ARGUMENT", Code::InvalidArgument, 400),
+            ("TOKEN_MISSING", Code::Unauthenticated, 401),
+            ("TOKEN_EXPIRED", Code::Unauthenticated, 401),
+            ("TOKEN_INVALID", Code::Unauthenticated, 401),
+            ("ROLE_NOT_ALLOWED", Code::PermissionDenied, 403),
+            ("RELATION_NOT_FOUND", Code::NotFound, 404),
+            ("RELATION_NOT_ACTIVE", Code::FailedPrecondition, 400),
+            ("CONTACT_ACCESS_LOCKED", Code::PermissionDenied, 403),
+            ("INQUIRY_NOT_FOUND", Code::NotFound, 404),
+            ("THREAD_NOT_FOUND", Code::NotFound, 404),
+            ("THREAD_NOT_WRITABLE", Code::FailedPrecondition, 400),
+            ("PARTICIPANTS_IMMUTABLE", Code::FailedPrecondition, 400),
+            ("TOO_MANY_STREAMS", Code::ResourceExhausted, 429),
+            ("DATABASE_UNAVAILABLE", Code::Unavailable, 503),
+            ("INTERNAL", Code::Internal, 500),
+            ("NOT_FOUND", Code::NotFound, 404),
+            ("METHOD_NOT_ALLOWED", Code::Unimplemented, 405),
+            ("PAYLOAD_TOO_LARGE", Code::ResourceExhausted, 413),
+            ("UNSUPPORTED_MEDIA_TYPE", Code::Unimplemented, 415),
+            ("BAD_REQUEST", Code::InvalidArgument, 400),
+            ("UPSTREAM_UNAVAILABLE", Code::Unavailable, 503),
+            ("UPSTREAM_TIMEOUT", Code::DeadlineExceeded, 504),
+        ];
+        let table: Vec<ErrorCode> = Reason::ALL.into_iter().map(of).chain(edge::ALL).collect();
+        let table: Vec<_> = table
+            .iter()
+            .map(|row| (row.reason, row.grpc, row.http.as_u16()))
+            .collect();
+        assert_eq!(table, expected);
+    }
+
+    /// A domain reason's HTTP status is what the standard mapping gives its gRPC code,
+    /// so a client that only knows the code still reads the same answer.
+    #[test]
+    fn domain_reasons_follow_the_standard_mapping() {
+        for reason in Reason::ALL {
+            let row = of(reason);
+            assert_eq!(http_status(row.grpc), row.http, "{}", row.reason);
+        }
+    }
+
+    #[test]
+    fn standard_mapping() {
+        let table = [
+            (Code::OutOfRange, 400),
+            (Code::AlreadyExists, 409),
+            (Code::Aborted, 409),
+            (Code::Unimplemented, 501),
+            (Code::DeadlineExceeded, 504),
+            (Code::Unknown, 500),
+            (Code::DataLoss, 500),
+            (Code::Cancelled, 500),
+        ];
+        for (code, http) in table {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Where the data lives and how chatd connects to it: database URLs, connection pools
+//! and their limits, and the embedded migrations.
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncMigrationHarness, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::StoreError;
+
+pub type PgConn = diesel_async::AsyncPgConnection;
+pub type SqliteReader =
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Key of the PostgreSQL advisory lock that makes replicas starting together migrate
+/// one at a time.
+const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_645f_6d69; // "chatd_mi"
+
+/// Where the data lives, parsed from a database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://…` or `postgresql://…`, passed to the driver as is.
+    Postgres(String),
+    /// `sqlite://path` (relative to the working directory) or `sqlite:///abs/path`.
+    Sqlite(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url.to_owned()))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite URL has no path: use sqlite://chatd.db".into());
+            }
+            Ok(DatabaseUrl::Sqlite(path.to_owned()))
+        } else {
+            Err(format!(
+                "unsupported database URL {url:?}: use postgres://user@host/db or sqlite://path"
+            ))
+        }
+    }
+}
+
+/// How to size and time out the connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_size: usize,
+    /// How long a call waits for a connection (or to open one) before it is UNAVAILABLE.
+    pub timeout: Duration,
+}
+
+/// A pool's connections and waiters, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub max: usize,
+    pub open: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
+impl PoolStatus {
+    pub fn of(status: deadpool::managed::Status) -> Self {
+        Self {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        }
+    }
+}
+
+/// Applies the pool size and timeouts. Deadpool needs the runtime named for timeouts.
+fn with_limits<C>(
+    builder: deadpool::managed::PoolBuilder<AsyncDieselConnectionManager<C>>,
+    config: &PoolConfig,
+) -> deadpool::managed::PoolBuilder<AsyncDieselConnectionManager<C>>
+where
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager,
+{
+    builder
+        .max_size(config.max_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(config.timeout))
+        .create_timeout(Some(config.timeout))
+        .recycle_timeout(Some(config.timeout))
+}
+
+/// A lazy PostgreSQL pool: no connection opens until the first call, so chatd can start
+/// (and report NOT_SERVING) while the database is down. Connections are handed out
+/// without a liveness ping (`RecyclingMethod::Fast`: a ping per call would double the
+/// round trips); see `forget_idle_on_outage` for what happens when they are dead.
+pub fn postgres_pool(url: &str, config: &PoolConfig) -> Result<Pool<PgConn>, String> {
+    let mut manager_config = ManagerConfig::<PgConn>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<PgConn>::new_with_config(url, manager_config);
+    with_limits(Pool::builder(manager), config)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The pragmas every SQLite connection runs with. WAL lets readers run beside the one
+/// writer; `synchronous = NORMAL` is durable across process crashes (a power loss may
+/// lose the last commits, never corrupt); the busy timeout covers other processes
+/// (a `chatd bench --seed` beside `serve`).
+pub fn sqlite_pragmas(busy: Duration) -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+        busy.as_millis()
+    )
+}
+
+/// A pool of SQLite connections for reads (and for migrations and seeding, which run
+/// before the writer starts or beside it).
+pub fn sqlite_pool(path: &str, config: &PoolConfig) -> Result<Pool<SqliteReader>, String> {
+    let mut manager_config = ManagerConfig::<SqliteReader>::default();
+    let pragmas = sqlite_pragmas(config.timeout);
+    manager_config.custom_setup = Box::new(move |path: &str| {
+        let (path, pragmas) = (path.to_owned(), pragmas.clone());
+        Box::pin(async move {
+            use diesel_async::AsyncConnection;
+            let mut conn = SqliteReader::establish(&path).await?;
+            conn.batch_execute(&pragmas)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<SqliteReader>::new_with_config(path, manager_config);
+    with_limits(Pool::builder(manager), config)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Applies pending PostgreSQL migrations under an advisory lock. Must run on the
+/// multi-threaded runtime (the harness blocks in place).
+pub async fn migrate_postgres(pool: &Pool<PgConn>) -> Result<Vec<String>, String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})");
+    conn.batch_execute(&lock).await.map_err(|e| e.to_string())?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(POSTGRES_MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .map_err(|e| e.to_string());
+    let mut conn = harness.into_inner();
+    let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})");
+    conn.batch_execute(&unlock)
+        .await
+        .map_err(|e| e.to_string())?;
+    applied
+}
+
+/// Applies pending SQLite migrations.
+pub async fn migrate_sqlite(pool: &Pool<SqliteReader>) -> Result<Vec<String>, String> {
+    let conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    harness
+        .run_pending_migrations(SQLITE_MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// When a pooled connection turns out dead, the server most likely restarted and the
+/// idle ones are dead too: drop them all, so that after an outage only calls already
+/// in flight fail, not one call per stale connection.
+pub fn forget_idle_on_outage<M: deadpool::managed::Manager>(
+    pool: &deadpool::managed::Pool<M>,
+    error: StoreError,
+) -> StoreError {
+    if matches!(error, StoreError::Unavailable(_)) {
+        pool.retain(|_, _| false);
+    }
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://chatd.db").unwrap(),
+            DatabaseUrl::Sqlite("chatd.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            DatabaseUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://root@127.0.0.1/chatd").unwrap(),
+            DatabaseUrl::Postgres(_)
+        ));
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+}

@@ -1,0 +1,316 @@
+// The reads of chatd, written once and compiled once per backend: `storage/postgres.rs`
+// and `storage/sqlite.rs` include this file into a `reads` module beside their `schema`
+// module and their `Conn` type. Each copy is type-checked against its own backend, so a
+// query that one of them cannot run fails to compile instead of failing in production.
+// Writes are backend-specific (one statement on PostgreSQL, the single writer on SQLite).
+
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+use super::Conn;
+use super::schema::{
+    contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,
+};
+use crate::model::{
+    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread, ThreadUnread,
+};
+use crate::storage::rows::{Fact, Horizons, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage};
+
+/// The columns of `Thread`, in its field order.
+pub const THREAD_COLUMNS: (
+    threads::thread_id,
+    threads::kind,
+    threads::relation_id,
+    threads::inquiry_id,
+    threads::tutor_id,
+    threads::student_id,
+    threads::is_writable,
+    threads::created_at,
+) = (
+    threads::thread_id,
+    threads::kind,
+    threads::relation_id,
+    threads::inquiry_id,
+    threads::tutor_id,
+    threads::student_id,
+    threads::is_writable,
+    threads::created_at,
+);
+
+/// The columns of `Message`, in its field order.
+pub const MESSAGE_COLUMNS: (
+    messages::message_id,
+    messages::thread_id,
+    messages::seq,
+    messages::sender_id,
+    messages::body,
+    messages::created_at,
+    messages::client_message_id,
+) = (
+    messages::message_id,
+    messages::thread_id,
+    messages::seq,
+    messages::sender_id,
+    messages::body,
+    messages::created_at,
+    messages::client_message_id,
+);
+
+/// Declares a fixed SQL expression with a static query id. Unlike `diesel::dsl::sql`,
+/// a query that selects it keeps a static id, so the connection caches its prepared
+/// statement: on the hot summary query, planning cost more than executing.
+macro_rules! fixed_sql_expression {
+    ($(#[$doc:meta])* $name:ident: $sql_type:ty = $sql:literal, aggregate = $aggregate:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+        struct $name;
+
+        impl diesel::expression::Expression for $name {
+            type SqlType = $sql_type;
+        }
+
+        impl<DB: diesel::backend::Backend> diesel::query_builder::QueryFragment<DB> for $name {
+            fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> QueryResult<()> {
+                out.push_sql($sql);
+                Ok(())
+            }
+        }
+
+        impl<QS> diesel::expression::SelectableExpression<QS> for $name {}
+        impl<QS> diesel::expression::AppearsOnTable<QS> for $name {}
+        impl diesel::expression::ValidGrouping<()> for $name {
+            type IsAggregate = $aggregate;
+        }
+    };
+}
+
+fixed_sql_expression!(
+    /// The sum of the unread counters as a window over every row the WHERE clause keeps: computed before
+    /// LIMIT, so each row of a page carries the total of all pages.
+    TotalUnreadOverAllRows: BigInt =
+        "CAST(SUM(thread_participants.unread_count) OVER () AS BIGINT)",
+    aggregate = diesel::expression::is_aggregate::Never
+);
+
+
+pub async fn ping(conn: &mut Conn) -> QueryResult<()> {
+    conn.batch_execute("SELECT 1").await
+}
+
+pub async fn find_relation(conn: &mut Conn, id: i64) -> QueryResult<Option<Fact<RelationStatus>>> {
+    relations::table
+        .find(id)
+        .select((relations::tutor_id, relations::student_id, relations::status, relations::version))
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn find_inquiry(conn: &mut Conn, id: i64) -> QueryResult<Option<Fact<InquiryStatus>>> {
+    inquiries::table
+        .find(id)
+        .select((inquiries::tutor_id, inquiries::student_id, inquiries::status, inquiries::version))
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A relation, the tutor's contact access to its student, and its thread: what
+/// EnsureThread needs, in one statement.
+pub async fn relation_target(conn: &mut Conn, relation_id: i64) -> QueryResult<Option<RelationTarget>> {
+    relations::table
+        .left_join(
+            contact_access::table.on(contact_access::tutor_id
+                .eq(relations::tutor_id)
+                .and(contact_access::student_id.eq(relations::student_id))),
+        )
+        .left_join(threads::table.on(threads::relation_id.eq(relations::relation_id.nullable())))
+        .filter(relations::relation_id.eq(relation_id))
+        .select((
+            (relations::tutor_id, relations::student_id, relations::status, relations::version),
+            contact_access::state.nullable(),
+            THREAD_COLUMNS.nullable(),
+        ))
+        .first::<(Fact<RelationStatus>, Option<ContactAccessState>, Option<Thread>)>(conn)
+        .await
+        .optional()
+        .map(|found| {
+            found.map(|(fact, contact_access, thread)| RelationTarget {
+                fact,
+                contact_access,
+                thread,
+            })
+        })
+}
+
+/// An inquiry and its thread, in one statement.
+pub async fn inquiry_target(conn: &mut Conn, inquiry_id: i64) -> QueryResult<Option<InquiryTarget>> {
+    inquiries::table
+        .left_join(threads::table.on(threads::inquiry_id.eq(inquiries::inquiry_id.nullable())))
+        .filter(inquiries::inquiry_id.eq(inquiry_id))
+        .select((
+            (inquiries::tutor_id, inquiries::student_id, inquiries::status, inquiries::version),
+            THREAD_COLUMNS.nullable(),
+        ))
+        .first::<(Fact<InquiryStatus>, Option<Thread>)>(conn)
+        .await
+        .optional()
+        .map(|found| found.map(|(fact, thread)| InquiryTarget { fact, thread }))
+}
+
+/// The version of a user's unread summary: 0 until it first changes.
+pub async fn summary_version(conn: &mut Conn, key: SummaryKey) -> QueryResult<i64> {
+    Ok(summary_versions::table
+        .find((key.user_id, key.side.as_str()))
+        .select(summary_versions::version)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A page of the user's threads with unread messages, newest first, the user's total,
+/// and (for a non-empty page) the summary's version.
+///
+/// One range scan of the covering partial index `thread_participants_unread`, already
+/// in page order; the window sum runs before LIMIT, so every row carries the total
+/// over all unread threads, not only the page.
+pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64) -> QueryResult<UnreadPage> {
+    let side = key.side.as_str();
+    // The summary's version, read in the same statement: exactly the page's version.
+    let version = summary_versions::table
+        .filter(summary_versions::user_id.eq(key.user_id))
+        .filter(summary_versions::side.eq(side))
+        .select(summary_versions::version)
+        .single_value();
+    let rows: Vec<(ThreadUnread, i64, Option<i64>)> = thread_participants::table
+        .filter(thread_participants::user_id.eq(key.user_id))
+        .filter(thread_participants::side.eq(side))
+        .filter(thread_participants::unread_count.gt(0))
+        .order((
+            thread_participants::last_message_at.desc(),
+            thread_participants::thread_id.desc(),
+        ))
+        .limit(limit)
+        .select((
+            (
+                thread_participants::thread_id,
+                thread_participants::kind,
+                thread_participants::relation_id,
+                thread_participants::inquiry_id,
+                thread_participants::tutor_id,
+                thread_participants::student_id,
+                thread_participants::unread_count,
+                thread_participants::last_message_at,
+                thread_participants::last_message_preview,
+                thread_participants::last_message_sender_id,
+                thread_participants::is_writable,
+            ),
+            TotalUnreadOverAllRows,
+            version,
+        ))
+        .load(conn)
+        .await?;
+    // Qualified: diesel's `QueryDsl::first` would shadow the slice method.
+    let (total, version) = <[_]>::first(&rows).map_or((0, None), |(_, total, version)| (*total, Some(version.unwrap_or(0))));
+    Ok(UnreadPage {
+        rows: rows.into_iter().map(|(row, _, _)| row).collect(),
+        total,
+        version,
+    })
+}
+
+/// The versions of many summaries in one statement, for the cache's sweep: keys never
+/// changed (no row) are left out, which reads as version 0.
+pub async fn summary_versions_of(conn: &mut Conn, user_ids: &[i64]) -> QueryResult<Vec<(SummaryKey, i64)>> {
+    let rows: Vec<(i64, Side, i64)> = summary_versions::table
+        .filter(summary_versions::user_id.eq_any(user_ids))
+        .select((summary_versions::user_id, summary_versions::side, summary_versions::version))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, side, version)| (SummaryKey::new(user_id, side), version))
+        .collect())
+}
+
+/// A thread's participants and their read horizons; `None` for no such thread.
+pub async fn horizons(conn: &mut Conn, thread_id: i64) -> QueryResult<Option<Horizons>> {
+    let rows: Vec<(Side, i64, i64)> = thread_participants::table
+        .filter(thread_participants::thread_id.eq(thread_id))
+        .select((thread_participants::side, thread_participants::user_id, thread_participants::last_read_seq))
+        .load(conn)
+        .await?;
+    let of = |wanted: Side| rows.iter().find(|(side, _, _)| *side == wanted).map(|(_, user, seq)| (*user, *seq));
+    Ok(match (of(Side::Tutor), of(Side::Student)) {
+        (Some((tutor_id, tutor_read_seq)), Some((student_id, student_read_seq))) => Some(Horizons {
+            tutor_id,
+            student_id,
+            tutor_read_seq,
+            student_read_seq,
+        }),
+        _ => None,
+    })
+}
+
+/// Messages before `before_seq` (or the newest), newest first, one page of `limit`.
+pub async fn messages_page(
+    conn: &mut Conn,
+    thread_id: i64,
+    before_seq: Option<i64>,
+    limit: i64,
+) -> QueryResult<MessagePageRows> {
+    let mut query = messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .select(MESSAGE_COLUMNS)
+        .order(messages::seq.desc())
+        .limit(limit + 1)
+        .into_boxed();
+    if let Some(before) = before_seq {
+        query = query.filter(messages::seq.lt(before));
+    }
+    let mut messages: Vec<Message> = query.load(conn).await?;
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    Ok(MessagePageRows { messages, has_more })
+}
+
+/// The message a sender sent to a thread under an idempotency key, if any.
+pub async fn message_by_key(
+    conn: &mut Conn,
+    thread_id: i64,
+    sender_id: i64,
+    key: &str,
+) -> QueryResult<Option<Message>> {
+    messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .filter(messages::sender_id.eq(sender_id))
+        .filter(messages::client_message_id.eq(key))
+        .select(MESSAGE_COLUMNS)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A side's maintained unread counter, and a recount from the messages by the
+/// definition in `domain/rules.rs` (after the horizon, not sent by them), for checks.
+pub async fn recount_unread(conn: &mut Conn, thread_id: i64, side: Side) -> QueryResult<(i64, i64)> {
+    let (user_id, last_read_seq, counter): (i64, i64, i64) = thread_participants::table
+        .find((thread_id, side.as_str()))
+        .select((
+            thread_participants::user_id,
+            thread_participants::last_read_seq,
+            thread_participants::unread_count,
+        ))
+        .first(conn)
+        .await?;
+    let recount: i64 = messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .filter(messages::seq.gt(last_read_seq))
+        .filter(messages::sender_id.ne(user_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok((counter, recount))
+}

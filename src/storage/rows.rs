@@ -1,0 +1,240 @@
+//! What storage reads and writes, typed: sides, kinds and statuses cross this boundary
+//! as `crate::model` enums, never as strings, and a stored name this build does not
+//! know fails the read instead of reaching a rule.
+
+use chrono::{DateTime, Utc};
+use diesel::backend::Backend;
+use diesel::deserialize::{self, FromSql, FromStaticSqlRow, Queryable};
+use diesel::sql_types::Text;
+
+use crate::model::{
+    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
+    ThreadKind, ThreadUnread,
+};
+
+/// Reads the model's enums from their stored names, on either backend.
+macro_rules! stored_as_text {
+    ($($ty:ident),* $(,)?) => {$(
+        impl<DB> FromSql<Text, DB> for $ty
+        where
+            DB: Backend,
+            String: FromSql<Text, DB>,
+        {
+            fn from_sql(bytes: DB::RawValue<'_>) -> deserialize::Result<Self> {
+                let text = String::from_sql(bytes)?;
+                $ty::parse(&text).ok_or_else(|| {
+                    format!(concat!("unknown stored ", stringify!($ty), " {:?}"), text).into()
+                })
+            }
+        }
+
+        impl<DB> Queryable<Text, DB> for $ty
+        where
+            DB: Backend,
+            Self: FromSql<Text, DB>,
+        {
+            type Row = Self;
+
+            fn build(row: Self) -> deserialize::Result<Self> {
+                Ok(row)
+            }
+        }
+    )*};
+}
+
+stored_as_text!(
+    Side,
+    ThreadKind,
+    RelationStatus,
+    InquiryStatus,
+    ContactAccessState
+);
+
+/// Reads a `crate::model` record from a row of its columns, in field order, on either
+/// backend.
+macro_rules! queryable_record {
+    ($record:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
+        impl<ST, DB> Queryable<ST, DB> for $record
+        where
+            DB: Backend,
+            ($($ty,)+): FromStaticSqlRow<ST, DB>,
+        {
+            type Row = ($($ty,)+);
+
+            fn build(row: Self::Row) -> deserialize::Result<Self> {
+                let ($($field,)+) = row;
+                Ok(Self { $($field),+ })
+            }
+        }
+    };
+}
+
+queryable_record!(Thread {
+    thread_id: i64,
+    kind: ThreadKind,
+    relation_id: Option<i64>,
+    inquiry_id: Option<i64>,
+    tutor_id: i64,
+    student_id: i64,
+    is_writable: bool,
+    created_at: DateTime<Utc>,
+});
+
+queryable_record!(ThreadUnread {
+    thread_id: i64,
+    kind: ThreadKind,
+    relation_id: Option<i64>,
+    inquiry_id: Option<i64>,
+    tutor_id: i64,
+    student_id: i64,
+    unread_count: i64,
+    last_message_at: Option<DateTime<Utc>>,
+    last_message_preview: String,
+    last_message_sender_id: i64,
+    is_writable: bool,
+});
+
+queryable_record!(Message {
+    message_id: i64,
+    thread_id: i64,
+    seq: i64,
+    sender_id: i64,
+    body: String,
+    created_at: DateTime<Utc>,
+    client_message_id: Option<String>,
+});
+
+/// A page of a user's unread summary.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UnreadPage {
+    /// Newest last message first, at most the asked limit.
+    pub rows: Vec<ThreadUnread>,
+    /// Unread messages over every thread of the user, not only the page's.
+    pub total: i64,
+    /// The summary's version, read in the same statement as the page; `None` when the
+    /// page is empty (the statement had no row to carry it).
+    pub version: Option<i64>,
+}
+
+/// A relation or an inquiry as stored: who is in it, its status, the owner's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Queryable)]
+pub struct Fact<S> {
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub status: S,
+    pub version: i64,
+}
+
+/// Everything EnsureThread reads about a relation, in one round trip: the relation,
+/// the tutor's contact access to the student, and the thread if it exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelationTarget {
+    pub fact: Fact<RelationStatus>,
+    pub contact_access: Option<ContactAccessState>,
+    pub thread: Option<Thread>,
+}
+
+/// Everything EnsureThread reads about an inquiry, in one round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InquiryTarget {
+    pub fact: Fact<InquiryStatus>,
+    pub thread: Option<Thread>,
+}
+
+/// What a thread is created from, with the statuses of that fact that let it take
+/// messages (the domain's writability rule, which the create reads under the fact
+/// row's lock, so a status change cannot slip between the read and the insert).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NewThread {
+    Relation {
+        relation_id: i64,
+        writable: Vec<RelationStatus>,
+    },
+    Inquiry {
+        inquiry_id: i64,
+        writable: Vec<InquiryStatus>,
+    },
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub thread_id: i64,
+    pub side: Side,
+    pub sender_id: i64,
+    pub body: String,
+    pub preview: String,
+    pub client_message_id: Option<String>,
+    /// The contact access states that let a tutor write a contact thread.
+    pub unlocking: Vec<ContactAccessState>,
+}
+
+/// What the thread looked like to a write, under its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadFacts {
+    pub kind: ThreadKind,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub is_writable: bool,
+    /// The tutor's contact access to the student, read (and locked) only when the
+    /// sender is the tutor of a contact thread.
+    pub contact_access: Option<ContactAccessState>,
+}
+
+/// What one SendMessage write did, and what it saw: the domain reads its rules' answer
+/// (not found, not writable, locked) from these facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendAttempt {
+    /// `None`: no such thread.
+    pub thread: Option<ThreadFacts>,
+    /// The message appended by this write.
+    pub sent: Option<Message>,
+    /// The first message with the same `client_message_id` (a retry).
+    pub replayed: Option<Message>,
+    /// The summaries this write changed (empty unless `sent`).
+    pub changed: Vec<SummaryKey>,
+}
+
+/// What one MarkRead write did, and what it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkReadAttempt {
+    /// `None`: no such thread.
+    pub thread: Option<ThreadFacts>,
+    /// `None` when the caller is not the thread's participant on that side.
+    pub state: Option<ReadStateRow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStateRow {
+    pub last_read_seq: i64,
+    pub unread_count: i64,
+    pub total: i64,
+    /// Whether the reader's summary changed (its unread count in this thread did).
+    pub changed: bool,
+}
+
+/// A thread's two read horizons and whose they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizons {
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub tutor_read_seq: i64,
+    pub student_read_seq: i64,
+}
+
+/// A page of messages, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePageRows {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// What a versioned upsert of a fact did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    Applied,
+    /// The stored version is as new or newer: nothing changed.
+    Stale,
+    /// The upsert names other participants than the stored fact: refused.
+    ParticipantsChanged,
+}

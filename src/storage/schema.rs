@@ -1,0 +1,113 @@
+// The tables of chatd, as diesel sees them. Included by `storage/postgres.rs` and
+// `storage/sqlite.rs`, each of which first defines `Ts`, its timestamp SQL type; the rest
+// is the same on both backends (see `migrations/`).
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    relations (relation_id) {
+        relation_id -> BigInt,
+        tutor_id -> BigInt,
+        student_id -> BigInt,
+        status -> Text,
+        version -> BigInt,
+        updated_at -> Ts,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    contact_access (tutor_id, student_id) {
+        tutor_id -> BigInt,
+        student_id -> BigInt,
+        state -> Text,
+        version -> BigInt,
+        updated_at -> Ts,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    inquiries (inquiry_id) {
+        inquiry_id -> BigInt,
+        tutor_id -> BigInt,
+        student_id -> BigInt,
+        status -> Text,
+        version -> BigInt,
+        updated_at -> Ts,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    threads (thread_id) {
+        thread_id -> BigInt,
+        kind -> Text,
+        relation_id -> Nullable<BigInt>,
+        inquiry_id -> Nullable<BigInt>,
+        tutor_id -> BigInt,
+        student_id -> BigInt,
+        last_seq -> BigInt,
+        is_writable -> Bool,
+        last_message_at -> Nullable<Ts>,
+        last_message_preview -> Text,
+        last_message_sender_id -> BigInt,
+        created_at -> Ts,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    messages (message_id) {
+        message_id -> BigInt,
+        thread_id -> BigInt,
+        seq -> BigInt,
+        sender_id -> BigInt,
+        body -> Text,
+        client_message_id -> Nullable<Text>,
+        created_at -> Ts,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    thread_participants (thread_id, side) {
+        thread_id -> BigInt,
+        side -> Text,
+        user_id -> BigInt,
+        last_read_seq -> BigInt,
+        unread_count -> BigInt,
+        kind -> Text,
+        relation_id -> Nullable<BigInt>,
+        inquiry_id -> Nullable<BigInt>,
+        tutor_id -> BigInt,
+        student_id -> BigInt,
+        is_writable -> Bool,
+        last_message_at -> Nullable<Ts>,
+        last_message_preview -> Text,
+        last_message_sender_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    summary_versions (user_id, side) {
+        user_id -> BigInt,
+        side -> Text,
+        version -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    summary_versions,
+    relations,
+    contact_access,
+    inquiries,
+    threads,
+    messages,
+    thread_participants,
+);

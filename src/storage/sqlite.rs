@@ -1,0 +1,509 @@
+//! SQLite, embedded: readers in a pool, and ONE writer connection on a thread of its own
+//! that every write queues for.
+//!
+//! SQLite lets one writer in at a time. Several pooled connections that all write only
+//! take turns through busy-wait loops (`busy_timeout`), which is slow and unfair under
+//! load: seconds-long tails. One writer that writes queue for is how SQLite is fast:
+//! each write is a short `BEGIN IMMEDIATE` transaction on a connection nobody else
+//! touches, with its statements prepared once. WAL lets the readers run beside it.
+//!
+//! With one writer, writes of one process never interleave, so the checks of the rules
+//! (`domain/rules.rs`) and the changes they guard are trivially atomic.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+use diesel::sqlite::Sqlite;
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::pool::{self, PoolConfig, PoolStatus, SqliteReader};
+use super::rows::{MarkReadAttempt, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts};
+use super::upsert::{self, FactTable};
+use super::{StoreError, StoreResult};
+use crate::model::{
+    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
+    ThreadKind,
+};
+
+pub type Conn = SqliteReader;
+
+pub mod schema {
+    //! The tables, with SQLite's timestamp type (RFC 3339 text).
+    pub type Ts = diesel::sql_types::TimestamptzSqlite;
+    include!("schema.rs");
+}
+
+pub mod reads {
+    //! The shared reads, compiled for SQLite.
+    include!("reads.rs");
+}
+
+use reads::{MESSAGE_COLUMNS, THREAD_COLUMNS};
+use schema::{contact_access, inquiries, messages, relations, thread_participants, threads};
+
+/// The current time, in SQLite's SQL, as RFC 3339 text like every stored timestamp.
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// How many writes may wait for the writer before callers wait to queue.
+const WRITE_QUEUE: usize = 4096;
+
+type Job = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
+
+/// The SQLite store. Cloning is shallow.
+#[derive(Clone)]
+pub struct SqliteStore {
+    readers: Pool<SqliteReader>,
+    writer: mpsc::Sender<Job>,
+    timeout: Duration,
+}
+
+impl SqliteStore {
+    /// Opens the writer connection (on its own thread) and a lazy pool of readers.
+    pub fn connect(path: &str, config: &PoolConfig) -> Result<Self, String> {
+        let readers = pool::sqlite_pool(path, config)?;
+        let mut conn = SqliteConnection::establish(path)
+            .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut conn,
+            &pool::sqlite_pragmas(config.timeout),
+        )
+        .map_err(|e| format!("cannot set up the SQLite database {path}: {e}"))?;
+        let (writer, mut jobs) = mpsc::channel::<Job>(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("chatd-sqlite-writer".into())
+            .spawn(move || {
+                // Ends when every sender is gone (the store was dropped).
+                while let Some(job) = jobs.blocking_recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| format!("cannot start the SQLite writer: {e}"))?;
+        Ok(Self {
+            readers,
+            writer,
+            timeout: config.timeout,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<String>, String> {
+        pool::migrate_sqlite(&self.readers).await
+    }
+
+    pub fn pool_status(&self) -> PoolStatus {
+        PoolStatus::of(self.readers.status())
+    }
+
+    /// A pooled reader connection.
+    pub async fn conn(&self) -> StoreResult<Object<SqliteReader>> {
+        Ok(self.readers.get().await?)
+    }
+
+    pub fn failed(&self, error: DieselError) -> StoreError {
+        error.into()
+    }
+
+    pub async fn execute_batch(&self, sql: &str) -> StoreResult<()> {
+        use diesel_async::SimpleAsyncConnection;
+        let mut conn = self.conn().await?;
+        conn.batch_execute(sql).await.map_err(StoreError::from)
+    }
+
+    /// Runs `write` as one immediate transaction on the writer connection, after the
+    /// writes queued before it. Waiting for the answer is bounded by the pool timeout:
+    /// past it the caller hears UNAVAILABLE (the write may still complete, as a write
+    /// whose answer a network lost would; retries with a `client_message_id` are safe).
+    async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut SqliteConnection) -> QueryResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // A panic in one write must not take the writer (and every later write)
+            // down with it: it becomes this write's error.
+            let outcome =
+                std::panic::catch_unwind(AssertUnwindSafe(|| conn.immediate_transaction(write)))
+                    .unwrap_or_else(|_| {
+                        Err(DieselError::QueryBuilderError(
+                            "the SQLite write panicked".into(),
+                        ))
+                    });
+            let _ = answer.send(outcome);
+        });
+        let stopped = || StoreError::Unavailable("the SQLite writer has stopped".into());
+        let waited = tokio::time::timeout(self.timeout, async {
+            self.writer.send(job).await.map_err(|_| stopped())?;
+            answered.await.map_err(|_| stopped())
+        })
+        .await;
+        match waited {
+            Ok(outcome) => Ok(outcome??),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the SQLite writer did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    pub async fn create_thread(&self, new: &NewThread) -> StoreResult<Option<Thread>> {
+        let new = new.clone();
+        self.write(move |conn| create_thread(conn, &new)).await
+    }
+
+    pub async fn send_message(&self, message: &NewMessage) -> StoreResult<SendAttempt> {
+        let message = message.clone();
+        self.write(move |conn| send_message(conn, &message)).await
+    }
+
+    pub async fn mark_read(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        up_to_seq: Option<i64>,
+    ) -> StoreResult<MarkReadAttempt> {
+        self.write(move |conn| mark_read(conn, thread_id, side, user_id, up_to_seq))
+            .await
+    }
+
+    pub async fn upsert_fact(
+        &self,
+        table: &'static FactTable,
+        ids: &[i64],
+        status: &'static str,
+        version: i64,
+        is_writable: Option<bool>,
+    ) -> StoreResult<(bool, Vec<SummaryKey>)> {
+        let ids = ids.to_vec();
+        self.write(move |conn| upsert_fact(conn, table, &ids, status, version, is_writable))
+            .await
+    }
+}
+
+/// Creates the thread of a relation or inquiry with its participant rows; `None` when
+/// the fact does not exist or the thread exists already.
+fn create_thread(conn: &mut SqliteConnection, new: &NewThread) -> QueryResult<Option<Thread>> {
+    let (kind, relation_id, inquiry_id, fact) = match new {
+        NewThread::Relation {
+            relation_id,
+            writable,
+        } => {
+            let fact: Option<(i64, i64, RelationStatus)> = relations::table
+                .find(relation_id)
+                .select((
+                    relations::tutor_id,
+                    relations::student_id,
+                    relations::status,
+                ))
+                .first(conn)
+                .optional()?;
+            let fact =
+                fact.map(|(tutor, student, status)| (tutor, student, writable.contains(&status)));
+            (ThreadKind::Contact, Some(*relation_id), None, fact)
+        }
+        NewThread::Inquiry {
+            inquiry_id,
+            writable,
+        } => {
+            let fact: Option<(i64, i64, InquiryStatus)> = inquiries::table
+                .find(inquiry_id)
+                .select((
+                    inquiries::tutor_id,
+                    inquiries::student_id,
+                    inquiries::status,
+                ))
+                .first(conn)
+                .optional()?;
+            let fact =
+                fact.map(|(tutor, student, status)| (tutor, student, writable.contains(&status)));
+            (ThreadKind::Negotiation, None, Some(*inquiry_id), fact)
+        }
+    };
+    let Some((tutor_id, student_id, is_writable)) = fact else {
+        return Ok(None);
+    };
+    let values = (
+        threads::kind.eq(kind.as_str()),
+        threads::relation_id.eq(relation_id),
+        threads::inquiry_id.eq(inquiry_id),
+        threads::tutor_id.eq(tutor_id),
+        threads::student_id.eq(student_id),
+        threads::is_writable.eq(is_writable),
+        threads::created_at.eq(Utc::now()),
+    );
+    // One writer: the only conflict is a thread created by an earlier write.
+    let inserted: Option<Thread> = diesel::insert_into(threads::table)
+        .values(values)
+        .on_conflict_do_nothing()
+        .returning(THREAD_COLUMNS)
+        .get_result(conn)
+        .optional()?;
+    if let Some(thread) = &inserted {
+        for (side, user_id) in [(Side::Tutor, tutor_id), (Side::Student, student_id)] {
+            diesel::insert_into(thread_participants::table)
+                .values((
+                    thread_participants::thread_id.eq(thread.thread_id),
+                    thread_participants::side.eq(side.as_str()),
+                    thread_participants::user_id.eq(user_id),
+                    thread_participants::kind.eq(kind.as_str()),
+                    thread_participants::relation_id.eq(relation_id),
+                    thread_participants::inquiry_id.eq(inquiry_id),
+                    thread_participants::tutor_id.eq(tutor_id),
+                    thread_participants::student_id.eq(student_id),
+                    thread_participants::is_writable.eq(is_writable),
+                ))
+                .execute(conn)?;
+        }
+    }
+    Ok(inserted)
+}
+
+/// The thread's facts as a write sees them, and its last seq.
+fn thread_facts(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+) -> QueryResult<Option<(ThreadFacts, i64)>> {
+    let row: Option<(i64, ThreadKind, i64, i64, bool)> = threads::table
+        .find(thread_id)
+        .select((
+            threads::last_seq,
+            threads::kind,
+            threads::tutor_id,
+            threads::student_id,
+            threads::is_writable,
+        ))
+        .first(conn)
+        .optional()?;
+    Ok(
+        row.map(|(last_seq, kind, tutor_id, student_id, is_writable)| {
+            (
+                ThreadFacts {
+                    kind,
+                    tutor_id,
+                    student_id,
+                    is_writable,
+                    contact_access: None,
+                },
+                last_seq,
+            )
+        }),
+    )
+}
+
+/// SendMessage: the same checks and changes as PostgreSQL's one statement
+/// (`storage/postgres.rs`), as one transaction of the single writer.
+fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResult<SendAttempt> {
+    let mut attempt = SendAttempt {
+        thread: None,
+        sent: None,
+        replayed: None,
+        changed: Vec::new(),
+    };
+    let Some((mut facts, last_seq)) = thread_facts(conn, message.thread_id)? else {
+        return Ok(attempt);
+    };
+    let tutor_on_contact = message.side == Side::Tutor && facts.kind == ThreadKind::Contact;
+    if tutor_on_contact {
+        facts.contact_access = contact_access::table
+            .find((facts.tutor_id, facts.student_id))
+            .select(contact_access::state)
+            .first::<ContactAccessState>(conn)
+            .optional()?;
+    }
+    attempt.thread = Some(facts);
+    let participant = match message.side {
+        Side::Tutor => facts.tutor_id,
+        Side::Student => facts.student_id,
+    };
+    if participant != message.sender_id {
+        return Ok(attempt);
+    }
+    if let Some(key) = &message.client_message_id {
+        attempt.replayed = messages::table
+            .filter(messages::thread_id.eq(message.thread_id))
+            .filter(messages::sender_id.eq(message.sender_id))
+            .filter(messages::client_message_id.eq(key))
+            .select(MESSAGE_COLUMNS)
+            .first::<Message>(conn)
+            .optional()?;
+        if attempt.replayed.is_some() {
+            return Ok(attempt);
+        }
+    }
+    let contact_ok = !tutor_on_contact
+        || facts
+            .contact_access
+            .is_some_and(|state| message.unlocking.contains(&state));
+    if !facts.is_writable || !contact_ok {
+        return Ok(attempt);
+    }
+    let seq = last_seq + 1;
+    let now = Utc::now();
+    let sent: Message = diesel::insert_into(messages::table)
+        .values((
+            messages::thread_id.eq(message.thread_id),
+            messages::seq.eq(seq),
+            messages::sender_id.eq(message.sender_id),
+            messages::body.eq(&message.body),
+            messages::client_message_id.eq(&message.client_message_id),
+            messages::created_at.eq(now),
+        ))
+        .returning(MESSAGE_COLUMNS)
+        .get_result(conn)?;
+    diesel::update(threads::table.find(message.thread_id))
+        .set((
+            threads::last_seq.eq(seq),
+            threads::last_message_at.eq(now),
+            threads::last_message_preview.eq(&message.preview),
+            threads::last_message_sender_id.eq(message.sender_id),
+        ))
+        .execute(conn)?;
+    let side = message.side.as_str();
+    let sender_horizon: i64 = thread_participants::table
+        .find((message.thread_id, side))
+        .select(thread_participants::last_read_seq)
+        .first(conn)?;
+    let last_message = (
+        thread_participants::last_message_at.eq(now),
+        thread_participants::last_message_preview.eq(&message.preview),
+        thread_participants::last_message_sender_id.eq(message.sender_id),
+    );
+    // Sending reads everything before it: the sender's horizon moves to the message.
+    diesel::update(thread_participants::table.find((message.thread_id, side)))
+        .set((
+            thread_participants::last_read_seq.eq(seq),
+            thread_participants::unread_count.eq(0),
+            last_message,
+        ))
+        .execute(conn)?;
+    let peer = message.side.peer();
+    diesel::update(thread_participants::table.find((message.thread_id, peer.as_str())))
+        .set((
+            thread_participants::unread_count.eq(thread_participants::unread_count + 1),
+            last_message,
+        ))
+        .execute(conn)?;
+    attempt.changed.push(SummaryKey::new(
+        match peer {
+            Side::Tutor => facts.tutor_id,
+            Side::Student => facts.student_id,
+        },
+        peer,
+    ));
+    if last_seq > sender_horizon {
+        attempt
+            .changed
+            .push(SummaryKey::new(message.sender_id, message.side));
+    }
+    if let Some(bump) = upsert::bump_versions::<Sqlite>(&attempt.changed) {
+        bump.execute(conn)?;
+    }
+    attempt.sent = Some(sent);
+    Ok(attempt)
+}
+
+/// MarkRead: the rules of `domain/rules.rs` (`horizon_after_mark_read`, `unread_at`),
+/// as one transaction of the single writer.
+fn mark_read(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    side: Side,
+    user_id: i64,
+    up_to_seq: Option<i64>,
+) -> QueryResult<MarkReadAttempt> {
+    let Some((facts, last_seq)) = thread_facts(conn, thread_id)? else {
+        return Ok(MarkReadAttempt {
+            thread: None,
+            state: None,
+        });
+    };
+    let current: Option<(i64, i64)> = thread_participants::table
+        .find((thread_id, side.as_str()))
+        .filter(thread_participants::user_id.eq(user_id))
+        .select((
+            thread_participants::last_read_seq,
+            thread_participants::unread_count,
+        ))
+        .first(conn)
+        .optional()?;
+    let Some((horizon_before, unread_before)) = current else {
+        return Ok(MarkReadAttempt {
+            thread: Some(facts),
+            state: None,
+        });
+    };
+    let horizon = horizon_before.max(up_to_seq.unwrap_or(last_seq).min(last_seq));
+    let unread = (last_seq - horizon).max(0);
+    if (horizon, unread) != (horizon_before, unread_before) {
+        diesel::update(thread_participants::table.find((thread_id, side.as_str())))
+            .set((
+                thread_participants::last_read_seq.eq(horizon),
+                thread_participants::unread_count.eq(unread),
+            ))
+            .execute(conn)?;
+    }
+    let changed = unread != unread_before;
+    if changed
+        && let Some(bump) = upsert::bump_versions::<Sqlite>(&[SummaryKey::new(user_id, side)])
+    {
+        bump.execute(conn)?;
+    }
+    let counts: Vec<i64> = thread_participants::table
+        .filter(thread_participants::user_id.eq(user_id))
+        .filter(thread_participants::side.eq(side.as_str()))
+        .filter(thread_participants::unread_count.gt(0))
+        .select(thread_participants::unread_count)
+        .load(conn)?;
+    Ok(MarkReadAttempt {
+        thread: Some(facts),
+        state: Some(ReadStateRow {
+            last_read_seq: horizon,
+            unread_count: unread,
+            total: counts.iter().sum(),
+            changed,
+        }),
+    })
+}
+
+/// The versioned upsert, then the thread's writability following its fact (see
+/// `storage/upsert.rs`), as one transaction of the single writer.
+fn upsert_fact(
+    conn: &mut SqliteConnection,
+    table: &FactTable,
+    ids: &[i64],
+    status: &'static str,
+    version: i64,
+    is_writable: Option<bool>,
+) -> QueryResult<(bool, Vec<SummaryKey>)> {
+    let sql = upsert::versioned_upsert_sql(table, NOW);
+    let applied = upsert::bind_upsert::<Sqlite>(sql, ids, status, version).execute(conn)?;
+    if applied == 0 {
+        return Ok((false, Vec::new()));
+    }
+    let (Some(is_writable), Some(fact_column)) = (is_writable, table.key.first()) else {
+        return Ok((true, Vec::new()));
+    };
+    upsert::bind_writability::<Sqlite>(
+        upsert::thread_writability_sql(fact_column),
+        is_writable,
+        ids[0],
+    )
+    .execute(conn)?;
+    let keys: Vec<SummaryKey> = upsert::bind_writability::<Sqlite>(
+        upsert::participants_writability_sql(fact_column),
+        is_writable,
+        ids[0],
+    )
+    .load::<upsert::ChangedParticipant>(conn)?
+    .into_iter()
+    .map(SummaryKey::from)
+    .collect();
+    if let Some(bump) = upsert::bump_versions::<Sqlite>(&keys) {
+        bump.execute(conn)?;
+    }
+    Ok((true, keys))
+}
