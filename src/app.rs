@@ -17,8 +17,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthConfig, TokenVerifier};
-use crate::domain::{Chat, Role, SummaryHub, SummaryKey, WatchLimits};
-use crate::fanout::postgres::{FanoutConfig, PgFanout};
+use crate::domain::{CacheConfig, Chat, Role, Summaries, SummaryKey, WatchLimits};
+use crate::fanout::postgres::{FanoutConfig, PgFanout, PgPublisher, Queued};
 use crate::fanout::{ChangeSink, Local, Publisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
 use crate::http::{Gateway, GatewayConfig};
@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub fanout_url: Option<String>,
     /// How often the fan-out proves it is alive.
     pub fanout_heartbeat: Duration,
+    /// The size of the summary cache (0 turns it off) and how often it is swept.
+    pub summary_cache: CacheConfig,
 }
 
 /// A built server: migrated database, bound listeners, ready to `run`.
@@ -61,7 +63,9 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     metrics: Metrics,
     rpc_trace: RpcTraceLayer,
-    hub: SummaryHub,
+    summaries: Summaries,
+    /// The fan-out's queue, until `run` starts its notifier (PostgreSQL).
+    queued: Option<Queued>,
     /// Whether this replica hears other replicas' changes (the fan-out is connected).
     feed: (watch::Sender<bool>, watch::Receiver<bool>),
     config: ServeConfig,
@@ -115,11 +119,24 @@ impl Application {
         };
         // Everything a scrape shows exists from here on, before the first call.
         let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone());
-        let hub = SummaryHub::new(config.watch_limits);
         // One SQLite process hears every change it makes; PostgreSQL replicas wait for
         // their fan-out to connect.
-        let feed = watch::channel(matches!(config.database, DatabaseUrl::Sqlite(_)));
-        register_gauges(&metrics, &store, &hub, feed.1.clone());
+        let hears_everything = matches!(config.database, DatabaseUrl::Sqlite(_));
+        let (publisher, queued): (Arc<dyn Publisher>, _) = if hears_everything {
+            (Arc::new(Local), None)
+        } else {
+            let (publisher, queued) = PgPublisher::new();
+            (Arc::new(publisher), Some(queued))
+        };
+        let summaries = Summaries::new(
+            config.summary_cache,
+            config.watch_limits,
+            publisher,
+            metrics.cache.clone(),
+            hears_everything,
+        );
+        let feed = watch::channel(hears_everything);
+        register_gauges(&metrics, &store, &summaries, feed.1.clone());
         let metrics_listener = match config.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -134,7 +151,8 @@ impl Application {
             metrics_listener,
             metrics,
             rpc_trace,
-            hub,
+            summaries,
+            queued,
             feed,
             config,
             store,
@@ -179,17 +197,18 @@ impl Application {
         let addr = self.local_addr();
         let config = self.config;
         let metrics = self.metrics;
-        let hub = self.hub;
+        let summaries = self.summaries;
+        let hub = summaries.hub().clone();
         let (health, health_service) = tonic_health::server::health_reporter();
         let (stopping_tx, stopping_rx) = watch::channel(false);
 
         // Replicas share PostgreSQL: changes committed by any of them arrive through the
         // fan-out. One SQLite process has nothing to hear.
         let (feed_state, feed_followed) = self.feed;
-        let fanout = match &config.database {
-            DatabaseUrl::Postgres(url) => {
+        let fanout = match (&config.database, self.queued) {
+            (DatabaseUrl::Postgres(url), Some(queued)) => {
                 let sink = Arc::new(FeedHealth {
-                    inner: hub.clone(),
+                    inner: summaries.clone(),
                     state: feed_state,
                 });
                 Some(PgFanout::start(
@@ -197,23 +216,24 @@ impl Application {
                         url: config.fanout_url.clone().unwrap_or_else(|| url.clone()),
                         heartbeat: config.fanout_heartbeat,
                     },
+                    queued,
                     sink,
                     stopping_rx.clone(),
                 ))
             }
-            DatabaseUrl::Sqlite(_) => None,
-        };
-        let publisher: Arc<dyn Publisher> = match &fanout {
-            Some(fanout) => Arc::new(fanout.publisher.clone()),
-            None => Arc::new(Local),
+            _ => None,
         };
         let chat = Chat::new(
             self.store.clone(),
-            hub.clone(),
-            publisher,
+            summaries,
             metrics.chat.clone(),
             config.watch_coalesce,
         );
+        let sweeper = tokio::spawn(sweep_summaries(
+            chat.clone(),
+            config.summary_cache.sweep,
+            stopping_rx.clone(),
+        ));
 
         let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
@@ -234,6 +254,9 @@ impl Application {
         health
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
+        // Registered before the first call can ask; the task follows it from here.
+        let feed_up = *feed_followed.borrow();
+        set_feed_health(&health, feed_up).await;
         let feed_health = tokio::spawn(follow_feed(health.clone(), feed_followed));
 
         // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
@@ -313,6 +336,7 @@ impl Application {
             .await
             .map_err(|e| format!("gRPC server failed: {e}"));
         monitor.abort();
+        sweeper.abort();
         feed_health.abort();
         if let Some(fanout) = fanout {
             fanout.abort();
@@ -321,11 +345,26 @@ impl Application {
     }
 }
 
+/// Sweeps the summary cache every `every` (see `Chat::sweep_summaries`).
+async fn sweep_summaries(chat: Chat, every: Duration, mut stopping: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if let Err(error) = chat.sweep_summaries().await {
+            tracing::debug!(%error, "summary cache sweep failed; the next one retries");
+        }
+    }
+}
+
 /// The gauges read from their owners at scrape time.
 fn register_gauges(
     metrics: &Metrics,
     store: &Store,
-    hub: &SummaryHub,
+    summaries: &Summaries,
     feed: watch::Receiver<bool>,
 ) {
     let pool = store.clone();
@@ -353,7 +392,19 @@ fn register_gauges(
         "Calls waiting for a pooled connection now",
         move || pool.pool_status().waiting as i64,
     );
-    let streams = hub.clone();
+    let cache = summaries.clone();
+    metrics.gauge(
+        "chatd_summary_cache_entries",
+        "Unread summaries held by the cache",
+        move || cache.cache_usage().0 as i64,
+    );
+    let cache = summaries.clone();
+    metrics.gauge(
+        "chatd_summary_cache_bytes",
+        "Estimated memory of the cached summaries",
+        move || cache.cache_usage().1 as i64,
+    );
+    let streams = summaries.hub().clone();
     metrics.gauge(
         "chatd_watch_streams",
         "Open WatchUnreadSummary and SSE streams",
@@ -389,7 +440,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Passes the fan-out's news to the domain and keeps the `fanout` health state.
 struct FeedHealth {
-    inner: SummaryHub,
+    inner: Summaries,
     state: watch::Sender<bool>,
 }
 
@@ -409,16 +460,20 @@ impl ChangeSink for FeedHealth {
     }
 }
 
+async fn set_feed_health(health: &HealthReporter, up: bool) {
+    let status = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status(FANOUT_SERVICE, status).await;
+}
+
 /// Mirrors the fan-out's state into health, in order.
 async fn follow_feed(health: HealthReporter, mut feed: watch::Receiver<bool>) {
     loop {
         let up = *feed.borrow_and_update();
-        let status = if up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        health.set_service_status(FANOUT_SERVICE, status).await;
+        set_feed_health(&health, up).await;
         if feed.changed().await.is_err() {
             return;
         }

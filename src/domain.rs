@@ -7,16 +7,20 @@
 //! - `values.rs`: validated request values, and the records handed to transports.
 //! - `error.rs`: the one error type and the reasons clients see.
 //! - `watch.rs`: who watches which unread summary, and waking them on change.
+//! - `summaries.rs`: the cache of recently read summaries, kept in step with this
+//!   replica's writes, the other replicas' (through the fan-out) and the watchers.
 //!
 //! Each operation asks storage once where it can: writes check the rules under the
 //! rows' locks and report what they saw, and `Chat` reads the rules' answer from that.
 
 mod error;
 pub mod rules;
+mod summaries;
 mod values;
 mod watch;
 
 pub use error::{DomainError, Reason};
+pub use summaries::{CacheConfig, CachedSummary, Summaries};
 pub use values::*;
 pub use watch::{SummaryHub, WatchLimits};
 
@@ -25,12 +29,12 @@ pub use crate::model::{
     ThreadKind, ThreadUnread,
 };
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rules::Participants;
 use watch::Subscription;
 
-use crate::fanout::Publisher;
 use crate::metrics::ChatCounters;
 use crate::storage::{Fact, NewMessage, NewThread, Store, StoreError, ThreadFacts, UpsertOutcome};
 
@@ -47,9 +51,8 @@ impl From<StoreError> for DomainError {
 #[derive(Clone)]
 pub struct Chat {
     store: Store,
-    hub: SummaryHub,
-    /// Tells other replicas, after commit, which summaries a write changed.
-    publisher: std::sync::Arc<dyn Publisher>,
+    /// The cache, the watchers and the other replicas, told of every committed change.
+    summaries: Summaries,
     counters: ChatCounters,
     /// How long a watcher lets a burst of changes gather before it re-reads its summary.
     coalesce: Duration,
@@ -58,15 +61,13 @@ pub struct Chat {
 impl Chat {
     pub fn new(
         store: Store,
-        hub: SummaryHub,
-        publisher: std::sync::Arc<dyn Publisher>,
+        summaries: Summaries,
         counters: ChatCounters,
         coalesce: Duration,
     ) -> Self {
         Self {
             store,
-            hub,
-            publisher,
+            summaries,
             counters,
             coalesce,
         }
@@ -76,16 +77,21 @@ impl Chat {
         &self.store
     }
 
-    /// After a write committed: wakes this process's watchers of the summaries it
-    /// changed, and has other replicas told.
+    /// After a write committed, before it answers: see `Summaries::committed`.
     fn changed(&self, keys: &[SummaryKey]) {
-        if keys.is_empty() {
-            return;
+        self.summaries.committed(keys);
+    }
+
+    /// Compares every cached summary's version with the database's, in one query, and
+    /// drops those a lost notification left stale. Returns how many there were.
+    pub async fn sweep_summaries(&self) -> Result<usize, DomainError> {
+        let cached = self.summaries.cached_versions();
+        if cached.is_empty() {
+            return Ok(0);
         }
-        for key in keys {
-            self.hub.notify(*key);
-        }
-        self.publisher.publish(keys);
+        let keys: Vec<SummaryKey> = cached.iter().map(|(key, _)| *key).collect();
+        let current = self.store.summary_versions(&keys).await?;
+        Ok(self.summaries.repair(&cached, &current))
     }
 
     /// Opens a stream of the caller's unread summary: `next` yields the current one,
@@ -96,7 +102,7 @@ impl Chat {
         limit: i64,
     ) -> Result<SummaryWatch, DomainError> {
         let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
-        let subscription = self.hub.subscribe(key)?;
+        let subscription = self.summaries.hub().subscribe(key)?;
         Ok(SummaryWatch {
             chat: self.clone(),
             caller,
@@ -179,10 +185,8 @@ impl Chat {
     }
 
     /// The caller's threads with unread messages (newest first) and total unread count,
-    /// or `NotModified` when `if_none_match` names the current summary.
-    ///
-    /// The version is read before the summary, so an etag never claims content newer
-    /// than what it was sent with: at worst a client fetches once more than needed.
+    /// or `NotModified` when `if_none_match` names the current summary. Answered from
+    /// the cache when it may (see `Summaries`), with no database round trip.
     pub async fn unread_summary(
         &self,
         caller: Caller,
@@ -190,42 +194,55 @@ impl Chat {
         if_none_match: Option<&str>,
     ) -> Result<SummaryAnswer, DomainError> {
         let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
-        let etag_of = |version: i64| format!("v{version}.l{limit}");
-        // A conditional request checks the version alone first: a current one costs a
-        // key lookup and builds nothing.
-        let checked = match if_none_match {
-            Some(tag) => {
-                let version = self.store.summary_version(key).await?;
-                if tag == etag_of(version) {
-                    return Ok(SummaryAnswer::NotModified {
-                        etag: etag_of(version),
-                    });
-                }
-                Some(version)
+        if let Some(cached) = self.summaries.cached(&key) {
+            return Ok(answer(&cached, limit, if_none_match));
+        }
+        if let Some(ticket) = self.summaries.ticket(&key) {
+            // Read deep enough for any page size, so the entry answers every later poll.
+            let (page, version) = self.read_summary(key, MAX_PAGE_LIMIT).await?;
+            let cached = Arc::new(CachedSummary::new(version, page.total, page.rows));
+            self.summaries.fill(key, ticket, cached.clone());
+            return Ok(answer(&cached, limit, if_none_match));
+        }
+        // No cache to trust: a conditional request checks the version alone first, and
+        // a current one costs a key lookup and builds nothing.
+        if let Some(tag) = if_none_match {
+            let version = self.store.summary_version(key).await?;
+            if tag == etag(version, limit) {
+                return Ok(SummaryAnswer::NotModified {
+                    etag: etag(version, limit),
+                });
             }
-            None => None,
-        };
-        let mut page = self.store.unread_summary(key, limit).await?;
-        // An etag must never claim newer content than it is sent with, or a later poll
-        // would be told 304 over a change it never saw. The version read with the page
-        // is exact, and one read before the page is older or equal. An empty page
-        // carries none: read the version, then the page again.
-        let version = match (checked, page.version) {
-            (_, Some(exact)) => exact,
-            (Some(before), None) => before,
-            (None, None) => {
-                let version = self.store.summary_version(key).await?;
-                page = self.store.unread_summary(key, limit).await?;
-                page.version.unwrap_or(version)
-            }
-        };
+        }
+        let (page, version) = self.read_summary(key, limit).await?;
         Ok(SummaryAnswer::Summary {
             summary: UnreadSummary {
                 threads: page.rows,
                 total: page.total,
             },
-            etag: etag_of(version),
+            etag: etag(version, limit),
         })
+    }
+
+    /// A page of the summary and the exact version it shows.
+    ///
+    /// An etag must never claim newer content than it is sent with, or a later poll
+    /// would be told 304 over a change it never saw. The version read in the page's
+    /// statement is exact. An empty page carries none: read the version, then the page
+    /// again, whose content is then at least that new.
+    async fn read_summary(
+        &self,
+        key: SummaryKey,
+        limit: i64,
+    ) -> Result<(crate::storage::UnreadPage, i64), DomainError> {
+        let page = self.store.unread_summary(key, limit).await?;
+        if let Some(version) = page.version {
+            return Ok((page, version));
+        }
+        let version = self.store.summary_version(key).await?;
+        let page = self.store.unread_summary(key, limit).await?;
+        let version = page.version.unwrap_or(version);
+        Ok((page, version))
     }
 
     /// Moves the caller's read horizon forward, never back (`rules::horizon_after_mark_read`).
@@ -411,6 +428,24 @@ impl Chat {
             .store
             .upsert_contact_access(tutor_id, student_id, state, version)
             .await?)
+    }
+}
+
+/// The etag of a summary's page: its version, and the page size (a different page of
+/// the same version is different content).
+fn etag(version: i64, limit: i64) -> String {
+    format!("v{version}.l{limit}")
+}
+
+/// The answer a cached summary gives.
+fn answer(cached: &CachedSummary, limit: i64, if_none_match: Option<&str>) -> SummaryAnswer {
+    let etag = etag(cached.version, limit);
+    if if_none_match == Some(etag.as_str()) {
+        return SummaryAnswer::NotModified { etag };
+    }
+    SummaryAnswer::Summary {
+        summary: cached.page(limit),
+        etag,
     }
 }
 

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::{DomainError, SummaryKey};
-use crate::fanout::ChangeSink;
 
 /// How many summary streams may be open, per user (and side) and in total.
 #[derive(Debug, Clone, Copy)]
@@ -127,23 +126,6 @@ impl SummaryHub {
         }
         self.0.total.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// What other replicas' changes mean to this process's watchers: a changed key wakes
-/// its watchers; a feed that (re)connected may have missed changes, so every watcher
-/// re-reads its summary and sends it if it changed.
-impl ChangeSink for SummaryHub {
-    fn changed(&self, keys: &[SummaryKey]) {
-        for key in keys {
-            self.notify(*key);
-        }
-    }
-
-    fn connected(&self) {
-        self.notify_all();
-    }
-
-    fn disconnected(&self) {}
 }
 
 /// One watcher's registration; dropping it (the stream ended) frees its place.

@@ -57,6 +57,17 @@ pub struct PgPublisher {
     keys: mpsc::UnboundedSender<SummaryKey>,
 }
 
+/// Keys published and not yet sent: what the notifier task takes over.
+pub struct Queued(mpsc::UnboundedReceiver<SummaryKey>);
+
+impl PgPublisher {
+    /// A publisher, and the queue its notifier will send from (see `PgFanout::start`).
+    pub fn new() -> (Self, Queued) {
+        let (keys, queued) = mpsc::unbounded_channel();
+        (Self { keys }, Queued(queued))
+    }
+}
+
 impl Publisher for PgPublisher {
     fn publish(&self, keys: &[SummaryKey]) {
         for key in keys {
@@ -66,31 +77,30 @@ impl Publisher for PgPublisher {
     }
 }
 
-/// The running fan-out: its publisher, and its two tasks (ended by `stopping`).
+/// The running fan-out: its two tasks (ended by `stopping`).
 pub struct PgFanout {
-    pub publisher: PgPublisher,
     tasks: [JoinHandle<()>; 2],
 }
 
 impl PgFanout {
-    /// Starts the notifier and the listener. The sink hears `connected` once the
-    /// listener LISTENs; until then (and whenever it is down) it is disconnected.
+    /// Starts the notifier, sending what was published to `queued`, and the listener.
+    /// The sink hears `connected` once the listener LISTENs; until then (and whenever
+    /// it is down) it is disconnected.
     pub fn start(
         config: FanoutConfig,
+        queued: Queued,
         sink: Arc<dyn ChangeSink>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        let (keys, queued) = mpsc::unbounded_channel();
         let own_pid = Arc::new(AtomicI32::new(0));
         let notifier = tokio::spawn(notify(
             config.clone(),
-            queued,
+            queued.0,
             own_pid.clone(),
             stopping.clone(),
         ));
         let listener = tokio::spawn(listen(config, sink, own_pid, stopping));
         Self {
-            publisher: PgPublisher { keys },
             tasks: [notifier, listener],
         }
     }

@@ -332,6 +332,15 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A PostgreSQL URL like `database_url` whose connections go through this proxy.
+    pub fn postgres_url(&self, database_url: &str) -> String {
+        let (user, rest) = database_url.split_once('@').expect("a URL with a user");
+        let (_, database) = rest.split_once('/').expect("a URL with a database");
+        format!("{user}@{}/{database}", self.addr)
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();

@@ -121,6 +121,10 @@ impl TestApp {
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             fanout_url: None,
             fanout_heartbeat: Duration::from_millis(200),
+            summary_cache: chatd::domain::CacheConfig {
+                budget_bytes: 8 << 20,
+                sweep: Duration::from_millis(200),
+            },
         }
     }
 

@@ -1,0 +1,405 @@
+//! Where unread summaries change hands: the replica's cache of recently read summaries,
+//! its watchers, and the other replicas, kept in step.
+//!
+//! When may the cache answer? Exactly while it can know of every change:
+//! - A write on this replica invalidates the keys it changed after commit and before
+//!   it answers (`Summaries::committed`): read-your-writes on one replica.
+//! - Other replicas' writes arrive through the fan-out (`ChangeSink`), within
+//!   milliseconds. While the fan-out is down nothing is served from the cache; when it
+//!   comes back the whole cache is dropped, since notifications sent meanwhile are lost.
+//! - A notification that never came (a replica killed between commit and publish) is
+//!   repaired by `sweep`, which compares every cached version with the database in one
+//!   query: an entry is stale for at most the sweep interval.
+//!
+//! A read that misses takes a ticket before it reads the database and inserts what it
+//! read only if no invalidation of its key came meanwhile, so a slow read can never put
+//! back a summary that a write has already replaced.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::watch::SummaryHub;
+use super::{ThreadUnread, UnreadSummary, WatchLimits};
+use crate::fanout::{ChangeSink, Publisher};
+use crate::metrics::{CacheCounters, cache_outcome};
+use crate::model::SummaryKey;
+
+/// How the cache is bounded and how often it is swept.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// Most memory its entries may take (estimated), in bytes; 0 turns the cache off.
+    pub budget_bytes: u64,
+    /// How often cached versions are compared with the database's.
+    pub sweep: std::time::Duration,
+}
+
+/// A summary as read, deep enough for any page size, with the version it was read at.
+#[derive(Debug)]
+pub struct CachedSummary {
+    pub version: i64,
+    pub total: i64,
+    /// Newest first: every unread thread, or the first `MAX_PAGE_LIMIT` of them, which
+    /// is all any request can ask for.
+    pub threads: Vec<ThreadUnread>,
+    /// Estimated bytes, computed once for the cache's weigher.
+    weight: u64,
+}
+
+impl CachedSummary {
+    pub fn new(version: i64, total: i64, threads: Vec<ThreadUnread>) -> Self {
+        let weight = (std::mem::size_of::<Self>()
+            + threads.len() * std::mem::size_of::<ThreadUnread>()
+            + threads
+                .iter()
+                .map(|thread| thread.last_message_preview.capacity())
+                .sum::<usize>()
+            + 64) as u64;
+        Self {
+            version,
+            total,
+            threads,
+            weight,
+        }
+    }
+
+    /// The first `limit` lines, as a summary to hand out.
+    pub fn page(&self, limit: i64) -> UnreadSummary {
+        let limit = usize::try_from(limit).unwrap_or(0).min(self.threads.len());
+        UnreadSummary {
+            threads: self.threads[..limit].to_vec(),
+            total: self.total,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ByWeight;
+
+impl quick_cache::Weighter<SummaryKey, Arc<CachedSummary>> for ByWeight {
+    fn weight(&self, _key: &SummaryKey, value: &Arc<CachedSummary>) -> u64 {
+        value.weight
+    }
+}
+
+/// Invalidation generations are kept per slot of the key's hash: enough slots that
+/// unrelated keys rarely share one (sharing only costs a fill that is not inserted).
+const SLOTS: usize = 4096;
+
+/// What a miss holds while it reads the database; see `SummaryCache::fill`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    slot: usize,
+    generation: u64,
+}
+
+/// The bounded cache of recently read summaries.
+struct SummaryCache {
+    entries: quick_cache::sync::Cache<SummaryKey, Arc<CachedSummary>, ByWeight>,
+    /// False while the fan-out is down: the cache may have missed changes.
+    trusted: AtomicBool,
+    generations: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl SummaryCache {
+    fn new(budget_bytes: u64, trusted: bool) -> Self {
+        let estimated_items = usize::try_from(budget_bytes / 2048)
+            .unwrap_or(usize::MAX)
+            .max(16);
+        Self {
+            entries: quick_cache::sync::Cache::with_weighter(
+                estimated_items,
+                budget_bytes,
+                ByWeight,
+            ),
+            trusted: AtomicBool::new(trusted),
+            generations: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn slot(&self, key: &SummaryKey) -> usize {
+        let mut hasher = self.hasher.build_hasher();
+        key.hash(&mut hasher);
+        (std::hash::Hasher::finish(&hasher) as usize) % SLOTS
+    }
+
+    fn get(&self, key: &SummaryKey) -> Option<Arc<CachedSummary>> {
+        if !self.trusted.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.entries.get(key)
+    }
+
+    /// A ticket to fill `key` after reading it, or `None` while the cache is not trusted.
+    fn ticket(&self, key: &SummaryKey) -> Option<Ticket> {
+        if !self.trusted.load(Ordering::SeqCst) {
+            return None;
+        }
+        let slot = self.slot(key);
+        Some(Ticket {
+            slot,
+            generation: self.generations[slot].load(Ordering::SeqCst),
+        })
+    }
+
+    /// Inserts what a miss read, unless its key was invalidated since the ticket was
+    /// taken (or the cache stopped being trusted). An invalidation racing the insert
+    /// bumps the generation before it removes, so the second check catches it.
+    fn fill(&self, key: SummaryKey, ticket: Ticket, summary: Arc<CachedSummary>) {
+        let current = |cache: &Self| {
+            cache.trusted.load(Ordering::SeqCst)
+                && cache.generations[ticket.slot].load(Ordering::SeqCst) == ticket.generation
+        };
+        if !current(self) {
+            return;
+        }
+        self.entries.insert(key, summary.clone());
+        if !current(self) {
+            self.entries
+                .remove_if(&key, |cached| Arc::ptr_eq(cached, &summary));
+        }
+    }
+
+    fn invalidate(&self, key: &SummaryKey) {
+        let slot = self.slot(key);
+        self.generations[slot].fetch_add(1, Ordering::SeqCst);
+        self.entries.remove(key);
+    }
+
+    /// Forgets everything: every slot's generation moves, so no fill in flight lands.
+    fn clear(&self) {
+        for generation in self.generations.iter() {
+            generation.fetch_add(1, Ordering::SeqCst);
+        }
+        self.entries.clear();
+    }
+}
+
+/// The meeting point of summary changes: this replica's committed writes, the other
+/// replicas' (through the fan-out), the cache and the watchers. Cloning is shallow.
+#[derive(Clone)]
+pub struct Summaries {
+    cache: Option<Arc<SummaryCache>>,
+    hub: SummaryHub,
+    publisher: Arc<dyn Publisher>,
+    counters: CacheCounters,
+}
+
+impl Summaries {
+    /// `hears_everything` is true when no other process can change the data (SQLite):
+    /// the cache is trusted from the start. Otherwise it waits for the fan-out.
+    pub fn new(
+        cache: CacheConfig,
+        limits: WatchLimits,
+        publisher: Arc<dyn Publisher>,
+        counters: CacheCounters,
+        hears_everything: bool,
+    ) -> Self {
+        let cache = (cache.budget_bytes > 0)
+            .then(|| Arc::new(SummaryCache::new(cache.budget_bytes, hears_everything)));
+        Self {
+            cache,
+            hub: SummaryHub::new(limits),
+            publisher,
+            counters,
+        }
+    }
+
+    pub fn hub(&self) -> &SummaryHub {
+        &self.hub
+    }
+
+    /// A cached summary the cache may answer with now (counted as a hit).
+    pub fn cached(&self, key: &SummaryKey) -> Option<Arc<CachedSummary>> {
+        let hit = self.cache.as_ref()?.get(key);
+        if hit.is_some() {
+            self.counters.count(cache_outcome::HIT);
+        }
+        hit
+    }
+
+    /// A ticket to fill `key` after a database read (counted as a miss), or `None`
+    /// when the cache is off or cannot be trusted now (counted as a bypass).
+    pub fn ticket(&self, key: &SummaryKey) -> Option<Ticket> {
+        let ticket = self.cache.as_ref().and_then(|cache| cache.ticket(key));
+        self.counters.count(if ticket.is_some() {
+            cache_outcome::MISS
+        } else {
+            cache_outcome::BYPASS
+        });
+        ticket
+    }
+
+    pub fn fill(&self, key: SummaryKey, ticket: Ticket, summary: Arc<CachedSummary>) {
+        if let Some(cache) = &self.cache {
+            cache.fill(key, ticket, summary);
+        }
+    }
+
+    /// After this replica committed a write that changed `keys`: drops them from the
+    /// cache before the write answers, wakes their watchers, and has the other
+    /// replicas told.
+    pub fn committed(&self, keys: &[SummaryKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.forget(keys);
+        self.publisher.publish(keys);
+    }
+
+    /// Drops keys from the cache, then wakes their watchers (who read them again).
+    fn forget(&self, keys: &[SummaryKey]) {
+        if let Some(cache) = &self.cache {
+            for key in keys {
+                cache.invalidate(key);
+            }
+        }
+        for key in keys {
+            self.hub.notify(*key);
+        }
+    }
+
+    /// How many summaries the cache holds, and their estimated bytes.
+    pub fn cache_usage(&self) -> (usize, u64) {
+        self.cache.as_ref().map_or((0, 0), |cache| {
+            (cache.entries.len(), cache.entries.weight())
+        })
+    }
+
+    /// The cached keys with the versions they were read at.
+    pub fn cached_versions(&self) -> Vec<(SummaryKey, i64)> {
+        match &self.cache {
+            Some(cache) if cache.trusted.load(Ordering::SeqCst) => cache
+                .entries
+                .iter()
+                .map(|(key, summary)| (key, summary.version))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Repairs what a lost notification left behind: every cached key whose version is
+    /// not the database's (`current`, read after `cached`) is dropped and its watchers
+    /// woken. Returns how many were stale.
+    pub fn repair(&self, cached: &[(SummaryKey, i64)], current: &[(SummaryKey, i64)]) -> usize {
+        let current: std::collections::HashMap<SummaryKey, i64> = current.iter().copied().collect();
+        let stale: Vec<SummaryKey> = cached
+            .iter()
+            .filter(|(key, version)| current.get(key).copied().unwrap_or(0) != *version)
+            .map(|(key, _)| *key)
+            .collect();
+        if !stale.is_empty() {
+            tracing::warn!(
+                stale = stale.len(),
+                "summary cache sweep found entries no notification invalidated"
+            );
+            self.forget(&stale);
+        }
+        stale.len()
+    }
+}
+
+impl ChangeSink for Summaries {
+    fn changed(&self, keys: &[SummaryKey]) {
+        self.forget(keys);
+    }
+
+    fn connected(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+            cache.trusted.store(true, Ordering::SeqCst);
+        }
+        // Watchers too may have missed changes: each reads its summary again.
+        self.hub.notify_all();
+    }
+
+    fn disconnected(&self) {
+        if let Some(cache) = &self.cache {
+            cache.trusted.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::model::Side;
+
+    fn summaries(trusted: bool) -> Summaries {
+        Summaries::new(
+            CacheConfig {
+                budget_bytes: 1 << 20,
+                sweep: std::time::Duration::from_secs(5),
+            },
+            WatchLimits {
+                per_user: 1,
+                total: 1,
+            },
+            Arc::new(crate::fanout::Local),
+            Metrics::new().cache,
+            trusted,
+        )
+    }
+
+    fn summary(version: i64) -> Arc<CachedSummary> {
+        Arc::new(CachedSummary::new(version, 0, Vec::new()))
+    }
+
+    const KEY: SummaryKey = SummaryKey {
+        user_id: 42,
+        side: Side::Tutor,
+    };
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_not_inserted() {
+        let summaries = summaries(true);
+        let ticket = summaries.ticket(&KEY).expect("trusted");
+        summaries.committed(&[KEY]);
+        summaries.fill(KEY, ticket, summary(1));
+        assert!(
+            summaries.cached(&KEY).is_none(),
+            "the read may predate the write"
+        );
+        let ticket = summaries.ticket(&KEY).expect("trusted");
+        summaries.fill(KEY, ticket, summary(2));
+        assert_eq!(summaries.cached(&KEY).map(|s| s.version), Some(2));
+    }
+
+    #[test]
+    fn nothing_is_served_while_the_feed_is_down_and_all_is_dropped_when_back() {
+        let summaries = summaries(true);
+        let ticket = summaries.ticket(&KEY).unwrap();
+        summaries.fill(KEY, ticket, summary(1));
+        summaries.disconnected();
+        assert!(summaries.cached(&KEY).is_none());
+        assert!(summaries.ticket(&KEY).is_none(), "no fills either");
+        summaries.connected();
+        assert!(summaries.cached(&KEY).is_none(), "dropped on reconnect");
+    }
+
+    #[test]
+    fn an_untrusted_start_waits_for_the_feed() {
+        let summaries = summaries(false);
+        assert!(summaries.ticket(&KEY).is_none());
+        summaries.connected();
+        assert!(summaries.ticket(&KEY).is_some());
+    }
+
+    #[test]
+    fn repair_drops_entries_whose_version_moved() {
+        let summaries = summaries(true);
+        let other = SummaryKey::new(7, Side::Student);
+        for (key, version) in [(KEY, 3), (other, 0)] {
+            let ticket = summaries.ticket(&key).unwrap();
+            summaries.fill(key, ticket, summary(version));
+        }
+        let cached = summaries.cached_versions();
+        // KEY moved on to 4 without a notification; `other` never changed (no row).
+        assert_eq!(summaries.repair(&cached, &[(KEY, 4)]), 1);
+        assert!(summaries.cached(&KEY).is_none());
+        assert!(summaries.cached(&other).is_some());
+    }
+}

@@ -1,0 +1,177 @@
+//! The unread-summary cache answers polls without the database, and is never wrong for
+//! longer than its rules allow: a write invalidates its own replica's entries before it
+//! answers; other replicas learn through the fan-out; a replica that cannot hear the
+//! fan-out serves from the database; the sweep repairs a notification that was lost.
+
+use std::time::Duration;
+
+use chatd::grpc::pb::{RelationStatus, WatchUnreadSummaryResponse};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::harness::{Proxy, Route};
+use crate::health::wait_for;
+use crate::helpers::{Backend, ChatClientExt, TestApp, mark_read};
+
+const TUTOR: i64 = 42;
+const STUDENT: i64 = 7;
+
+/// How many summary reads `app` answered with `outcome` (hit, miss, bypass), from its
+/// own /metrics, as an operator would read it.
+async fn cache_reads(app: &TestApp, outcome: &str) -> u64 {
+    let text = reqwest::get(&app.metrics)
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .unwrap();
+    let series = format!("chatd_summary_cache_requests_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Reads the tutor's summary twice on `app` and checks the second came from the cache.
+async fn cached_total(app: &TestApp) -> i64 {
+    let first = app.tutor(TUTOR).unread().await.total;
+    let hits = cache_reads(app, "hit").await;
+    let second = app.tutor(TUTOR).unread().await.total;
+    assert_eq!(
+        cache_reads(app, "hit").await,
+        hits + 1,
+        "the second read is a hit"
+    );
+    assert_eq!(first, second);
+    second
+}
+
+/// The next update of a watch stream, within 10 s.
+async fn next(
+    stream: &mut tonic::Streaming<WatchUnreadSummaryResponse>,
+) -> WatchUnreadSummaryResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an update within 10 s")
+        .expect("the stream is healthy")
+        .expect("the stream is open")
+}
+
+/// Every kind of write drops the entries it changed before it answers: the very next
+/// read on the same server shows it.
+async fn a_write_invalidates_before_it_answers(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    assert_eq!(cached_total(&app).await, 0);
+
+    app.student(STUDENT).say(thread.thread_id, "one").await;
+    assert_eq!(app.tutor(TUTOR).unread().await.total, 1, "after a message");
+    assert_eq!(cached_total(&app).await, 1);
+
+    app.tutor(TUTOR)
+        .mark_read(mark_read(thread.thread_id, None))
+        .await
+        .unwrap();
+    assert_eq!(app.tutor(TUTOR).unread().await.total, 0, "after MarkRead");
+
+    app.student(STUDENT).say(thread.thread_id, "two").await;
+    let before = app.tutor(TUTOR).unread().await;
+    assert!(before.threads[0].is_writable);
+    cached_total(&app).await;
+    app.relation(10, TUTOR, STUDENT, RelationStatus::Archived, 2)
+        .await;
+    let after = app.tutor(TUTOR).unread().await;
+    assert!(
+        !after.threads[0].is_writable,
+        "after the relation's archive"
+    );
+}
+
+/// A summary whose notification never came (changed behind chatd's back here, as a
+/// replica killed between commit and publish would leave it) is repaired by the sweep:
+/// the watcher of that summary is woken with the database's truth.
+async fn the_sweep_repairs_a_lost_notification(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    app.student(STUDENT).say(thread.thread_id, "one").await;
+    assert_eq!(cached_total(&app).await, 1);
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    assert_eq!(next(&mut updates).await.total, 1);
+
+    app.database()
+        .execute_inside(&format!(
+            "UPDATE thread_participants SET unread_count = 5 \
+             WHERE thread_id = {} AND side = 'tutor'; \
+             UPDATE summary_versions SET version = version + 1 \
+             WHERE user_id = {TUTOR} AND side = 'tutor';",
+            thread.thread_id
+        ))
+        .await;
+    assert_eq!(
+        next(&mut updates).await.total,
+        5,
+        "the sweep woke the watcher"
+    );
+    assert_eq!(app.tutor(TUTOR).unread().await.total, 5);
+}
+
+backend_suite!(
+    a_write_invalidates_before_it_answers,
+    the_sweep_repairs_a_lost_notification,
+);
+
+/// Two replicas: a write on A reaches B's cache through the fan-out. B's watcher is
+/// woken only after B dropped the entry, so its update is the event to wait on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_on_one_replica_reaches_the_others_cache() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let b = a.replica().await;
+    wait_for(&b, "fanout", ServingStatus::Serving).await;
+    let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+    assert_eq!(cached_total(&b).await, 0);
+    let mut on_b = TestApp::watch(&mut b.tutor(TUTOR)).await;
+    assert_eq!(next(&mut on_b).await.total, 0);
+
+    a.student(STUDENT).say(thread.thread_id, "via A").await;
+    assert_eq!(next(&mut on_b).await.total, 1);
+    assert_eq!(cached_total(&b).await, 1, "B serves the new summary");
+}
+
+/// A replica whose fan-out is cut (refused, or silent as in a partition) stops serving
+/// from its cache and reads the database; when the fan-out is back it drops the whole
+/// cache, since what was sent meanwhile is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_that_cannot_hear_reads_the_database() {
+    for cut in [Route::Refuse, Route::Silence] {
+        let a = TestApp::spawn(Backend::Postgres).await;
+        let chatd::storage::DatabaseUrl::Postgres(url) = a.database().url() else {
+            unreachable!("a PostgreSQL test app")
+        };
+        let upstream = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+        let proxy = Proxy::start(Route::Forward(upstream.parse().unwrap())).await;
+        let b = a
+            .replica_with(|config| config.fanout_url = Some(proxy.postgres_url(&url)))
+            .await;
+        wait_for(&b, "fanout", ServingStatus::Serving).await;
+        let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+        assert_eq!(cached_total(&b).await, 0);
+
+        proxy.set(cut);
+        wait_for(&b, "fanout", ServingStatus::NotServing).await;
+        a.student(STUDENT)
+            .say(thread.thread_id, "unheard by B")
+            .await;
+        let bypassed = cache_reads(&b, "bypass").await;
+        assert_eq!(
+            b.tutor(TUTOR).unread().await.total,
+            1,
+            "{cut:?}: B reads the database, not its stale entry"
+        );
+        assert_eq!(cache_reads(&b, "bypass").await, bypassed + 1);
+
+        proxy.set(Route::Forward(upstream.parse().unwrap()));
+        wait_for(&b, "fanout", ServingStatus::Serving).await;
+        assert_eq!(
+            cached_total(&b).await,
+            1,
+            "{cut:?}: fresh after the feed is back"
+        );
+    }
+}
