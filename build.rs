@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // A codec with a small initial buffer: see `LeanCodec` in src/proto.rs.
+        .codec_path("crate::proto::LeanCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

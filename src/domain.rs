@@ -109,6 +109,7 @@ impl Chat {
             limit,
             subscription,
             last_sent: None,
+            sent_at: None,
             started: false,
         })
     }
@@ -492,12 +493,18 @@ fn upsert_applied(
 }
 
 /// A stream of one caller's unread summary (see `Chat::watch_unread_summary`).
+///
+/// The first change after a quiet spell is read and sent at once; changes that follow
+/// within the coalescing window after a send gather into one read at the window's end
+/// (leading edge, then trailing). An idle stream holds a digest of what it last sent,
+/// not a copy.
 pub struct SummaryWatch {
     chat: Chat,
     caller: Caller,
     limit: i64,
     subscription: Subscription,
-    last_sent: Option<UnreadSummary>,
+    last_sent: Option<u64>,
+    sent_at: Option<tokio::time::Instant>,
     started: bool,
 }
 
@@ -506,12 +513,17 @@ impl SummaryWatch {
     /// last one sent. `None` when the server is shutting down.
     pub async fn next(&mut self) -> Option<Result<(UnreadSummary, String), DomainError>> {
         loop {
-            if self.started {
+            // Whether this read follows a change (not the snapshot).
+            let after_change = self.started;
+            if after_change {
                 if !self.subscription.changed().await {
                     return None;
                 }
-                // Let a burst (100 messages in a second) gather into one read and one send.
-                tokio::time::sleep(self.chat.coalesce).await;
+                // Within the window after a send, let the burst gather (a hundred
+                // messages in a second make one read and one send, not a hundred).
+                if let Some(sent_at) = self.sent_at {
+                    tokio::time::sleep_until(sent_at + self.chat.coalesce).await;
+                }
             }
             self.started = true;
             // Changes from here on wake the next round: none is lost between the read and the wait.
@@ -524,13 +536,27 @@ impl SummaryWatch {
                 Err(error) => return Some(Err(error)),
                 Ok(SummaryAnswer::NotModified { .. }) => continue,
                 Ok(SummaryAnswer::Summary { summary, etag }) => {
-                    if self.last_sent.as_ref() == Some(&summary) {
+                    let digest = digest(&summary);
+                    if self.last_sent == Some(digest) {
                         continue;
                     }
-                    self.last_sent = Some(summary.clone());
+                    self.last_sent = Some(digest);
+                    // The snapshot opens no window: only sends a change caused do.
+                    if after_change {
+                        self.sent_at = Some(tokio::time::Instant::now());
+                    }
                     return Some(Ok((summary, etag)));
                 }
             }
         }
     }
+}
+
+/// A 64-bit digest of a summary: equal summaries have equal digests, and two that
+/// differ collide with odds of one in 2^64.
+fn digest(summary: &UnreadSummary) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    summary.hash(&mut hasher);
+    hasher.finish()
 }

@@ -102,7 +102,7 @@ pub struct Thread {
 }
 
 /// One line of a user's unread summary: a thread with unread messages.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ThreadUnread {
     pub thread_id: i64,
     pub kind: ThreadKind,

@@ -5,5 +5,45 @@
 
 tonic::include_proto!("chat.v1");
 
+use std::marker::PhantomData;
+
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// How large a message's encode buffer starts. tonic's default, 8 KiB, is held by every
+/// response stream for as long as it is open: with tens of thousands of mostly idle
+/// WatchUnreadSummary streams, that was most of their memory. Larger messages grow it.
+const INITIAL_BUFFER: usize = 1024;
+
+/// prost's codec with a small initial buffer (see `INITIAL_BUFFER`); the generated
+/// services and clients use it (`build.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(INITIAL_BUFFER, 32 * 1024))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(INITIAL_BUFFER, 32 * 1024))
+    }
+}
+
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));

@@ -135,7 +135,7 @@ pub fn page_limit(field: &'static str, limit: i32) -> Result<i64, DomainError> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UnreadSummary {
     pub threads: Vec<ThreadUnread>,
     /// All unread messages of the caller, not only those of the page.

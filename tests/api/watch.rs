@@ -74,6 +74,31 @@ async fn a_burst_is_coalesced(app: TestApp) {
     );
 }
 
+/// The first change after a quiet spell is sent at once, whatever the coalescing
+/// window: with a 30 s window, waiting it out would miss the 10 s bound of `next`.
+/// What follows within the window after a send still gathers into one update.
+async fn the_first_change_is_sent_without_waiting_out_the_window(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.watch_coalesce = Duration::from_secs(30);
+    })
+    .await;
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
+    assert_eq!(next(&mut updates).await.total, 0);
+    app.student(STUDENT).say(thread.thread_id, "now").await;
+    assert_eq!(next(&mut updates).await.total, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_first_change_is_sent_at_once() {
+    the_first_change_is_sent_without_waiting_out_the_window(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_first_change_is_sent_at_once() {
+    the_first_change_is_sent_without_waiting_out_the_window(Backend::Postgres).await;
+}
+
 async fn a_thread_becoming_unwritable_is_sent(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     app.student(STUDENT).say(thread.thread_id, "hello").await;
