@@ -228,6 +228,7 @@ impl Verified {
 }
 
 /// Signs HS256 tokens, for `chatd token`, tests and benchmarks.
+#[derive(Clone)]
 pub struct TokenSigner {
     key: EncodingKey,
     issuer: Option<String>,

@@ -43,7 +43,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Run the REST/JSON gateway alone, translating the web API into gRPC calls to chatd.
     Gateway(GatewayArgs),
-    /// Seed a synthetic dataset and load-test a running chatd; prints RPS and latency per RPC.
+    /// Seed a synthetic dataset and load-test a running chatd: per RPC, the polling mix
+    /// (--poll) or summary streams (--watchers); prints rates and latency beside Check.
     Bench(BenchArgs),
 }
 
@@ -310,11 +311,23 @@ pub struct BenchArgs {
     /// How long each RPC is driven.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Polling mode: --online-users tutors poll their unread summary (gRPC, then REST
+    /// with If-None-Match) while their students send --send-rate messages per second;
+    /// reports poll rates and latency, the cache hit ratio, and Check in the same run.
+    #[arg(long)]
+    pub poll: bool,
+    /// Polling mode: how many users are online and poll.
+    #[arg(long, default_value_t = 20_000)]
+    pub online_users: usize,
+    /// Polling mode: the REST gateway to poll, whose /metrics gives the hit ratio.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http_target: String,
     /// Watcher mode: open this many WatchUnreadSummary streams (one per tutor), send
     /// messages to them at --send-rate, and report delivery latency and server RSS.
     #[arg(long, default_value_t = 0)]
     pub watchers: usize,
-    /// Watcher mode: messages per second (each watcher receives at most one).
+    /// Polling and watcher modes: messages per second (in watcher mode each watcher
+    /// receives at most one).
     #[arg(long, default_value_t = 200)]
     pub send_rate: u32,
     /// Watcher mode: pid of the chatd under test, to report its resident memory.
@@ -338,6 +351,9 @@ impl BenchArgs {
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
         }
+        if self.poll && self.watchers > 0 {
+            return Err("choose one mode: --poll or --watchers".into());
+        }
         let dataset = Dataset {
             users: self.users,
             threads: self.threads,
@@ -355,6 +371,9 @@ impl BenchArgs {
             } else {
                 self.rpcs.clone()
             },
+            poll: self.poll,
+            online_users: self.online_users,
+            http_target: self.http_target.clone(),
             watchers: self.watchers,
             send_rate: self.send_rate,
             server_pid: self.server_pid,

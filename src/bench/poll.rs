@@ -1,0 +1,402 @@
+//! The polling mix: the load chatd exists for. `--online-users` tutors poll their unread
+//! summary as fast as the clients allow, over gRPC and then over REST with the ETag of
+//! their last answer in If-None-Match (as the web frontend's bell does), while their
+//! students write `--send-rate` messages per second, so the cache sees real
+//! invalidations. Health/Check runs first, in the same run, as the reference.
+//!
+//! It reports each phase's rate and latency, the cache's hit ratio during each polling
+//! phase (read from the server's /metrics), REST answers by status, and the messages
+//! sent per second.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{BenchConfig, ClientRun, Latencies, Report, XorShift, authed, bearer, connect};
+use crate::auth::TokenSigner;
+use crate::domain::Role;
+use crate::proto as pb;
+use crate::proto::chat_service_client::ChatServiceClient;
+use crate::storage::Dataset;
+
+pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), String> {
+    let dataset = config.dataset;
+    let online = (config.online_users as i64).clamp(1, dataset.tutors());
+    let tokens: Arc<Vec<MetadataValue<Ascii>>> = Arc::new(
+        (1..=online)
+            .map(|tutor| bearer(signer, tutor, Role::Tutor))
+            .collect::<Result<_, _>>()?,
+    );
+    let http = HttpTarget::parse(&config.http_target)?;
+    let channels = connect(&config.target, config.concurrency).await?;
+    println!(
+        "chatd bench --poll: {online} online tutors, {} clients, {:?} per phase, {} messages/s from their students; gRPC {}, REST {}",
+        config.concurrency, config.duration, config.send_rate, config.target, config.http_target
+    );
+    let empty = Latencies::new()?;
+
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let clients = channels
+        .iter()
+        .map(|channel| {
+            let mut health = HealthClient::new(channel.clone());
+            let mut run = ClientRun::new(&empty);
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let call = Instant::now();
+                    let result = health
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await;
+                    run.record(call, result);
+                }
+                run
+            })
+        })
+        .collect();
+    let check = Report::collect("Health/Check", started, clients, &empty).await;
+
+    let sender = Sender::start(config, signer.clone(), dataset, online);
+    let before = http.cache_reads().await?;
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let clients = channels
+        .iter()
+        .map(|channel| {
+            let mut chat = ChatServiceClient::new(channel.clone());
+            let tokens = tokens.clone();
+            let mut run = ClientRun::new(&empty);
+            tokio::spawn(async move {
+                let mut random = XorShift::new();
+                while Instant::now() < deadline {
+                    let token = &tokens[random.below(tokens.len() as u64) as usize];
+                    let request = pb::GetUnreadSummaryRequest {
+                        limit: 50,
+                        if_none_match: String::new(),
+                    };
+                    let call = Instant::now();
+                    let result = chat.get_unread_summary(authed(request, token)).await;
+                    run.record(call, result);
+                }
+                run
+            })
+        })
+        .collect();
+    let grpc = Report::collect("GetUnreadSummary (gRPC)", started, clients, &empty).await;
+    let between = http.cache_reads().await?;
+
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let statuses = Arc::new(RestStatuses::default());
+    let clients = (0..config.concurrency)
+        .map(|client| {
+            let (http, tokens, statuses) = (http.clone(), tokens.clone(), statuses.clone());
+            let concurrency = config.concurrency;
+            let mut run = ClientRun::new(&empty);
+            tokio::spawn(async move {
+                // Each client polls its own share of the users, keeping their ETags as
+                // a browser keeps its cache.
+                let mine: Vec<usize> = (client..tokens.len()).step_by(concurrency).collect();
+                if mine.is_empty() {
+                    return run;
+                }
+                let mut etags: HashMap<usize, String> = HashMap::new();
+                let mut random = XorShift::new();
+                let mut connection = None;
+                while Instant::now() < deadline {
+                    let user = mine[random.below(mine.len() as u64) as usize];
+                    let call = Instant::now();
+                    let polled = http
+                        .poll(&mut connection, &tokens[user], etags.get(&user))
+                        .await;
+                    if let Ok((status, Some(etag))) = &polled {
+                        statuses.count(*status);
+                        etags.insert(user, etag.clone());
+                    }
+                    run.record(call, polled);
+                }
+                run
+            })
+        })
+        .collect();
+    let rest = Report::collect("unread-summary (REST, INM)", started, clients, &empty).await;
+    let after = http.cache_reads().await?;
+    let sent = sender.stop().await;
+
+    let reference = Some(check.rps());
+    super::print_reports(&[check, grpc, rest], reference);
+    for (phase, from, to) in [("gRPC", &before, &between), ("REST", &between, &after)] {
+        println!(
+            "summary cache during the {phase} phase: {}",
+            from.ratio_until(to)
+        );
+    }
+    println!(
+        "REST answers: {} 304 Not Modified, {} 200",
+        statuses.not_modified.load(Ordering::Relaxed),
+        statuses.ok.load(Ordering::Relaxed)
+    );
+    println!("{sent}");
+    Ok(())
+}
+
+#[derive(Default)]
+struct RestStatuses {
+    ok: AtomicU64,
+    not_modified: AtomicU64,
+}
+
+impl RestStatuses {
+    fn count(&self, status: u16) {
+        let counter = if status == 304 {
+            &self.not_modified
+        } else {
+            &self.ok
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Messages from the online tutors' students, at a steady rate, to random threads of
+/// those tutors: each invalidates the tutor's summary.
+struct Sender {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<String>,
+}
+
+impl Sender {
+    fn start(
+        config: &BenchConfig,
+        signer: crate::auth::TokenSigner,
+        dataset: Dataset,
+        online: i64,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let (target, rate) = (config.target.clone(), config.send_rate.max(1));
+        let task = tokio::spawn(async move {
+            let channel = match connect(&target, 1).await {
+                Ok(mut channels) => channels.remove(0),
+                Err(error) => return format!("messages: none sent ({error})"),
+            };
+            let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            let mut random = XorShift::new();
+            let started = Instant::now();
+            let mut in_flight = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                ticker.tick().await;
+                let tutor = 1 + random.below(online as u64) as i64;
+                let thread = thread_of(&dataset, tutor, &mut random);
+                let student = dataset.student_of(thread);
+                let Ok(token) = bearer(&signer, student, Role::Student) else {
+                    continue;
+                };
+                let mut chat = ChatServiceClient::new(channel.clone());
+                let (sent, failed, first_error) =
+                    (sent.clone(), failed.clone(), first_error.clone());
+                in_flight.push(tokio::spawn(async move {
+                    let request = pb::SendMessageRequest {
+                        thread_id: thread,
+                        body: "poll bench".into(),
+                        client_message_id: String::new(),
+                    };
+                    match chat.send_message(authed(request, &token)).await {
+                        Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                        Err(status) => {
+                            if let Ok(mut first) = first_error.lock() {
+                                first.get_or_insert_with(|| {
+                                    format!("{:?}: {}", status.code(), status.message())
+                                });
+                            }
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }));
+                in_flight.retain(|task| !task.is_finished());
+            }
+            for task in in_flight {
+                let _ = task.await;
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let sent = sent.load(Ordering::Relaxed);
+            let mut line = format!(
+                "messages: {sent} sent in {elapsed:.1} s ({:.0}/s, asked {rate}/s), {} failed",
+                sent as f64 / elapsed,
+                failed.load(Ordering::Relaxed)
+            );
+            if let Ok(first) = first_error.lock()
+                && let Some(error) = first.as_ref()
+            {
+                line.push_str(&format!("; first failure: {error}"));
+            }
+            line
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task
+            .await
+            .unwrap_or_else(|e| format!("messages: the sender failed: {e}"))
+    }
+}
+
+/// A random thread of `tutor` in the seeded dataset (thread x belongs to tutor
+/// `1 + x % tutors`).
+fn thread_of(dataset: &Dataset, tutor: i64, random: &mut XorShift) -> i64 {
+    let tutors = dataset.tutors();
+    let first = if tutor == 1 { tutors } else { tutor - 1 };
+    let count = (dataset.threads - first) / tutors + 1;
+    first + random.below(count.max(1) as u64) as i64 * tutors
+}
+
+/// The REST gateway: an address to poll and read /metrics from over HTTP/1.1.
+#[derive(Clone)]
+struct HttpTarget {
+    addr: String,
+    host: String,
+}
+
+type Connection = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+impl HttpTarget {
+    fn parse(url: &str) -> Result<Self, String> {
+        let host = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--http-target must be http://host:port, got {url:?}"))?
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            addr: host.clone(),
+            host,
+        })
+    }
+
+    async fn open(&self) -> Result<Connection, String> {
+        let stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {}: {e}", self.addr))?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// GET `path` on a kept-alive connection (opened or reopened as needed); answers the
+    /// status, the ETag and the body.
+    async fn get(
+        &self,
+        connection: &mut Option<Connection>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Option<String>, Bytes), String> {
+        if connection.as_ref().is_none_or(|c| c.is_closed()) {
+            *connection = Some(self.open().await?);
+        }
+        let Some(sender) = connection.as_mut() else {
+            return Err("no connection".into());
+        };
+        let mut request = hyper::Request::get(path).header(hyper::header::HOST, &self.host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            *connection = None;
+            e.to_string()
+        })?;
+        let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get(hyper::header::ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, etag, body))
+    }
+
+    /// One poll of the bell: 304 or 200, and the ETag to send next time.
+    async fn poll(
+        &self,
+        connection: &mut Option<Connection>,
+        token: &MetadataValue<Ascii>,
+        etag: Option<&String>,
+    ) -> Result<(u16, Option<String>), String> {
+        let token = token.to_str().map_err(|e| e.to_string())?;
+        let mut headers = vec![("authorization", token)];
+        if let Some(etag) = etag {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        let (status, new_etag, body) = self
+            .get(connection, "/api/v1/chat/unread-summary/", &headers)
+            .await?;
+        match status {
+            200 | 304 => Ok((status, new_etag.or_else(|| etag.cloned()))),
+            other => Err(format!("{other}: {}", String::from_utf8_lossy(&body))),
+        }
+    }
+
+    /// The server's summary cache counters, from its /metrics.
+    async fn cache_reads(&self) -> Result<CacheReads, String> {
+        let (status, _, body) = self.get(&mut None, "/metrics", &[]).await?;
+        if status != 200 {
+            return Err(format!("GET /metrics answered {status}"));
+        }
+        let text = String::from_utf8_lossy(&body);
+        let read = |outcome: &str| {
+            let series = format!("chatd_summary_cache_requests_total{{outcome=\"{outcome}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(CacheReads {
+            hit: read("hit"),
+            miss: read("miss"),
+            bypass: read("bypass"),
+        })
+    }
+}
+
+/// The cache's counters at one moment.
+struct CacheReads {
+    hit: u64,
+    miss: u64,
+    bypass: u64,
+}
+
+impl CacheReads {
+    /// The hit ratio between this reading and a later one.
+    fn ratio_until(&self, later: &CacheReads) -> String {
+        let hit = later.hit - self.hit;
+        let miss = later.miss - self.miss;
+        let bypass = later.bypass - self.bypass;
+        let total = (hit + miss + bypass).max(1);
+        format!(
+            "{:.1}% hits ({hit} hits, {miss} misses, {bypass} bypassed)",
+            100.0 * hit as f64 / total as f64
+        )
+    }
+}

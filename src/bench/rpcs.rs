@@ -1,0 +1,191 @@
+//! The per-RPC mode: N clients call one RPC at a time for T seconds each, over threads
+//! sampled from the dataset; Health/Check first, as the reference.
+
+use std::time::{Duration, Instant};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{BenchConfig, ClientRun, Latencies, Report, XorShift, authed, bearer, connect};
+use crate::auth::TokenSigner;
+use crate::domain::Role;
+use crate::proto as pb;
+use crate::proto::chat_service_client::ChatServiceClient;
+use crate::storage::Dataset;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rpc {
+    Check,
+    GetUnreadSummary,
+    EnsureThread,
+    SendMessage,
+    MarkRead,
+}
+
+impl Rpc {
+    pub const ALL: [Rpc; 5] = [
+        Rpc::Check,
+        Rpc::GetUnreadSummary,
+        Rpc::EnsureThread,
+        Rpc::SendMessage,
+        Rpc::MarkRead,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::Check => "Health/Check",
+            Rpc::GetUnreadSummary => "GetUnreadSummary",
+            Rpc::EnsureThread => "EnsureThread",
+            Rpc::SendMessage => "SendMessage",
+            Rpc::MarkRead => "MarkRead",
+        }
+    }
+}
+
+/// One sampled thread with bearer headers for both of its participants.
+#[derive(Clone)]
+struct Participants {
+    thread: i64,
+    tutor: MetadataValue<Ascii>,
+    student: MetadataValue<Ascii>,
+}
+
+/// How many threads the load samples from (tokens are minted once per sampled thread).
+const SAMPLE: i64 = 2048;
+
+pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), String> {
+    let dataset = config.dataset;
+    let sample = sample_participants(&dataset, signer)?;
+    let channels = connect(&config.target, config.concurrency).await?;
+    println!(
+        "chatd bench: {} clients, {:?} per RPC, target {}, dataset {} users / {} threads / {} messages per thread",
+        config.concurrency,
+        config.duration,
+        config.target,
+        dataset.users,
+        dataset.threads,
+        dataset.messages_per_thread()
+    );
+    let empty = Latencies::new()?;
+    let mut reports = Vec::new();
+    for rpc in &config.rpcs {
+        reports.push(drive(*rpc, &channels, &sample, config.duration, &empty).await);
+    }
+    let check = reports
+        .iter()
+        .find(|report| report.name == Rpc::Check.name())
+        .map(Report::rps);
+    super::print_reports(&reports, check);
+    Ok(())
+}
+
+fn sample_participants(
+    dataset: &Dataset,
+    signer: &TokenSigner,
+) -> Result<Vec<Participants>, String> {
+    let mut random = XorShift::new();
+    (0..SAMPLE.min(dataset.threads))
+        .map(|_| {
+            let thread = 1 + random.below(dataset.threads as u64) as i64;
+            Ok(Participants {
+                thread,
+                tutor: bearer(signer, dataset.tutor_of(thread), Role::Tutor)?,
+                student: bearer(signer, dataset.student_of(thread), Role::Student)?,
+            })
+        })
+        .collect()
+}
+
+/// Runs `rpc` from every channel at once until `duration` has passed.
+async fn drive(
+    rpc: Rpc,
+    channels: &[Channel],
+    sample: &[Participants],
+    duration: Duration,
+    empty: &Latencies,
+) -> Report {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let clients = channels
+        .iter()
+        .cloned()
+        .map(|channel| {
+            let sample = sample.to_vec();
+            let mut run = ClientRun::new(empty);
+            tokio::spawn(async move {
+                let mut health = HealthClient::new(channel.clone());
+                let mut chat = ChatServiceClient::new(channel);
+                let mut random = XorShift::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let Participants {
+                        thread,
+                        tutor,
+                        student,
+                    } = &sample[random.below(sample.len() as u64) as usize];
+                    n += 1;
+                    let call_started = Instant::now();
+                    let result = match rpc {
+                        Rpc::Check => health
+                            .check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await
+                            .map(drop),
+                        Rpc::GetUnreadSummary => chat
+                            .get_unread_summary(authed(
+                                pb::GetUnreadSummaryRequest {
+                                    limit: 50,
+                                    if_none_match: String::new(),
+                                },
+                                tutor,
+                            ))
+                            .await
+                            .map(drop),
+                        Rpc::EnsureThread => chat
+                            .ensure_thread(authed(
+                                pb::EnsureThreadRequest {
+                                    target: Some(pb::ensure_thread_request::Target::RelationId(
+                                        *thread,
+                                    )),
+                                },
+                                tutor,
+                            ))
+                            .await
+                            .map(drop),
+                        Rpc::SendMessage => chat
+                            .send_message(authed(
+                                pb::SendMessageRequest {
+                                    thread_id: *thread,
+                                    body: format!("bench message {n}"),
+                                    client_message_id: String::new(),
+                                },
+                                student,
+                            ))
+                            .await
+                            .map(drop),
+                        Rpc::MarkRead => chat
+                            .mark_read(authed(
+                                pb::MarkReadRequest {
+                                    thread_id: *thread,
+                                    up_to_seq: None,
+                                },
+                                tutor,
+                            ))
+                            .await
+                            .map(drop),
+                    };
+                    run.record(
+                        call_started,
+                        result
+                            .map_err(|status| format!("{:?}: {}", status.code(), status.message())),
+                    );
+                }
+                run
+            })
+        })
+        .collect();
+    Report::collect(rpc.name(), started, clients, empty).await
+}
