@@ -8,6 +8,7 @@
 use std::fs;
 use std::io::{ErrorKind as IoErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
@@ -108,6 +109,8 @@ struct Claims {
     role: String,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
@@ -115,10 +118,44 @@ struct Claims {
     aud: Option<String>,
 }
 
+/// Clock skew tolerated between the token's issuer and chatd, as jsonwebtoken's default.
+const LEEWAY_SECONDS: u64 = 60;
+
+/// Memory for tokens verified already, keyed by the token's exact text.
+const ADMITTED_BYTES: u64 = 16 << 20;
+
+/// A token that verified: what it says and when it may be used.
+#[derive(Debug)]
+struct Admitted {
+    verified: Verified,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+struct ByLength;
+
+impl quick_cache::Weighter<String, Arc<Admitted>> for ByLength {
+    fn weight(&self, token: &String, _: &Arc<Admitted>) -> u64 {
+        token.len() as u64 + 96
+    }
+}
+
+impl Clone for ByLength {
+    fn clone(&self) -> Self {
+        ByLength
+    }
+}
+
 /// Checks bearer tokens. Built once at start; cheap to share behind an `Arc`.
+///
+/// A token's signature and claims are checked once: the same text again (a client
+/// polls every few seconds with one token) is answered from a bounded map, keyed by the
+/// token's exact text and valid because the keys never change while chatd runs. Its
+/// time claims are checked on every use.
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    admitted: quick_cache::sync::Cache<String, Arc<Admitted>, ByLength>,
 }
 
 impl TokenVerifier {
@@ -155,7 +192,18 @@ impl TokenVerifier {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
         }
-        Ok(Self { key, validation })
+        // Time claims are checked by `check_time`, for fresh and remembered tokens alike.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        Ok(Self {
+            key,
+            validation,
+            admitted: quick_cache::sync::Cache::with_weighter(
+                (ADMITTED_BYTES / 512) as usize,
+                ADMITTED_BYTES,
+                ByLength,
+            ),
+        })
     }
 
     /// Verifies an `authorization` header value (`Bearer <JWT>`).
@@ -172,6 +220,11 @@ impl TokenVerifier {
     /// chatd does not know is a refusal of the service called (`Verified::caller_for`),
     /// not a bad token.
     pub fn verify(&self, token: &str) -> Result<Verified, DomainError> {
+        let now = unix_now();
+        if let Some(admitted) = self.admitted.get(token) {
+            check_time(admitted.exp, admitted.nbf, now)?;
+            return Ok(admitted.verified.clone());
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
                 JwtErrorKind::ExpiredSignature => DomainError::TokenExpired,
@@ -185,9 +238,41 @@ impl TokenVerifier {
             .ok()
             .filter(|id| *id > 0)
             .ok_or_else(|| DomainError::TokenInvalid("sub must be a positive integer".into()))?;
-        let role = Role::parse(&claims.role).ok_or(claims.role);
-        Ok(Verified { user_id, role })
+        check_time(claims.exp, claims.nbf, now)?;
+        let verified = Verified {
+            user_id,
+            role: Role::parse(&claims.role).ok_or(claims.role),
+        };
+        let admitted = Admitted {
+            verified: verified.clone(),
+            exp: claims.exp,
+            nbf: claims.nbf,
+        };
+        self.admitted.insert(token.to_owned(), Arc::new(admitted));
+        Ok(verified)
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// A token is used between its `nbf` (when given) and its `exp`, give or take
+/// `LEEWAY_SECONDS` of clock skew.
+fn check_time(exp: u64, nbf: Option<u64>, now: u64) -> Result<(), DomainError> {
+    if now > exp.saturating_add(LEEWAY_SECONDS) {
+        return Err(DomainError::TokenExpired);
+    }
+    if let Some(nbf) = nbf
+        && nbf > now.saturating_add(LEEWAY_SECONDS)
+    {
+        return Err(DomainError::TokenInvalid(
+            "the token is not valid yet (its nbf is in the future)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A correctly signed, unexpired token: who it speaks for and the role it claims.
@@ -274,6 +359,7 @@ impl TokenSigner {
             sub: user_id.to_string(),
             role: role.as_str().to_owned(),
             exp: seconds(expires),
+            nbf: None,
             iat: Some(seconds(SystemTime::now())),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -361,6 +447,7 @@ mod tests {
                 .unwrap()
                 .as_secs()
                 + 60,
+            nbf: None,
             iat: None,
             iss: iss.map(Into::into),
             aud: aud.map(Into::into),
@@ -432,6 +519,33 @@ mod tests {
             // And chatd will not pretend to sign for a key it only verifies with.
             assert!(TokenSigner::new(&config, &DatabaseUrl::Sqlite("x.db".into())).is_err());
         }
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_checked_for_expiry() {
+        let (_, verifier) = pair(&[b'a'; 32]);
+        let mut claims = claims(None, None);
+        let sign = |claims: &Claims| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(&[b'a'; 32]),
+            )
+            .unwrap()
+        };
+        let token = sign(&claims);
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify(&token).is_ok(), "from memory");
+        // The same check applies to a remembered token's claims as to a fresh one's.
+        assert!(matches!(
+            check_time(claims.exp, None, claims.exp + LEEWAY_SECONDS + 1),
+            Err(DomainError::TokenExpired)
+        ));
+        claims.nbf = Some(unix_now() + 3600);
+        assert!(matches!(
+            verifier.verify(&sign(&claims)),
+            Err(DomainError::TokenInvalid(_))
+        ));
     }
 
     #[test]
