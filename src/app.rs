@@ -11,10 +11,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_layer::Layer;
 
 use crate::auth::{AuthConfig, TokenVerifier};
 use crate::domain::{CacheConfig, Chat, Role, Summaries, SummaryKey, WatchLimits};
@@ -56,21 +58,23 @@ pub struct ServeConfig {
     pub summary_cache: CacheConfig,
 }
 
-/// A built server: migrated database, bound listeners, ready to `run`.
+/// A built server: migrated database, bound listeners, services assembled, ready to `run`.
 pub struct Application {
     listener: TcpListener,
     gateway: Option<Gateway>,
     metrics_listener: Option<TcpListener>,
     metrics: Metrics,
     rpc_trace: RpcTraceLayer,
-    summaries: Summaries,
+    /// Every gRPC service, behind its authentication.
+    routes: Routes,
+    health: HealthReporter,
+    chat: Chat,
     /// The fan-out's queue, until `run` starts its notifier (PostgreSQL).
     queued: Option<Queued>,
     /// Whether this replica hears other replicas' changes (the fan-out is connected).
     feed: (watch::Sender<bool>, watch::Receiver<bool>),
     config: ServeConfig,
     store: Store,
-    verifier: Arc<TokenVerifier>,
 }
 
 impl Application {
@@ -98,25 +102,6 @@ impl Application {
         );
         let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
         let metrics = Metrics::new();
-        let gateway = match config.http {
-            Some(listen) => {
-                let grpc = listener.local_addr().map_err(|e| e.to_string())?;
-                // The gateway calls this server over loopback gRPC, as an edge would.
-                let upstream = if grpc.ip().is_unspecified() {
-                    format!("http://127.0.0.1:{}", grpc.port())
-                } else {
-                    format!("http://{grpc}")
-                };
-                let gateway_config = GatewayConfig {
-                    listen,
-                    upstream,
-                    upstream_timeout: config.upstream_timeout,
-                    cors_allowed_origins: config.cors_allowed_origins.clone(),
-                };
-                Some(Gateway::build(&gateway_config, metrics.clone()).await?)
-            }
-            None => None,
-        };
         // Everything a scrape shows exists from here on, before the first call.
         let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone());
         // One SQLite process hears every change it makes; PostgreSQL replicas wait for
@@ -137,6 +122,35 @@ impl Application {
         );
         let feed = watch::channel(hears_everything);
         register_gauges(&metrics, &store, &summaries, feed.1.clone());
+        let chat = Chat::new(
+            store.clone(),
+            summaries,
+            metrics.chat.clone(),
+            config.watch_coalesce,
+        );
+        let (health, routes) = services(&chat, &verifier, *feed.1.borrow()).await?;
+
+        let gateway = match config.http {
+            Some(listen) => {
+                let gateway_config = GatewayConfig {
+                    listen,
+                    upstream: format!(
+                        "http://{}",
+                        listener.local_addr().map_err(|e| e.to_string())?
+                    ),
+                    upstream_timeout: config.upstream_timeout,
+                    cors_allowed_origins: config.cors_allowed_origins.clone(),
+                };
+                // In process, the gateway calls the same service stack the network
+                // listener serves (authentication, tracing, metrics), with no hop between.
+                let upstream = crate::http::in_process(
+                    rpc_trace.layer(routes.clone()),
+                    config.upstream_timeout,
+                );
+                Some(Gateway::build_with(&gateway_config, metrics.clone(), upstream).await?)
+            }
+            None => None,
+        };
         let metrics_listener = match config.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -151,12 +165,13 @@ impl Application {
             metrics_listener,
             metrics,
             rpc_trace,
-            summaries,
+            routes,
+            health,
+            chat,
             queued,
             feed,
             config,
             store,
-            verifier,
         })
     }
 
@@ -196,10 +211,8 @@ impl Application {
     ) -> Result<(), String> {
         let addr = self.local_addr();
         let config = self.config;
-        let metrics = self.metrics;
-        let summaries = self.summaries;
-        let hub = summaries.hub().clone();
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = self.health;
+        let chat = self.chat;
         let (stopping_tx, stopping_rx) = watch::channel(false);
 
         // Replicas share PostgreSQL: changes committed by any of them arrive through the
@@ -208,7 +221,7 @@ impl Application {
         let fanout = match (&config.database, self.queued) {
             (DatabaseUrl::Postgres(url), Some(queued)) => {
                 let sink = Arc::new(FeedHealth {
-                    inner: summaries.clone(),
+                    inner: chat.summaries().clone(),
                     state: feed_state,
                 });
                 Some(PgFanout::start(
@@ -223,74 +236,23 @@ impl Application {
             }
             _ => None,
         };
-        let chat = Chat::new(
-            self.store.clone(),
-            summaries,
-            metrics.chat.clone(),
-            config.watch_coalesce,
-        );
         let sweeper = tokio::spawn(sweep_summaries(
             chat.clone(),
             config.summary_cache.sweep,
             stopping_rx.clone(),
         ));
-
+        let feed_health = tokio::spawn(follow_feed(health.clone(), feed_followed));
         let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
             tokio::spawn(crate::http::serve_metrics(
                 listener,
-                metrics.clone(),
+                self.metrics.clone(),
                 async move {
                     let _ = metrics_stopping.await;
                 },
             ));
         }
-        // `build` has just migrated the database, so it answers: start SERVING, and let
-        // the monitor follow it from here.
-        set_health(&health, ServingStatus::Serving).await;
-        // For liveness probes: SERVING while the process serves, whatever the database
-        // does (restarting chatd would not bring a database back).
-        health
-            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-            .await;
-        // Registered before the first call can ask; the task follows it from here.
-        let feed_up = *feed_followed.borrow();
-        set_feed_health(&health, feed_up).await;
-        let feed_health = tokio::spawn(follow_feed(health.clone(), feed_followed));
-
-        // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
-        // google.rpc types are served too, so clients can decode ErrorInfo details.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| format!("reflection: {e}"))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| format!("reflection: {e}"))?;
-
-        let chat_service = ChatServiceServer::with_interceptor(
-            grpc::ChatService::new(chat.clone()),
-            Authenticate::new(
-                self.verifier.clone(),
-                ChatServiceServer::<grpc::ChatService>::NAME,
-                &[Role::Tutor, Role::Student],
-            ),
-        );
-        let sync_service = SyncServiceServer::with_interceptor(
-            grpc::SyncService::new(chat),
-            Authenticate::new(
-                self.verifier.clone(),
-                SyncServiceServer::<grpc::SyncService>::NAME,
-                &[Role::Service],
-            ),
-        );
-
         let monitor = tokio::spawn(monitor_database(
             self.store.clone(),
             health.clone(),
@@ -304,14 +266,14 @@ impl Application {
                 let _ = gateway_stopping.await;
             }))
         });
-        let closing_hub = hub.clone();
+        let hub = chat.summaries().hub().clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: not serving, finishing in-flight calls");
             let _ = stopping_tx.send(true);
             set_health(&health, ServingStatus::NotServing).await;
             // Summary streams never end by themselves: end them, or draining would wait forever.
-            closing_hub.close();
+            hub.close();
             let _ = stop_gateway.send(());
             let _ = stop_metrics.send(());
             if let Some(gateway) = gateway {
@@ -327,11 +289,7 @@ impl Application {
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let served = Server::builder()
             .layer(self.rpc_trace)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(chat_service)
-            .add_service(sync_service)
+            .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, signal)
             .await
             .map_err(|e| format!("gRPC server failed: {e}"));
@@ -343,6 +301,62 @@ impl Application {
         }
         served
     }
+}
+
+/// Every gRPC service of chatd: health (SERVING: `build` has just migrated the
+/// database; the monitor follows it from there), reflection, and ChatService and
+/// SyncService behind their authentication.
+async fn services(
+    chat: &Chat,
+    verifier: &Arc<TokenVerifier>,
+    feed_up: bool,
+) -> Result<(HealthReporter, Routes), String> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+    // For liveness probes: SERVING while the process serves, whatever the database does
+    // (restarting chatd would not bring a database back).
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    set_feed_health(&health, feed_up).await;
+
+    // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
+    // google.rpc types are served too, so clients can decode ErrorInfo details.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+
+    let chat_service = ChatServiceServer::with_interceptor(
+        grpc::ChatService::new(chat.clone()),
+        Authenticate::new(
+            verifier.clone(),
+            ChatServiceServer::<grpc::ChatService>::NAME,
+            &[Role::Tutor, Role::Student],
+        ),
+    );
+    let sync_service = SyncServiceServer::with_interceptor(
+        grpc::SyncService::new(chat.clone()),
+        Authenticate::new(
+            verifier.clone(),
+            SyncServiceServer::<grpc::SyncService>::NAME,
+            &[Role::Service],
+        ),
+    );
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(chat_service)
+        .add_service(sync_service);
+    Ok((health, routes))
 }
 
 /// Sweeps the summary cache every `every` (see `Chat::sweep_summaries`).

@@ -77,6 +77,11 @@ impl Chat {
         &self.store
     }
 
+    /// Where summary changes meet: the cache, the watchers, the other replicas.
+    pub fn summaries(&self) -> &Summaries {
+        &self.summaries
+    }
+
     /// After a write committed, before it answers: see `Summaries::committed`.
     fn changed(&self, keys: &[SummaryKey]) {
         self.summaries.committed(keys);
@@ -217,10 +222,7 @@ impl Chat {
         }
         let (page, version) = self.read_summary(key, limit).await?;
         Ok(SummaryAnswer::Summary {
-            summary: UnreadSummary {
-                threads: page.rows,
-                total: page.total,
-            },
+            summary: UnreadSummary::new(page.rows.into(), usize::MAX, page.total),
             etag: etag(version, limit),
         })
     }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -63,13 +63,65 @@ pub struct GatewayConfig {
     pub cors_allowed_origins: Vec<String>,
 }
 
-/// The gateway's state: one lazily connected channel to chatd (it reconnects by
-/// itself, so the gateway recovers without a restart when chatd comes back), and the
-/// metrics it counts into and serves.
+/// chatd's gRPC services as the gateway calls them: gRPC requests in, gRPC responses
+/// out. Standalone, a channel over the network; inside `chatd serve`, chatd's own
+/// service stack (the same interceptors and layers) with no network hop between.
+pub type GrpcService = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::Status,
+>;
+
+/// The gateway's state: the way to chatd, and the metrics it counts into and serves.
 #[derive(Clone)]
 struct GatewayState {
-    channel: Channel,
+    upstream: GrpcService,
     metrics: Metrics,
+}
+
+/// A lazily connected channel to `url` (it reconnects by itself, so the gateway
+/// recovers without a restart when chatd comes back).
+fn remote(url: &str, timeout: Duration) -> Result<GrpcService, String> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("bad upstream URL {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(GrpcService::new(tower::ServiceExt::map_err(
+        channel,
+        |error: tonic::transport::Error| tonic::Status::from_error(Box::new(error)),
+    )))
+}
+
+/// chatd's service stack in this process, answering within `timeout` (a call past it
+/// is DEADLINE_EXCEEDED, as the channel's own timeout says it).
+pub fn in_process<S>(service: S, timeout: Duration) -> GrpcService
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let bounded = tower::ServiceBuilder::new()
+        .map_err(|error: tower::BoxError| {
+            if error.is::<tower::timeout::error::Elapsed>() {
+                tonic::Status::deadline_exceeded("chatd did not answer in time")
+            } else {
+                tonic::Status::from_error(error)
+            }
+        })
+        .timeout(timeout)
+        .service(tower::ServiceExt::map_err(
+            service,
+            |never: std::convert::Infallible| -> tower::BoxError { match never {} },
+        ));
+    GrpcService::new(bounded)
 }
 
 /// A bound gateway, ready to `run`.
@@ -79,10 +131,20 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the gateway's listener. `metrics` is where its requests are counted and
-    /// what its `/metrics` serves: the application's, when it runs inside `chatd serve`.
+    /// Binds the gateway's listener, calling chatd at `config.upstream`. `metrics` is
+    /// where its requests are counted and what its `/metrics` serves.
     pub async fn build(config: &GatewayConfig, metrics: Metrics) -> Result<Self, String> {
-        let router = router(config, metrics)?;
+        let upstream = remote(&config.upstream, config.upstream_timeout)?;
+        Self::build_with(config, metrics, upstream).await
+    }
+
+    /// The same, calling chatd through `upstream` (see `in_process`).
+    pub async fn build_with(
+        config: &GatewayConfig,
+        metrics: Metrics,
+        upstream: GrpcService,
+    ) -> Result<Self, String> {
+        let router = router(config, metrics, upstream)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -120,13 +182,11 @@ const API_ROUTES: [(&str, &str, u16); 6] = [
 ];
 
 /// The REST routes, each path with and without its trailing slash.
-pub fn router(config: &GatewayConfig, metrics: Metrics) -> Result<Router, String> {
-    let channel = Endpoint::from_shared(config.upstream.clone())
-        .map_err(|e| format!("bad upstream URL {:?}: {e}", config.upstream))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(config.upstream_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy();
+pub fn router(
+    config: &GatewayConfig,
+    metrics: Metrics,
+    upstream: GrpcService,
+) -> Result<Router, String> {
     for (method, route, status) in API_ROUTES {
         metrics.http.declare(&HttpLabels {
             method,
@@ -134,7 +194,7 @@ pub fn router(config: &GatewayConfig, metrics: Metrics) -> Result<Router, String
             status,
         });
     }
-    let state = GatewayState { channel, metrics };
+    let state = GatewayState { upstream, metrics };
     let mut router = Router::new();
     for (path, route) in [
         ("/api/v1/chat/threads/negotiation/", post(ensure_thread)),
@@ -187,19 +247,25 @@ async fn trace_request(
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
     let method = method_name(request.method());
-    let span = tracing::info_span!(
-        "http",
-        otel.name = %format!("{method} {}", route.as_deref().unwrap_or("(unmatched)")),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = %method,
-        http.route = route,
-        url.path = %request.uri().path(),
-        http.response.status_code = Empty,
-        trace_id = Empty,
-        span_id = Empty,
-    );
-    crate::telemetry::extract_parent(&span, request.headers());
+    let span = if crate::telemetry::exporting() {
+        let span = tracing::info_span!(
+            "http",
+            otel.name = %format!("{method} {}", route.as_deref().unwrap_or("(unmatched)")),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = %method,
+            http.route = route,
+            url.path = %request.uri().path(),
+            http.response.status_code = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        crate::telemetry::extract_parent(&span, request.headers());
+        span
+    } else {
+        // Only log context: method and route say which request a log line belongs to.
+        tracing::info_span!("http", method, route = route.as_deref())
+    };
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
@@ -386,7 +452,7 @@ where
 /// header, so a caller without credentials learns that first (401), whatever else is
 /// wrong with the request. The token itself is verified by chatd, which holds the keys.
 struct Upstream {
-    chat: ChatServiceClient<Channel>,
+    chat: ChatServiceClient<GrpcService>,
     metadata: MetadataMap,
 }
 
@@ -416,7 +482,7 @@ impl FromRequestParts<GatewayState> for Upstream {
         // trace as the caller's `traceparent`; otherwise that header goes on as it came.
         crate::telemetry::inject_current(&mut metadata);
         Ok(Self {
-            chat: ChatServiceClient::new(state.channel.clone()),
+            chat: ChatServiceClient::new(state.upstream.clone()),
             metadata,
         })
     }
@@ -596,7 +662,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: chatd answers its gRPC health check with SERVING.
 async fn readyz(State(state): State<GatewayState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = HealthClient::new(state.channel.clone())
+    let status = HealthClient::new(state.upstream.clone())
         .check(HealthCheckRequest {
             service: String::new(),
         })

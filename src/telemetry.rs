@@ -63,6 +63,7 @@ impl Telemetry {
         exporter: Option<opentelemetry_otlp::SpanExporter>,
     ) -> Result<Self, String> {
         global::set_text_map_propagator(TraceContextPropagator::new());
+        EXPORTING.store(exporter.is_some(), std::sync::atomic::Ordering::Relaxed);
         let provider = exporter.map(|exporter| {
             SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
@@ -157,6 +158,15 @@ impl Injector for MetadataInjector<'_> {
         }
     }
 }
+
+/// Whether spans are exported (an OTLP endpoint is configured). Without export a
+/// request's span is only context for log lines, and stays lean: its OpenTelemetry
+/// attributes would be formatted on every call for nobody.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes `span` continue the trace named by the request's `traceparent`, if any, and
 /// records its ids as `trace_id`/`span_id` fields, so JSON log lines carry them.

@@ -41,13 +41,14 @@ pub struct CachedSummary {
     pub total: i64,
     /// Newest first: every unread thread, or the first `MAX_PAGE_LIMIT` of them, which
     /// is all any request can ask for.
-    pub threads: Vec<ThreadUnread>,
+    pub threads: Arc<[ThreadUnread]>,
     /// Estimated bytes, computed once for the cache's weigher.
     weight: u64,
 }
 
 impl CachedSummary {
     pub fn new(version: i64, total: i64, threads: Vec<ThreadUnread>) -> Self {
+        let threads: Arc<[ThreadUnread]> = threads.into();
         let weight = (std::mem::size_of::<Self>()
             + threads.len() * std::mem::size_of::<ThreadUnread>()
             + threads
@@ -63,13 +64,10 @@ impl CachedSummary {
         }
     }
 
-    /// The first `limit` lines, as a summary to hand out.
+    /// The first `limit` lines, as a summary to hand out (sharing the lines).
     pub fn page(&self, limit: i64) -> UnreadSummary {
-        let limit = usize::try_from(limit).unwrap_or(0).min(self.threads.len());
-        UnreadSummary {
-            threads: self.threads[..limit].to_vec(),
-            total: self.total,
-        }
+        let shown = usize::try_from(limit).unwrap_or(0);
+        UnreadSummary::new(self.threads.clone(), shown, self.total)
     }
 }
 

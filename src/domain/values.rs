@@ -4,6 +4,8 @@
 //! trust: `UserId::parse(0)` fails naming the field, so no rule ever sees an id of 0.
 
 use super::DomainError;
+use std::sync::Arc;
+
 use crate::model::{Message, ThreadUnread};
 
 /// Longest message body accepted, in characters (not bytes).
@@ -135,11 +137,46 @@ pub fn page_limit(field: &'static str, limit: i32) -> Result<i64, DomainError> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The caller's unread summary: a page of its lines (newest first) and the total. The
+/// lines are shared, not copied, with the cached summary they come from.
+#[derive(Debug, Clone)]
 pub struct UnreadSummary {
-    pub threads: Vec<ThreadUnread>,
+    lines: Arc<[ThreadUnread]>,
+    shown: usize,
     /// All unread messages of the caller, not only those of the page.
     pub total: i64,
+}
+
+impl UnreadSummary {
+    /// The first `shown` of `lines` (all of them if fewer), with the caller's total.
+    pub fn new(lines: Arc<[ThreadUnread]>, shown: usize, total: i64) -> Self {
+        let shown = shown.min(lines.len());
+        Self {
+            lines,
+            shown,
+            total,
+        }
+    }
+
+    /// The page's lines, newest last message first.
+    pub fn threads(&self) -> &[ThreadUnread] {
+        &self.lines[..self.shown]
+    }
+}
+
+impl PartialEq for UnreadSummary {
+    fn eq(&self, other: &Self) -> bool {
+        self.total == other.total && self.threads() == other.threads()
+    }
+}
+
+impl Eq for UnreadSummary {}
+
+impl std::hash::Hash for UnreadSummary {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.total.hash(state);
+        self.threads().hash(state);
+    }
 }
 
 /// What GetUnreadSummary answers: the summary, or that the caller's copy is current.

@@ -43,7 +43,7 @@ impl chat_service_server::ChatService for ChatService {
             match watch.next().await? {
                 Ok((summary, etag)) => {
                     let message = pb::WatchUnreadSummaryResponse {
-                        threads: convert::threads_unread(summary.threads),
+                        threads: convert::threads_unread(summary.threads()),
                         total: summary.total,
                         etag,
                     };
@@ -82,7 +82,7 @@ impl chat_service_server::ChatService for ChatService {
             .await?;
         Ok(Response::new(match answer {
             SummaryAnswer::Summary { summary, etag } => pb::GetUnreadSummaryResponse {
-                threads: convert::threads_unread(summary.threads),
+                threads: convert::threads_unread(summary.threads()),
                 total: summary.total,
                 etag,
                 not_modified: false,

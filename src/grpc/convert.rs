@@ -57,11 +57,11 @@ pub fn thread(thread: domain::Thread) -> pb::Thread {
 }
 
 /// The entries of an unread summary, for GetUnreadSummary and WatchUnreadSummary alike.
-pub fn threads_unread(threads: Vec<domain::ThreadUnread>) -> Vec<pb::ThreadUnread> {
-    threads.into_iter().map(thread_unread).collect()
+pub fn threads_unread(threads: &[domain::ThreadUnread]) -> Vec<pb::ThreadUnread> {
+    threads.iter().map(thread_unread).collect()
 }
 
-fn thread_unread(entry: domain::ThreadUnread) -> pb::ThreadUnread {
+fn thread_unread(entry: &domain::ThreadUnread) -> pb::ThreadUnread {
     pb::ThreadUnread {
         thread_id: entry.thread_id,
         kind: thread_kind(entry.kind).into(),
@@ -71,7 +71,7 @@ fn thread_unread(entry: domain::ThreadUnread) -> pb::ThreadUnread {
         student_id: entry.student_id,
         unread_count: entry.unread_count,
         last_message_at: entry.last_message_at.map(timestamp),
-        last_message_preview: entry.last_message_preview,
+        last_message_preview: entry.last_message_preview.clone(),
         last_message_sender_id: entry.last_message_sender_id,
         is_writable: entry.is_writable,
     }

@@ -84,23 +84,29 @@ where
         else {
             return Box::pin(inner.call(request));
         };
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %path,
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = Empty,
-            trace_id = Empty,
-            span_id = Empty,
-        );
-        telemetry::extract_parent(&span, request.headers());
         let rpc = RPCS
             .into_iter()
             .find(|known| *known == path)
             .unwrap_or("(unknown)");
+        let span = if telemetry::exporting() {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = %path,
+                otel.kind = "server",
+                otel.status_code = Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                trace_id = Empty,
+                span_id = Empty,
+            );
+            telemetry::extract_parent(&span, request.headers());
+            span
+        } else {
+            // Only log context: the method says which call a log line belongs to.
+            tracing::info_span!("rpc", rpc)
+        };
         let metrics = self.metrics.clone();
         let started = std::time::Instant::now();
         let future = inner.call(request).instrument(span.clone());
