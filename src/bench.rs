@@ -260,6 +260,150 @@ fn authed<T>(message: T, header: &MetadataValue<Ascii>) -> tonic::Request<T> {
     request
 }
 
+/// A codec for load generation: requests encoded with prost, each response taken as
+/// its raw bytes. A benchmark of the server should not charge the load generator's
+/// decoding (here on the same two cores) to the server: h2load decodes nothing either.
+struct RawResponses<T>(std::marker::PhantomData<T>);
+
+impl<T: prost::Message + Send + 'static> tonic::codec::Codec for RawResponses<T> {
+    type Encode = T;
+    type Decode = prost::bytes::Bytes;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(tonic::codec::BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+struct RawDecoder;
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// GetUnreadSummary as `header`'s caller, taking the answer as raw bytes.
+async fn poll_summary(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    header: &MetadataValue<Ascii>,
+) -> Result<(), tonic::Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let request = crate::proto::GetUnreadSummaryRequest {
+        limit: 50,
+        if_none_match: String::new(),
+    };
+    let path = http::uri::PathAndQuery::from_static("/chat.v1.ChatService/GetUnreadSummary");
+    grpc.unary(
+        authed(request, header),
+        path,
+        RawResponses(std::marker::PhantomData),
+    )
+    .await
+    .map(drop)
+}
+
+/// A minimal gRPC client for load generation, on one HTTP/2 connection: requests go
+/// as prepared bytes and answers are read as bytes, checked for grpc-status 0. It costs
+/// the generator about what h2load costs, the same for every call, so a figure shows
+/// the server's cost rather than the client's.
+#[derive(Clone)]
+struct RawGrpc {
+    send: h2::client::SendRequest<prost::bytes::Bytes>,
+    authority: String,
+}
+
+impl RawGrpc {
+    async fn connect(target: &str) -> Result<Self, String> {
+        let authority = target
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--target must be http://host:port, got {target:?}"))?
+            .trim_end_matches('/')
+            .to_owned();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (send, connection) = h2::client::handshake(stream)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
+        tokio::spawn(connection);
+        Ok(Self { send, authority })
+    }
+
+    /// Calls `path` with an encoded request message, as `authorization` when given.
+    async fn call(
+        &mut self,
+        path: &str,
+        authorization: Option<&http::HeaderValue>,
+        message: &prost::bytes::Bytes,
+    ) -> Result<(), String> {
+        let mut request = http::Request::post(format!("http://{}{path}", self.authority))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let request = request.body(()).map_err(|e| e.to_string())?;
+        let mut send = self.send.clone().ready().await.map_err(|e| e.to_string())?;
+        let (response, mut stream) = send
+            .send_request(request, false)
+            .map_err(|e| e.to_string())?;
+        stream
+            .send_data(message.clone(), true)
+            .map_err(|e| e.to_string())?;
+        let response = response.await.map_err(|e| e.to_string())?;
+        let (parts, mut body) = response.into_parts();
+        let status_of = |headers: &http::HeaderMap| {
+            headers
+                .get("grpc-status")
+                .map(|status| status.to_str().unwrap_or("?").to_owned())
+        };
+        // An error answers with no body: grpc-status in the headers (trailers-only).
+        if let Some(status) = status_of(&parts.headers).filter(|status| status != "0") {
+            return Err(format!("grpc-status {status}"));
+        }
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+        match trailers
+            .as_ref()
+            .and_then(status_of)
+            .or_else(|| status_of(&parts.headers))
+        {
+            Some(status) if status == "0" => Ok(()),
+            Some(status) => Err(format!("grpc-status {status}")),
+            None => Err("no grpc-status".into()),
+        }
+    }
+}
+
+/// A gRPC message as sent on the wire: uncompressed flag, length, then the message.
+fn framed(message: &impl prost::Message) -> prost::bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + encoded.len());
+    frame.push(0);
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.into()
+}
+
 /// A tiny non-cryptographic generator: enough to spread load over users and threads.
 struct XorShift(u64);
 

@@ -18,14 +18,18 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
-use super::{BenchConfig, ClientRun, Latencies, Report, XorShift, authed, bearer, connect};
+use super::{
+    BenchConfig, ClientRun, Latencies, RawGrpc, Report, XorShift, authed, bearer, connect, framed,
+};
 use crate::auth::TokenSigner;
 use crate::domain::Role;
 use crate::proto as pb;
 use crate::proto::chat_service_client::ChatServiceClient;
 use crate::storage::Dataset;
+
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+const SUMMARY: &str = "/chat.v1.ChatService/GetUnreadSummary";
 
 pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), String> {
     let dataset = config.dataset;
@@ -37,6 +41,17 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     );
     let http = HttpTarget::parse(&config.http_target)?;
     let channels = connect(&config.target, config.concurrency).await?;
+    let mut raw = Vec::with_capacity(config.concurrency);
+    for _ in 0..config.concurrency {
+        raw.push(RawGrpc::connect(&config.target).await?);
+    }
+    let headers: Arc<Vec<http::HeaderValue>> = Arc::new(
+        tokens
+            .iter()
+            .map(|token| http::HeaderValue::from_bytes(token.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+    );
     println!(
         "chatd bench --poll: {online} online tutors, {} clients, {:?} per phase, {} messages/s from their students; gRPC {}, REST {}",
         config.concurrency, config.duration, config.send_rate, config.target, config.http_target
@@ -45,19 +60,18 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
 
     let started = Instant::now();
     let deadline = started + config.duration;
-    let clients = channels
+    let check_request = framed(&HealthCheckRequest {
+        service: String::new(),
+    });
+    let clients = raw
         .iter()
-        .map(|channel| {
-            let mut health = HealthClient::new(channel.clone());
+        .map(|client| {
+            let (mut client, request) = (client.clone(), check_request.clone());
             let mut run = ClientRun::new(&empty);
             tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let call = Instant::now();
-                    let result = health
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await;
+                    let result = client.call(CHECK, None, &request).await;
                     run.record(call, result);
                 }
                 run
@@ -66,26 +80,57 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         .collect();
     let check = Report::collect("Health/Check", started, clients, &empty).await;
 
-    let sender = Sender::start(config, signer.clone(), dataset, online);
-    let before = http.cache_reads().await?;
-    let started = Instant::now();
-    let deadline = started + config.duration;
-    let clients = channels
+    // Every online user polls once first, as a browser that was already open would
+    // have: the phases measure the steady state, not the first poll of each user.
+    let warm_up = Instant::now();
+    let warmers: Vec<_> = channels
         .iter()
-        .map(|channel| {
+        .enumerate()
+        .map(|(client, channel)| {
             let mut chat = ChatServiceClient::new(channel.clone());
-            let tokens = tokens.clone();
-            let mut run = ClientRun::new(&empty);
+            let (tokens, concurrency) = (tokens.clone(), channels.len());
             tokio::spawn(async move {
-                let mut random = XorShift::new();
-                while Instant::now() < deadline {
-                    let token = &tokens[random.below(tokens.len() as u64) as usize];
+                for token in tokens.iter().skip(client).step_by(concurrency) {
                     let request = pb::GetUnreadSummaryRequest {
                         limit: 50,
                         if_none_match: String::new(),
                     };
+                    chat.get_unread_summary(authed(request, token))
+                        .await
+                        .map_err(|status| format!("warm-up poll: {}", status.message()))?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for warmer in warmers {
+        warmer.await.map_err(|e| e.to_string())??;
+    }
+    println!(
+        "warm-up: every online user polled once, in {:.1?}",
+        warm_up.elapsed()
+    );
+
+    let sender = Sender::start(config, signer.clone(), dataset, online);
+    let before = http.cache_reads().await?;
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let summary_request = framed(&pb::GetUnreadSummaryRequest {
+        limit: 50,
+        if_none_match: String::new(),
+    });
+    let clients = raw
+        .iter()
+        .map(|client| {
+            let (mut client, request) = (client.clone(), summary_request.clone());
+            let headers = headers.clone();
+            let mut run = ClientRun::new(&empty);
+            tokio::spawn(async move {
+                let mut random = XorShift::new();
+                while Instant::now() < deadline {
+                    let header = &headers[random.below(headers.len() as u64) as usize];
                     let call = Instant::now();
-                    let result = chat.get_unread_summary(authed(request, token)).await;
+                    let result = client.call(SUMMARY, Some(header), &request).await;
                     run.record(call, result);
                 }
                 run

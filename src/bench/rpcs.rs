@@ -116,6 +116,7 @@ async fn drive(
             let mut run = ClientRun::new(empty);
             tokio::spawn(async move {
                 let mut health = HealthClient::new(channel.clone());
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
                 let mut chat = ChatServiceClient::new(channel);
                 let mut random = XorShift::new();
                 let mut n = 0u64;
@@ -134,16 +135,7 @@ async fn drive(
                             })
                             .await
                             .map(drop),
-                        Rpc::GetUnreadSummary => chat
-                            .get_unread_summary(authed(
-                                pb::GetUnreadSummaryRequest {
-                                    limit: 50,
-                                    if_none_match: String::new(),
-                                },
-                                tutor,
-                            ))
-                            .await
-                            .map(drop),
+                        Rpc::GetUnreadSummary => super::poll_summary(&mut grpc, tutor).await,
                         Rpc::EnsureThread => chat
                             .ensure_thread(authed(
                                 pb::EnsureThreadRequest {
