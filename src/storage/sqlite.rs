@@ -7,6 +7,13 @@
 //! each write is a short `BEGIN IMMEDIATE` transaction on a connection nobody else
 //! touches, with its statements prepared once. WAL lets the readers run beside it.
 //!
+//! Writes that queue up while the writer is busy commit together (group commit): one
+//! `BEGIN IMMEDIATE … COMMIT` carries them all, pages they share are written once, and
+//! every write is answered only after the commit. Should one of them fail, the group
+//! is rolled back and each write runs again in a transaction of its own, so a failure
+//! is only ever its own write's. The WAL is checkpointed by a thread of its own, never
+//! by a commit the writer is waiting on.
+//!
 //! With one writer, writes of one process never interleave, so the checks of the rules
 //! (`domain/rules.rs`) and the changes they guard are trivially atomic.
 
@@ -44,7 +51,9 @@ pub mod reads {
 }
 
 use reads::{MESSAGE_COLUMNS, THREAD_COLUMNS};
-use schema::{contact_access, inquiries, messages, relations, thread_participants, threads};
+use schema::{
+    contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,
+};
 
 /// The current time, in SQLite's SQL, as RFC 3339 text like every stored timestamp.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -52,7 +61,63 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 /// How many writes may wait for the writer before callers wait to queue.
 const WRITE_QUEUE: usize = 4096;
 
-type Job = Box<dyn FnOnce(&mut SqliteConnection) + Send>;
+/// Most writes one commit carries.
+const MAX_GROUP: usize = 64;
+
+/// How often the checkpointer copies the WAL's committed pages into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// A queued write.
+trait QueuedWrite: Send {
+    /// Runs the write inside the writer's transaction; false when it failed (its
+    /// outcome is kept for its answer either way).
+    fn run(&mut self, conn: &mut SqliteConnection) -> bool;
+    /// Answers the caller once the commit's outcome is known.
+    fn answer(self: Box<Self>, committed: Result<(), &DieselError>);
+}
+
+type Job = Box<dyn QueuedWrite>;
+
+struct Pending<T, F> {
+    write: F,
+    outcome: Option<QueryResult<T>>,
+    answer: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> QueuedWrite for Pending<T, F>
+where
+    T: Send,
+    F: Fn(&mut SqliteConnection) -> QueryResult<T> + Send,
+{
+    fn run(&mut self, conn: &mut SqliteConnection) -> bool {
+        // A panic in one write must not take the writer (and every later write) down
+        // with it: it becomes this write's error.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (self.write)(conn)))
+            .unwrap_or_else(|_| {
+                Err(DieselError::QueryBuilderError(
+                    "the SQLite write panicked".into(),
+                ))
+            });
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), &DieselError>) {
+        let outcome = match (self.outcome, committed) {
+            (Some(Err(error)), _) => Err(StoreError::from(error)),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            // Its work went with the failed commit, whatever it returned.
+            (_, Err(error)) => Err(StoreError::Unavailable(format!(
+                "the SQLite commit failed: {error}"
+            ))),
+            (None, Ok(())) => Err(StoreError::Unavailable(
+                "the SQLite write did not run".into(),
+            )),
+        };
+        let _ = self.answer.send(outcome);
+    }
+}
 
 /// The SQLite store. Cloning is shallow.
 #[derive(Clone)]
@@ -68,18 +133,29 @@ impl SqliteStore {
         let readers = pool::sqlite_pool(path, config)?;
         let mut conn = SqliteConnection::establish(path)
             .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
+        // The checkpointer copies the WAL into the database, off the writer's path.
         diesel::connection::SimpleConnection::batch_execute(
             &mut conn,
-            &pool::sqlite_pragmas(config.timeout),
+            &format!(
+                "{} PRAGMA wal_autocheckpoint = 0;",
+                pool::sqlite_pragmas(config.timeout)
+            ),
         )
         .map_err(|e| format!("cannot set up the SQLite database {path}: {e}"))?;
+        start_checkpointer(path, config.timeout)?;
         let (writer, mut jobs) = mpsc::channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("chatd-sqlite-writer".into())
             .spawn(move || {
                 // Ends when every sender is gone (the store was dropped).
-                while let Some(job) = jobs.blocking_recv() {
-                    job(&mut conn);
+                while let Some(first) = jobs.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP
+                        && let Ok(job) = jobs.try_recv()
+                    {
+                        group.push(job);
+                    }
+                    commit_group(&mut conn, group);
                 }
             })
             .map_err(|e| format!("cannot start the SQLite writer: {e}"))?;
@@ -113,26 +189,22 @@ impl SqliteStore {
         conn.batch_execute(sql).await.map_err(StoreError::from)
     }
 
-    /// Runs `write` as one immediate transaction on the writer connection, after the
-    /// writes queued before it. Waiting for the answer is bounded by the pool timeout:
-    /// past it the caller hears UNAVAILABLE (the write may still complete, as a write
-    /// whose answer a network lost would; retries with a `client_message_id` are safe).
+    /// Runs `write` on the writer connection, after the writes queued before it, in a
+    /// group commit (see the module's doc); answers once committed. `write` may run
+    /// twice (again alone, when another write of its group failed): it only reads and
+    /// writes the database, and a rolled-back run left nothing behind.
+    /// Waiting for the answer is bounded by the pool timeout: past it the caller hears
+    /// UNAVAILABLE (the write may still complete, as a write whose answer a network lost
+    /// would; retries with a `client_message_id` are safe).
     async fn write<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&mut SqliteConnection) -> QueryResult<T> + Send + 'static,
+        write: impl Fn(&mut SqliteConnection) -> QueryResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (answer, answered) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            // A panic in one write must not take the writer (and every later write)
-            // down with it: it becomes this write's error.
-            let outcome =
-                std::panic::catch_unwind(AssertUnwindSafe(|| conn.immediate_transaction(write)))
-                    .unwrap_or_else(|_| {
-                        Err(DieselError::QueryBuilderError(
-                            "the SQLite write panicked".into(),
-                        ))
-                    });
-            let _ = answer.send(outcome);
+        let job: Job = Box::new(Pending {
+            write,
+            outcome: None,
+            answer,
         });
         let stopped = || StoreError::Unavailable("the SQLite writer has stopped".into());
         let waited = tokio::time::timeout(self.timeout, async {
@@ -141,7 +213,7 @@ impl SqliteStore {
         })
         .await;
         match waited {
-            Ok(outcome) => Ok(outcome??),
+            Ok(outcome) => outcome?,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "the SQLite writer did not answer within {:?}",
                 self.timeout
@@ -182,6 +254,79 @@ impl SqliteStore {
         self.write(move |conn| upsert_fact(conn, table, &ids, status, version, is_writable))
             .await
     }
+}
+
+/// Runs a group of queued writes as one transaction and answers each after the
+/// commit. If a write (or the commit) failed, the group is rolled back and every write
+/// runs again alone, so one write's failure is never another's.
+fn commit_group(conn: &mut SqliteConnection, mut group: Vec<Job>) {
+    let together = conn.immediate_transaction(|conn| {
+        for job in group.iter_mut() {
+            if !job.run(conn) {
+                return Err(DieselError::RollbackTransaction);
+            }
+        }
+        Ok(())
+    });
+    match together {
+        Ok(()) => group.into_iter().for_each(|job| job.answer(Ok(()))),
+        Err(_) if group.len() > 1 => {
+            for mut job in group {
+                let alone = conn.immediate_transaction(|conn| {
+                    if job.run(conn) {
+                        Ok(())
+                    } else {
+                        Err(DieselError::RollbackTransaction)
+                    }
+                });
+                job.answer(alone.as_ref().map(|_| ()));
+            }
+        }
+        Err(error) => group.into_iter().for_each(|job| job.answer(Err(&error))),
+    }
+}
+
+/// Copies committed WAL pages into the database every `CHECKPOINT_EVERY`, from a
+/// connection and thread of its own. PASSIVE: it never waits for (or blocks) the
+/// writer or a reader; what it cannot copy now, the next round does.
+fn start_checkpointer(path: &str, busy: Duration) -> Result<(), String> {
+    let mut conn = SqliteConnection::establish(path)
+        .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
+    diesel::connection::SimpleConnection::batch_execute(&mut conn, &pool::sqlite_pragmas(busy))
+        .map_err(|e| format!("cannot set up the SQLite checkpointer: {e}"))?;
+    std::thread::Builder::new()
+        .name("chatd-sqlite-checkpoint".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(error) = diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    "PRAGMA wal_checkpoint(PASSIVE);",
+                ) {
+                    tracing::warn!(%error, "SQLite checkpoint failed; the next one retries");
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the SQLite checkpointer: {e}"))
+}
+
+/// Bumps the versions of `keys`' summaries, creating them at 1: one prepared upsert
+/// per key (the single writer cannot deadlock, so order does not matter here).
+fn bump_versions(conn: &mut SqliteConnection, keys: &[SummaryKey]) -> QueryResult<()> {
+    for key in keys {
+        diesel::insert_into(summary_versions::table)
+            .values((
+                summary_versions::user_id.eq(key.user_id),
+                summary_versions::side.eq(key.side.as_str()),
+                summary_versions::version.eq(1),
+            ))
+            .on_conflict((summary_versions::user_id, summary_versions::side))
+            .do_update()
+            .set(summary_versions::version.eq(summary_versions::version + 1))
+            .execute(conn)?;
+    }
+    Ok(())
 }
 
 /// Creates the thread of a relation or inquiry with its participant rows; `None` when
@@ -399,9 +544,7 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
             .changed
             .push(SummaryKey::new(message.sender_id, message.side));
     }
-    if let Some(bump) = upsert::bump_versions::<Sqlite>(&attempt.changed) {
-        bump.execute(conn)?;
-    }
+    bump_versions(conn, &attempt.changed)?;
     attempt.sent = Some(sent);
     Ok(attempt)
 }
@@ -447,10 +590,8 @@ fn mark_read(
             .execute(conn)?;
     }
     let changed = unread != unread_before;
-    if changed
-        && let Some(bump) = upsert::bump_versions::<Sqlite>(&[SummaryKey::new(user_id, side)])
-    {
-        bump.execute(conn)?;
+    if changed {
+        bump_versions(conn, &[SummaryKey::new(user_id, side)])?;
     }
     let counts: Vec<i64> = thread_participants::table
         .filter(thread_participants::user_id.eq(user_id))
@@ -502,8 +643,64 @@ fn upsert_fact(
     .into_iter()
     .map(SummaryKey::from)
     .collect();
-    if let Some(bump) = upsert::bump_versions::<Sqlite>(&keys) {
-        bump.execute(conn)?;
-    }
+    bump_versions(conn, &keys)?;
     Ok((true, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+
+    fn pending(
+        write: impl Fn(&mut SqliteConnection) -> QueryResult<usize> + Send + 'static,
+    ) -> (Job, oneshot::Receiver<StoreResult<usize>>) {
+        let (answer, answered) = oneshot::channel();
+        let job = Box::new(Pending {
+            write,
+            outcome: None,
+            answer,
+        });
+        (job, answered)
+    }
+
+    fn insert(n: i64) -> impl Fn(&mut SqliteConnection) -> QueryResult<usize> + Send + 'static {
+        move |conn| diesel::sql_query(format!("INSERT INTO t (n) VALUES ({n})")).execute(conn)
+    }
+
+    #[test]
+    fn a_failed_write_fails_alone_and_the_group_still_commits() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .unwrap();
+        let (first, first_answer) = pending(insert(1));
+        // A duplicate key: fails inside the group.
+        let (failing, failing_answer) = pending(insert(1));
+        let (third, third_answer) = pending(insert(3));
+        commit_group(&mut conn, vec![first, failing, third]);
+        assert!(first_answer.blocking_recv().unwrap().is_ok());
+        assert!(matches!(
+            failing_answer.blocking_recv().unwrap(),
+            Err(StoreError::Query(_))
+        ));
+        assert!(third_answer.blocking_recv().unwrap().is_ok());
+        let count: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT COUNT(*) FROM t)",
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+        assert_eq!(count, 2, "both good writes are stored, once each");
+    }
+
+    #[test]
+    fn a_panicking_write_is_its_own_error() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .unwrap();
+        let (panicking, panicked) = pending(|_| panic!("a bug"));
+        let (fine, fine_answer) = pending(insert(7));
+        commit_group(&mut conn, vec![panicking, fine]);
+        assert!(panicked.blocking_recv().unwrap().is_err());
+        assert!(fine_answer.blocking_recv().unwrap().is_ok());
+    }
 }
