@@ -530,10 +530,9 @@ impl SummaryWatch {
             self.started = true;
             // Changes from here on wake the next round: none is lost between the read and the wait.
             self.subscription.mark_seen();
-            let answer = self
-                .chat
-                .unread_summary(self.caller, self.limit, None)
-                .await;
+            // Boxed: this future is sized for its largest state, and a read inline (some
+            // 4.5 KB) would be held by every idle stream while it waits for a change.
+            let answer = Box::pin(self.chat.unread_summary(self.caller, self.limit, None)).await;
             match answer {
                 Err(error) => return Some(Err(error)),
                 Ok(SummaryAnswer::NotModified { .. }) => continue,
@@ -561,4 +560,57 @@ fn digest(summary: &UnreadSummary) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     summary.hash(&mut hasher);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open WatchUnreadSummary stream holds its pending `next()` future while it
+    /// waits for a change: the database read it makes must not be inlined in it.
+    #[tokio::test]
+    async fn an_idle_watch_holds_no_database_read() {
+        let path = std::env::temp_dir().join(format!("chatd_watch_size_{}.db", std::process::id()));
+        let store = Store::connect(
+            &crate::storage::DatabaseUrl::Sqlite(path.display().to_string()),
+            &crate::storage::PoolConfig {
+                max_size: 1,
+                timeout: Duration::from_secs(1),
+            },
+        )
+        .expect("a store");
+        let summaries = Summaries::new(
+            CacheConfig {
+                budget_bytes: 0,
+                sweep: Duration::from_secs(1),
+            },
+            WatchLimits {
+                per_user: 1,
+                total: 1,
+            },
+            Arc::new(crate::fanout::Local),
+            crate::metrics::Metrics::new().cache,
+            true,
+        );
+        let chat = Chat::new(
+            store,
+            summaries,
+            crate::metrics::Metrics::new().chat,
+            Duration::ZERO,
+        );
+        let caller = Caller {
+            user_id: 1,
+            role: Role::Tutor,
+        };
+        let mut watch = chat.watch_unread_summary(caller, 50).expect("a watch");
+        let pending = std::mem::size_of_val(&watch.next());
+        let read = std::mem::size_of_val(&chat.unread_summary(caller, 50, None));
+        assert!(
+            pending < 1024,
+            "an idle watch holds {pending} bytes (a read is {read})"
+        );
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }

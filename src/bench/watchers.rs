@@ -13,6 +13,27 @@ use crate::domain::Role;
 use crate::proto as pb;
 use crate::proto::chat_service_client::ChatServiceClient;
 
+/// How many streams open at once before the next wave.
+const OPENING_WAVE: usize = 1000;
+
+/// Waits for `count` streams to report their snapshot; how many did.
+async fn await_ready(
+    ready: &mut tokio::sync::mpsc::Receiver<Result<(), String>>,
+    count: usize,
+) -> Result<usize, String> {
+    let mut open = 0;
+    while open < count {
+        match ready.recv().await {
+            Some(Ok(())) => open += 1,
+            Some(Err(error)) => {
+                return Err(format!("a watcher could not open its stream: {error}"));
+            }
+            None => break,
+        }
+    }
+    Ok(open)
+}
+
 /// Streams multiplexed on one HTTP/2 connection in watcher mode.
 const WATCHERS_PER_CONNECTION: usize = 100;
 
@@ -39,10 +60,7 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let dataset = config.dataset;
-    let watchers = config
-        .watchers
-        .min(dataset.tutors() as usize)
-        .min(dataset.threads as usize);
+    let watchers = config.watchers.min(dataset.threads as usize);
     let rss_before = rss_mib(config.server_pid);
     let origin = Instant::now();
     let accepted: Arc<Vec<AtomicU64>> =
@@ -64,8 +82,16 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     }
     let opening = Instant::now();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(watchers);
+    let mut open = 0;
     for i in 0..watchers {
-        let thread = i as i64 + 1;
+        // Streams open in waves, each after the previous one got its snapshots, as
+        // clients arrive over time; not 100,000 snapshot reads at the same instant.
+        if i > 0 && i % OPENING_WAVE == 0 {
+            open += await_ready(&mut ready_rx, OPENING_WAVE).await?;
+        }
+        // Thread n + 1 belongs to a distinct tutor for n < tutors; past that, tutors
+        // watch a second time (a second device), within the per-user stream limit.
+        let thread = (i as i64 % dataset.tutors().min(dataset.threads)) + 1;
         let header = bearer(signer, dataset.tutor_of(thread), Role::Tutor)?;
         let mut chat = ChatServiceClient::new(channels[i / WATCHERS_PER_CONNECTION].clone());
         let (received, expecting, ready) = (received.clone(), expecting.clone(), ready_tx.clone());
@@ -92,15 +118,11 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         });
     }
     drop(ready_tx);
-    let mut open = 0;
-    while let Some(result) = ready_rx.recv().await {
-        match result {
-            Ok(()) => open += 1,
-            Err(error) => return Err(format!("a watcher could not open its stream: {error}")),
-        }
-        if open == watchers {
-            break;
-        }
+    open += await_ready(&mut ready_rx, watchers - open).await?;
+    if open < watchers {
+        return Err(format!(
+            "only {open} of {watchers} watchers opened their stream"
+        ));
     }
     let opened_in = opening.elapsed();
     let rss_open = rss_mib(config.server_pid);
@@ -114,7 +136,10 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
             .map_err(|e| format!("cannot connect to {target}: {e}"))?,
         None => channels[0].clone(),
     };
-    let sends = ((config.send_rate as f64 * config.duration.as_secs_f64()) as usize).min(watchers);
+    // Each message goes to a different tutor, watched by stream i (and by stream
+    // i + tutors, when there are that many; only stream i's delivery is timed).
+    let distinct = watchers.min(dataset.tutors().min(dataset.threads) as usize);
+    let sends = ((config.send_rate as f64 * config.duration.as_secs_f64()) as usize).min(distinct);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(
         1.0 / config.send_rate.max(1) as f64,
     ));

@@ -154,14 +154,18 @@ impl Store {
         }
         if let Store::Postgres(_) = self {
             // Explicit ids do not advance the sequences; the service's inserts must
-            // continue after them.
+            // continue after them. VACUUM sets the visibility map of the bulk-loaded
+            // tables, without which every index-only scan still visits the heap.
             self.execute_batch(
                 "SELECT setval(pg_get_serial_sequence('threads', 'thread_id'), (SELECT MAX(thread_id) FROM threads)); \
-                 SELECT setval(pg_get_serial_sequence('messages', 'message_id'), (SELECT MAX(message_id) FROM messages)); \
-                 ANALYZE",
+                 SELECT setval(pg_get_serial_sequence('messages', 'message_id'), (SELECT MAX(message_id) FROM messages))",
             )
             .await
             .map_err(|e| e.to_string())?;
+            // On its own: VACUUM cannot run in the implicit transaction of a batch.
+            self.execute_batch("VACUUM ANALYZE")
+                .await
+                .map_err(|e| e.to_string())?;
         } else {
             self.execute_batch("ANALYZE")
                 .await
