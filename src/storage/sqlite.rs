@@ -11,8 +11,13 @@
 //! `BEGIN IMMEDIATE … COMMIT` carries them all, pages they share are written once, and
 //! every write is answered only after the commit. Should one of them fail, the group
 //! is rolled back and each write runs again in a transaction of its own, so a failure
-//! is only ever its own write's. The WAL is checkpointed by a thread of its own, never
-//! by a commit the writer is waiting on.
+//! is only ever its own write's.
+//!
+//! The writer checkpoints the WAL between its own transactions, every
+//! `CHECKPOINT_PAGES`. A checkpoint run by another connection beside a busy writer
+//! never completes, and the WAL restarts only after one that did: tried, it let the WAL
+//! grow without bound (1.9 GB, every lookup through its index slower), and copying in
+//! the background alongside the writer's own checkpoints bought nothing measurable.
 //!
 //! With one writer, writes of one process never interleave, so the checks of the rules
 //! (`domain/rules.rs`) and the changes they guard are trivially atomic.
@@ -64,8 +69,15 @@ const WRITE_QUEUE: usize = 4096;
 /// Most writes one commit carries.
 const MAX_GROUP: usize = 64;
 
-/// How often the checkpointer copies the WAL's committed pages into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// WAL pages that make the writer checkpoint after a commit, and the WAL restart: four
+/// times SQLite's default, so pages a burst rewrites (counters, versions) are copied
+/// once rather than often. Measured at 64 writers: 1.2-1.3x the throughput of the
+/// default, for a longer pause (p99 ~50 ms instead of ~30 ms) when a checkpoint runs.
+const CHECKPOINT_PAGES: u32 = 4096;
+
+/// The WAL file is cut back to this size when it restarts, rather than keep the size
+/// of its largest burst.
+const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
 /// A queued write.
 trait QueuedWrite: Send {
@@ -133,16 +145,15 @@ impl SqliteStore {
         let readers = pool::sqlite_pool(path, config)?;
         let mut conn = SqliteConnection::establish(path)
             .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
-        // The checkpointer copies the WAL into the database, off the writer's path.
         diesel::connection::SimpleConnection::batch_execute(
             &mut conn,
             &format!(
-                "{} PRAGMA wal_autocheckpoint = 0;",
+                "{} PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}; \
+                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};",
                 pool::sqlite_pragmas(config.timeout)
             ),
         )
         .map_err(|e| format!("cannot set up the SQLite database {path}: {e}"))?;
-        start_checkpointer(path, config.timeout)?;
         let (writer, mut jobs) = mpsc::channel::<Job>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("chatd-sqlite-writer".into())
@@ -284,31 +295,6 @@ fn commit_group(conn: &mut SqliteConnection, mut group: Vec<Job>) {
         }
         Err(error) => group.into_iter().for_each(|job| job.answer(Err(&error))),
     }
-}
-
-/// Copies committed WAL pages into the database every `CHECKPOINT_EVERY`, from a
-/// connection and thread of its own. PASSIVE: it never waits for (or blocks) the
-/// writer or a reader; what it cannot copy now, the next round does.
-fn start_checkpointer(path: &str, busy: Duration) -> Result<(), String> {
-    let mut conn = SqliteConnection::establish(path)
-        .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
-    diesel::connection::SimpleConnection::batch_execute(&mut conn, &pool::sqlite_pragmas(busy))
-        .map_err(|e| format!("cannot set up the SQLite checkpointer: {e}"))?;
-    std::thread::Builder::new()
-        .name("chatd-sqlite-checkpoint".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(error) = diesel::connection::SimpleConnection::batch_execute(
-                    &mut conn,
-                    "PRAGMA wal_checkpoint(PASSIVE);",
-                ) {
-                    tracing::warn!(%error, "SQLite checkpoint failed; the next one retries");
-                }
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the SQLite checkpointer: {e}"))
 }
 
 /// Bumps the versions of `keys`' summaries, creating them at 1: one prepared upsert
