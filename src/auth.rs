@@ -225,19 +225,25 @@ impl TokenVerifier {
             check_time(admitted.exp, admitted.nbf, now)?;
             return Ok(admitted.verified.clone());
         }
+        // The header alone first: what is wrong there (an `alg` chatd does not accept,
+        // `none` included) is said as such, not as a claims problem.
+        jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            JwtErrorKind::Json(_) => DomainError::TokenInvalid(format!(
+                "the token's header is not one chatd accepts: its alg must be {}",
+                self.algorithms()
+            )),
+            _ => self.refusal(e.kind()),
+        })?;
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-                JwtErrorKind::ExpiredSignature => DomainError::TokenExpired,
-                JwtErrorKind::InvalidSignature => DomainError::TokenInvalid("bad signature".into()),
-                _ => DomainError::TokenInvalid(e.to_string()),
-            })?
+            .map_err(|e| self.refusal(e.kind()))?
             .claims;
-        let user_id = claims
-            .sub
-            .parse::<i64>()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| DomainError::TokenInvalid("sub must be a positive integer".into()))?;
+        let user_id = user_id_of(&claims.sub).ok_or_else(|| {
+            DomainError::TokenInvalid(
+                "sub must be the user id: a positive integer in decimal digits, \
+                 with no sign and no leading zeros"
+                    .into(),
+            )
+        })?;
         check_time(claims.exp, claims.nbf, now)?;
         let verified = Verified {
             user_id,
@@ -251,6 +257,63 @@ impl TokenVerifier {
         self.admitted.insert(token.to_owned(), Arc::new(admitted));
         Ok(verified)
     }
+}
+
+impl TokenVerifier {
+    /// The algorithms this verifier accepts, for messages.
+    fn algorithms(&self) -> String {
+        self.validation
+            .algorithms
+            .iter()
+            .map(|algorithm| format!("{algorithm:?}"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
+    /// Why a token was refused, in the words of the contract: never the parser's own.
+    fn refusal(&self, kind: &JwtErrorKind) -> DomainError {
+        let problem = match kind {
+            JwtErrorKind::ExpiredSignature => return DomainError::TokenExpired,
+            JwtErrorKind::InvalidToken | JwtErrorKind::Base64(_) | JwtErrorKind::Utf8(_) => {
+                "the token is not a JWT: expected three base64url parts separated by dots".into()
+            }
+            JwtErrorKind::InvalidSignature => {
+                "the token's signature does not match: it was signed with another key".into()
+            }
+            JwtErrorKind::InvalidAlgorithm
+            | JwtErrorKind::InvalidAlgorithmName
+            | JwtErrorKind::UnsupportedAlgorithm
+            | JwtErrorKind::MissingAlgorithm => format!(
+                "the token is signed with an algorithm chatd does not accept: use {}",
+                self.algorithms()
+            ),
+            JwtErrorKind::MissingRequiredClaim(claim) => {
+                format!("the token has no `{claim}` claim")
+            }
+            JwtErrorKind::InvalidClaimFormat(claim) => {
+                format!("the token's `{claim}` claim is malformed")
+            }
+            JwtErrorKind::Json(_) => "the token's claims are not what chatd reads: sub (the \
+                 user id, as a string of decimal digits), role and exp (seconds since the \
+                 epoch) are required"
+                .into(),
+            JwtErrorKind::InvalidIssuer => {
+                "the token's issuer (iss) is not the one chatd trusts".into()
+            }
+            JwtErrorKind::InvalidAudience => "the token is meant for another audience (aud)".into(),
+            JwtErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+            _ => "the token cannot be verified".into(),
+        };
+        DomainError::TokenInvalid(problem)
+    }
+}
+
+/// The user id a `sub` claim names: a positive integer written the one canonical way
+/// (so "+42" and "042" do not also mean user 42).
+fn user_id_of(sub: &str) -> Option<i64> {
+    sub.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0 && id.to_string() == sub)
 }
 
 fn unix_now() -> u64 {
@@ -565,6 +628,32 @@ mod tests {
             .caller_for(&[Role::Tutor, Role::Student], "chat.v1.ChatService")
             .unwrap_err();
         assert!(matches!(refused, DomainError::RoleNotAllowed { ref role, .. } if role == "admin"));
+    }
+
+    #[test]
+    fn sub_is_one_canonical_decimal() {
+        assert_eq!(user_id_of("10000"), Some(10000));
+        for sub in ["+10000", "010000", "-1", "0", " 1", "1e4", ""] {
+            assert_eq!(user_id_of(sub), None, "{sub:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_speak_the_contract_not_the_parser() {
+        let (_, verifier) = pair(&[b'a'; 32]);
+        // {"alg":"none","typ":"JWT"} . {"sub":"42","role":"tutor","exp":9999999999} . (none)
+        let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiIsInJvbGUiOiJ0dXRvciIsImV4cCI6OTk5OTk5OTk5OX0.";
+        for (token, expected) in [
+            (unsigned, "alg must be HS256"),
+            ("not-a-token", "not a JWT"),
+        ] {
+            let message = verifier.verify(token).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(
+                !message.contains("variant"),
+                "no parser internals: {message}"
+            );
+        }
     }
 
     #[test]

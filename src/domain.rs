@@ -382,6 +382,11 @@ impl Chat {
         status: RelationStatus,
         version: i64,
     ) -> Result<bool, DomainError> {
+        Participants {
+            tutor_id,
+            student_id,
+        }
+        .check_distinct()?;
         let fact = Fact {
             tutor_id,
             student_id,
@@ -405,6 +410,11 @@ impl Chat {
         status: InquiryStatus,
         version: i64,
     ) -> Result<bool, DomainError> {
+        Participants {
+            tutor_id,
+            student_id,
+        }
+        .check_distinct()?;
         let fact = Fact {
             tutor_id,
             student_id,
@@ -427,6 +437,11 @@ impl Chat {
         state: ContactAccessState,
         version: i64,
     ) -> Result<bool, DomainError> {
+        Participants {
+            tutor_id,
+            student_id,
+        }
+        .check_distinct()?;
         Ok(self
             .store
             .upsert_contact_access(tutor_id, student_id, state, version)

@@ -4,7 +4,8 @@
 //! executes exactly the rule written here and says so where it does.
 //!
 //! - Membership: a user is in a thread, relation or inquiry on one side when that
-//!   side's participant id is theirs. Anything else does not exist for them.
+//!   side's participant id is theirs. Anything else does not exist for them. The two
+//!   participants are two users: a tutor is never their own student.
 //! - Sides: a tutor token acts on the tutor side, a student token on the student side;
 //!   service tokens take no side.
 //! - Writability: a contact thread takes messages while its relation is ACTIVE, a
@@ -23,7 +24,7 @@
 //!   inquiry whose status changes changes both participants' (each entry shows
 //!   whether its thread is writable).
 
-use super::Role;
+use super::{DomainError, Role};
 use crate::model::{ContactAccessState, InquiryStatus, RelationStatus, Side, ThreadKind};
 
 /// The two participants of a thread, relation or inquiry.
@@ -45,6 +46,21 @@ impl Participants {
     /// Membership: `user_id` is in it on `side`.
     pub fn includes(self, user_id: i64, side: Side) -> bool {
         self.on(side) == user_id
+    }
+
+    /// A fact pushed upstream names two different users: with one user on both sides,
+    /// their own messages would count as unread for themselves.
+    pub fn check_distinct(self) -> Result<(), DomainError> {
+        if self.tutor_id == self.student_id {
+            return Err(DomainError::invalid(
+                "student_id",
+                format!(
+                    "must differ from tutor_id: user {} cannot be their own student",
+                    self.tutor_id
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -136,6 +152,18 @@ mod tests {
         assert!(needs_contact_access(Side::Tutor, ThreadKind::Contact));
         assert!(!needs_contact_access(Side::Student, ThreadKind::Contact));
         assert!(!needs_contact_access(Side::Tutor, ThreadKind::Negotiation));
+    }
+
+    #[test]
+    fn a_tutor_is_not_their_own_student() {
+        let same = Participants {
+            tutor_id: 3,
+            student_id: 3,
+        };
+        assert_eq!(
+            same.check_distinct().unwrap_err().field(),
+            Some("student_id")
+        );
     }
 
     #[test]

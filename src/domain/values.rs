@@ -91,6 +91,7 @@ impl MessageBody {
                 format!("must be at most {MAX_BODY_CHARS} characters, got {chars}"),
             ));
         }
+        no_nul("body", &body)?;
         Ok(Self(body))
     }
 
@@ -120,7 +121,20 @@ pub fn client_message_id(value: String) -> Result<Option<String>, DomainError> {
             format!("must be at most {MAX_CLIENT_MESSAGE_ID_CHARS} characters, got {chars}"),
         ));
     }
+    no_nul("client_message_id", &value)?;
     Ok(Some(value))
+}
+
+/// Text holds no NUL character: PostgreSQL cannot store one in TEXT, and SQLite would,
+/// so both backends refuse it here alike, naming the field.
+fn no_nul(field: &'static str, text: &str) -> Result<(), DomainError> {
+    match text.find('\0') {
+        Some(at) => Err(DomainError::invalid(
+            field,
+            format!("must not contain a NUL character (U+0000), found at byte {at}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A page size: 0 means the default, else 1..=200.
@@ -229,6 +243,14 @@ mod tests {
         assert_eq!(page_limit("limit", 200).unwrap(), 200);
         assert!(page_limit("limit", 201).is_err());
         assert!(page_limit("limit", -1).is_err());
+    }
+
+    #[test]
+    fn nul_is_refused_in_text_naming_the_field() {
+        let body = MessageBody::parse("a\0b".into()).unwrap_err();
+        assert_eq!(body.field(), Some("body"));
+        let key = client_message_id("k\0".into()).unwrap_err();
+        assert_eq!(key.field(), Some("client_message_id"));
     }
 
     #[test]

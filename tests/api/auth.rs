@@ -9,7 +9,7 @@ use chatd::grpc::pb::UpsertRelationRequest;
 use chatd::grpc::pb::sync_service_client::SyncServiceClient;
 use tonic::Code;
 
-use crate::helpers::{Bearer, SECRET, TestApp, assert_error, summary};
+use crate::helpers::{Bearer, SECRET, TestApp, assert_error, epoch_seconds, signed, summary};
 
 /// An UpsertRelation any service could send.
 fn any_relation() -> UpsertRelationRequest {
@@ -101,17 +101,8 @@ async fn roles_are_checked(app: TestApp) {
 /// the right: PERMISSION_DENIED, not UNAUTHENTICATED (which would send the client to
 /// log in again, forever).
 async fn an_unknown_role_is_permission_denied(app: TestApp) {
-    let exp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let admin = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({ "sub": "42", "role": "admin", "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let admin =
+        signed(serde_json::json!({ "sub": "42", "role": "admin", "exp": epoch_seconds(600) }));
     let result = app
         .chat_with_header(Some(format!("Bearer {admin}")))
         .get_unread_summary(summary(0))
@@ -128,8 +119,49 @@ async fn an_unknown_role_is_permission_denied(app: TestApp) {
     );
 }
 
+/// Tokens chatd must refuse although correctly signed: not valid yet (a future nbf),
+/// or a `sub` that is not the one canonical way to write a user id (so "+10000" and
+/// "010000" do not also mean user 10000). Refusals say what is wrong in the contract's
+/// words, never the token parser's.
+async fn odd_tokens_are_refused_in_plain_words(app: TestApp) {
+    let call = |token: String| {
+        let mut client = app.chat_with_header(Some(format!("Bearer {token}")));
+        async move { client.get_unread_summary(summary(0)).await }
+    };
+    let later = signed(serde_json::json!({
+        "sub": "42", "role": "tutor", "exp": epoch_seconds(7200), "nbf": epoch_seconds(3600)
+    }));
+    let status = assert_error(call(later).await, Code::Unauthenticated, "TOKEN_INVALID");
+    assert!(status.message().contains("not valid yet"), "{status:?}");
+    for sub in ["+10000", "010000"] {
+        let odd =
+            signed(serde_json::json!({ "sub": sub, "role": "tutor", "exp": epoch_seconds(600) }));
+        let status = assert_error(call(odd).await, Code::Unauthenticated, "TOKEN_INVALID");
+        assert!(
+            status.message().contains("decimal digits"),
+            "{sub}: {status:?}"
+        );
+    }
+    // alg "none": no signature at all.
+    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiIsInJvbGUiOiJ0dXRvciIsImV4cCI6OTk5OTk5OTk5OX0.";
+    let status = assert_error(
+        call(unsigned.into()).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    assert!(status.message().contains("alg must be HS256"), "{status:?}");
+    assert!(
+        !status.message().contains("variant"),
+        "no parser internals: {status:?}"
+    );
+    let canonical =
+        signed(serde_json::json!({ "sub": "10000", "role": "tutor", "exp": epoch_seconds(600) }));
+    assert!(call(canonical).await.is_ok());
+}
+
 backend_suite!(
     tokens_are_checked,
     roles_are_checked,
-    an_unknown_role_is_permission_denied
+    an_unknown_role_is_permission_denied,
+    odd_tokens_are_refused_in_plain_words,
 );

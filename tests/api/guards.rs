@@ -109,4 +109,78 @@ async fn bad_arguments_name_the_field(app: TestApp) {
     assert_invalid(sync.upsert_relation(negative_version).await, "version");
 }
 
-backend_suite!(bad_arguments_name_the_field);
+/// A NUL character in text is refused, the same on both backends (PostgreSQL cannot
+/// store it, SQLite would), over gRPC and REST, naming the field.
+async fn nul_in_text_is_refused_naming_the_field(app: TestApp) {
+    let thread = app.contact_thread(10, 42, 7).await;
+    let mut student = app.student(7);
+    assert_invalid(
+        student
+            .send_message(send(thread.thread_id, "a\u{0}b"))
+            .await,
+        "body",
+    );
+    let mut keyed = send(thread.thread_id, "fine");
+    keyed.client_message_id = "k\u{0}".into();
+    assert_invalid(student.send_message(keyed).await, "client_message_id");
+    let answer = reqwest::Client::new()
+        .post(app.url(&format!(
+            "/api/v1/chat/threads/{}/messages/",
+            thread.thread_id
+        )))
+        .header("authorization", app.bearer(7, chatd::domain::Role::Student))
+        .json(&serde_json::json!({ "body": "a\u{0}b" }))
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(answer.status(), 400);
+    let body: serde_json::Value = answer.json().await.expect("a JSON error");
+    assert_eq!(body["code"], "INVALID_ARGUMENT");
+    assert_eq!(body["field"], "body");
+    // Nothing was stored.
+    let page = student
+        .list_messages(ListMessagesRequest {
+            thread_id: thread.thread_id,
+            before_seq: None,
+            limit: 0,
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(page.messages.is_empty());
+}
+
+/// A relation, inquiry or contact access whose tutor is its student is refused: their
+/// own messages would count as unread for themselves.
+async fn a_tutor_cannot_be_their_own_student(app: TestApp) {
+    let mut sync = app.sync();
+    let relation = UpsertRelationRequest {
+        relation_id: 3,
+        tutor_id: 3,
+        student_id: 3,
+        status: 2,
+        version: 1,
+    };
+    assert_invalid(sync.upsert_relation(relation).await, "student_id");
+    let inquiry = chatd::grpc::pb::UpsertInquiryRequest {
+        inquiry_id: 3,
+        tutor_id: 3,
+        student_id: 3,
+        status: 1,
+        version: 1,
+    };
+    assert_invalid(sync.upsert_inquiry(inquiry).await, "student_id");
+    let access = chatd::grpc::pb::UpsertContactAccessRequest {
+        tutor_id: 3,
+        student_id: 3,
+        state: 2,
+        version: 1,
+    };
+    assert_invalid(sync.upsert_contact_access(access).await, "student_id");
+}
+
+backend_suite!(
+    nul_in_text_is_refused_naming_the_field,
+    a_tutor_cannot_be_their_own_student,
+    bad_arguments_name_the_field
+);

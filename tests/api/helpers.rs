@@ -309,6 +309,26 @@ impl TestApp {
     }
 }
 
+/// A token with exactly `claims`, signed with the test secret: for tokens chatd's own
+/// signer would never make.
+pub fn signed(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("claims sign")
+}
+
+/// Seconds since the epoch, `offset` from now.
+pub fn epoch_seconds(offset: i64) -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+        + offset
+}
+
 pub fn ensure_relation(relation_id: i64) -> pb::EnsureThreadRequest {
     pb::EnsureThreadRequest {
         target: Some(pb::ensure_thread_request::Target::RelationId(relation_id)),
