@@ -335,16 +335,18 @@ async fn services(
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
 
-    let chat_service = ChatServiceServer::with_interceptor(
-        grpc::ChatService::new(chat.clone()),
+    let chat_service = tonic::service::interceptor::InterceptedService::new(
+        ChatServiceServer::new(grpc::ChatService::new(chat.clone()))
+            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
         Authenticate::new(
             verifier.clone(),
             ChatServiceServer::<grpc::ChatService>::NAME,
             &[Role::Tutor, Role::Student],
         ),
     );
-    let sync_service = SyncServiceServer::with_interceptor(
-        grpc::SyncService::new(chat.clone()),
+    let sync_service = tonic::service::interceptor::InterceptedService::new(
+        SyncServiceServer::new(grpc::SyncService::new(chat.clone()))
+            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
         Authenticate::new(
             verifier.clone(),
             SyncServiceServer::<grpc::SyncService>::NAME,

@@ -14,5 +14,9 @@ pub use chat::ChatService;
 pub use sync::SyncService;
 pub use trace::{RPCS, RpcTraceLayer};
 
+/// The largest request message chatd decodes: far above any valid request (a message
+/// body is at most 4000 characters), so a client cannot make it buffer megabytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// The generated code, where callers of this module have always found it.
 pub use crate::proto as pb;

@@ -1,6 +1,7 @@
 //! Code generated from `proto/chat/v1/chat.proto` (messages, the ChatService and
 //! SyncService servers and clients) and its descriptor set, imports included, for
-//! server reflection. `grpc/` serves it and `http/` calls it; neither names the other.
+//! server reflection, with the codec they use. `grpc/` serves it and `http/` calls it;
+//! neither names the other.
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("chat.v1");
@@ -34,14 +35,43 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = ClientFault<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(INITIAL_BUFFER, 32 * 1024))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(INITIAL_BUFFER, 32 * 1024))
+        ClientFault(ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+            INITIAL_BUFFER,
+            32 * 1024,
+        )))
+    }
+}
+
+/// prost's decoder, whose failures are the sender's fault: a message that cannot be
+/// decoded is INVALID_ARGUMENT `MALFORMED_REQUEST` with ErrorInfo, not INTERNAL.
+pub struct ClientFault<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for ClientFault<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<U>, tonic::Status> {
+        self.0.decode(src).map_err(|_| {
+            crate::status::status(
+                crate::status::request::MALFORMED,
+                "the request message cannot be decoded: send a valid protobuf message \
+                 of the method's request type",
+            )
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 

@@ -95,6 +95,32 @@ pub mod edge {
     ];
 }
 
+/// Requests chatd's gRPC server refuses before any handler sees them.
+pub mod request {
+    use super::{Code, ErrorCode, StatusCode as H, code};
+
+    /// The request message cannot be decoded (truncated, not protobuf, a string that
+    /// is not UTF-8): the client's fault.
+    pub const MALFORMED: ErrorCode =
+        code("MALFORMED_REQUEST", Code::InvalidArgument, H::BAD_REQUEST);
+    /// The request message is over the size chatd accepts.
+    pub const TOO_LARGE: ErrorCode = code(
+        "REQUEST_TOO_LARGE",
+        Code::ResourceExhausted,
+        H::PAYLOAD_TOO_LARGE,
+    );
+
+    pub const ALL: [ErrorCode; 2] = [MALFORMED, TOO_LARGE];
+}
+
+/// A `tonic::Status` of a table row, with its ErrorInfo.
+pub fn status(row: ErrorCode, message: impl Into<String>) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details =
+        ErrorDetails::with_error_info(row.reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    tonic::Status::with_error_details(row.grpc, message, details)
+}
+
 /// The standard gRPC → HTTP mapping, for a status that names no reason this build knows.
 pub fn http_status(code: Code) -> StatusCode {
     use StatusCode as H;
@@ -168,8 +194,15 @@ mod tests {
             ("BAD_REQUEST", Code::InvalidArgument, 400),
             ("UPSTREAM_UNAVAILABLE", Code::Unavailable, 503),
             ("UPSTREAM_TIMEOUT", Code::DeadlineExceeded, 504),
+            ("MALFORMED_REQUEST", Code::InvalidArgument, 400),
+            ("REQUEST_TOO_LARGE", Code::ResourceExhausted, 413),
         ];
-        let table: Vec<ErrorCode> = Reason::ALL.into_iter().map(of).chain(edge::ALL).collect();
+        let table: Vec<ErrorCode> = Reason::ALL
+            .into_iter()
+            .map(of)
+            .chain(edge::ALL)
+            .chain(request::ALL)
+            .collect();
         let table: Vec<_> = table
             .iter()
             .map(|row| (row.reason, row.grpc, row.http.as_u16()))

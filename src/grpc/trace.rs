@@ -28,6 +28,30 @@ pub const RPCS: [&str; 9] = [
     "chat.v1.SyncService/UpsertInquiry",
 ];
 
+/// tonic refuses a request message over the size limit as OUT_OF_RANGE, with no
+/// details. chatd answers nothing else with OUT_OF_RANGE, so such an answer is that
+/// refusal: it becomes RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`, with ErrorInfo.
+fn too_large_is_resource_exhausted<Body: Default>(
+    response: http::Response<Body>,
+) -> http::Response<Body> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    if !out_of_range {
+        return response;
+    }
+    let refusal = status::status(
+        status::request::TOO_LARGE,
+        format!(
+            "the request message is over {} bytes: send less",
+            crate::grpc::MAX_REQUEST_BYTES
+        ),
+    );
+    let (parts, ()) = refusal.into_http::<()>().into_parts();
+    http::Response::from_parts(parts, Body::default())
+}
+
 /// Wraps the gRPC server's routes in `RpcTrace`, counting into `metrics`.
 #[derive(Debug, Clone)]
 pub struct RpcTraceLayer {
@@ -66,6 +90,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<ResponseBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    ResponseBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -111,7 +136,7 @@ where
         let started = std::time::Instant::now();
         let future = inner.call(request).instrument(span.clone());
         Box::pin(async move {
-            let response = future.await?;
+            let response = too_large_is_resource_exhausted(future.await?);
             // Errors of unary calls travel in the response headers (trailers-only);
             // a response without grpc-status there carries OK or streams.
             let code = response

@@ -179,7 +179,100 @@ async fn a_tutor_cannot_be_their_own_student(app: TestApp) {
     assert_invalid(sync.upsert_contact_access(access).await, "student_id");
 }
 
+/// Sends `message` as it is (any bytes) to `path`, as `app`'s student 7.
+async fn raw_call(app: &TestApp, path: &'static str, message: Vec<u8>) -> Result<(), Status> {
+    struct Raw;
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl tonic::codec::Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(
+            &mut self,
+            item: Vec<u8>,
+            dst: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), Status> {
+            use prost::bytes::BufMut;
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl tonic::codec::Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(
+            &mut self,
+            src: &mut tonic::codec::DecodeBuf<'_>,
+        ) -> Result<Option<Vec<u8>>, Status> {
+            use prost::bytes::Buf;
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+    let mut grpc = tonic::client::Grpc::new(app.channel()).max_encoding_message_size(usize::MAX);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        app.bearer(7, chatd::domain::Role::Student).parse().unwrap(),
+    );
+    grpc.unary(request, http::uri::PathAndQuery::from_static(path), Raw)
+        .await
+        .map(drop)
+}
+
+/// A request the server cannot decode is the client's fault: INVALID_ARGUMENT
+/// `MALFORMED_REQUEST`, and one over the size limit RESOURCE_EXHAUSTED
+/// `REQUEST_TOO_LARGE`, both with ErrorInfo (they were INTERNAL and OUT_OF_RANGE).
+async fn undecodable_and_oversized_requests_are_the_clients_fault(app: TestApp) {
+    const SEND: &str = "/chat.v1.ChatService/SendMessage";
+    let thread = app.contact_thread(10, 42, 7).await;
+    let id = thread.thread_id as u8;
+    for (what, bytes) in [
+        // thread_id = id, body = the bytes FF FE, which are not UTF-8
+        ("invalid UTF-8", vec![0x08, id, 0x12, 0x02, 0xff, 0xfe]),
+        // body declared 5 bytes long, 1 sent
+        ("truncated", vec![0x08, id, 0x12, 0x05, 0x61]),
+        ("random bytes", vec![0xff; 16]),
+    ] {
+        let status = assert_error(
+            raw_call(&app, SEND, bytes).await,
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        );
+        assert!(
+            status.message().contains("cannot be decoded"),
+            "{what}: {status:?}"
+        );
+    }
+    // thread_id = id, body = 100 KiB
+    let mut huge = vec![0x08, id, 0x12, 0x80, 0x80, 0x06];
+    huge.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    assert_error(
+        raw_call(&app, SEND, huge).await,
+        Code::ResourceExhausted,
+        "REQUEST_TOO_LARGE",
+    );
+    // Nothing was stored, and a well-formed message still goes through.
+    let mut student = app.student(7);
+    let sent = student
+        .send_message(send(thread.thread_id, "fine"))
+        .await
+        .expect("a good send");
+    assert_eq!(sent.into_inner().message.unwrap().seq, 1);
+}
+
 backend_suite!(
+    undecodable_and_oversized_requests_are_the_clients_fault,
     nul_in_text_is_refused_naming_the_field,
     a_tutor_cannot_be_their_own_student,
     bad_arguments_name_the_field
