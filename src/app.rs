@@ -12,8 +12,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_layer::Layer;
@@ -25,6 +23,7 @@ use crate::fanout::{ChangeSink, Local, Publisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
 use crate::http::{Gateway, GatewayConfig};
 use crate::metrics::Metrics;
+use crate::net::{self, ConnectionLimits, Protocol};
 use crate::proto::chat_service_server::ChatServiceServer;
 use crate::proto::sync_service_server::SyncServiceServer;
 use crate::storage::{DatabaseUrl, PoolConfig, Store};
@@ -56,6 +55,11 @@ pub struct ServeConfig {
     pub fanout_heartbeat: Duration,
     /// The size of the summary cache (0 turns it off) and how often it is swept.
     pub summary_cache: CacheConfig,
+    /// How every listener treats its connections (cap, handshake and idle timeouts).
+    pub connections: ConnectionLimits,
+    /// The longest a chat.v1 call may run before it answers DEADLINE_EXCEEDED; the
+    /// client's `grpc-timeout` shortens it. PostgreSQL statements get the same bound.
+    pub call_timeout: Duration,
 }
 
 /// A built server: migrated database, bound listeners, services assembled, ready to `run`.
@@ -103,7 +107,7 @@ impl Application {
         let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
         let metrics = Metrics::new();
         // Everything a scrape shows exists from here on, before the first call.
-        let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone());
+        let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone(), config.call_timeout);
         // One SQLite process hears every change it makes; PostgreSQL replicas wait for
         // their fan-out to connect.
         let hears_everything = matches!(config.database, DatabaseUrl::Sqlite(_));
@@ -140,6 +144,7 @@ impl Application {
                     ),
                     upstream_timeout: config.upstream_timeout,
                     cors_allowed_origins: config.cors_allowed_origins.clone(),
+                    connections: config.connections,
                 };
                 // In process, the gateway calls the same service stack the network
                 // listener serves (authentication, tracing, metrics), with no hop between.
@@ -247,6 +252,7 @@ impl Application {
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
             tokio::spawn(crate::http::serve_metrics(
                 listener,
+                config.connections,
                 self.metrics.clone(),
                 async move {
                     let _ = metrics_stopping.await;
@@ -257,6 +263,7 @@ impl Application {
             self.store.clone(),
             health.clone(),
             config.health_interval,
+            config.pool.timeout,
             stopping_rx,
         ));
         // The gateway drains first: its in-flight requests still need their gRPC calls.
@@ -286,20 +293,21 @@ impl Application {
         };
 
         tracing::info!(%addr, backend = self.store.backend(), "chatd gRPC listening");
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let served = Server::builder()
-            .layer(self.rpc_trace)
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(|e| format!("gRPC server failed: {e}"));
+        net::serve(
+            self.listener,
+            config.connections,
+            Protocol::Grpc,
+            self.rpc_trace.layer(self.routes.prepare()),
+            signal,
+        )
+        .await;
         monitor.abort();
         sweeper.abort();
         feed_health.abort();
         if let Some(fanout) = fanout {
             fanout.abort();
         }
-        served
+        Ok(())
     }
 }
 
@@ -502,6 +510,7 @@ async fn monitor_database(
     store: Store,
     health: HealthReporter,
     interval: Duration,
+    ping_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -512,7 +521,12 @@ async fn monitor_database(
             _ = ticker.tick() => {}
             _ = stopping.changed() => return,
         }
-        let reachable = store.ping().await;
+        // A database that stops answering (frozen, partitioned) must turn health
+        // NOT_SERVING, not hang the monitor: the ping has the pool's timeout.
+        let reachable = match tokio::time::timeout(ping_timeout, store.ping()).await {
+            Ok(answered) => answered.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {ping_timeout:?}")),
+        };
         if *stopping.borrow() {
             return;
         }

@@ -11,6 +11,7 @@ use crate::auth::AuthConfig;
 use crate::bench::{BenchConfig, Rpc};
 use crate::domain::{CacheConfig, Role, WatchLimits};
 use crate::http::GatewayConfig;
+use crate::net::ConnectionLimits;
 use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
 use crate::telemetry::LogFormat;
 
@@ -107,6 +108,11 @@ pub struct ServeArgs {
     /// How long a call waits for a database connection before it fails UNAVAILABLE.
     #[arg(long, env = "CHATD_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
+    /// The longest a call may run before it answers DEADLINE_EXCEEDED (a stream: before
+    /// it starts); a client's shorter grpc-timeout wins. PostgreSQL statements are cut
+    /// off at the same bound (statement_timeout).
+    #[arg(long, env = "CHATD_CALL_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
     /// How often health checks that the database answers.
     #[arg(long, env = "CHATD_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -171,6 +177,39 @@ impl std::str::FromStr for HttpListen {
     }
 }
 
+/// How a server treats its clients' connections (every listener of the process).
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Most connections open at once on each listener; more wait in the kernel's
+    /// backlog until one closes. Each takes a file descriptor.
+    #[arg(long, env = "CHATD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first bytes (and an HTTP/1
+    /// request its head) before it is closed.
+    #[arg(long, env = "CHATD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// How long a connection may go with no bytes either way before it is closed.
+    /// HTTP/2 keepalive pings (every 30 s) keep open streams above it.
+    #[arg(long, env = "CHATD_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionArgs {
+    pub fn limits(&self) -> Result<ConnectionLimits, String> {
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err("--handshake-timeout and --idle-timeout must be more than 0s".into());
+        }
+        Ok(ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        })
+    }
+}
+
 /// Options of the REST gateway, in-process or standalone.
 #[derive(Debug, Args)]
 pub struct GatewayOptions {
@@ -184,6 +223,8 @@ pub struct GatewayOptions {
     /// How long one gRPC call to chatd may take before the REST client gets 504.
     #[arg(long, env = "CHATD_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -199,13 +240,14 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    pub fn config(&self) -> GatewayConfig {
-        GatewayConfig {
+    pub fn config(&self) -> Result<GatewayConfig, String> {
+        Ok(GatewayConfig {
             listen: self.listen,
             upstream: self.upstream.clone(),
             upstream_timeout: self.options.upstream_timeout,
             cors_allowed_origins: self.options.cors_allowed_origins.clone(),
-        }
+            connections: self.options.connections.limits()?,
+        })
     }
 }
 
@@ -220,12 +262,16 @@ impl ServeArgs {
         if self.fanout_heartbeat.is_zero() {
             return Err("--fanout-heartbeat must be more than 0s".into());
         }
+        if self.call_timeout.is_zero() {
+            return Err("--call-timeout must be more than 0s".into());
+        }
         Ok(ServeConfig {
             listen: self.listen,
             database: self.database.parse_url()?,
             pool: PoolConfig {
                 max_size: self.db_pool_size,
                 timeout: self.db_timeout,
+                statement_timeout: Some(self.call_timeout),
             },
             auth: self.auth.config(),
             health_interval: self.health_interval,
@@ -250,6 +296,8 @@ impl ServeArgs {
                 budget_bytes: self.summary_cache_mib.saturating_mul(1 << 20),
                 sweep: self.summary_cache_sweep,
             },
+            connections: self.gateway.connections.limits()?,
+            call_timeout: self.call_timeout,
         })
     }
 }

@@ -591,6 +591,7 @@ mod tests {
             &crate::storage::PoolConfig {
                 max_size: 1,
                 timeout: Duration::from_secs(1),
+                statement_timeout: None,
             },
         )
         .expect("a store");

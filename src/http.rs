@@ -37,6 +37,7 @@ pub use error::ApiError;
 
 use crate::domain::DomainError;
 use crate::metrics::{HttpLabels, Metrics};
+use crate::net::{self, ConnectionLimits, Protocol};
 use crate::proto as pb;
 use crate::proto::chat_service_client::ChatServiceClient;
 use crate::status::edge;
@@ -47,6 +48,15 @@ use json::{
 
 /// Largest request body accepted: larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest request target (path and query) the gateway reads: its paths and
+/// queries are short, so longer is a mistake or an attack, answered 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The most header bytes a request may carry (each field's name and value plus 32, as
+/// HTTP/2 counts them), answered 431 above it. Below chatd's own gRPC limit
+/// (`net::MAX_HEADER_LIST_BYTES`), so whatever the gateway forwards, chatd reads.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Headers copied from the HTTP request into the gRPC call's metadata.
 const FORWARDED_HEADERS: [&str; 3] = ["authorization", "traceparent", "tracestate"];
@@ -61,6 +71,8 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// Origins allowed by CORS; empty turns CORS off.
     pub cors_allowed_origins: Vec<String>,
+    /// How the listener treats its connections.
+    pub connections: ConnectionLimits,
 }
 
 /// chatd's gRPC services as the gateway calls them: gRPC requests in, gRPC responses
@@ -128,6 +140,7 @@ where
 pub struct Gateway {
     listener: TcpListener,
     router: Router,
+    connections: ConnectionLimits,
 }
 
 impl Gateway {
@@ -148,7 +161,11 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            connections: config.connections,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -163,10 +180,15 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), String> {
         tracing::info!(addr = %self.local_addr(), "chatd REST gateway listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| format!("REST gateway failed: {e}"))
+        net::serve(
+            self.listener,
+            self.connections,
+            Protocol::Http,
+            self.router,
+            shutdown,
+        )
+        .await;
+        Ok(())
     }
 }
 
@@ -224,6 +246,7 @@ pub fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized_head))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             trace_request,
@@ -233,6 +256,40 @@ pub fn router(
         router = router.layer(cors(&config.cors_allowed_origins)?);
     }
     Ok(router)
+}
+
+/// Refuses, in the JSON every error has, a request whose target or headers are over
+/// what the gateway reads: 414 and 431, the client's to fix.
+async fn refuse_oversized_head(request: Request, next: axum::middleware::Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::new(
+            edge::URI_TOO_LONG,
+            format!(
+                "the request target is {target} bytes, over the {MAX_URI_BYTES} this API reads"
+            ),
+        )
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::new(
+            edge::HEADERS_TOO_LARGE,
+            format!(
+                "the request headers take {headers} bytes, over the {MAX_HEADER_BYTES} this API \
+                 reads: send a shorter Authorization, traceparent or tracestate"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// A span per HTTP request, with OpenTelemetry's HTTP conventions (http.request.method,
@@ -320,6 +377,7 @@ fn render_metrics(metrics: &Metrics, headers: &HeaderMap) -> Response {
 /// Serves `/metrics` alone on `listener` until `shutdown` (the `--metrics` port of serve).
 pub async fn serve_metrics(
     listener: TcpListener,
+    connections: ConnectionLimits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
@@ -327,10 +385,8 @@ pub async fn serve_metrics(
         "/metrics",
         get(move |headers: HeaderMap| async move { render_metrics(&metrics, &headers) }),
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| format!("metrics listener failed: {e}"))
+    net::serve(listener, connections, Protocol::Http, router, shutdown).await;
+    Ok(())
 }
 
 fn cors(origins: &[String]) -> Result<CorsLayer, String> {

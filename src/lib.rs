@@ -15,6 +15,7 @@
 //! - `domain`: the operations and every rule (`domain/rules.rs`), transport-free.
 //! - `fanout`: telling other replicas, after commit, which summaries changed.
 //! - `storage`: schema, migrations, reads and writes on PostgreSQL or embedded SQLite.
+//! - `net`: accepting connections within limits (a cap, deadlines, backoff).
 //! - `telemetry`: logs (text or JSON) and OpenTelemetry traces over OTLP, with W3C
 //!   trace context carried across the gateway, chatd and storage.
 //! - `metrics`: a Prometheus registry per application (a leaf: it names no other module).
@@ -31,6 +32,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod proto;
 pub mod status;
 pub mod storage;

@@ -37,17 +37,22 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(args) => {
-            let app = Application::build(args.config()?).await?;
+            let config = args.config()?;
+            open_files_for(config.connections.max_connections);
+            let app = Application::build(config).await?;
             app.run(shutdown_signal()).await
         }
         Command::Gateway(args) => {
-            let gateway = Gateway::build(&args.config(), chatd::metrics::Metrics::new()).await?;
+            let config = args.config()?;
+            open_files_for(config.connections.max_connections);
+            let gateway = Gateway::build(&config, chatd::metrics::Metrics::new()).await?;
             gateway.run(shutdown_signal()).await
         }
         Command::Migrate(args) => {
             let pool = PoolConfig {
                 max_size: 1,
                 timeout: std::time::Duration::from_secs(10),
+                statement_timeout: None,
             };
             let store = Store::connect(&args.parse_url()?, &pool)?;
             let applied = store.migrate().await?;
@@ -77,6 +82,7 @@ async fn run(command: Command) -> Result<(), String> {
                 let pool = PoolConfig {
                     max_size: 2,
                     timeout: std::time::Duration::from_secs(30),
+                    statement_timeout: None,
                 };
                 Some(Store::connect(&database, &pool)?)
             } else {
@@ -84,5 +90,28 @@ async fn run(command: Command) -> Result<(), String> {
             };
             chatd::bench::run(config, store, signer).await
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard one and says what it is, warning
+/// when it leaves too few descriptors for `max_connections` (then connections over the
+/// limit wait in the kernel's backlog while accepting backs off, and the server still
+/// answers those it holds).
+fn open_files_for(max_connections: usize) {
+    match chatd::net::raise_open_files_limit() {
+        Ok(limit) => {
+            // Database connections, listeners, the log and the SQLite files need some.
+            let spare = 256;
+            if limit < (max_connections as u64).saturating_add(spare) {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections,
+                    "the open-file limit is below --max-connections plus {spare}: raise the hard limit (ulimit -Hn) or lower --max-connections"
+                );
+            } else {
+                tracing::info!(open_files = limit, "open-file limit");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
     }
 }

@@ -84,7 +84,17 @@ pub mod edge {
         H::GATEWAY_TIMEOUT,
     );
 
-    pub const ALL: [ErrorCode; 7] = [
+    /// The request line's target is longer than the gateway reads.
+    pub const URI_TOO_LONG: ErrorCode =
+        code("URI_TOO_LONG", Code::InvalidArgument, H::URI_TOO_LONG);
+    /// The request's headers are larger than the gateway forwards.
+    pub const HEADERS_TOO_LARGE: ErrorCode = code(
+        "HEADERS_TOO_LARGE",
+        Code::InvalidArgument,
+        H::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    );
+
+    pub const ALL: [ErrorCode; 9] = [
         UNKNOWN_PATH,
         METHOD_NOT_ALLOWED,
         PAYLOAD_TOO_LARGE,
@@ -92,6 +102,8 @@ pub mod edge {
         BAD_REQUEST,
         UPSTREAM_UNAVAILABLE,
         UPSTREAM_TIMEOUT,
+        URI_TOO_LONG,
+        HEADERS_TOO_LARGE,
     ];
 }
 
@@ -110,7 +122,14 @@ pub mod request {
         H::PAYLOAD_TOO_LARGE,
     );
 
-    pub const ALL: [ErrorCode; 2] = [MALFORMED, TOO_LARGE];
+    /// The call did not finish within its deadline (the client's or the server's).
+    pub const DEADLINE_EXCEEDED: ErrorCode = code(
+        "DEADLINE_EXCEEDED",
+        Code::DeadlineExceeded,
+        H::GATEWAY_TIMEOUT,
+    );
+
+    pub const ALL: [ErrorCode; 3] = [MALFORMED, TOO_LARGE, DEADLINE_EXCEEDED];
 }
 
 /// A `tonic::Status` of a table row, with its ErrorInfo.
@@ -194,8 +213,11 @@ mod tests {
             ("BAD_REQUEST", Code::InvalidArgument, 400),
             ("UPSTREAM_UNAVAILABLE", Code::Unavailable, 503),
             ("UPSTREAM_TIMEOUT", Code::DeadlineExceeded, 504),
+            ("URI_TOO_LONG", Code::InvalidArgument, 414),
+            ("HEADERS_TOO_LARGE", Code::InvalidArgument, 431),
             ("MALFORMED_REQUEST", Code::InvalidArgument, 400),
             ("REQUEST_TOO_LARGE", Code::ResourceExhausted, 413),
+            ("DEADLINE_EXCEEDED", Code::DeadlineExceeded, 504),
         ];
         let table: Vec<ErrorCode> = Reason::ALL
             .into_iter()

@@ -1,10 +1,14 @@
 //! A span per chat.v1 call, with OpenTelemetry's RPC conventions (rpc.system,
 //! rpc.service, rpc.method, rpc.grpc.status_code), continuing the caller's W3C trace.
 //! Health checks and reflection are not traced: probes call them constantly.
+//!
+//! Here too every chat.v1 call gets its deadline: the client's `grpc-timeout` or the
+//! server's ceiling, whichever comes first, answered DEADLINE_EXCEEDED with ErrorInfo.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower_layer::Layer;
 use tower_service::Service;
@@ -52,19 +56,58 @@ fn too_large_is_resource_exhausted<Body: Default>(
     http::Response::from_parts(parts, Body::default())
 }
 
+/// The client's `grpc-timeout` (up to 8 digits and a unit, per gRPC over HTTP/2), or
+/// `None` when it sent none or one that does not parse (then only the ceiling holds).
+fn client_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The answer to a call that ran out of time.
+fn deadline_exceeded<Body: Default>(deadline: Duration) -> http::Response<Body> {
+    let refusal = status::status(
+        status::request::DEADLINE_EXCEEDED,
+        format!(
+            "the call did not finish within its deadline of {} ms (the client's grpc-timeout \
+             or the server's --call-timeout): the database may be slow or down; retry with backoff",
+            deadline.as_millis()
+        ),
+    );
+    let (parts, ()) = refusal.into_http::<()>().into_parts();
+    http::Response::from_parts(parts, Body::default())
+}
+
 /// Wraps the gRPC server's routes in `RpcTrace`, counting into `metrics`.
 #[derive(Debug, Clone)]
 pub struct RpcTraceLayer {
     metrics: RequestMetrics<RpcLabels>,
+    call_timeout: Duration,
 }
 
 impl RpcTraceLayer {
-    /// Every method's OK series exists from the start, at zero.
-    pub fn new(metrics: RequestMetrics<RpcLabels>) -> Self {
+    /// Every method's OK series exists from the start, at zero. No chat.v1 call runs
+    /// longer than `call_timeout` before it answers (a stream, before its first message).
+    pub fn new(metrics: RequestMetrics<RpcLabels>, call_timeout: Duration) -> Self {
         for rpc in RPCS {
             metrics.declare(&RpcLabels { rpc, code: "OK" });
         }
-        Self { metrics }
+        Self {
+            metrics,
+            call_timeout,
+        }
     }
 }
 
@@ -75,6 +118,7 @@ impl<S> Layer<S> for RpcTraceLayer {
         RpcTrace {
             inner,
             metrics: self.metrics.clone(),
+            call_timeout: self.call_timeout,
         }
     }
 }
@@ -83,6 +127,7 @@ impl<S> Layer<S> for RpcTraceLayer {
 pub struct RpcTrace<S> {
     inner: S,
     metrics: RequestMetrics<RpcLabels>,
+    call_timeout: Duration,
 }
 
 impl<S, B, ResponseBody> Service<http::Request<B>> for RpcTrace<S>
@@ -133,10 +178,18 @@ where
             tracing::info_span!("rpc", rpc)
         };
         let metrics = self.metrics.clone();
+        let deadline = client_timeout(request.headers())
+            .map_or(self.call_timeout, |client| client.min(self.call_timeout));
         let started = std::time::Instant::now();
         let future = inner.call(request).instrument(span.clone());
         Box::pin(async move {
-            let response = too_large_is_resource_exhausted(future.await?);
+            // At the deadline the call's future is dropped and its database work with
+            // it: the caller learns it may have to retry (writes are idempotent by
+            // client_message_id), and the server's statement timeout ends the rest.
+            let response = match tokio::time::timeout(deadline, future).await {
+                Ok(answered) => too_large_is_resource_exhausted(answered?),
+                Err(_) => deadline_exceeded(deadline),
+            };
             // Errors of unary calls travel in the response headers (trailers-only);
             // a response without grpc-status there carries OK or streams.
             let code = response
@@ -168,5 +221,32 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        client_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_bad_ones_are_ignored() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout_of("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout_of("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "123456789S", "5s", "-5S", "5 S", "1.5S"] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
     }
 }

@@ -55,6 +55,37 @@ pub struct PoolConfig {
     pub max_size: usize,
     /// How long a call waits for a connection (or to open one) before it is UNAVAILABLE.
     pub timeout: Duration,
+    /// PostgreSQL only: the longest one statement may run (its `statement_timeout`);
+    /// `None` leaves the server's setting.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// TCP settings for PostgreSQL connections, unless the URL says otherwise: a database
+/// host that vanishes (no FIN, no RST) is found in about 30 s by keepalive probes (15 s
+/// idle, then 3 probes 5 s apart) instead of the kernel's two hours, and unacknowledged
+/// sends give up after 30 s.
+const POSTGRES_TCP_DEFAULTS: [(&str, &str); 4] = [
+    ("keepalives_idle", "15"),
+    ("keepalives_interval", "5"),
+    ("keepalives_retries", "3"),
+    ("tcp_user_timeout", "30"),
+];
+
+/// `url` with each of `POSTGRES_TCP_DEFAULTS` the URL does not set itself.
+fn with_tcp_defaults(url: &str) -> String {
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    let given: Vec<&str> = query
+        .split('&')
+        .filter_map(|pair| pair.split('=').next())
+        .collect();
+    let mut url = url.to_owned();
+    for (key, value) in POSTGRES_TCP_DEFAULTS {
+        if !given.contains(&key) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("{key}={value}"));
+        }
+    }
+    url
 }
 
 /// A pool's connections and waiters, for metrics.
@@ -97,10 +128,33 @@ where
 /// (and report NOT_SERVING) while the database is down. Connections are handed out
 /// without a liveness ping (`RecyclingMethod::Fast`: a ping per call would double the
 /// round trips); see `forget_idle_on_outage` for what happens when they are dead.
+///
+/// Every connection gets the TCP keepalive of `POSTGRES_TCP_DEFAULTS` and the pool's
+/// statement timeout, so neither a vanished host nor a stuck statement holds a call
+/// (or a pooled connection) for longer.
 pub fn postgres_pool(url: &str, config: &PoolConfig) -> Result<Pool<PgConn>, String> {
     let mut manager_config = ManagerConfig::<PgConn>::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
-    let manager = AsyncDieselConnectionManager::<PgConn>::new_with_config(url, manager_config);
+    let setup = config
+        .statement_timeout
+        .map(|timeout| format!("SET statement_timeout = {}", timeout.as_millis().max(1)));
+    manager_config.custom_setup = Box::new(move |url: &str| {
+        let (url, setup) = (url.to_owned(), setup.clone());
+        Box::pin(async move {
+            use diesel_async::AsyncConnection;
+            let mut conn = PgConn::establish(&url).await?;
+            if let Some(setup) = setup {
+                conn.batch_execute(&setup)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            }
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<PgConn>::new_with_config(
+        with_tcp_defaults(url),
+        manager_config,
+    );
     with_limits(Pool::builder(manager), config)
         .build()
         .map_err(|e| e.to_string())
@@ -145,7 +199,10 @@ pub fn sqlite_pool(path: &str, config: &PoolConfig) -> Result<Pool<SqliteReader>
 /// multi-threaded runtime (the harness blocks in place).
 pub async fn migrate_postgres(pool: &Pool<PgConn>) -> Result<Vec<String>, String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})");
+    // Waiting for another replica's migrations, or a migration over a big table, may
+    // take longer than calls may: no statement timeout on this connection, which is
+    // closed afterwards rather than returned to the pool.
+    let lock = format!("SET statement_timeout = 0; SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})");
     conn.batch_execute(&lock).await.map_err(|e| e.to_string())?;
     let mut harness = AsyncMigrationHarness::new(conn);
     let applied = harness
@@ -157,6 +214,7 @@ pub async fn migrate_postgres(pool: &Pool<PgConn>) -> Result<Vec<String>, String
     conn.batch_execute(&unlock)
         .await
         .map_err(|e| e.to_string())?;
+    drop(deadpool::managed::Object::take(conn));
     applied
 }
 
@@ -189,6 +247,16 @@ mod tests {
 
     #[test]
     fn database_urls() {
+        assert_eq!(
+            with_tcp_defaults("postgres://u@h/db?keepalives_idle=60"),
+            "postgres://u@h/db?keepalives_idle=60&keepalives_interval=5\
+             &keepalives_retries=3&tcp_user_timeout=30"
+        );
+        assert_eq!(
+            with_tcp_defaults("postgres://u@h/db"),
+            "postgres://u@h/db?keepalives_idle=15&keepalives_interval=5\
+             &keepalives_retries=3&tcp_user_timeout=30"
+        );
         assert_eq!(
             DatabaseUrl::parse("sqlite://chatd.db").unwrap(),
             DatabaseUrl::Sqlite("chatd.db".into())

@@ -403,6 +403,32 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     assert_eq!(big_limit.1["field"], "limit");
 }
 
+/// Oversized request heads are the client's fault, answered in the JSON every error
+/// has: a target over 8 KiB is 414, headers over 16 KiB are 431.
+async fn oversized_request_heads_get_json_errors(app: TestApp) {
+    let tutor = app.bearer(TUTOR, Role::Tutor);
+    let long_target = call(
+        client()
+            .get(app.url(&format!(
+                "/api/v1/chat/unread-summary/?limit=1&pad={}",
+                "x".repeat(9 * 1024)
+            )))
+            .header("authorization", &tutor),
+    )
+    .await;
+    assert_api_error(&long_target, 414, "URI_TOO_LONG", "INVALID_ARGUMENT");
+    for header in ["authorization", "traceparent", "tracestate"] {
+        let too_large = call(
+            client()
+                .get(app.url("/api/v1/chat/unread-summary/"))
+                .header("authorization", &tutor)
+                .header(header, "a".repeat(17 * 1024)),
+        )
+        .await;
+        assert_api_error(&too_large, 431, "HEADERS_TOO_LARGE", "INVALID_ARGUMENT");
+    }
+}
+
 async fn chatd_errors_map_to_http(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let no_token = call(client().get(app.url("/api/v1/chat/unread-summary/"))).await;
@@ -633,6 +659,7 @@ backend_suite!(
     flow_revoked_access_refuses_the_tutor,
     unread_summary_etag_and_304,
     bad_http_input_gets_json_errors,
+    oversized_request_heads_get_json_errors,
     chatd_errors_map_to_http,
     paths_work_without_trailing_slash,
     health_readiness_and_openapi,
@@ -649,6 +676,7 @@ async fn upstream_down_is_503_then_recovers() {
             upstream: format!("http://{}", proxy.addr),
             upstream_timeout: Duration::from_secs(5),
             cors_allowed_origins: Vec::new(),
+            connections: chatd::net::ConnectionLimits::default(),
         },
         Metrics::new(),
     )
@@ -689,6 +717,35 @@ async fn upstream_down_is_503_then_recovers() {
     assert_eq!(body["total"], 0);
 }
 
+/// A standalone gateway forwards headers up to its own limit, and chatd reads them: a
+/// token just under the limit reaches chatd's authentication (refused as a token, not a 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_gateway_forwards_large_headers_chatd_reads() {
+    let chatd = TestApp::spawn_with(Backend::Sqlite, |config| config.http = None).await;
+    let gateway = Gateway::build(
+        &GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: chatd.grpc.clone(),
+            upstream_timeout: Duration::from_secs(5),
+            cors_allowed_origins: Vec::new(),
+            connections: chatd::net::ConnectionLimits::default(),
+        },
+        Metrics::new(),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::spawn(gateway.run(std::future::pending()));
+    let large_token = format!("Bearer {}", "a".repeat(16 * 1024 - 450));
+    let refused = call(
+        client()
+            .get(format!("{base}/api/v1/chat/unread-summary/"))
+            .header("authorization", large_token),
+    )
+    .await;
+    assert_api_error(&refused, 401, "TOKEN_INVALID", "UNAUTHENTICATED");
+}
+
 /// CORS is off by default and answers preflights for configured origins only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_allows_only_configured_origins() {
@@ -721,6 +778,7 @@ async fn cors_allows_only_configured_origins() {
             upstream: app.grpc.clone(),
             upstream_timeout: Duration::from_secs(5),
             cors_allowed_origins: vec!["https://app.example".into()],
+            connections: chatd::net::ConnectionLimits::default(),
         },
         Metrics::new(),
     )

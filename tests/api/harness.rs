@@ -151,6 +151,7 @@ async fn template(admin_url: &str) -> Arc<Template> {
         &PoolConfig {
             max_size: 1,
             timeout: Duration::from_secs(10),
+            statement_timeout: None,
         },
     )
     .expect("template store");

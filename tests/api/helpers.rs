@@ -107,6 +107,7 @@ impl TestApp {
             pool: PoolConfig {
                 max_size: 8,
                 timeout: Duration::from_secs(5),
+                statement_timeout: Some(Duration::from_secs(15)),
             },
             auth: AuthConfig {
                 secret: Some(SECRET.into()),
@@ -125,6 +126,8 @@ impl TestApp {
                 budget_bytes: 8 << 20,
                 sweep: Duration::from_millis(200),
             },
+            connections: chatd::net::ConnectionLimits::default(),
+            call_timeout: Duration::from_secs(15),
         }
     }
 
