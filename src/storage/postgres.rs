@@ -39,6 +39,20 @@ pub mod reads {
 /// The current time, in PostgreSQL's SQL.
 const NOW: &str = "now()";
 
+/// Runs one statement outside a transaction and returns its single row once PostgreSQL
+/// has committed it. diesel-async's `get_result` hands back the first row as soon as it
+/// arrives, before the server's ReadyForQuery, which is sent after the implicit commit:
+/// an acknowledgement built on it can precede the commit, and a crash between the two
+/// loses an acknowledged write. `load` reads the whole response, commit included.
+async fn committed_row<'query, Q, U>(statement: Q, conn: &mut Conn) -> QueryResult<U>
+where
+    Q: diesel_async::methods::LoadQuery<'query, Conn, U> + 'query,
+    U: Send,
+{
+    let rows: Vec<U> = statement.load(conn).await?;
+    rows.into_iter().next().ok_or(DieselError::NotFound)
+}
+
 /// Declares a statement whose SQL is fixed: `params` are bound once each, in order, as
 /// the columns of a first CTE named `params` that the statement reads them from. Its
 /// static query id lets the connection prepare it once and reuse the plan.
@@ -500,8 +514,7 @@ impl PgStore {
             unlocking: message.unlocking.iter().map(|s| s.as_str()).collect(),
         };
         let mut conn = self.conn().await?;
-        let row: SendRow = statement
-            .get_result(&mut conn)
+        let row: SendRow = committed_row(statement, &mut conn)
             .await
             .map_err(|e| self.failed(e))?;
         row.into_attempt(message).map_err(StoreError::Query)
@@ -521,8 +534,7 @@ impl PgStore {
             up_to_seq,
         };
         let mut conn = self.conn().await?;
-        let row: MarkReadRow = statement
-            .get_result(&mut conn)
+        let row: MarkReadRow = committed_row(statement, &mut conn)
             .await
             .map_err(|e| self.failed(e))?;
         let thread = thread_facts(
