@@ -350,7 +350,8 @@ async fn services(
             verifier.clone(),
             ChatServiceServer::<grpc::ChatService>::NAME,
             &[Role::Tutor, Role::Student],
-        ),
+        )
+        .with_stream_tickets(),
     );
     let sync_service = tonic::service::interceptor::InterceptedService::new(
         SyncServiceServer::new(grpc::SyncService::new(chat.clone()))

@@ -9,6 +9,7 @@
 //! - `watch.rs`: who watches which unread summary, and waking them on change.
 //! - `summaries.rs`: the cache of recently read summaries, kept in step with this
 //!   replica's writes, the other replicas' (through the fan-out) and the watchers.
+//! - `tickets.rs`: one-use stream tickets, for browsers that cannot send a token.
 //!
 //! Each operation asks storage once where it can: writes check the rules under the
 //! rows' locks and report what they saw, and `Chat` reads the rules' answer from that.
@@ -16,11 +17,13 @@
 mod error;
 pub mod rules;
 mod summaries;
+mod tickets;
 mod values;
 mod watch;
 
 pub use error::{DomainError, Reason};
 pub use summaries::{CacheConfig, CachedSummary, Summaries};
+pub use tickets::{STREAM_TICKET_TTL, StreamTicket};
 pub use values::*;
 pub use watch::{SummaryHub, WatchLimits};
 

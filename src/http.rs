@@ -43,7 +43,7 @@ use crate::proto::chat_service_client::ChatServiceClient;
 use crate::status::edge;
 use json::{
     EnsureThreadBody, MarkReadBody, MessageJson, MessagePageJson, ReadStateJson, SendMessageBody,
-    ThreadJson, UnreadSummaryJson,
+    StreamTicketJson, ThreadJson, UnreadSummaryJson,
 };
 
 /// Largest request body accepted: larger ones get 413.
@@ -194,10 +194,11 @@ impl Gateway {
 
 /// The REST routes that answer a successful call, as metrics label them: each series
 /// exists from the start.
-const API_ROUTES: [(&str, &str, u16); 6] = [
+const API_ROUTES: [(&str, &str, u16); 7] = [
     ("POST", "/api/v1/chat/threads/negotiation/", 201),
     ("GET", "/api/v1/chat/unread-summary/", 200),
     ("GET", "/api/v1/chat/unread-summary/", 304),
+    ("POST", "/api/v1/chat/unread-summary/stream-ticket", 200),
     ("POST", "/api/v1/chat/threads/{thread_id}/read/", 200),
     ("POST", "/api/v1/chat/threads/{thread_id}/messages/", 201),
     ("GET", "/api/v1/chat/threads/{thread_id}/messages/", 200),
@@ -224,6 +225,10 @@ pub fn router(
         (
             "/api/v1/chat/unread-summary/stream",
             get(unread_summary_stream),
+        ),
+        (
+            "/api/v1/chat/unread-summary/stream-ticket",
+            post(create_stream_ticket),
         ),
         ("/api/v1/chat/threads/{thread_id}/read/", post(mark_read)),
         (
@@ -525,6 +530,13 @@ impl FromRequestParts<GatewayState> for Upstream {
         if !parts.headers.contains_key(header::AUTHORIZATION) {
             return Err(ApiError::from(DomainError::TokenMissing));
         }
+        Ok(Self::forwarding(parts, state))
+    }
+}
+
+impl Upstream {
+    /// Forwards the request's `authorization` (if any) and trace headers.
+    fn forwarding(parts: &Parts, state: &GatewayState) -> Self {
         let mut metadata = MetadataMap::new();
         for name in FORWARDED_HEADERS {
             if let Some(value) = parts.headers.get(name)
@@ -537,9 +549,40 @@ impl FromRequestParts<GatewayState> for Upstream {
         // When tracing, chatd's span is the child of this request's span, in the same
         // trace as the caller's `traceparent`; otherwise that header goes on as it came.
         crate::telemetry::inject_current(&mut metadata);
-        Ok(Self {
+        Self {
             chat: ChatServiceClient::new(state.upstream.clone()),
             metadata,
+        }
+    }
+}
+
+/// The event stream's caller: a bearer token like every call, or, for a browser's
+/// `EventSource`, which cannot send headers, a stream ticket in the query. The query is
+/// never logged (spans carry `url.path` only), and a ticket dies with its first use.
+struct StreamCaller {
+    upstream: Upstream,
+    ticket: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    limit: Option<String>,
+    ticket: Option<String>,
+}
+
+impl FromRequestParts<GatewayState> for StreamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &GatewayState) -> Result<Self, ApiError> {
+        let QueryParams(query) =
+            QueryParams::<StreamQuery>::from_request_parts(parts, state).await?;
+        let upstream = match &query.ticket {
+            Some(_) => Upstream::forwarding(parts, state),
+            None => Upstream::from_request_parts(parts, state).await?,
+        };
+        Ok(Self {
+            upstream,
+            ticket: query.ticket.unwrap_or_default(),
         })
     }
 }
@@ -619,11 +662,14 @@ const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 /// chatd's WatchUnreadSummary stream, so the frontend can stop polling. If the stream
 /// fails, one `error` event carries the JSON error, and the stream ends.
 async fn unread_summary_stream(
-    mut upstream: Upstream,
-    QueryParams(query): QueryParams<PageQuery>,
+    StreamCaller {
+        mut upstream,
+        ticket,
+    }: StreamCaller,
+    QueryParams(query): QueryParams<StreamQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0);
-    let request = upstream.request(pb::WatchUnreadSummaryRequest { limit });
+    let request = upstream.request(pb::WatchUnreadSummaryRequest { limit, ticket });
     let updates = upstream
         .chat
         .watch_unread_summary(request)
@@ -645,6 +691,22 @@ async fn unread_summary_stream(
         Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE).text("keepalive"));
     // Tell buffering proxies (nginx) to pass events through as they come.
     Ok(([(HeaderName::from_static("x-accel-buffering"), "no")], sse).into_response())
+}
+
+/// Mints a ticket for `GET …/unread-summary/stream?ticket=`: one stream, within
+/// `expires_in` seconds. A secret, so no cache may keep it.
+async fn create_stream_ticket(mut upstream: Upstream) -> Result<Response, ApiError> {
+    let request = upstream.request(pb::CreateStreamTicketRequest {});
+    let minted = upstream
+        .chat
+        .create_stream_ticket(request)
+        .await?
+        .into_inner();
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(StreamTicketJson::from(minted)),
+    )
+        .into_response())
 }
 
 /// The opaque tag of an `If-None-Match` header (first of a list, weak or strong).

@@ -29,9 +29,10 @@ pub fn of(reason: Reason) -> ErrorCode {
     use StatusCode as H;
     let (grpc, http) = match reason {
         Reason::InvalidArgument => (Code::InvalidArgument, H::BAD_REQUEST),
-        Reason::TokenMissing | Reason::TokenExpired | Reason::TokenInvalid => {
-            (Code::Unauthenticated, H::UNAUTHORIZED)
-        }
+        Reason::TokenMissing
+        | Reason::TokenExpired
+        | Reason::TokenInvalid
+        | Reason::TicketInvalid => (Code::Unauthenticated, H::UNAUTHORIZED),
         Reason::RoleNotAllowed | Reason::ContactAccessLocked => {
             (Code::PermissionDenied, H::FORBIDDEN)
         }
@@ -195,6 +196,7 @@ mod tests {
             ("TOKEN_MISSING", Code::Unauthenticated, 401),
             ("TOKEN_EXPIRED", Code::Unauthenticated, 401),
             ("TOKEN_INVALID", Code::Unauthenticated, 401),
+            ("TICKET_INVALID", Code::Unauthenticated, 401),
             ("ROLE_NOT_ALLOWED", Code::PermissionDenied, 403),
             ("RELATION_NOT_FOUND", Code::NotFound, 404),
             ("RELATION_NOT_ACTIVE", Code::FailedPrecondition, 400),

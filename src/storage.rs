@@ -99,27 +99,35 @@ async fn traced<T>(
     call.instrument(span).await
 }
 
-/// Runs the same read on whichever backend the store has, with a pooled connection.
-/// Each arm is type-checked against its backend's copy of the read.
-macro_rules! read {
-    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
+/// Runs the same statement function (of `reads` or `tickets`) on whichever backend the
+/// store has, with a pooled connection. Each arm is type-checked against its backend's
+/// copy of the function.
+macro_rules! pooled {
+    ($store:expr, $module:ident::$function:ident($($arg:expr),* $(,)?)) => {
         traced($store.backend(), stringify!($function), async {
             match $store {
                 Store::Postgres(store) => {
                     let mut conn = store.conn().await?;
-                    postgres::reads::$function(&mut conn, $($arg),*)
+                    postgres::$module::$function(&mut conn, $($arg),*)
                         .await
                         .map_err(|error| store.failed(error))
                 }
                 Store::Sqlite(store) => {
                     let mut conn = store.conn().await?;
-                    sqlite::reads::$function(&mut conn, $($arg),*)
+                    sqlite::$module::$function(&mut conn, $($arg),*)
                         .await
                         .map_err(|error| store.failed(error))
                 }
             }
         })
         .await
+    };
+}
+
+/// Runs the same read on whichever backend the store has.
+macro_rules! read {
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
+        pooled!($store, reads::$function($($arg),*))
     };
 }
 
@@ -248,6 +256,30 @@ impl Store {
     /// A side's maintained unread counter and a recount from the messages.
     pub async fn recount_unread(&self, thread_id: i64, side: Side) -> StoreResult<(i64, i64)> {
         read!(self, recount_unread(thread_id, side))
+    }
+
+    /// Keeps a stream ticket's hash until `expires_at` (Unix ms).
+    pub async fn create_stream_ticket(
+        &self,
+        ticket_hash: &str,
+        user_id: i64,
+        role: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        pooled!(
+            self,
+            tickets::create_stream_ticket(ticket_hash, user_id, role, expires_at, now)
+        )
+    }
+
+    /// Takes a live stream ticket, once: its user and role.
+    pub async fn redeem_stream_ticket(
+        &self,
+        ticket_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<(i64, String)>> {
+        pooled!(self, tickets::redeem_stream_ticket(ticket_hash, now))
     }
 
     /// Creates a thread (see `NewThread`); `None` when it exists already or its fact

@@ -96,7 +96,13 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         let mut chat = ChatServiceClient::new(channels[i / WATCHERS_PER_CONNECTION].clone());
         let (received, expecting, ready) = (received.clone(), expecting.clone(), ready_tx.clone());
         tokio::spawn(async move {
-            let request = authed(pb::WatchUnreadSummaryRequest { limit: 50 }, &header);
+            let request = authed(
+                pb::WatchUnreadSummaryRequest {
+                    limit: 50,
+                    ..Default::default()
+                },
+                &header,
+            );
             let mut stream = match chat.watch_unread_summary(request).await {
                 Ok(response) => response.into_inner(),
                 Err(status) => {

@@ -8,6 +8,7 @@ pub enum Reason {
     TokenMissing,
     TokenExpired,
     TokenInvalid,
+    TicketInvalid,
     RoleNotAllowed,
     RelationNotFound,
     RelationNotActive,
@@ -23,11 +24,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for the status table and its test.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::InvalidArgument,
         Reason::TokenMissing,
         Reason::TokenExpired,
         Reason::TokenInvalid,
+        Reason::TicketInvalid,
         Reason::RoleNotAllowed,
         Reason::RelationNotFound,
         Reason::RelationNotActive,
@@ -47,6 +49,7 @@ impl Reason {
             Reason::TokenMissing => "TOKEN_MISSING",
             Reason::TokenExpired => "TOKEN_EXPIRED",
             Reason::TokenInvalid => "TOKEN_INVALID",
+            Reason::TicketInvalid => "TICKET_INVALID",
             Reason::RoleNotAllowed => "ROLE_NOT_ALLOWED",
             Reason::RelationNotFound => "RELATION_NOT_FOUND",
             Reason::RelationNotActive => "RELATION_NOT_ACTIVE",
@@ -88,6 +91,12 @@ pub enum DomainError {
     /// `TOKEN_INVALID`: malformed, badly signed or with wrong claims.
     #[error("invalid bearer token: {0}")]
     TokenInvalid(String),
+    /// `TICKET_INVALID`: a stream ticket that is unknown, used already or expired.
+    #[error(
+        "the stream ticket is unknown, used already or expired: a ticket opens one stream \
+         within {ttl_seconds} s of being minted; mint a new one"
+    )]
+    TicketInvalid { ttl_seconds: u64 },
     /// `ROLE_NOT_ALLOWED`: a correctly signed token whose role may not call this
     /// service, including a role chatd does not know. The caller is known; logging in
     /// again would not help, so this is not UNAUTHENTICATED.
@@ -141,6 +150,7 @@ impl DomainError {
             Self::TokenMissing => Reason::TokenMissing,
             Self::TokenExpired => Reason::TokenExpired,
             Self::TokenInvalid(_) => Reason::TokenInvalid,
+            Self::TicketInvalid { .. } => Reason::TicketInvalid,
             Self::RoleNotAllowed { .. } => Reason::RoleNotAllowed,
             Self::RelationNotFound(_) => Reason::RelationNotFound,
             Self::RelationNotActive(_) => Reason::RelationNotActive,

@@ -1,5 +1,11 @@
 //! The interceptor in front of each service: verifies the bearer token, checks the role
 //! the service accepts, and hands the typed `Caller` to handlers via request extensions.
+//!
+//! On ChatService (`with_stream_tickets`), a request without an `authorization` header
+//! passes through without a `Caller`: every handler refuses it (`caller`) unless it has
+//! another proof of who is calling, as a WatchUnreadSummary opened with a stream ticket
+//! has. Elsewhere a missing token is refused here. A header that is present is always
+//! checked here, before the request is read.
 
 use std::sync::Arc;
 
@@ -14,6 +20,8 @@ pub struct Authenticate {
     verifier: Arc<TokenVerifier>,
     allowed: &'static [Role],
     service: &'static str,
+    /// Whether a request without a token reaches the handlers (see the module docs).
+    stream_tickets: bool,
 }
 
 impl Authenticate {
@@ -26,32 +34,41 @@ impl Authenticate {
             verifier,
             allowed,
             service,
+            stream_tickets: false,
         }
+    }
+
+    /// Lets requests without a token through to handlers that accept a stream ticket.
+    pub fn with_stream_tickets(mut self) -> Self {
+        self.stream_tickets = true;
+        self
     }
 }
 
 impl Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.to_str().unwrap_or_default());
+        let Some(header) = request.metadata().get("authorization") else {
+            return match self.stream_tickets {
+                true => Ok(request),
+                false => Err(DomainError::TokenMissing.into()),
+            };
+        };
+        let header = header.to_str().unwrap_or_default();
         let caller = self
             .verifier
-            .verify_header(header)?
+            .verify_header(Some(header))?
             .caller_for(self.allowed, self.service)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
 }
 
-/// The caller the interceptor attached. Its absence is a wiring bug, not a client error.
+/// The caller the interceptor verified; TOKEN_MISSING when the request had no token.
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .copied()
-        .ok_or_else(|| {
-            DomainError::Internal("service mounted without authentication".into()).into()
-        })
+    token_caller(request).ok_or_else(|| DomainError::TokenMissing.into())
+}
+
+/// The caller of the request's bearer token, if it had one.
+pub fn token_caller<T>(request: &Request<T>) -> Option<Caller> {
+    request.extensions().get::<Caller>().copied()
 }

@@ -5,10 +5,10 @@ use std::pin::Pin;
 use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{caller, token_caller};
 use super::convert;
 use super::pb::{self, chat_service_server};
-use crate::domain::{self, Chat, MessageBody, SummaryAnswer};
+use crate::domain::{self, Chat, DomainError, MessageBody, SummaryAnswer};
 
 /// The ChatService implementation. Cloning is shallow.
 #[derive(Clone)]
@@ -34,7 +34,18 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<pb::WatchUnreadSummaryRequest>,
     ) -> Result<Response<SummaryStream>, Status> {
-        let caller = caller(&request)?;
+        let ticket = request.get_ref().ticket.as_str();
+        let caller = match (token_caller(&request), ticket.is_empty()) {
+            (caller, true) => caller.ok_or(DomainError::TokenMissing)?,
+            (None, false) => self.chat.redeem_stream_ticket(ticket).await?,
+            (Some(_), false) => {
+                return Err(DomainError::invalid(
+                    "ticket",
+                    "send either a bearer token or a stream ticket, not both",
+                )
+                .into());
+            }
+        };
         let limit = domain::page_limit("limit", request.get_ref().limit)?;
         let watch = self.chat.watch_unread_summary(caller, limit)?;
         // After an error the stream ends (the client reconnects and gets a snapshot).
@@ -53,6 +64,18 @@ impl chat_service_server::ChatService for ChatService {
             }
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_stream_ticket(
+        &self,
+        request: Request<pb::CreateStreamTicketRequest>,
+    ) -> Result<Response<pb::CreateStreamTicketResponse>, Status> {
+        let caller = caller(&request)?;
+        let minted = self.chat.create_stream_ticket(caller).await?;
+        Ok(Response::new(pb::CreateStreamTicketResponse {
+            ticket: minted.ticket,
+            expires_in: i32::try_from(minted.expires_in.as_secs()).unwrap_or(i32::MAX),
+        }))
     }
 
     async fn ensure_thread(

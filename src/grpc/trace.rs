@@ -20,8 +20,9 @@ use crate::{status, telemetry};
 
 /// Every chat.v1 method, by the name metrics label it with. A path that is none of
 /// these (a client calling a method that does not exist) is counted as `(unknown)`.
-pub const RPCS: [&str; 9] = [
+pub const RPCS: [&str; 10] = [
     "chat.v1.ChatService/EnsureThread",
+    "chat.v1.ChatService/CreateStreamTicket",
     "chat.v1.ChatService/GetUnreadSummary",
     "chat.v1.ChatService/WatchUnreadSummary",
     "chat.v1.ChatService/MarkRead",

@@ -200,3 +200,19 @@ impl From<pb::ListMessagesResponse> for MessagePageJson {
         }
     }
 }
+
+/// POST /unread-summary/stream-ticket: a one-use ticket for the event stream.
+#[derive(Debug, Serialize)]
+pub struct StreamTicketJson {
+    pub ticket: String,
+    pub expires_in: i32,
+}
+
+impl From<pb::CreateStreamTicketResponse> for StreamTicketJson {
+    fn from(response: pb::CreateStreamTicketResponse) -> Self {
+        Self {
+            ticket: response.ticket,
+            expires_in: response.expires_in,
+        }
+    }
+}

@@ -22,6 +22,8 @@ mod tests {
             "/api/v1/chat/unread-summary/",
             "/api/v1/chat/threads/{thread_id}/read/",
             "/api/v1/chat/threads/{thread_id}/messages/",
+            "/api/v1/chat/unread-summary/stream",
+            "/api/v1/chat/unread-summary/stream-ticket",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is documented");
         }

@@ -36,6 +36,11 @@ pub mod reads {
     include!("reads.rs");
 }
 
+pub mod tickets {
+    //! Stream tickets, compiled for PostgreSQL.
+    include!("tickets.rs");
+}
+
 /// The current time, in PostgreSQL's SQL.
 const NOW: &str = "now()";
 

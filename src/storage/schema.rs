@@ -102,6 +102,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    stream_tickets (ticket_hash) {
+        ticket_hash -> Text,
+        user_id -> BigInt,
+        role -> Text,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     summary_versions,
     relations,

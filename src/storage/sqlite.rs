@@ -55,6 +55,11 @@ pub mod reads {
     include!("reads.rs");
 }
 
+pub mod tickets {
+    //! Stream tickets, compiled for SQLite.
+    include!("tickets.rs");
+}
+
 use reads::{MESSAGE_COLUMNS, THREAD_COLUMNS};
 use schema::{
     contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,

@@ -17,12 +17,12 @@ use crate::helpers::{Backend, SECRET, TestApp};
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
 
-fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
 /// Sends a request and returns its status and JSON body (Null when there is none).
-async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+pub async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.expect("the gateway answers");
     let status = response.status();
     let is_json = response
@@ -42,7 +42,7 @@ async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
 }
 
 #[track_caller]
-fn assert_api_error(answer: &(StatusCode, Value), status: u16, code: &str, grpc_status: &str) {
+pub fn assert_api_error(answer: &(StatusCode, Value), status: u16, code: &str, grpc_status: &str) {
     let (got, body) = answer;
     assert_eq!(got.as_u16(), status, "status of {body}");
     assert_eq!(body["code"], code, "code of {body}");
@@ -487,14 +487,14 @@ async fn health_readiness_and_openapi(app: TestApp) {
 }
 
 /// Reads Server-Sent Events from a streaming response body.
-struct EventReader {
-    response: reqwest::Response,
-    buffer: String,
+pub struct EventReader {
+    pub response: reqwest::Response,
+    pub buffer: String,
 }
 
 impl EventReader {
     /// The next event's (name, data), within 10 s; comments (keepalives) are skipped.
-    async fn next(&mut self) -> (String, Value) {
+    pub async fn next(&mut self) -> (String, Value) {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -757,8 +757,11 @@ async fn cors_allows_only_configured_origins() {
                 format!("{base}/api/v1/chat/unread-summary/"),
             )
             .header("origin", origin)
-            .header("access-control-request-method", "GET")
-            .header("access-control-request-headers", "authorization")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,if-none-match",
+            )
     };
     let default = preflight(app.http.clone(), "https://app.example")
         .send()
@@ -793,6 +796,36 @@ async fn cors_allows_only_configured_origins() {
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
         "https://app.example"
+    );
+    let allowed_headers = allowed.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["authorization", "content-type", "if-none-match"] {
+        assert!(
+            allowed_headers.contains(name),
+            "a browser may send {name}: {allowed_headers}"
+        );
+    }
+    // The actual request: the page's script may read the ETag.
+    let answered = client()
+        .get(format!("{base}/api/v1/chat/unread-summary/"))
+        .header("origin", "https://app.example")
+        .header("authorization", app.bearer(TUTOR, Role::Tutor))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(
+        answered.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        answered.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("etag")
     );
     let other = preflight(base, "https://evil.example")
         .send()

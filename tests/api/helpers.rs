@@ -290,7 +290,7 @@ impl TestApp {
         client: &mut ChatClient,
     ) -> tonic::Streaming<pb::WatchUnreadSummaryResponse> {
         client
-            .watch_unread_summary(pb::WatchUnreadSummaryRequest { limit: 0 })
+            .watch_unread_summary(pb::WatchUnreadSummaryRequest::default())
             .await
             .expect("watch opens")
             .into_inner()

@@ -35,6 +35,7 @@ mod gateway;
 mod guards;
 mod health;
 mod messages;
+mod stream_tickets;
 mod summary_cache;
 mod sync;
 mod unread_summary;

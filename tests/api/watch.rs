@@ -120,7 +120,7 @@ async fn streams_per_user_are_limited(app: TestApp) {
     }
     let refused = app
         .tutor(TUTOR)
-        .watch_unread_summary(chatd::grpc::pb::WatchUnreadSummaryRequest { limit: 0 })
+        .watch_unread_summary(chatd::grpc::pb::WatchUnreadSummaryRequest::default())
         .await;
     assert_error(refused, Code::ResourceExhausted, "TOO_MANY_STREAMS");
     // Another user is not affected.

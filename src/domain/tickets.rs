@@ -1,0 +1,83 @@
+//! Stream tickets: how a browser's `EventSource`, which cannot send `Authorization`,
+//! opens an unread-summary stream without putting its bearer token in a URL.
+//!
+//! A caller with a token mints a ticket: 32 random bytes, shown once as 64 hex digits.
+//! The database keeps only its SHA-256, with the caller's user and role and an expiry
+//! [`STREAM_TICKET_TTL`] ahead. Opening a stream with it deletes that row in one
+//! statement, so a ticket opens one stream, on whichever replica, and a leaked URL is
+//! worth nothing once used or after half a minute.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use super::{Caller, Chat, DomainError, Role, caller_side};
+
+/// How long a minted ticket may wait before it opens its stream.
+pub const STREAM_TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// Random bytes in a ticket: 256 bits, beyond guessing.
+const TICKET_BYTES: usize = 32;
+
+/// A minted ticket: the secret to hand the browser, and how long it stays good.
+#[derive(Debug, Clone)]
+pub struct StreamTicket {
+    pub ticket: String,
+    pub expires_in: Duration,
+}
+
+impl Chat {
+    /// Mints a one-use ticket that opens the caller's unread-summary stream.
+    pub async fn create_stream_ticket(&self, caller: Caller) -> Result<StreamTicket, DomainError> {
+        caller_side(caller)?;
+        let mut secret = [0u8; TICKET_BYTES];
+        getrandom::fill(&mut secret)
+            .map_err(|e| DomainError::Internal(format!("no randomness for a ticket: {e}")))?;
+        let ticket = hex::encode(secret);
+        let now = unix_millis();
+        self.store
+            .create_stream_ticket(
+                &hash(&ticket),
+                caller.user_id,
+                caller.role.as_str(),
+                now + STREAM_TICKET_TTL.as_millis() as i64,
+                now,
+            )
+            .await?;
+        Ok(StreamTicket {
+            ticket,
+            expires_in: STREAM_TICKET_TTL,
+        })
+    }
+
+    /// Takes a ticket for good and returns whom it was minted for; `TICKET_INVALID`
+    /// when it is malformed, unknown, used already or expired (one answer for all, so
+    /// a guesser learns nothing).
+    pub async fn redeem_stream_ticket(&self, ticket: &str) -> Result<Caller, DomainError> {
+        let invalid = DomainError::TicketInvalid {
+            ttl_seconds: STREAM_TICKET_TTL.as_secs(),
+        };
+        // Not one of ours: refused without a database round trip.
+        if ticket.len() != TICKET_BYTES * 2 || !ticket.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid);
+        }
+        let redeemed = self
+            .store
+            .redeem_stream_ticket(&hash(&ticket.to_ascii_lowercase()), unix_millis())
+            .await?;
+        let (user_id, role) = redeemed.ok_or(invalid)?;
+        let role = Role::parse(&role)
+            .ok_or_else(|| DomainError::Internal(format!("a ticket stored role {role:?}")))?;
+        Ok(Caller { user_id, role })
+    }
+}
+
+fn hash(ticket: &str) -> String {
+    hex::encode(Sha256::digest(ticket.as_bytes()))
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
