@@ -5,6 +5,10 @@
 //! would notice: nothing acknowledged lost, nothing doubled, counters exact, service
 //! back within a bound, health answering throughout.
 
+#[expect(
+    dead_code,
+    reason = "shared with the browser tests; this binary uses a part"
+)]
 mod processes;
 mod workload;
 

@@ -38,6 +38,8 @@ pub struct Chatd {
     args: Vec<String>,
     /// Run under `sh -c "ulimit -n N; exec chatd …"`: an open-file limit it cannot raise.
     open_files: Option<u64>,
+    /// The log lines that say it is up.
+    ready: &'static [&'static str],
     /// Where its log goes (kept for a failing test to show).
     pub log: PathBuf,
 }
@@ -69,13 +71,41 @@ impl Chatd {
         .collect();
         args.extend(extra.iter().map(ToString::to_string));
         let log = dir.join(format!("chatd-{}.log", grpc.port()));
-        let child = spawn(&args, open_files, &log).await;
+        let ready = &[GRPC_READY, HTTP_READY];
+        let child = spawn(&args, open_files, &log, ready).await;
         Self {
             child,
             grpc,
             http,
             args,
             open_files,
+            ready,
+            log,
+        }
+    }
+
+    /// Starts `chatd gateway` in front of `upstream`'s gRPC with `extra` flags, and
+    /// waits until it listens. Its `grpc` is the upstream's.
+    pub async fn gateway(dir: &Path, upstream: SocketAddr, extra: &[&str]) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = vec![
+            "gateway".into(),
+            "--upstream".into(),
+            format!("http://{upstream}"),
+            "--listen".into(),
+            http.to_string(),
+        ];
+        args.extend(extra.iter().map(ToString::to_string));
+        let log = dir.join(format!("gateway-{}.log", http.port()));
+        let ready = &[HTTP_READY];
+        let child = spawn(&args, None, &log, ready).await;
+        Self {
+            child,
+            grpc: upstream,
+            http,
+            args,
+            open_files: None,
+            ready,
             log,
         }
     }
@@ -91,7 +121,7 @@ impl Chatd {
 
     /// Starts chatd again with the same flags and ports.
     pub async fn restart(&mut self) {
-        self.child = spawn(&self.args, self.open_files, &self.log).await;
+        self.child = spawn(&self.args, self.open_files, &self.log, self.ready).await;
     }
 
     /// How many file descriptors chatd holds open now.
@@ -108,9 +138,12 @@ impl Drop for Chatd {
     }
 }
 
-/// Spawns chatd and returns once it logs that both listeners are up; panics with the
+const GRPC_READY: &str = "chatd gRPC listening";
+const HTTP_READY: &str = "chatd REST gateway listening";
+
+/// Spawns chatd and returns once it logs each of the `ready` lines; panics with the
 /// log if it exits first or takes over 60 s.
-async fn spawn(args: &[String], open_files: Option<u64>, log: &Path) -> Child {
+async fn spawn(args: &[String], open_files: Option<u64>, log: &Path, ready: &[&str]) -> Child {
     let binary = env!("CARGO_BIN_EXE_chatd");
     let mut command = match open_files {
         Some(limit) => {
@@ -143,21 +176,22 @@ async fn spawn(args: &[String], open_files: Option<u64>, log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("the log file");
-    let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        let (mut grpc, mut http) = (false, false);
+    let up = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = vec![false; ready.len()];
         while let Ok(Some(line)) = lines.next_line().await {
             use std::io::Write;
             let _ = writeln!(file, "{line}");
-            grpc |= line.contains("chatd gRPC listening");
-            http |= line.contains("chatd REST gateway listening");
-            if grpc && http {
+            for (seen, wanted) in seen.iter_mut().zip(ready) {
+                *seen |= line.contains(wanted);
+            }
+            if seen.iter().all(|seen| *seen) {
                 return true;
             }
         }
         false
     })
     .await;
-    if ready != Ok(true) {
+    if up != Ok(true) {
         panic!(
             "chatd did not start: {}",
             std::fs::read_to_string(log).unwrap_or_default()

@@ -1,0 +1,294 @@
+// The reference page's script: the chat button, the bell and the chat window on chatd's
+// REST gateway. It shows the patterns a frontend needs:
+// - the bearer token goes in the Authorization header only, never in a URL;
+// - pushed updates: EventSource opened with a one-use stream ticket, and, on any error,
+//   a fresh ticket and a new EventSource (its own retry would reuse the spent ticket);
+// - polled updates: fetch with the browser's HTTP cache, which revalidates with
+//   If-None-Match, so an unchanged summary costs a 304 and no body;
+// - mark read while the chat window is open and the page has focus.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+
+// What a person reads when the chat is refused, by the error's `code`.
+const REASONS = {
+  RELATION_NOT_FOUND: 'There is no lesson request between you.',
+  RELATION_NOT_ACTIVE: 'The lesson request has not been accepted yet.',
+  CONTACT_ACCESS_LOCKED: 'Contact with this student is not open: not unlocked yet, or revoked.',
+  THREAD_NOT_WRITABLE: 'This chat is closed.',
+  TOKEN_EXPIRED: 'Your session has expired: sign in again.',
+};
+
+const params = new URLSearchParams(location.search);
+const POLL_EVERY_MS = Number(params.get('poll_ms')) || 3000;
+const RETRY_MAX_MS = 5000;
+
+let config = null;
+let chatThread = null;
+let openThreadId = null;
+const shownSeqs = new Set();
+let pollCount = 0;
+let streamsOpened = 0;
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.message ?? `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.code ?? `HTTP_${status}`;
+  }
+}
+
+function reasonText(error) {
+  return REASONS[error.code] ?? error.message;
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: { Authorization: `Bearer ${config.token}` } };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(config.api + path, init);
+  const text = await response.text();
+  const json = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new ApiError(response.status, json);
+  return json;
+}
+
+function userId() {
+  try {
+    const payload = config.token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return Number(JSON.parse(atob(payload)).sub);
+  } catch {
+    return null;
+  }
+}
+
+// ---- the chat button ---------------------------------------------------------------
+
+async function checkChatButton() {
+  const button = $('chat-button');
+  const reason = $('chat-reason');
+  try {
+    chatThread = await api('POST', '/threads/negotiation/', { relation_id: config.relation });
+    button.disabled = false;
+    reason.hidden = true;
+    reason.removeAttribute('data-code');
+  } catch (error) {
+    disableChat(error);
+  }
+}
+
+function disableChat(error) {
+  const button = $('chat-button');
+  const reason = $('chat-reason');
+  button.disabled = true;
+  reason.hidden = false;
+  reason.textContent = reasonText(error);
+  reason.dataset.code = error.code;
+}
+
+// ---- the chat window ---------------------------------------------------------------
+
+async function openChat(threadId) {
+  openThreadId = threadId;
+  shownSeqs.clear();
+  $('messages').replaceChildren();
+  $('chat-window').hidden = false;
+  $('chat-title').textContent = `Thread ${threadId}`;
+  $('send-error').hidden = true;
+  await refreshMessages();
+  $('compose').focus();
+  await markReadIfFocused();
+}
+
+async function refreshMessages() {
+  if (openThreadId === null) return;
+  const page = await api('GET', `/threads/${openThreadId}/messages/?limit=50`);
+  const me = userId();
+  const fresh = page.messages
+    .filter((m) => !shownSeqs.has(m.seq))
+    .sort((a, b) => a.seq - b.seq);
+  for (const message of fresh) showMessage(message, message.sender_id === me);
+}
+
+function showMessage(message, mine) {
+  if (shownSeqs.has(message.seq)) return;
+  shownSeqs.add(message.seq);
+  const item = document.createElement('li');
+  item.className = mine ? 'message mine' : 'message';
+  item.dataset.seq = message.seq;
+  item.textContent = message.body;
+  const list = $('messages');
+  const after = [...list.children].find((li) => Number(li.dataset.seq) > message.seq);
+  list.insertBefore(item, after ?? null);
+  list.scrollTop = list.scrollHeight;
+}
+
+// Reading happens where a person can see it: the window is open and the page has focus.
+async function markReadIfFocused() {
+  if (openThreadId === null || !document.hasFocus()) return;
+  const state = await api('POST', `/threads/${openThreadId}/read/`, {});
+  showBadge(state.total);
+}
+
+async function send() {
+  const compose = $('compose');
+  const body = compose.value.trim();
+  if (!body || openThreadId === null) return;
+  const clientMessageId = crypto.randomUUID();
+  try {
+    const message = await api('POST', `/threads/${openThreadId}/messages/`, {
+      body,
+      client_message_id: clientMessageId,
+    });
+    compose.value = '';
+    showMessage(message, true);
+  } catch (error) {
+    const shown = $('send-error');
+    shown.hidden = false;
+    shown.textContent = reasonText(error);
+    shown.dataset.code = error.code;
+    if (error.status === 400 || error.status === 403) {
+      compose.disabled = true;
+      $('send').disabled = true;
+      disableChat(error);
+    }
+  }
+}
+
+// ---- the bell ----------------------------------------------------------------------
+
+function showBadge(total) {
+  const badge = $('badge');
+  badge.hidden = total === 0;
+  badge.textContent = String(total);
+}
+
+function onSummary(summary) {
+  showBadge(summary.total);
+  const menu = $('bell-menu');
+  const items = summary.threads.map((thread) => {
+    const item = document.createElement('li');
+    item.dataset.threadId = thread.thread_id;
+    const count = document.createElement('span');
+    count.className = 'count';
+    count.textContent = thread.unread_count;
+    item.append(count, thread.last_message_preview ?? '');
+    item.addEventListener('click', () => {
+      menu.hidden = true;
+      openChat(thread.thread_id);
+    });
+    return item;
+  });
+  if (items.length === 0) {
+    const empty = document.createElement('li');
+    empty.className = 'empty';
+    empty.textContent = 'No unread messages';
+    items.push(empty);
+  }
+  menu.replaceChildren(...items);
+  // New messages in the open thread: show them, and read them if the page has focus.
+  if (summary.threads.some((thread) => thread.thread_id === openThreadId)) {
+    refreshMessages().then(markReadIfFocused).catch(() => {});
+  }
+}
+
+function setTransportState(state) {
+  $('transport-state').textContent = state;
+}
+
+// Pushed: a fresh ticket for every stream; on any error, close and start over.
+async function openStream(retryMs = 250) {
+  setTransportState('connecting');
+  let ticket;
+  try {
+    ({ ticket } = await api('POST', '/unread-summary/stream-ticket'));
+  } catch {
+    setTransportState('reconnecting');
+    setTimeout(() => openStream(Math.min(retryMs * 2, RETRY_MAX_MS)), retryMs);
+    return;
+  }
+  const events = new EventSource(`${config.api}/unread-summary/stream?ticket=${ticket}`);
+  events.addEventListener('open', () => {
+    streamsOpened += 1;
+    $('streams-opened').textContent = streamsOpened;
+  });
+  events.addEventListener('summary', (event) => {
+    setTransportState('live');
+    onSummary(JSON.parse(event.data));
+  });
+  // Both a lost connection and the server's own `error` event end this stream.
+  events.addEventListener('error', () => {
+    events.close();
+    setTransportState('reconnecting');
+    setTimeout(() => openStream(), retryMs);
+  });
+}
+
+// Polled: the browser's cache keeps the last summary and its ETag and asks with
+// If-None-Match; a 304 reaches this code as the cached 200.
+async function poll() {
+  try {
+    const response = await fetch(`${config.api}/unread-summary/`, {
+      headers: { Authorization: `Bearer ${config.token}` },
+    });
+    pollCount += 1;
+    $('poll-count').textContent = pollCount;
+    if (response.ok) {
+      setTransportState('polling');
+      onSummary(await response.json());
+    }
+  } catch {
+    setTransportState('reconnecting');
+  }
+  setTimeout(poll, POLL_EVERY_MS);
+}
+
+// ---- signing in --------------------------------------------------------------------
+
+async function start() {
+  $('sign-in').hidden = true;
+  $('profile').hidden = false;
+  $('bell').hidden = false;
+  $('who').textContent = `${config.role} ${userId()}`;
+  $('chat-button').textContent = config.role === 'tutor' ? 'Chat with student' : 'Chat with tutor';
+  await checkChatButton();
+  if (config.transport === 'poll' || !('EventSource' in window)) {
+    poll();
+  } else {
+    openStream();
+  }
+}
+
+$('sign-in').addEventListener('submit', (event) => {
+  event.preventDefault();
+  config = {
+    api: $('api').value.replace(/\/$/, ''),
+    token: $('token').value.trim(),
+    role: $('role').value,
+    relation: Number($('relation').value),
+    transport: $('transport').value,
+  };
+  // The tab keeps the session across reloads; the token stays out of the URL.
+  sessionStorage.setItem('chat-config', JSON.stringify(config));
+  start();
+});
+$('chat-button').addEventListener('click', () => chatThread && openChat(chatThread.thread_id));
+$('send').addEventListener('click', send);
+$('bell').addEventListener('click', () => {
+  $('bell-menu').hidden = !$('bell-menu').hidden;
+});
+$('chat-window').addEventListener('focusin', () => markReadIfFocused().catch(() => {}));
+window.addEventListener('focus', () => markReadIfFocused().catch(() => {}));
+
+// The form may be prefilled from the page's URL (nothing secret: the token is typed).
+for (const field of ['api', 'role', 'relation', 'transport']) {
+  if (params.has(field)) $(field).value = params.get(field);
+}
+
+const saved = sessionStorage.getItem('chat-config');
+if (saved) {
+  config = JSON.parse(saved);
+  start();
+}
