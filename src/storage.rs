@@ -99,35 +99,27 @@ async fn traced<T>(
     call.instrument(span).await
 }
 
-/// Runs the same statement function (of `reads` or `tickets`) on whichever backend the
-/// store has, with a pooled connection. Each arm is type-checked against its backend's
-/// copy of the function.
-macro_rules! pooled {
-    ($store:expr, $module:ident::$function:ident($($arg:expr),* $(,)?)) => {
+/// Runs the same read on whichever backend the store has, with a pooled connection.
+/// Each arm is type-checked against its backend's copy of the read.
+macro_rules! read {
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
         traced($store.backend(), stringify!($function), async {
             match $store {
                 Store::Postgres(store) => {
                     let mut conn = store.conn().await?;
-                    postgres::$module::$function(&mut conn, $($arg),*)
+                    postgres::reads::$function(&mut conn, $($arg),*)
                         .await
                         .map_err(|error| store.failed(error))
                 }
                 Store::Sqlite(store) => {
                     let mut conn = store.conn().await?;
-                    sqlite::$module::$function(&mut conn, $($arg),*)
+                    sqlite::reads::$function(&mut conn, $($arg),*)
                         .await
                         .map_err(|error| store.failed(error))
                 }
             }
         })
         .await
-    };
-}
-
-/// Runs the same read on whichever backend the store has.
-macro_rules! read {
-    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
-        pooled!($store, reads::$function($($arg),*))
     };
 }
 
@@ -263,13 +255,13 @@ impl Store {
         &self,
         ticket_hash: &str,
         user_id: i64,
-        role: &str,
+        role: &'static str,
         expires_at: i64,
         now: i64,
     ) -> StoreResult<()> {
-        pooled!(
+        write!(
             self,
-            tickets::create_stream_ticket(ticket_hash, user_id, role, expires_at, now)
+            create_stream_ticket(ticket_hash, user_id, role, expires_at, now)
         )
     }
 
@@ -279,7 +271,7 @@ impl Store {
         ticket_hash: &str,
         now: i64,
     ) -> StoreResult<Option<(i64, String)>> {
-        pooled!(self, tickets::redeem_stream_ticket(ticket_hash, now))
+        write!(self, redeem_stream_ticket(ticket_hash, now))
     }
 
     /// Creates a thread (see `NewThread`); `None` when it exists already or its fact

@@ -525,6 +525,43 @@ impl PgStore {
         row.into_attempt(message).map_err(StoreError::Query)
     }
 
+    /// Stores a stream ticket's hash, forgetting expired ones first.
+    pub async fn create_stream_ticket(
+        &self,
+        ticket_hash: &str,
+        user_id: i64,
+        role: &'static str,
+        expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let stored = async {
+            tickets::forget_expired(now).execute(&mut conn).await?;
+            tickets::store(ticket_hash.to_owned(), user_id, role, expires_at)
+                .execute(&mut conn)
+                .await
+        };
+        stored.await.map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    /// Takes a live stream ticket: its user and role, once.
+    pub async fn redeem_stream_ticket(
+        &self,
+        ticket_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<(i64, String)>> {
+        use schema::stream_tickets;
+        let mut conn = self.conn().await?;
+        let taken = tickets::take(ticket_hash.to_owned(), now)
+            .returning((stream_tickets::user_id, stream_tickets::role));
+        match committed_row(taken, &mut conn).await {
+            Ok(row) => Ok(Some(row)),
+            Err(DieselError::NotFound) => Ok(None),
+            Err(error) => Err(self.failed(error)),
+        }
+    }
+
     pub async fn mark_read(
         &self,
         thread_id: i64,

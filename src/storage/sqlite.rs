@@ -258,6 +258,43 @@ impl SqliteStore {
             .await
     }
 
+    /// Stores a stream ticket's hash, forgetting expired ones first.
+    pub async fn create_stream_ticket(
+        &self,
+        ticket_hash: &str,
+        user_id: i64,
+        role: &'static str,
+        expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        let ticket_hash = ticket_hash.to_owned();
+        self.write(move |conn| {
+            tickets::forget_expired(now).execute(conn)?;
+            tickets::store(ticket_hash.clone(), user_id, role, expires_at).execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes a live stream ticket: its user and role, once.
+    pub async fn redeem_stream_ticket(
+        &self,
+        ticket_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<(i64, String)>> {
+        let ticket_hash = ticket_hash.to_owned();
+        self.write(move |conn| {
+            tickets::take(ticket_hash.clone(), now)
+                .returning((
+                    schema::stream_tickets::user_id,
+                    schema::stream_tickets::role,
+                ))
+                .get_result(conn)
+                .optional()
+        })
+        .await
+    }
+
     pub async fn upsert_fact(
         &self,
         table: &'static FactTable,
