@@ -215,14 +215,6 @@ impl TestDatabase {
         }
     }
 
-    /// The PostgreSQL database's name.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            TestDatabase::Postgres { name, .. } => Some(name),
-            _ => None,
-        }
-    }
-
     /// Runs SQL inside this test's database, behind chatd's back.
     pub async fn execute_inside(&self, sql: &str) {
         match self.url() {
@@ -242,17 +234,6 @@ impl TestDatabase {
                 conn.batch_execute(&format!("PRAGMA busy_timeout = 5000; {sql}"))
                     .expect("SQL inside the test database");
             }
-        }
-    }
-
-    /// Runs SQL as the administrator (PostgreSQL only), e.g. to cut the database off.
-    pub async fn admin_execute(&self, sql: &str) {
-        if let TestDatabase::Postgres { admin_url, .. } = self {
-            admin_connection(admin_url)
-                .await
-                .batch_execute(sql)
-                .await
-                .expect("admin SQL");
         }
     }
 }
