@@ -17,7 +17,7 @@ use tonic_health::server::HealthReporter;
 use tower_layer::Layer;
 
 use crate::auth::{AuthConfig, TokenVerifier};
-use crate::domain::{CacheConfig, Chat, Role, Summaries, SummaryKey, WatchLimits};
+use crate::domain::{CacheConfig, CacheTrust, Chat, Role, Summaries, SummaryKey, WatchLimits};
 use crate::fanout::postgres::{FanoutConfig, PgFanout, PgPublisher, Queued};
 use crate::fanout::{ChangeSink, Local, Publisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
@@ -76,7 +76,7 @@ pub struct Application {
     /// The fan-out's queue, until `run` starts its notifier (PostgreSQL).
     queued: Option<Queued>,
     /// Whether this replica hears other replicas' changes (the fan-out is connected).
-    feed: (watch::Sender<bool>, watch::Receiver<bool>),
+    fanout_up: (watch::Sender<bool>, watch::Receiver<bool>),
     config: ServeConfig,
     store: Store,
 }
@@ -110,8 +110,8 @@ impl Application {
         let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone(), config.call_timeout);
         // One SQLite process hears every change it makes; PostgreSQL replicas wait for
         // their fan-out to connect.
-        let hears_everything = matches!(config.database, DatabaseUrl::Sqlite(_));
-        let (publisher, queued): (Arc<dyn Publisher>, _) = if hears_everything {
+        let one_process = matches!(config.database, DatabaseUrl::Sqlite(_));
+        let (publisher, queued): (Arc<dyn Publisher>, _) = if one_process {
             (Arc::new(Local), None)
         } else {
             let (publisher, queued) = PgPublisher::new();
@@ -122,17 +122,21 @@ impl Application {
             config.watch_limits,
             publisher,
             metrics.cache.clone(),
-            hears_everything,
+            if one_process {
+                CacheTrust::FromStart
+            } else {
+                CacheTrust::OnceFanoutConnects
+            },
         );
-        let feed = watch::channel(hears_everything);
-        register_gauges(&metrics, &store, &summaries, feed.1.clone());
+        let fanout_up = watch::channel(one_process);
+        register_gauges(&metrics, &store, &summaries, fanout_up.1.clone());
         let chat = Chat::new(
             store.clone(),
             summaries,
             metrics.chat.clone(),
             config.watch_coalesce,
         );
-        let (health, routes) = services(&chat, &verifier, *feed.1.borrow()).await?;
+        let (health, routes) = services(&chat, &verifier, *fanout_up.1.borrow()).await?;
 
         let gateway = match config.http {
             Some(listen) => {
@@ -174,7 +178,7 @@ impl Application {
             health,
             chat,
             queued,
-            feed,
+            fanout_up,
             config,
             store,
         })
@@ -222,12 +226,12 @@ impl Application {
 
         // Replicas share PostgreSQL: changes committed by any of them arrive through the
         // fan-out. One SQLite process has nothing to hear.
-        let (feed_state, feed_followed) = self.feed;
+        let (fanout_state, fanout_followed) = self.fanout_up;
         let fanout = match (&config.database, self.queued) {
             (DatabaseUrl::Postgres(url), Some(queued)) => {
-                let sink = Arc::new(FeedHealth {
+                let sink = Arc::new(FanoutHealth {
                     inner: chat.summaries().clone(),
-                    state: feed_state,
+                    state: fanout_state,
                 });
                 Some(PgFanout::start(
                     FanoutConfig {
@@ -246,7 +250,7 @@ impl Application {
             config.summary_cache.sweep,
             stopping_rx.clone(),
         ));
-        let feed_health = tokio::spawn(follow_feed(health.clone(), feed_followed));
+        let fanout_health = tokio::spawn(follow_fanout(health.clone(), fanout_followed));
         let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
@@ -303,7 +307,7 @@ impl Application {
         .await;
         monitor.abort();
         sweeper.abort();
-        feed_health.abort();
+        fanout_health.abort();
         if let Some(fanout) = fanout {
             fanout.abort();
         }
@@ -317,7 +321,7 @@ impl Application {
 async fn services(
     chat: &Chat,
     verifier: &Arc<TokenVerifier>,
-    feed_up: bool,
+    fanout_up: bool,
 ) -> Result<(HealthReporter, Routes), String> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -326,7 +330,7 @@ async fn services(
     health
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
-    set_feed_health(&health, feed_up).await;
+    set_fanout_health(&health, fanout_up).await;
 
     // Both reflection versions: grpcurl 1.8 and older clients only ask v1alpha. The
     // google.rpc types are served too, so clients can decode ErrorInfo details.
@@ -390,7 +394,7 @@ fn register_gauges(
     metrics: &Metrics,
     store: &Store,
     summaries: &Summaries,
-    feed: watch::Receiver<bool>,
+    fanout_up: watch::Receiver<bool>,
 ) {
     let pool = store.clone();
     metrics.gauge_family(
@@ -438,7 +442,7 @@ fn register_gauges(
     metrics.gauge(
         "chatd_fanout_up",
         "1 while this replica hears other replicas' changes (always 1 on SQLite)",
-        move || i64::from(*feed.borrow()),
+        move || i64::from(*fanout_up.borrow()),
     );
 }
 
@@ -464,12 +468,12 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// Passes the fan-out's news to the domain and keeps the `fanout` health state.
-struct FeedHealth {
+struct FanoutHealth {
     inner: Summaries,
     state: watch::Sender<bool>,
 }
 
-impl ChangeSink for FeedHealth {
+impl ChangeSink for FanoutHealth {
     fn changed(&self, keys: &[SummaryKey]) {
         self.inner.changed(keys);
     }
@@ -485,7 +489,7 @@ impl ChangeSink for FeedHealth {
     }
 }
 
-async fn set_feed_health(health: &HealthReporter, up: bool) {
+async fn set_fanout_health(health: &HealthReporter, up: bool) {
     let status = if up {
         ServingStatus::Serving
     } else {
@@ -495,11 +499,11 @@ async fn set_feed_health(health: &HealthReporter, up: bool) {
 }
 
 /// Mirrors the fan-out's state into health, in order.
-async fn follow_feed(health: HealthReporter, mut feed: watch::Receiver<bool>) {
+async fn follow_fanout(health: HealthReporter, mut fanout_up: watch::Receiver<bool>) {
     loop {
-        let up = *feed.borrow_and_update();
-        set_feed_health(&health, up).await;
-        if feed.changed().await.is_err() {
+        let up = *fanout_up.borrow_and_update();
+        set_fanout_health(&health, up).await;
+        if fanout_up.changed().await.is_err() {
             return;
         }
     }

@@ -4,6 +4,7 @@
 //! - `poll.rs` (`--poll`): the load chatd exists for, online users polling their unread
 //!   summary over gRPC and REST while their peers write.
 //! - `watchers.rs` (`--watchers N`): N summary streams, delivery latency and memory.
+//! - `seed.rs` (`--seed`): the synthetic dataset all three run against.
 //!
 //! grpc.health.v1 Check runs in the same run as the reference: it measures what the
 //! gRPC stack and the machine can do with no domain work, so every figure is also shown
@@ -11,18 +12,20 @@
 
 mod poll;
 mod rpcs;
+mod seed;
 mod watchers;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::TokenSigner;
 use crate::domain::Role;
-use crate::storage::{Dataset, Store};
+use crate::storage::Store;
 
 pub use rpcs::Rpc;
+pub use seed::Dataset;
 
 /// What to seed and how hard to push.
 #[derive(Debug, Clone)]
@@ -61,7 +64,7 @@ pub async fn run(
         let store = store.ok_or("--seed needs --database-url")?;
         let started = Instant::now();
         store.migrate().await?;
-        store.seed_benchmark(dataset).await?;
+        seed::seed(&store, dataset).await?;
         eprintln!(
             "seeded {} users, {} threads, {} messages in {:.1?}",
             dataset.users,
@@ -402,23 +405,4 @@ fn framed(message: &impl prost::Message) -> prost::bytes::Bytes {
     frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
     frame.extend_from_slice(&encoded);
     frame.into()
-}
-
-/// A tiny non-cryptographic generator: enough to spread load over users and threads.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Self(nanos | 1)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound.max(1)
-    }
 }

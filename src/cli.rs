@@ -8,11 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::ServeConfig;
 use crate::auth::AuthConfig;
-use crate::bench::{BenchConfig, Rpc};
+use crate::bench::{BenchConfig, Dataset, Rpc};
 use crate::domain::{CacheConfig, Role, WatchLimits};
 use crate::http::GatewayConfig;
 use crate::net::ConnectionLimits;
-use crate::storage::{DatabaseUrl, Dataset, PoolConfig};
+use crate::storage::{DatabaseUrl, PoolConfig};
 use crate::telemetry::LogFormat;
 
 /// chatd: chat threads between tutors and students, and their unread counts, over gRPC.

@@ -22,7 +22,7 @@ mod values;
 mod watch;
 
 pub use error::{DomainError, Reason};
-pub use summaries::{CacheConfig, CachedSummary, Summaries};
+pub use summaries::{CacheConfig, CacheTrust, CachedSummary, Summaries};
 pub use tickets::{STREAM_TICKET_TTL, StreamTicket};
 pub use values::*;
 pub use watch::{SummaryHub, WatchLimits};
@@ -206,11 +206,11 @@ impl Chat {
         if let Some(cached) = self.summaries.cached(&key) {
             return Ok(answer(&cached, limit, if_none_match));
         }
-        if let Some(ticket) = self.summaries.ticket(&key) {
+        if let Some(token) = self.summaries.fill_token(&key) {
             // Read deep enough for any page size, so the entry answers every later poll.
             let (page, version) = self.read_summary(key, MAX_PAGE_LIMIT).await?;
             let cached = Arc::new(CachedSummary::new(version, page.total, page.rows));
-            self.summaries.fill(key, ticket, cached.clone());
+            self.summaries.fill(key, token, cached.clone());
             return Ok(answer(&cached, limit, if_none_match));
         }
         // No cache to trust: a conditional request checks the version alone first, and
@@ -609,7 +609,7 @@ mod tests {
             },
             Arc::new(crate::fanout::Local),
             crate::metrics::Metrics::new().cache,
-            true,
+            CacheTrust::FromStart,
         );
         let chat = Chat::new(
             store,

@@ -24,10 +24,10 @@ pub trait Publisher: Send + Sync + 'static {
 pub trait ChangeSink: Send + Sync + 'static {
     /// These summaries changed on some replica.
     fn changed(&self, keys: &[SummaryKey]);
-    /// The feed is connected again (or for the first time): anything may have changed
+    /// The fan-out is connected again (or for the first time): anything may have changed
     /// while it was not, so nothing learned before can be trusted.
     fn connected(&self);
-    /// The feed is down: changes made elsewhere may go unheard until `connected`.
+    /// The fan-out is down: changes made elsewhere may go unheard until `connected`.
     fn disconnected(&self);
 }
 

@@ -9,7 +9,8 @@
 
 use chrono::{DateTime, Utc};
 
-/// Declares an enum with the lower- or upper-case name it is stored and sent under.
+/// Declares an enum with the lower- or upper-case name it is stored and sent under:
+/// `ALL` its values, `as_str` the name, `parse` the name back.
 macro_rules! named_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
@@ -20,7 +21,7 @@ macro_rules! named_enum {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$(Self::$variant),+];
 
-            /// The name stored in the database.
+            /// The name it is stored and sent under.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),+ }
             }
@@ -38,6 +39,9 @@ macro_rules! named_enum {
         }
     };
 }
+
+/// Other modules declare their named enums (reasons, roles) with the same macro.
+pub(crate) use named_enum;
 
 named_enum!(
     /// A participant's side of a thread. A user who is a tutor in one relation and a

@@ -6,7 +6,6 @@
 //! - `upsert.rs`: the one versioned upsert of the facts upstream services push.
 //! - `postgres.rs`: writes as one statement each (one round trip, locks in one order).
 //! - `sqlite.rs`: writes queued for one writer connection on a thread of its own.
-//! - `seed.rs`: the synthetic dataset of `chatd bench`.
 //!
 //! `Store` is the one door: the domain calls it and never sees a backend. The rules
 //! the writes check are the domain's (`domain/rules.rs`), handed down as data where
@@ -21,7 +20,6 @@ use tracing::Instrument;
 mod pool;
 pub mod postgres;
 mod rows;
-mod seed;
 pub mod sqlite;
 mod upsert;
 
@@ -30,7 +28,6 @@ pub use rows::{
     Fact, Horizons, InquiryTarget, MarkReadAttempt, MessagePageRows, NewMessage, NewThread,
     ReadStateRow, RelationTarget, SendAttempt, ThreadFacts, UnreadPage, UpsertOutcome,
 };
-pub use seed::Dataset;
 
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
@@ -101,7 +98,7 @@ async fn traced<T>(
 
 /// Runs the same read on whichever backend the store has, with a pooled connection.
 /// Each arm is type-checked against its backend's copy of the read.
-macro_rules! read {
+macro_rules! backend_read {
     ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
         traced($store.backend(), stringify!($function), async {
             match $store {
@@ -124,7 +121,7 @@ macro_rules! read {
 }
 
 /// Runs a write that each backend implements its own way.
-macro_rules! write {
+macro_rules! backend_write {
     ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
         traced($store.backend(), stringify!($function), async {
             match $store {
@@ -180,31 +177,35 @@ impl Store {
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
-        read!(self, ping())
+        backend_read!(self, ping())
+    }
+
+    pub async fn count_threads(&self) -> StoreResult<i64> {
+        backend_read!(self, count_threads())
     }
 
     pub async fn find_relation(&self, id: i64) -> StoreResult<Option<Fact<RelationStatus>>> {
-        read!(self, find_relation(id))
+        backend_read!(self, find_relation(id))
     }
 
     pub async fn find_inquiry(&self, id: i64) -> StoreResult<Option<Fact<InquiryStatus>>> {
-        read!(self, find_inquiry(id))
+        backend_read!(self, find_inquiry(id))
     }
 
     pub async fn relation_target(&self, relation_id: i64) -> StoreResult<Option<RelationTarget>> {
-        read!(self, relation_target(relation_id))
+        backend_read!(self, relation_target(relation_id))
     }
 
     pub async fn inquiry_target(&self, inquiry_id: i64) -> StoreResult<Option<InquiryTarget>> {
-        read!(self, inquiry_target(inquiry_id))
+        backend_read!(self, inquiry_target(inquiry_id))
     }
 
     pub async fn summary_version(&self, key: SummaryKey) -> StoreResult<i64> {
-        read!(self, summary_version(key))
+        backend_read!(self, summary_version(key))
     }
 
     pub async fn unread_summary(&self, key: SummaryKey, limit: i64) -> StoreResult<UnreadPage> {
-        read!(self, unread_summary(key, limit))
+        backend_read!(self, unread_summary(key, limit))
     }
 
     /// The versions of many summaries in one statement (keys never changed are left
@@ -216,7 +217,7 @@ impl Store {
         let mut users: Vec<i64> = keys.iter().map(|key| key.user_id).collect();
         users.sort_unstable();
         users.dedup();
-        let versions = read!(self, summary_versions_of(&users))?;
+        let versions = backend_read!(self, summary_versions_of(&users))?;
         Ok(versions
             .into_iter()
             .filter(|(key, _)| keys.contains(key))
@@ -224,7 +225,7 @@ impl Store {
     }
 
     pub async fn horizons(&self, thread_id: i64) -> StoreResult<Option<Horizons>> {
-        read!(self, horizons(thread_id))
+        backend_read!(self, horizons(thread_id))
     }
 
     pub async fn messages_page(
@@ -233,7 +234,7 @@ impl Store {
         before_seq: Option<i64>,
         limit: i64,
     ) -> StoreResult<MessagePageRows> {
-        read!(self, messages_page(thread_id, before_seq, limit))
+        backend_read!(self, messages_page(thread_id, before_seq, limit))
     }
 
     pub async fn message_by_key(
@@ -242,12 +243,12 @@ impl Store {
         sender_id: i64,
         key: &str,
     ) -> StoreResult<Option<Message>> {
-        read!(self, message_by_key(thread_id, sender_id, key))
+        backend_read!(self, message_by_key(thread_id, sender_id, key))
     }
 
     /// A side's maintained unread counter and a recount from the messages.
     pub async fn recount_unread(&self, thread_id: i64, side: Side) -> StoreResult<(i64, i64)> {
-        read!(self, recount_unread(thread_id, side))
+        backend_read!(self, recount_unread(thread_id, side))
     }
 
     /// Keeps a stream ticket's hash until `expires_at` (Unix ms).
@@ -259,7 +260,7 @@ impl Store {
         expires_at: i64,
         now: i64,
     ) -> StoreResult<()> {
-        write!(
+        backend_write!(
             self,
             create_stream_ticket(ticket_hash, user_id, role, expires_at, now)
         )
@@ -271,17 +272,17 @@ impl Store {
         ticket_hash: &str,
         now: i64,
     ) -> StoreResult<Option<(i64, String)>> {
-        write!(self, redeem_stream_ticket(ticket_hash, now))
+        backend_write!(self, redeem_stream_ticket(ticket_hash, now))
     }
 
     /// Creates a thread (see `NewThread`); `None` when it exists already or its fact
     /// does not.
     pub async fn create_thread(&self, new: &NewThread) -> StoreResult<Option<Thread>> {
-        write!(self, create_thread(new))
+        backend_write!(self, create_thread(new))
     }
 
     pub async fn send_message(&self, message: &NewMessage) -> StoreResult<SendAttempt> {
-        write!(self, send_message(message))
+        backend_write!(self, send_message(message))
     }
 
     pub async fn mark_read(
@@ -291,7 +292,7 @@ impl Store {
         user_id: i64,
         up_to_seq: Option<i64>,
     ) -> StoreResult<MarkReadAttempt> {
-        write!(self, mark_read(thread_id, side, user_id, up_to_seq))
+        backend_write!(self, mark_read(thread_id, side, user_id, up_to_seq))
     }
 
     /// Stores a relation if its version is newer; when it applies, the thread's
@@ -356,7 +357,7 @@ impl Store {
         stored: impl Future<Output = StoreResult<Option<(i64, i64)>>>,
     ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
         let ids = [id, fact.tutor_id, fact.student_id];
-        let (applied, changed) = write!(
+        let (applied, changed) = backend_write!(
             self,
             upsert_fact(table, &ids, status, fact.version, Some(is_writable))
         )?;
@@ -382,7 +383,7 @@ impl Store {
         version: i64,
     ) -> StoreResult<bool> {
         let ids = [tutor_id, student_id];
-        let (applied, _) = write!(
+        let (applied, _) = backend_write!(
             self,
             upsert_fact(&upsert::CONTACT_ACCESS, &ids, state.as_str(), version, None)
         )?;

@@ -19,14 +19,12 @@ use hyper_util::rt::TokioIo;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic_health::pb::HealthCheckRequest;
 
-use super::{
-    BenchConfig, ClientRun, Latencies, RawGrpc, Report, XorShift, authed, bearer, connect, framed,
-};
+use super::Dataset;
+use super::{BenchConfig, ClientRun, Latencies, RawGrpc, Report, authed, bearer, connect, framed};
 use crate::auth::TokenSigner;
 use crate::domain::Role;
 use crate::proto as pb;
 use crate::proto::chat_service_client::ChatServiceClient;
-use crate::storage::Dataset;
 
 const CHECK: &str = "/grpc.health.v1.Health/Check";
 const SUMMARY: &str = "/chat.v1.ChatService/GetUnreadSummary";
@@ -126,9 +124,8 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
             let headers = headers.clone();
             let mut run = ClientRun::new(&empty);
             tokio::spawn(async move {
-                let mut random = XorShift::new();
                 while Instant::now() < deadline {
-                    let header = &headers[random.below(headers.len() as u64) as usize];
+                    let header = &headers[fastrand::usize(..headers.len())];
                     let call = Instant::now();
                     let result = client.call(SUMMARY, Some(header), &request).await;
                     run.record(call, result);
@@ -156,10 +153,9 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
                     return run;
                 }
                 let mut etags: HashMap<usize, String> = HashMap::new();
-                let mut random = XorShift::new();
                 let mut connection = None;
                 while Instant::now() < deadline {
-                    let user = mine[random.below(mine.len() as u64) as usize];
+                    let user = mine[fastrand::usize(..mine.len())];
                     let call = Instant::now();
                     let polled = http
                         .poll(&mut connection, &tokens[user], etags.get(&user))
@@ -237,13 +233,12 @@ impl Sender {
             let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
             let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-            let mut random = XorShift::new();
             let started = Instant::now();
             let mut in_flight = Vec::new();
             while !stopping.load(Ordering::Relaxed) {
                 ticker.tick().await;
-                let tutor = 1 + random.below(online as u64) as i64;
-                let thread = thread_of(&dataset, tutor, &mut random);
+                let tutor = 1 + fastrand::i64(0..online);
+                let thread = thread_of(&dataset, tutor);
                 let student = dataset.student_of(thread);
                 let Ok(token) = bearer(&signer, student, Role::Student) else {
                     continue;
@@ -301,11 +296,11 @@ impl Sender {
 
 /// A random thread of `tutor` in the seeded dataset (thread x belongs to tutor
 /// `1 + x % tutors`).
-fn thread_of(dataset: &Dataset, tutor: i64, random: &mut XorShift) -> i64 {
+fn thread_of(dataset: &Dataset, tutor: i64) -> i64 {
     let tutors = dataset.tutors();
     let first = if tutor == 1 { tutors } else { tutor - 1 };
     let count = (dataset.threads - first) / tutors + 1;
-    first + random.below(count.max(1) as u64) as i64 * tutors
+    first + fastrand::i64(0..count.max(1)) * tutors
 }
 
 /// The REST gateway: an address to poll and read /metrics from over HTTP/1.1.

@@ -8,12 +8,12 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{BenchConfig, ClientRun, Latencies, Report, XorShift, authed, bearer, connect};
+use super::Dataset;
+use super::{BenchConfig, ClientRun, Latencies, Report, authed, bearer, connect};
 use crate::auth::TokenSigner;
 use crate::domain::Role;
 use crate::proto as pb;
 use crate::proto::chat_service_client::ChatServiceClient;
-use crate::storage::Dataset;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rpc {
@@ -85,10 +85,9 @@ fn sample_participants(
     dataset: &Dataset,
     signer: &TokenSigner,
 ) -> Result<Vec<Participants>, String> {
-    let mut random = XorShift::new();
     (0..SAMPLE.min(dataset.threads))
         .map(|_| {
-            let thread = 1 + random.below(dataset.threads as u64) as i64;
+            let thread = 1 + fastrand::i64(0..dataset.threads);
             Ok(Participants {
                 thread,
                 tutor: bearer(signer, dataset.tutor_of(thread), Role::Tutor)?,
@@ -118,14 +117,13 @@ async fn drive(
                 let mut health = HealthClient::new(channel.clone());
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 let mut chat = ChatServiceClient::new(channel);
-                let mut random = XorShift::new();
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     let Participants {
                         thread,
                         tutor,
                         student,
-                    } = &sample[random.below(sample.len() as u64) as usize];
+                    } = &sample[fastrand::usize(..sample.len())];
                     n += 1;
                     let call_started = Instant::now();
                     let result = match rpc {

@@ -1,76 +1,27 @@
 //! The domain's one error type, and the stable reason each variant carries to clients.
 //! Which gRPC code and HTTP status a reason travels with is `crate::status`'s table.
 
-/// The upper-case reasons clients switch on (and localize); stable across releases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    InvalidArgument,
-    TokenMissing,
-    TokenExpired,
-    TokenInvalid,
-    TicketInvalid,
-    RoleNotAllowed,
-    RelationNotFound,
-    RelationNotActive,
-    ContactAccessLocked,
-    InquiryNotFound,
-    ThreadNotFound,
-    ThreadNotWritable,
-    ParticipantsImmutable,
-    TooManyStreams,
-    DatabaseUnavailable,
-    Internal,
-}
-
-impl Reason {
-    /// Every reason, for the status table and its test.
-    pub const ALL: [Reason; 16] = [
-        Reason::InvalidArgument,
-        Reason::TokenMissing,
-        Reason::TokenExpired,
-        Reason::TokenInvalid,
-        Reason::TicketInvalid,
-        Reason::RoleNotAllowed,
-        Reason::RelationNotFound,
-        Reason::RelationNotActive,
-        Reason::ContactAccessLocked,
-        Reason::InquiryNotFound,
-        Reason::ThreadNotFound,
-        Reason::ThreadNotWritable,
-        Reason::ParticipantsImmutable,
-        Reason::TooManyStreams,
-        Reason::DatabaseUnavailable,
-        Reason::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InvalidArgument => "INVALID_ARGUMENT",
-            Reason::TokenMissing => "TOKEN_MISSING",
-            Reason::TokenExpired => "TOKEN_EXPIRED",
-            Reason::TokenInvalid => "TOKEN_INVALID",
-            Reason::TicketInvalid => "TICKET_INVALID",
-            Reason::RoleNotAllowed => "ROLE_NOT_ALLOWED",
-            Reason::RelationNotFound => "RELATION_NOT_FOUND",
-            Reason::RelationNotActive => "RELATION_NOT_ACTIVE",
-            Reason::ContactAccessLocked => "CONTACT_ACCESS_LOCKED",
-            Reason::InquiryNotFound => "INQUIRY_NOT_FOUND",
-            Reason::ThreadNotFound => "THREAD_NOT_FOUND",
-            Reason::ThreadNotWritable => "THREAD_NOT_WRITABLE",
-            Reason::ParticipantsImmutable => "PARTICIPANTS_IMMUTABLE",
-            Reason::TooManyStreams => "TOO_MANY_STREAMS",
-            Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
-            Reason::Internal => "INTERNAL",
-        }
+crate::model::named_enum!(
+    /// The upper-case reasons clients switch on (and localize); stable across releases.
+    Reason {
+        InvalidArgument => "INVALID_ARGUMENT",
+        TokenMissing => "TOKEN_MISSING",
+        TokenExpired => "TOKEN_EXPIRED",
+        TokenInvalid => "TOKEN_INVALID",
+        TicketInvalid => "TICKET_INVALID",
+        RoleNotAllowed => "ROLE_NOT_ALLOWED",
+        RelationNotFound => "RELATION_NOT_FOUND",
+        RelationNotActive => "RELATION_NOT_ACTIVE",
+        ContactAccessLocked => "CONTACT_ACCESS_LOCKED",
+        InquiryNotFound => "INQUIRY_NOT_FOUND",
+        ThreadNotFound => "THREAD_NOT_FOUND",
+        ThreadNotWritable => "THREAD_NOT_WRITABLE",
+        ParticipantsImmutable => "PARTICIPANTS_IMMUTABLE",
+        TooManyStreams => "TOO_MANY_STREAMS",
+        DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+        Internal => "INTERNAL",
     }
-
-    /// Reads a reason back from its name (as a client, or the gateway, receives it).
-    pub fn parse(name: &str) -> Option<Reason> {
-        Reason::ALL
-            .into_iter()
-            .find(|reason| reason.as_str() == name)
-    }
-}
+);
 
 /// Everything a chatd operation can refuse or fail with. Each variant's doc names the
 /// `ErrorInfo.reason` clients see; `crate::status` gives its gRPC code and HTTP status.
@@ -180,7 +131,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip_by_name() {
-        for reason in Reason::ALL {
+        for &reason in Reason::ALL {
             assert_eq!(Reason::parse(reason.as_str()), Some(reason));
         }
         assert_eq!(Reason::parse("NOT_A_REASON"), None);

@@ -11,7 +11,7 @@
 //!   repaired by `sweep`, which compares every cached version with the database in one
 //!   query: an entry is stale for at most the sweep interval.
 //!
-//! A read that misses takes a ticket before it reads the database and inserts what it
+//! A read that misses takes a fill token before it reads the database and inserts what it
 //! read only if no invalidation of its key came meanwhile, so a slow read can never put
 //! back a summary that a write has already replaced.
 
@@ -84,9 +84,10 @@ impl quick_cache::Weighter<SummaryKey, Arc<CachedSummary>> for ByWeight {
 /// unrelated keys rarely share one (sharing only costs a fill that is not inserted).
 const SLOTS: usize = 4096;
 
-/// What a miss holds while it reads the database; see `SummaryCache::fill`.
+/// What a miss holds while it reads the database, and shows to insert what it read: a
+/// fill whose token an invalidation has overtaken is not inserted (`SummaryCache::fill`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket {
+pub struct FillToken {
     slot: usize,
     generation: u64,
 }
@@ -130,25 +131,25 @@ impl SummaryCache {
         self.entries.get(key)
     }
 
-    /// A ticket to fill `key` after reading it, or `None` while the cache is not trusted.
-    fn ticket(&self, key: &SummaryKey) -> Option<Ticket> {
+    /// A token to fill `key` after reading it, or `None` while the cache is not trusted.
+    fn fill_token(&self, key: &SummaryKey) -> Option<FillToken> {
         if !self.trusted.load(Ordering::SeqCst) {
             return None;
         }
         let slot = self.slot(key);
-        Some(Ticket {
+        Some(FillToken {
             slot,
             generation: self.generations[slot].load(Ordering::SeqCst),
         })
     }
 
-    /// Inserts what a miss read, unless its key was invalidated since the ticket was
+    /// Inserts what a miss read, unless its key was invalidated since the token was
     /// taken (or the cache stopped being trusted). An invalidation racing the insert
     /// bumps the generation before it removes, so the second check catches it.
-    fn fill(&self, key: SummaryKey, ticket: Ticket, summary: Arc<CachedSummary>) {
+    fn fill(&self, key: SummaryKey, token: FillToken, summary: Arc<CachedSummary>) {
         let current = |cache: &Self| {
             cache.trusted.load(Ordering::SeqCst)
-                && cache.generations[ticket.slot].load(Ordering::SeqCst) == ticket.generation
+                && cache.generations[token.slot].load(Ordering::SeqCst) == token.generation
         };
         if !current(self) {
             return;
@@ -175,6 +176,15 @@ impl SummaryCache {
     }
 }
 
+/// When the cache may first answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheTrust {
+    /// From the start: no other process can change the data (one SQLite process).
+    FromStart,
+    /// Once the fan-out has connected: until then, other replicas' changes go unheard.
+    OnceFanoutConnects,
+}
+
 /// The meeting point of summary changes: this replica's committed writes, the other
 /// replicas' (through the fan-out), the cache and the watchers. Cloning is shallow.
 #[derive(Clone)]
@@ -186,17 +196,17 @@ pub struct Summaries {
 }
 
 impl Summaries {
-    /// `hears_everything` is true when no other process can change the data (SQLite):
-    /// the cache is trusted from the start. Otherwise it waits for the fan-out.
+    /// `trust` says whether the cache may answer from the start (see `CacheTrust`).
     pub fn new(
         cache: CacheConfig,
         limits: WatchLimits,
         publisher: Arc<dyn Publisher>,
         counters: CacheCounters,
-        hears_everything: bool,
+        trust: CacheTrust,
     ) -> Self {
+        let trusted = trust == CacheTrust::FromStart;
         let cache = (cache.budget_bytes > 0)
-            .then(|| Arc::new(SummaryCache::new(cache.budget_bytes, hears_everything)));
+            .then(|| Arc::new(SummaryCache::new(cache.budget_bytes, trusted)));
         Self {
             cache,
             hub: SummaryHub::new(limits),
@@ -218,21 +228,21 @@ impl Summaries {
         hit
     }
 
-    /// A ticket to fill `key` after a database read (counted as a miss), or `None`
+    /// A token to fill `key` after a database read (counted as a miss), or `None`
     /// when the cache is off or cannot be trusted now (counted as a bypass).
-    pub fn ticket(&self, key: &SummaryKey) -> Option<Ticket> {
-        let ticket = self.cache.as_ref().and_then(|cache| cache.ticket(key));
-        self.counters.count(if ticket.is_some() {
+    pub fn fill_token(&self, key: &SummaryKey) -> Option<FillToken> {
+        let token = self.cache.as_ref().and_then(|cache| cache.fill_token(key));
+        self.counters.count(if token.is_some() {
             cache_outcome::MISS
         } else {
             cache_outcome::BYPASS
         });
-        ticket
+        token
     }
 
-    pub fn fill(&self, key: SummaryKey, ticket: Ticket, summary: Arc<CachedSummary>) {
+    pub fn fill(&self, key: SummaryKey, token: FillToken, summary: Arc<CachedSummary>) {
         if let Some(cache) = &self.cache {
-            cache.fill(key, ticket, summary);
+            cache.fill(key, token, summary);
         }
     }
 
@@ -326,7 +336,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::model::Side;
 
-    fn summaries(trusted: bool) -> Summaries {
+    fn summaries(trust: CacheTrust) -> Summaries {
         Summaries::new(
             CacheConfig {
                 budget_bytes: 1 << 20,
@@ -338,7 +348,7 @@ mod tests {
             },
             Arc::new(crate::fanout::Local),
             Metrics::new().cache,
-            trusted,
+            trust,
         )
     }
 
@@ -353,46 +363,46 @@ mod tests {
 
     #[test]
     fn a_fill_that_raced_an_invalidation_is_not_inserted() {
-        let summaries = summaries(true);
-        let ticket = summaries.ticket(&KEY).expect("trusted");
+        let summaries = summaries(CacheTrust::FromStart);
+        let token = summaries.fill_token(&KEY).expect("trusted");
         summaries.committed(&[KEY]);
-        summaries.fill(KEY, ticket, summary(1));
+        summaries.fill(KEY, token, summary(1));
         assert!(
             summaries.cached(&KEY).is_none(),
             "the read may predate the write"
         );
-        let ticket = summaries.ticket(&KEY).expect("trusted");
-        summaries.fill(KEY, ticket, summary(2));
+        let token = summaries.fill_token(&KEY).expect("trusted");
+        summaries.fill(KEY, token, summary(2));
         assert_eq!(summaries.cached(&KEY).map(|s| s.version), Some(2));
     }
 
     #[test]
-    fn nothing_is_served_while_the_feed_is_down_and_all_is_dropped_when_back() {
-        let summaries = summaries(true);
-        let ticket = summaries.ticket(&KEY).unwrap();
-        summaries.fill(KEY, ticket, summary(1));
+    fn nothing_is_served_while_the_fanout_is_down_and_all_is_dropped_when_back() {
+        let summaries = summaries(CacheTrust::FromStart);
+        let token = summaries.fill_token(&KEY).unwrap();
+        summaries.fill(KEY, token, summary(1));
         summaries.disconnected();
         assert!(summaries.cached(&KEY).is_none());
-        assert!(summaries.ticket(&KEY).is_none(), "no fills either");
+        assert!(summaries.fill_token(&KEY).is_none(), "no fills either");
         summaries.connected();
         assert!(summaries.cached(&KEY).is_none(), "dropped on reconnect");
     }
 
     #[test]
-    fn an_untrusted_start_waits_for_the_feed() {
-        let summaries = summaries(false);
-        assert!(summaries.ticket(&KEY).is_none());
+    fn an_untrusted_start_waits_for_the_fanout() {
+        let summaries = summaries(CacheTrust::OnceFanoutConnects);
+        assert!(summaries.fill_token(&KEY).is_none());
         summaries.connected();
-        assert!(summaries.ticket(&KEY).is_some());
+        assert!(summaries.fill_token(&KEY).is_some());
     }
 
     #[test]
     fn repair_drops_entries_whose_version_moved() {
-        let summaries = summaries(true);
+        let summaries = summaries(CacheTrust::FromStart);
         let other = SummaryKey::new(7, Side::Student);
         for (key, version) in [(KEY, 3), (other, 0)] {
-            let ticket = summaries.ticket(&key).unwrap();
-            summaries.fill(key, ticket, summary(version));
+            let token = summaries.fill_token(&key).unwrap();
+            summaries.fill(key, token, summary(version));
         }
         let cached = summaries.cached_versions();
         // KEY moved on to 4 without a notification; `other` never changed (no row).

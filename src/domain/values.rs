@@ -1,7 +1,8 @@
 //! Validated values and the records the domain hands to transports.
 //!
 //! Every constructor here is where raw request input becomes a value the rules can
-//! trust: `UserId::parse(0)` fails naming the field, so no rule ever sees an id of 0.
+//! trust: `positive_id("thread_id", 0)` fails naming the field, so no rule ever sees an
+//! id of 0.
 
 use super::DomainError;
 use std::sync::Arc;
@@ -37,33 +38,11 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// The role claim of a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Tutor,
-    Student,
-    /// An upstream service pushing facts (SyncService only).
-    Service,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Tutor => "tutor",
-            Role::Student => "student",
-            Role::Service => "service",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "tutor" => Some(Role::Tutor),
-            "student" => Some(Role::Student),
-            "service" => Some(Role::Service),
-            _ => None,
-        }
-    }
-}
+crate::model::named_enum!(
+    /// The role claim of a token: tutors and students call ChatService, upstream
+    /// services (`service`) call SyncService.
+    Role { Tutor => "tutor", Student => "student", Service => "service" }
+);
 
 /// The thing a thread is opened from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

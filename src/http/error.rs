@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn every_domain_reason_reaches_http_by_the_table() {
-        for reason in Reason::ALL {
+        for &reason in Reason::ALL {
             let row = status::of(reason);
             let answer = <tonic::Status as tonic_types::StatusExt>::with_error_details(
                 row.grpc,

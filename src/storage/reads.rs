@@ -98,6 +98,11 @@ pub async fn ping(conn: &mut Conn) -> QueryResult<()> {
     conn.batch_execute("SELECT 1").await
 }
 
+/// How many threads exist (the benchmark seeds only an empty database).
+pub async fn count_threads(conn: &mut Conn) -> QueryResult<i64> {
+    threads::table.count().get_result(conn).await
+}
+
 pub async fn find_relation(conn: &mut Conn, id: i64) -> QueryResult<Option<Fact<RelationStatus>>> {
     relations::table
         .find(id)
