@@ -78,7 +78,7 @@ impl From<tonic::Status> for ApiError {
             }
             // No ErrorInfo: chatd did not answer (connection refused, timeout, ...).
             None => {
-                tracing::warn!(code = ?answer.code(), message = answer.message(), "upstream call failed");
+                tracing::warn!(code = ?answer.code(), message = answer.message(), "call to chatd failed");
                 // A status made on this side of the wire (it carries the local error
                 // that ended the call) means chatd could not be reached or dropped the
                 // connection. CANCELLED likewise: the gateway never cancels its calls.

@@ -1,0 +1,153 @@
+//! What handlers read from a request: JSON bodies, path ids and query parameters, each
+//! refused in the gateway's JSON error (naming the field), never in axum's plain text.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::client::ChatdCall;
+use super::{ApiError, GatewayState, MAX_BODY_BYTES};
+use crate::status::edge;
+
+/// A JSON request body. Unlike `axum::Json`, its failures are the gateway's JSON errors,
+/// and an empty body reads as `{}` where the type allows it.
+pub(super) struct JsonBody<T>(pub(super) T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_none_or(|value| value.starts_with("application/json"));
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        edge::PAYLOAD_TOO_LARGE,
+                        format!("the request body is over {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::new(edge::BAD_REQUEST, rejection.body_text())
+                }
+            })?;
+        // No body at all reads as `{}`; anything else must be a JSON object.
+        let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        if !is_json {
+            return Err(ApiError::new(
+                edge::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as application/json",
+            ));
+        }
+        // serde would read `[…]` into a struct too; the contract's bodies are objects.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        }
+        Json::<T>::from_bytes(bytes)
+            .map(|Json(value)| JsonBody(value))
+            .map_err(|rejection| ApiError::invalid("body", rejection.body_text()))
+    }
+}
+
+/// The `{thread_id}` of a path, refused with a JSON error naming it when not an integer.
+pub(super) struct ThreadPath(pub(super) i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ThreadPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::invalid("thread_id", rejection.body_text()))?;
+        raw.parse::<i64>()
+            .map(ThreadPath)
+            .map_err(|_| ApiError::invalid("thread_id", format!("must be an integer, got {raw:?}")))
+    }
+}
+
+/// Parses an optional integer query parameter.
+pub(super) fn query_int<T: std::str::FromStr>(
+    field: &str,
+    raw: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<T>()
+            .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
+    })
+    .transpose()
+}
+
+/// Query parameters whose failures are the gateway's JSON errors, not axum's plain text.
+pub(super) struct QueryParams<T>(pub(super) T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| QueryParams(value))
+            .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))
+    }
+}
+
+/// The event stream's caller: a bearer token like every call, or, for a browser's
+/// `EventSource`, which cannot send headers, a stream ticket in the query. The query is
+/// never logged (spans carry `url.path` only), and a ticket dies with its first use.
+pub(super) struct StreamCaller {
+    pub(super) call: ChatdCall,
+    pub(super) ticket: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StreamQuery {
+    pub(super) limit: Option<String>,
+    pub(super) ticket: Option<String>,
+}
+
+impl FromRequestParts<GatewayState> for StreamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &GatewayState) -> Result<Self, ApiError> {
+        let QueryParams(query) =
+            QueryParams::<StreamQuery>::from_request_parts(parts, state).await?;
+        let call = match &query.ticket {
+            Some(_) => ChatdCall::forwarding(parts, state),
+            None => ChatdCall::from_request_parts(parts, state).await?,
+        };
+        Ok(Self {
+            call,
+            ticket: query.ticket.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PageQuery {
+    pub(super) limit: Option<String>,
+    pub(super) before_seq: Option<String>,
+}
+
+/// The opaque tag of an `If-None-Match` header (first of a list, weak or strong).
+pub(super) fn first_entity_tag(header: &str) -> Option<String> {
+    let tag = header.split(',').next()?.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let tag = tag.strip_prefix('"')?.strip_suffix('"')?;
+    Some(tag.to_owned())
+}
