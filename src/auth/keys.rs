@@ -1,0 +1,93 @@
+//! Where the token keys come from: an HS256 secret (given, or kept in a file created
+//! with a random one), or a public key for RS256/ES256 tokens signed elsewhere.
+
+use std::fs;
+use std::io::{ErrorKind as IoErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use crate::storage::DatabaseUrl;
+
+/// Shortest HS256 secret accepted: shorter ones can be brute-forced.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Where the token keys come from.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The HS256 secret itself (`CHATD_JWT_SECRET`).
+    pub secret: Option<String>,
+    /// A file holding the HS256 secret; created with a random one when missing.
+    pub secret_file: Option<PathBuf>,
+    /// A PEM public key (RSA or EC) for RS256/ES256 tokens signed elsewhere.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+impl AuthConfig {
+    /// The secret file used when none is named: beside the SQLite database, or in the
+    /// working directory for PostgreSQL.
+    pub fn default_secret_file(database: &DatabaseUrl) -> PathBuf {
+        match database {
+            DatabaseUrl::Sqlite(path) => PathBuf::from(format!("{path}.jwt-secret")),
+            DatabaseUrl::Postgres(_) => PathBuf::from("chatd.jwt-secret"),
+        }
+    }
+
+    /// The HS256 secret: from the environment, else from the secret file (created on
+    /// first use with 32 random bytes, readable by the owner only).
+    pub fn hmac_secret(&self, database: &DatabaseUrl) -> Result<Vec<u8>, String> {
+        if let Some(secret) = &self.secret {
+            return check_secret_length(secret.as_bytes().to_vec(), "CHATD_JWT_SECRET");
+        }
+        let path = self
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| Self::default_secret_file(database));
+        let secret = read_or_create_secret(&path)?;
+        check_secret_length(secret, &path.display().to_string())
+    }
+}
+
+fn check_secret_length(secret: Vec<u8>, source: &str) -> Result<Vec<u8>, String> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "the JWT secret from {source} is {} bytes; use at least {MIN_SECRET_BYTES}",
+            secret.len()
+        ));
+    }
+    Ok(secret)
+}
+
+fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let read = |path: &Path| {
+        fs::read_to_string(path)
+            .map(|text| text.trim().as_bytes().to_vec())
+            .map_err(|e| format!("cannot read the JWT secret file {}: {e}", path.display()))
+    };
+    if path.exists() {
+        return read(path);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a JWT secret: {e}"))?;
+    let secret = hex::encode(bytes);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(secret.as_bytes())
+                .map_err(|e| format!("cannot write the JWT secret file {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "created a random JWT secret");
+            Ok(secret.into_bytes())
+        }
+        // Another process (a `token` beside `serve`) created it first: use theirs.
+        Err(e) if e.kind() == IoErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(format!(
+            "cannot create the JWT secret file {}: {e}",
+            path.display()
+        )),
+    }
+}
