@@ -406,3 +406,9 @@ fn framed(message: &impl prost::Message) -> prost::bytes::Bytes {
     frame.extend_from_slice(&encoded);
     frame.into()
 }
+
+/// A fresh idempotency key, as a well-behaved client sends with every message (and as
+/// `tests/bench/pgbench.sh` sends): writes pay for the key's unique index like real ones.
+fn idempotency_key() -> String {
+    format!("bench-{:016x}", fastrand::u64(..))
+}

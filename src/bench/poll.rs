@@ -250,7 +250,7 @@ impl Sender {
                     let request = pb::SendMessageRequest {
                         thread_id: thread,
                         body: "poll bench".into(),
-                        client_message_id: String::new(),
+                        client_message_id: super::idempotency_key(),
                     };
                     match chat.send_message(authed(request, &token)).await {
                         Ok(_) => sent.fetch_add(1, Ordering::Relaxed),

@@ -150,7 +150,7 @@ async fn drive(
                                 pb::SendMessageRequest {
                                     thread_id: *thread,
                                     body: format!("bench message {n}"),
-                                    client_message_id: String::new(),
+                                    client_message_id: super::idempotency_key(),
                                 },
                                 student,
                             ))

@@ -161,7 +161,7 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
             let request = pb::SendMessageRequest {
                 thread_id: thread,
                 body: format!("watch bench {i}"),
-                client_message_id: String::new(),
+                client_message_id: super::idempotency_key(),
             };
             let sent = chat.send_message(authed(request, &header)).await;
             accepted[i].store(now_ns(origin), Ordering::Release);

@@ -58,31 +58,92 @@ where
     rows.into_iter().next().ok_or(DieselError::NotFound)
 }
 
-/// Declares a statement whose SQL is fixed: `params` are bound once each, in order, as
-/// the columns of a first CTE named `params` that the statement reads them from. Its
-/// static query id lets the connection prepare it once and reuse the plan.
-macro_rules! fixed_statement {
-    (
-        $(#[$doc:meta])*
-        $name:ident { $($field:ident: $ty:ty => $sql_type:ty),+ $(,)? }
-        sql = $sql:expr;
-    ) => {
-        fixed_statement! {
-            $(#[$doc])*
-            $name { $($field: $ty => $sql_type),+ }
-            sql = $sql;
-            returns = Untyped;
+/// A piece of a statement read from its `.sql` file: SQL text, or a named parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Sql(String),
+    Param(String),
+}
+
+/// Splits a statement file into SQL and its `:name` parameters (pgbench's syntax, so
+/// pgbench runs the same file). `--` comments are dropped, quoted text and `::` casts
+/// are left alone, and the closing `;` (which pgbench needs) is cut.
+fn split_named(file: &str) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut sql = String::new();
+    let mut chars = file.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                sql.push(c);
+            }
+            '-' if !quoted && chars.peek() == Some(&'-') => {
+                for skipped in chars.by_ref() {
+                    if skipped == '\n' {
+                        sql.push('\n');
+                        break;
+                    }
+                }
+            }
+            ':' if !quoted && chars.peek() == Some(&':') => {
+                chars.next();
+                sql.push_str("::");
+            }
+            ':' if !quoted
+                && chars
+                    .peek()
+                    .is_some_and(|n| n.is_ascii_alphabetic() || *n == '_') =>
+            {
+                let mut name = String::new();
+                while let Some(n) = chars
+                    .peek()
+                    .copied()
+                    .filter(|n| n.is_ascii_alphanumeric() || *n == '_')
+                {
+                    name.push(n);
+                    chars.next();
+                }
+                pieces.push(Piece::Sql(std::mem::take(&mut sql)));
+                pieces.push(Piece::Param(name));
+            }
+            _ => sql.push(c),
         }
-    };
+    }
+    let rest = sql.trim_end().trim_end_matches(';');
+    pieces.push(Piece::Sql(rest.to_owned()));
+    pieces.retain(|piece| piece != &Piece::Sql(String::new()));
+    pieces
+}
+
+/// Declares a statement whose SQL lives in `postgres/<file>.sql`: its `:name`
+/// parameters are bound from the fields of the same name. Its static query id lets the
+/// connection prepare it once and reuse the plan.
+macro_rules! sql_file_statement {
     (
         $(#[$doc:meta])*
         $name:ident { $($field:ident: $ty:ty => $sql_type:ty),+ $(,)? }
-        sql = $sql:expr;
+        file = $file:literal;
         returns = $returns:ty;
     ) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name { $(pub $field: $ty),+ }
+
+        impl $name {
+            /// The statement's file, as written.
+            pub const FILE: &'static str = include_str!(concat!("postgres/", $file));
+            /// The parameters the fields bind, by name.
+            #[cfg(test)]
+            const PARAMS: &'static [&'static str] = &[$(stringify!($field)),+];
+
+            fn pieces() -> &'static [Piece] {
+                static PIECES: std::sync::LazyLock<Vec<Piece>> =
+                    std::sync::LazyLock::new(|| split_named($name::FILE));
+                &PIECES
+            }
+        }
 
         impl QueryId for $name {
             type QueryId = $name;
@@ -91,17 +152,19 @@ macro_rules! fixed_statement {
 
         impl QueryFragment<Pg> for $name {
             fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-                out.push_sql("WITH params AS (SELECT ");
-                let mut separator = "";
-                $(
-                    out.push_sql(separator);
-                    separator = ", ";
-                    out.push_bind_param::<$sql_type, _>(&self.$field)?;
-                    out.push_sql(concat!(" AS ", stringify!($field)));
-                )+
-                let _ = separator;
-                out.push_sql("), ");
-                out.push_sql($sql);
+                for piece in Self::pieces() {
+                    match piece {
+                        Piece::Sql(sql) => out.push_sql(sql),
+                        $(Piece::Param(param) if param == stringify!($field) => {
+                            out.push_bind_param::<$sql_type, _>(&self.$field)?
+                        })+
+                        Piece::Param(param) => {
+                            return Err(DieselError::QueryBuilderError(
+                                format!(concat!($file, " names an unknown parameter :{}"), param).into(),
+                            ));
+                        }
+                    }
+                }
                 Ok(())
             }
         }
@@ -112,13 +175,8 @@ macro_rules! fixed_statement {
     };
 }
 
-fixed_statement! {
-    /// SendMessage in one statement. Locks the thread row (which orders every write of
-    /// the thread), reads the tutor's contact access under a share lock when the rules
-    /// need it, and appends only when the caller is the thread's participant on `side`,
-    /// the thread is writable and contact access allows it. A key seen before returns
-    /// the first message; a concurrent retry that commits first makes the insert do
-    /// nothing (the unique key), and the caller reads the winner's message.
+sql_file_statement! {
+    /// SendMessage in one statement (see the file).
     SendStatement {
         thread_id: i64 => BigInt,
         side: &'static str => Text,
@@ -128,192 +186,53 @@ fixed_statement! {
         client_message_id: Option<String> => Nullable<Text>,
         unlocking: Vec<&'static str> => Array<Text>,
     }
-    sql = r"
-t AS MATERIALIZED (
-    SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable FROM threads
-    WHERE thread_id = (SELECT thread_id FROM params)
-    FOR NO KEY UPDATE
-),
-access AS MATERIALIZED (
-    SELECT ca.state FROM contact_access ca, params
-    WHERE ca.tutor_id = (SELECT tutor_id FROM t) AND ca.student_id = (SELECT student_id FROM t)
-      AND params.side = 'tutor' AND (SELECT kind FROM t) = 'contact'
-    FOR SHARE OF ca
-),
-prior AS MATERIALIZED (
-    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id
-    FROM messages m, params
-    WHERE m.thread_id = params.thread_id AND m.sender_id = params.sender_id
-      AND m.client_message_id = params.client_message_id
-),
-allowed AS MATERIALIZED (
-    SELECT t.thread_id, t.last_seq FROM t, params
-    WHERE (CASE WHEN params.side = 'tutor' THEN t.tutor_id ELSE t.student_id END) = params.sender_id
-      AND t.is_writable
-      AND NOT EXISTS (SELECT 1 FROM prior)
-      AND (params.side <> 'tutor' OR t.kind <> 'contact'
-           OR EXISTS (SELECT 1 FROM access WHERE access.state = ANY(params.unlocking)))
-),
-sender AS MATERIALIZED (
-    SELECT p.last_read_seq FROM thread_participants p
-    WHERE p.thread_id = (SELECT thread_id FROM allowed) AND p.side = (SELECT side FROM params)
-    FOR NO KEY UPDATE
-),
-m AS (
-    INSERT INTO messages (thread_id, seq, sender_id, body, client_message_id, created_at)
-    SELECT allowed.thread_id, allowed.last_seq + 1, params.sender_id, params.body,
-           params.client_message_id, now()
-    FROM allowed, params
-    ON CONFLICT (thread_id, sender_id, client_message_id) DO NOTHING
-    RETURNING message_id, thread_id, seq, sender_id, body, created_at, client_message_id
-),
-moved AS (
-    UPDATE threads SET last_seq = m.seq, last_message_at = m.created_at,
-        last_message_preview = params.preview, last_message_sender_id = params.sender_id
-    FROM m, params
-    WHERE threads.thread_id = m.thread_id
-),
-counted AS (
-    UPDATE thread_participants p SET
-        last_read_seq = CASE WHEN p.side = params.side THEN m.seq ELSE p.last_read_seq END,
-        unread_count = CASE WHEN p.side = params.side THEN 0 ELSE p.unread_count + 1 END,
-        last_message_at = m.created_at, last_message_preview = params.preview,
-        last_message_sender_id = params.sender_id
-    FROM m CROSS JOIN sender CROSS JOIN params
-    WHERE p.thread_id = m.thread_id
-),
-changed AS (
-    SELECT CASE WHEN params.side = 'tutor' THEN t.student_id ELSE t.tutor_id END AS user_id,
-           CASE WHEN params.side = 'tutor' THEN 'student' ELSE 'tutor' END AS side
-    FROM t, m, params
-    UNION ALL
-    SELECT params.sender_id, params.side FROM t, m, sender, params
-    WHERE t.last_seq > sender.last_read_seq
-),
-bumped AS (
-    INSERT INTO summary_versions (user_id, side, version)
-    SELECT user_id, side, 1 FROM changed ORDER BY user_id, side = 'student'
-    ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
-    RETURNING user_id, side
-)
-SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM access) AS contact_access,
-       m.message_id, m.thread_id AS message_thread_id, m.seq, m.sender_id, m.body, m.created_at,
-       m.client_message_id,
-       prior.message_id AS prior_message_id, prior.seq AS prior_seq, prior.body AS prior_body,
-       prior.created_at AS prior_created_at,
-       (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
-       (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides
-FROM params LEFT JOIN t ON TRUE LEFT JOIN m ON TRUE LEFT JOIN prior ON TRUE
-";
+    file = "send_message.sql";
+    returns = Untyped;
 }
 
-fixed_statement! {
-    /// MarkRead in one statement: under a share lock on the thread (so no message can
-    /// be appended meanwhile) and the reader's row lock, moves the horizon as
-    /// `domain/rules.rs` says (forward to the requested seq, clamped to the last seq,
-    /// never back), sets the unread count to what lies after it, bumps the reader's
-    /// summary version when that count changed, and answers the reader's new total.
+sql_file_statement! {
+    /// MarkRead in one statement (see the file).
     MarkReadStatement {
         thread_id: i64 => BigInt,
         side: &'static str => Text,
         user_id: i64 => BigInt,
         up_to_seq: Option<i64> => Nullable<BigInt>,
     }
-    sql = r"
-t AS MATERIALIZED (
-    SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable FROM threads
-    WHERE thread_id = (SELECT thread_id FROM params)
-    FOR SHARE
-),
-cur AS MATERIALIZED (
-    SELECT p.last_read_seq, p.unread_count FROM thread_participants p, params
-    WHERE p.thread_id = (SELECT thread_id FROM t) AND p.side = params.side
-      AND p.user_id = params.user_id
-    FOR NO KEY UPDATE OF p
-),
-next AS MATERIALIZED (
-    SELECT horizon, GREATEST(t.last_seq - horizon, 0) AS unread, cur.unread_count AS unread_before
-    FROM t, cur, params,
-         LATERAL (SELECT GREATEST(cur.last_read_seq,
-                                  LEAST(COALESCE(params.up_to_seq, t.last_seq), t.last_seq)) AS horizon) h
-),
-moved AS (
-    UPDATE thread_participants p SET last_read_seq = next.horizon, unread_count = next.unread
-    FROM next, params
-    WHERE p.thread_id = params.thread_id AND p.side = params.side
-      AND (p.last_read_seq <> next.horizon OR p.unread_count <> next.unread)
-),
-bumped AS (
-    INSERT INTO summary_versions (user_id, side, version)
-    SELECT params.user_id, params.side, 1 FROM next, params
-    WHERE next.unread <> next.unread_before
-    ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
-    RETURNING version
-),
-elsewhere AS (
-    SELECT CAST(COALESCE(SUM(p.unread_count), 0) AS BIGINT) AS unread
-    FROM thread_participants p, params
-    WHERE p.user_id = params.user_id AND p.side = params.side AND p.unread_count > 0
-      AND p.thread_id <> params.thread_id
-)
-SELECT t.kind, t.tutor_id, t.student_id, t.is_writable,
-       next.horizon, next.unread, elsewhere.unread + COALESCE(next.unread, 0) AS total,
-       EXISTS (SELECT 1 FROM bumped) AS changed
-FROM elsewhere LEFT JOIN t ON TRUE LEFT JOIN next ON TRUE
-";
+    file = "mark_read.sql";
+    returns = Untyped;
 }
 
-/// The create of a thread with its two participant rows, for a relation or an inquiry.
-/// The fact is read under a share lock, so a status change commits either before (and
-/// is seen) or after (and its own statement updates the new thread). The unique key
-/// decides races: every loser inserts nothing and reads the winner's thread.
-macro_rules! create_thread_statement {
-    ($name:ident, $table:literal, $column:literal, $kind:literal) => {
-        fixed_statement! {
-            $name {
-                fact_id: i64 => BigInt,
-                writable: Vec<&'static str> => Array<Text>,
-            }
-            sql = concat!(
-                "fact AS MATERIALIZED (SELECT ", $column, " AS id, tutor_id, student_id, status FROM ", $table,
-                " WHERE ", $column, " = (SELECT fact_id FROM params) FOR SHARE),
-ins AS (
-    INSERT INTO threads (kind, ", $column, ", tutor_id, student_id, is_writable, created_at)
-    SELECT '", $kind, "', fact.id, fact.tutor_id, fact.student_id, fact.status = ANY(params.writable), now()
-    FROM fact, params
-    ON CONFLICT (", $column, ") DO NOTHING
-    RETURNING thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at
-),
-parts AS (
-    INSERT INTO thread_participants (thread_id, side, user_id, kind, relation_id, inquiry_id,
-                                     tutor_id, student_id, is_writable)
-    SELECT ins.thread_id, s.side, CASE s.side WHEN 'tutor' THEN ins.tutor_id ELSE ins.student_id END,
-           ins.kind, ins.relation_id, ins.inquiry_id, ins.tutor_id, ins.student_id, ins.is_writable
-    FROM ins CROSS JOIN (VALUES ('tutor'), ('student')) AS s(side)
-)
-SELECT thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at FROM ins"
-            );
-            returns = (
-                BigInt,
-                Text,
-                Nullable<BigInt>,
-                Nullable<BigInt>,
-                BigInt,
-                BigInt,
-                Bool,
-                Timestamptz,
-            );
-        }
-    };
-}
-
-create_thread_statement!(CreateRelationThread, "relations", "relation_id", "contact");
-create_thread_statement!(
-    CreateInquiryThread,
-    "inquiries",
-    "inquiry_id",
-    "negotiation"
+/// The columns of `Thread`, as the creates return them.
+type ThreadRow = (
+    BigInt,
+    Text,
+    Nullable<BigInt>,
+    Nullable<BigInt>,
+    BigInt,
+    BigInt,
+    Bool,
+    Timestamptz,
 );
+
+sql_file_statement! {
+    /// EnsureThread's create of a relation's thread (see the file).
+    CreateRelationThread {
+        fact_id: i64 => BigInt,
+        writable: Vec<&'static str> => Array<Text>,
+    }
+    file = "create_relation_thread.sql";
+    returns = ThreadRow;
+}
+
+sql_file_statement! {
+    /// EnsureThread's create of an inquiry's thread (see the file).
+    CreateInquiryThread {
+        fact_id: i64 => BigInt,
+        writable: Vec<&'static str> => Array<Text>,
+    }
+    file = "create_inquiry_thread.sql";
+    returns = ThreadRow;
+}
 
 /// The one row SendStatement answers.
 #[derive(Debug, QueryableByName)]
@@ -646,5 +565,49 @@ impl PgStore {
         })
         .await
         .map_err(|e: DieselError| self.failed(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement file binds exactly the fields its statement declares, each once.
+    #[test]
+    fn statement_files_name_their_parameters_once() {
+        let statements: [(&str, &[&str]); 4] = [
+            (SendStatement::FILE, SendStatement::PARAMS),
+            (MarkReadStatement::FILE, MarkReadStatement::PARAMS),
+            (CreateRelationThread::FILE, CreateRelationThread::PARAMS),
+            (CreateInquiryThread::FILE, CreateInquiryThread::PARAMS),
+        ];
+        for (file, declared) in statements {
+            let named: Vec<String> = split_named(file)
+                .into_iter()
+                .filter_map(|piece| match piece {
+                    Piece::Param(name) => Some(name),
+                    Piece::Sql(_) => None,
+                })
+                .collect();
+            assert_eq!(
+                named,
+                declared,
+                "{}",
+                file.lines().next().unwrap_or_default()
+            );
+        }
+    }
+
+    #[test]
+    fn splitting_keeps_casts_quotes_and_drops_comments() {
+        let pieces = split_named("-- a :comment\nSELECT CAST(:x AS int)::text, ':y' FROM t;\n");
+        assert_eq!(
+            pieces,
+            [
+                Piece::Sql("\nSELECT CAST(".into()),
+                Piece::Param("x".into()),
+                Piece::Sql(" AS int)::text, ':y' FROM t".into()),
+            ]
+        );
     }
 }

@@ -1,0 +1,95 @@
+-- SendMessage, as ONE statement (one round trip). chatd runs this file as it is
+-- (src/storage/postgres.rs binds its named parameters); tests/bench/pgbench.sh runs
+-- it with pgbench, the write's ceiling.
+--
+-- Locks the thread row (which orders every write of the thread), reads the tutor's
+-- contact access under a share lock when the rules need it, and appends only when the
+-- caller is the thread's participant on params.side, the thread is writable and contact
+-- access allows it (rules::contact_allowed; params.unlocking lists the states
+-- ContactAccessState::lets_tutor_contact allows).
+-- A key seen before returns the first message; a concurrent retry that commits first
+-- makes the insert do nothing (the unique key), and the caller reads the winner's message.
+WITH params AS (
+    SELECT CAST(:thread_id AS bigint) AS thread_id,
+           CAST(:side AS text) AS side,
+           CAST(:sender_id AS bigint) AS sender_id,
+           CAST(:body AS text) AS body,
+           CAST(:preview AS text) AS preview,
+           CAST(:client_message_id AS text) AS client_message_id,
+           CAST(:unlocking AS text[]) AS unlocking
+),
+t AS MATERIALIZED (
+    SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable FROM threads
+    WHERE thread_id = (SELECT thread_id FROM params)
+    FOR NO KEY UPDATE
+),
+access AS MATERIALIZED (
+    SELECT ca.state FROM contact_access ca, params
+    WHERE ca.tutor_id = (SELECT tutor_id FROM t) AND ca.student_id = (SELECT student_id FROM t)
+      AND params.side = 'tutor' AND (SELECT kind FROM t) = 'contact'
+    FOR SHARE OF ca
+),
+prior AS MATERIALIZED (
+    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id
+    FROM messages m, params
+    WHERE m.thread_id = params.thread_id AND m.sender_id = params.sender_id
+      AND m.client_message_id = params.client_message_id
+),
+allowed AS MATERIALIZED (
+    SELECT t.thread_id, t.last_seq FROM t, params
+    WHERE (CASE WHEN params.side = 'tutor' THEN t.tutor_id ELSE t.student_id END) = params.sender_id
+      AND t.is_writable
+      AND NOT EXISTS (SELECT 1 FROM prior)
+      AND (params.side <> 'tutor' OR t.kind <> 'contact'
+           OR EXISTS (SELECT 1 FROM access WHERE access.state = ANY(params.unlocking)))
+),
+sender AS MATERIALIZED (
+    SELECT p.last_read_seq FROM thread_participants p
+    WHERE p.thread_id = (SELECT thread_id FROM allowed) AND p.side = (SELECT side FROM params)
+    FOR NO KEY UPDATE
+),
+m AS (
+    INSERT INTO messages (thread_id, seq, sender_id, body, client_message_id, created_at)
+    SELECT allowed.thread_id, allowed.last_seq + 1, params.sender_id, params.body,
+           params.client_message_id, now()
+    FROM allowed, params
+    ON CONFLICT (thread_id, sender_id, client_message_id) DO NOTHING
+    RETURNING message_id, thread_id, seq, sender_id, body, created_at, client_message_id
+),
+moved AS (
+    UPDATE threads SET last_seq = m.seq, last_message_at = m.created_at,
+        last_message_preview = params.preview, last_message_sender_id = params.sender_id
+    FROM m, params
+    WHERE threads.thread_id = m.thread_id
+),
+counted AS (
+    UPDATE thread_participants p SET
+        last_read_seq = CASE WHEN p.side = params.side THEN m.seq ELSE p.last_read_seq END,
+        unread_count = CASE WHEN p.side = params.side THEN 0 ELSE p.unread_count + 1 END,
+        last_message_at = m.created_at, last_message_preview = params.preview,
+        last_message_sender_id = params.sender_id
+    FROM m CROSS JOIN sender CROSS JOIN params
+    WHERE p.thread_id = m.thread_id
+),
+changed AS (
+    SELECT CASE WHEN params.side = 'tutor' THEN t.student_id ELSE t.tutor_id END AS user_id,
+           CASE WHEN params.side = 'tutor' THEN 'student' ELSE 'tutor' END AS side
+    FROM t, m, params
+    UNION ALL
+    SELECT params.sender_id, params.side FROM t, m, sender, params
+    WHERE t.last_seq > sender.last_read_seq
+),
+bumped AS (
+    INSERT INTO summary_versions (user_id, side, version)
+    SELECT user_id, side, 1 FROM changed ORDER BY user_id, side = 'student'
+    ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
+    RETURNING user_id, side
+)
+SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM access) AS contact_access,
+       m.message_id, m.thread_id AS message_thread_id, m.seq, m.sender_id, m.body, m.created_at,
+       m.client_message_id,
+       prior.message_id AS prior_message_id, prior.seq AS prior_seq, prior.body AS prior_body,
+       prior.created_at AS prior_created_at,
+       (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
+       (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides
+FROM params LEFT JOIN t ON TRUE LEFT JOIN m ON TRUE LEFT JOIN prior ON TRUE;
