@@ -1,13 +1,16 @@
 //! What tests stand on: a database of their own (PostgreSQL cloned from a template
-//! migrated once per test process, or SQLite in a temporary directory), removed
-//! whatever the outcome, and a TCP proxy a test can cut, to play a network failing.
+//! migrated once per test process and kept for the whole process, or SQLite in a
+//! temporary directory), removed whatever the outcome, and a TCP proxy a test can cut,
+//! to play a network failing.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use chatd::storage::{DatabaseUrl, PoolConfig, Store};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -55,55 +58,77 @@ fn replace_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-async fn admin_connection(admin_url: &str) -> AsyncPgConnection {
-    AsyncPgConnection::establish(admin_url)
-        .await
-        .unwrap_or_else(|e| {
+/// The administrator's side of the test server: a small pool of connections on a
+/// runtime of its own, which lives as long as the test process. Tests each run on a
+/// runtime of their own, and a connection dies with the runtime it was opened on, so
+/// the pool cannot live on any test's runtime.
+struct Admin {
+    runtime: tokio::runtime::Runtime,
+    pool: Pool<AsyncPgConnection>,
+    url: String,
+}
+
+static ADMIN: LazyLock<Admin> = LazyLock::new(|| {
+    let url = postgres_admin_url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-admin")
+        .enable_all()
+        .build()
+        .expect("the admin runtime");
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.clone());
+    let pool = Pool::builder(manager)
+        .max_size(4)
+        .build()
+        .expect("the admin pool");
+    Admin { runtime, pool, url }
+});
+
+/// Runs `work` with an admin connection, on the admin runtime, and waits for its end.
+/// Callable from sync code (a `Drop`) and from a test's async code alike: it blocks the
+/// calling thread only, and the admin runtime has a thread of its own.
+fn as_admin<T, F>(work: impl FnOnce(Object<AsyncPgConnection>) -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send,
+{
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    ADMIN.runtime.spawn(async move {
+        let conn = ADMIN.pool.get().await.unwrap_or_else(|e| {
             panic!(
-                "PostgreSQL is not reachable at {admin_url} ({e}): start it, or set \
-                 CHATD_TEST_DATABASE_URL to a server where tests may create databases"
+                "PostgreSQL is not reachable at {} ({e}): start it, or set \
+                 CHATD_TEST_DATABASE_URL to a server where tests may create databases",
+                ADMIN.url
             )
-        })
+        });
+        let _ = answer.send(work(conn).await);
+    });
+    answered
+        .recv()
+        .expect("the admin connection answered (see the panic above)")
 }
 
-/// Drops a PostgreSQL database from a thread of its own: drops run inside a test's
-/// runtime, which cannot block on itself.
-fn drop_database(admin_url: &str, name: &str) {
-    let (admin_url, database) = (admin_url.to_owned(), name.to_owned());
-    let dropped = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let mut admin = AsyncPgConnection::establish(&admin_url).await?;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                .await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
+/// Runs SQL as the administrator.
+fn admin_execute(sql: String) {
+    as_admin(move |mut conn| async move {
+        conn.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("admin SQL {sql:?}: {e}"))
     })
-    .join();
-    if !matches!(dropped, Ok(Ok(()))) {
-        eprintln!("could not drop test database {name}");
+}
+
+/// Drops a database, reporting (not failing) when it cannot: drops run as tests end.
+fn drop_database(name: &str) {
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    let dropped = as_admin(move |mut conn| async move { conn.batch_execute(&sql).await });
+    if let Err(e) = dropped {
+        eprintln!("could not drop test database {name}: {e}");
     }
 }
 
-/// A database migrated once, which PostgreSQL tests clone (`CREATE DATABASE … TEMPLATE`)
-/// instead of each running every migration. It lives while any test of this process
-/// uses it, and is dropped with the last.
-pub struct Template {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for Template {
-    fn drop(&mut self) {
-        drop_database(&self.admin_url, &self.name);
-    }
-}
-
-/// Drops the databases of test processes that are gone (killed before they could).
-async fn drop_orphans(admin: &mut AsyncPgConnection, admin_url: &str) {
+/// The databases of test processes that are gone (killed, or ended: a process's
+/// template lives as long as the process), dropped by the next process that starts.
+fn drop_orphans() {
     use diesel::sql_types::Text;
     use diesel_async::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
@@ -111,57 +136,51 @@ async fn drop_orphans(admin: &mut AsyncPgConnection, admin_url: &str) {
         #[diesel(sql_type = Text)]
         datname: String,
     }
-    let names: Vec<Name> = diesel::sql_query(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'chatd\\_test\\_%' OR datname LIKE 'chatd\\_tpl\\_%'",
-    )
-    .load(admin)
-    .await
-    .unwrap_or_default();
+    let names: Vec<Name> = as_admin(|mut conn| async move {
+        diesel::sql_query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'chatd\\_test\\_%' OR datname LIKE 'chatd\\_tpl\\_%'",
+        )
+        .load(&mut conn)
+        .await
+        .unwrap_or_default()
+    });
     for Name { datname } in names {
         let pid = datname
             .split('_')
             .nth(2)
             .and_then(|pid| pid.parse::<u32>().ok());
         if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
-            drop_database(admin_url, &datname);
+            drop_database(&datname);
         }
     }
 }
 
-async fn template(admin_url: &str) -> Arc<Template> {
-    static CURRENT: LazyLock<tokio::sync::Mutex<Weak<Template>>> =
-        LazyLock::new(|| tokio::sync::Mutex::new(Weak::new()));
-    let mut current = CURRENT.lock().await;
-    if let Some(template) = current.upgrade() {
-        return template;
-    }
-    let mut admin = admin_connection(admin_url).await;
-    drop_orphans(&mut admin, admin_url).await;
+/// The database PostgreSQL tests clone (`CREATE DATABASE … TEMPLATE`) instead of each
+/// running every migration: migrated once, when the process's first PostgreSQL test
+/// asks, and kept for the whole process. Statics are never dropped, so the next test
+/// process drops it (`drop_orphans`).
+static TEMPLATE: LazyLock<String> = LazyLock::new(|| {
+    drop_orphans();
     let name = format!("chatd_tpl_{}", unique_suffix());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the template database");
-    let template = Arc::new(Template {
-        admin_url: admin_url.to_owned(),
-        name,
+    admin_execute(format!("CREATE DATABASE {name}"));
+    let url = replace_database(&ADMIN.url, &name);
+    as_admin(move |_| async move {
+        let store = Store::connect(
+            &DatabaseUrl::Postgres(url),
+            &PoolConfig {
+                max_size: 1,
+                timeout: Duration::from_secs(10),
+                statement_timeout: None,
+            },
+        )
+        .expect("template store");
+        store.migrate().await.expect("migrate the template");
+        // Its connection must close before the template can be cloned (PostgreSQL waits
+        // a few seconds for it when it has not yet).
+        drop(store);
     });
-    let store = Store::connect(
-        &DatabaseUrl::Postgres(replace_database(admin_url, &template.name)),
-        &PoolConfig {
-            max_size: 1,
-            timeout: Duration::from_secs(10),
-            statement_timeout: None,
-        },
-    )
-    .expect("template store");
-    store.migrate().await.expect("migrate the template");
-    // Its connection must close before the template can be cloned (PostgreSQL waits a
-    // few seconds for it when it has not yet).
-    drop(store);
-    *current = Arc::downgrade(&template);
-    template
-}
+    name
+});
 
 /// A database that exists for one test only.
 pub enum TestDatabase {
@@ -171,9 +190,7 @@ pub enum TestDatabase {
         path: PathBuf,
     },
     Postgres {
-        admin_url: String,
         name: String,
-        _template: Arc<Template>,
     },
     /// Another test app's database, left for that app to drop.
     Shared(DatabaseUrl),
@@ -187,30 +204,18 @@ impl TestDatabase {
     }
 
     pub async fn postgres() -> Self {
-        let admin_url = postgres_admin_url();
-        let template = template(&admin_url).await;
         let name = format!("chatd_test_{}", unique_suffix());
-        admin_connection(&admin_url)
-            .await
-            .batch_execute(&format!(
-                "CREATE DATABASE {name} TEMPLATE {}",
-                template.name
-            ))
-            .await
-            .expect("create test database");
-        TestDatabase::Postgres {
-            admin_url,
-            name,
-            _template: template,
-        }
+        let template = TEMPLATE.as_str();
+        admin_execute(format!("CREATE DATABASE {name} TEMPLATE {template}"));
+        TestDatabase::Postgres { name }
     }
 
     pub fn url(&self) -> DatabaseUrl {
         match self {
             TestDatabase::Sqlite { path, .. } => DatabaseUrl::Sqlite(path.display().to_string()),
-            TestDatabase::Postgres {
-                admin_url, name, ..
-            } => DatabaseUrl::Postgres(replace_database(admin_url, name)),
+            TestDatabase::Postgres { name } => {
+                DatabaseUrl::Postgres(replace_database(&ADMIN.url, name))
+            }
             TestDatabase::Shared(url) => url.clone(),
         }
     }
@@ -240,11 +245,8 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let TestDatabase::Postgres {
-            admin_url, name, ..
-        } = self
-        {
-            drop_database(admin_url, name);
+        if let TestDatabase::Postgres { name } = self {
+            drop_database(name);
         }
         // A SQLite database goes with its TempDir.
     }
