@@ -28,18 +28,18 @@ pub use values::*;
 pub use watch::{SummaryHub, WatchLimits};
 
 pub use crate::model::{
-    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
+    ContactAccessState, InquiryStatus, Message, RelationStatus, Role, Side, SummaryKey, Thread,
     ThreadKind, ThreadUnread,
 };
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rules::Participants;
+use rules::{Participants, Refusal, UpsertOutcome};
 use watch::Subscription;
 
 use crate::metrics::ChatCounters;
-use crate::storage::{Fact, NewMessage, NewThread, Store, StoreError, ThreadFacts, UpsertOutcome};
+use crate::storage::{Fact, NewMessage, NewThread, Store, StoreError};
 
 impl From<StoreError> for DomainError {
     fn from(error: StoreError) -> Self {
@@ -131,40 +131,37 @@ impl Chat {
         let side = caller_side(caller)?;
         let (kind, existing, new) = match target {
             ThreadTarget::Relation(id) => {
-                let found = self
-                    .store
-                    .relation_target(id)
-                    .await?
-                    .filter(|found| participants(&found.fact).includes(caller.user_id, side))
-                    .ok_or(DomainError::RelationNotFound(id))?;
-                if !found.fact.status.allows_messages() {
-                    return Err(DomainError::RelationNotActive(id));
-                }
-                if rules::needs_contact_access(side, ThreadKind::Contact)
-                    && !rules::contact_allowed(found.contact_access)
-                {
-                    return Err(DomainError::ContactAccessLocked {
-                        student_id: found.fact.student_id,
-                    });
-                }
+                let found = self.store.relation_target(id).await?;
+                let relation = found
+                    .as_ref()
+                    .map(|found| (participants(&found.fact), found.fact.status));
+                let access = found.as_ref().and_then(|found| found.contact_access);
+                rules::may_open_relation_thread(caller.user_id, side, relation, access)
+                    .map_err(|refusal| refused(refusal, target, relation.map(|r| r.0)))?;
                 let new = NewThread::Relation {
                     relation_id: id,
                     writable: allowing(RelationStatus::ALL, |s| s.allows_messages()),
                 };
-                (ThreadKind::Contact, found.thread, new)
+                (
+                    ThreadKind::Contact,
+                    found.and_then(|found| found.thread),
+                    new,
+                )
             }
             ThreadTarget::Inquiry(id) => {
-                let found = self
-                    .store
-                    .inquiry_target(id)
-                    .await?
-                    .filter(|found| participants(&found.fact).includes(caller.user_id, side))
-                    .ok_or(DomainError::InquiryNotFound(id))?;
+                let found = self.store.inquiry_target(id).await?;
+                let inquiry = found.as_ref().map(|found| participants(&found.fact));
+                rules::may_open_inquiry_thread(caller.user_id, side, inquiry)
+                    .map_err(|refusal| refused(refusal, target, inquiry))?;
                 let new = NewThread::Inquiry {
                     inquiry_id: id,
                     writable: allowing(InquiryStatus::ALL, |s| s.allows_messages()),
                 };
-                (ThreadKind::Negotiation, found.thread, new)
+                (
+                    ThreadKind::Negotiation,
+                    found.and_then(|found| found.thread),
+                    new,
+                )
             }
         };
         // Most calls find an existing thread: the read above found it, nothing is written.
@@ -264,12 +261,14 @@ impl Chat {
             .mark_read(thread_id, side, caller.user_id, up_to_seq)
             .await?;
         // A thread the caller is not in does not exist for them.
-        let member = attempt
-            .thread
-            .is_some_and(|thread| thread_participants(&thread).includes(caller.user_id, side));
+        rules::thread_for(
+            caller.user_id,
+            side,
+            attempt.thread.map(|thread| thread.view()),
+        )
+        .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
         let state = attempt
             .state
-            .filter(|_| member)
             .ok_or(DomainError::ThreadNotFound(thread_id))?;
         if state.changed {
             self.changed(&[SummaryKey::new(caller.user_id, side)]);
@@ -295,16 +294,18 @@ impl Chat {
             thread_id,
             side,
             sender_id: caller.user_id,
-            preview: body.preview(),
+            preview: rules::preview(body.as_str()),
             body: body.into_string(),
             client_message_id,
             unlocking: allowing(ContactAccessState::ALL, |s| s.lets_tutor_contact()),
         };
         let attempt = self.store.send_message(&request).await?;
-        let thread = attempt
-            .thread
-            .filter(|thread| thread_participants(thread).includes(caller.user_id, side))
-            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        let thread = rules::thread_for(
+            caller.user_id,
+            side,
+            attempt.thread.map(|thread| thread.view()),
+        )
+        .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
         if let Some(first) = attempt.replayed {
             return Ok(first);
         }
@@ -314,16 +315,9 @@ impl Chat {
             return Ok(sent);
         }
         // Not appended: the rules say why, from what the write saw under its locks.
-        if !thread.is_writable {
-            return Err(DomainError::ThreadNotWritable(thread_id));
-        }
-        if rules::needs_contact_access(side, thread.kind)
-            && !rules::contact_allowed(thread.contact_access)
-        {
-            return Err(DomainError::ContactAccessLocked {
-                student_id: thread.student_id,
-            });
-        }
+        rules::may_write(side, &thread).map_err(|refusal| {
+            thread_refused(refusal, thread_id, Some(thread.participants.student_id))
+        })?;
         // Allowed, yet not appended: a concurrent retry with the same key committed
         // first, after this write's snapshot. Its message is the answer.
         if let Some(key) = &request.client_message_id
@@ -385,23 +379,32 @@ impl Chat {
         status: RelationStatus,
         version: i64,
     ) -> Result<bool, DomainError> {
-        Participants {
-            tutor_id,
-            student_id,
-        }
-        .check_distinct()?;
+        let pushed = distinct(tutor_id, student_id)?;
         let fact = Fact {
             tutor_id,
             student_id,
             status,
             version,
         };
-        let (outcome, changed) = self
+        let (applied, changed) = self
             .store
             .upsert_relation(relation_id, fact, status.allows_messages())
             .await?;
         self.changed(&changed);
-        upsert_applied(outcome, "relation", relation_id)
+        let stored = match applied {
+            true => None,
+            false => self.store.find_relation(relation_id).await?,
+        };
+        upsert_applied(
+            applied,
+            stored.map(|f| (participants(&f), f.version)),
+            pushed,
+            version,
+        )
+        .map_err(|_| DomainError::ParticipantsImmutable {
+            entity: "relation",
+            id: relation_id,
+        })
     }
 
     /// Stores an inquiry pushed by its owner; `Ok(false)` when the version is not newer.
@@ -413,23 +416,32 @@ impl Chat {
         status: InquiryStatus,
         version: i64,
     ) -> Result<bool, DomainError> {
-        Participants {
-            tutor_id,
-            student_id,
-        }
-        .check_distinct()?;
+        let pushed = distinct(tutor_id, student_id)?;
         let fact = Fact {
             tutor_id,
             student_id,
             status,
             version,
         };
-        let (outcome, changed) = self
+        let (applied, changed) = self
             .store
             .upsert_inquiry(inquiry_id, fact, status.allows_messages())
             .await?;
         self.changed(&changed);
-        upsert_applied(outcome, "inquiry", inquiry_id)
+        let stored = match applied {
+            true => None,
+            false => self.store.find_inquiry(inquiry_id).await?,
+        };
+        upsert_applied(
+            applied,
+            stored.map(|f| (participants(&f), f.version)),
+            pushed,
+            version,
+        )
+        .map_err(|_| DomainError::ParticipantsImmutable {
+            entity: "inquiry",
+            id: inquiry_id,
+        })
     }
 
     /// Stores a tutor's contact access to a student; `Ok(false)` when not newer.
@@ -440,11 +452,7 @@ impl Chat {
         state: ContactAccessState,
         version: i64,
     ) -> Result<bool, DomainError> {
-        Participants {
-            tutor_id,
-            student_id,
-        }
-        .check_distinct()?;
+        distinct(tutor_id, student_id)?;
         Ok(self
             .store
             .upsert_contact_access(tutor_id, student_id, state, version)
@@ -491,24 +499,69 @@ fn participants<S>(fact: &Fact<S>) -> Participants {
     }
 }
 
-fn thread_participants(thread: &ThreadFacts) -> Participants {
-    Participants {
-        tutor_id: thread.tutor_id,
-        student_id: thread.student_id,
+/// The two users a fact names, refused when they are one (`Participants::distinct`).
+fn distinct(tutor_id: i64, student_id: i64) -> Result<Participants, DomainError> {
+    let pushed = Participants {
+        tutor_id,
+        student_id,
+    };
+    if !pushed.distinct() {
+        return Err(DomainError::invalid(
+            "student_id",
+            format!("must differ from tutor_id: user {tutor_id} cannot be their own student"),
+        ));
+    }
+    Ok(pushed)
+}
+
+/// Whether an upsert applied. The statement decides atomically; when it did not apply,
+/// `rules::upsert_outcome` says why: a stale version (`Ok(false)`) or other
+/// participants (`Err(())`).
+fn upsert_applied(
+    applied: bool,
+    stored: Option<(Participants, i64)>,
+    pushed: Participants,
+    version: i64,
+) -> Result<bool, ()> {
+    if applied {
+        return Ok(true);
+    }
+    match rules::upsert_outcome(stored, pushed, version) {
+        UpsertOutcome::ParticipantsChanged => Err(()),
+        // Applied by the rule yet not by the write: a newer upsert committed between
+        // the two (the stored fact moved on), so this one is stale now.
+        UpsertOutcome::Stale | UpsertOutcome::Applied => Ok(false),
     }
 }
 
-fn upsert_applied(
-    outcome: UpsertOutcome,
-    entity: &'static str,
-    id: i64,
-) -> Result<bool, DomainError> {
-    match outcome {
-        UpsertOutcome::Applied => Ok(true),
-        UpsertOutcome::Stale => Ok(false),
-        UpsertOutcome::ParticipantsChanged => {
-            Err(DomainError::ParticipantsImmutable { entity, id })
+/// The error clients see for a refusal of EnsureThread.
+fn refused(refusal: Refusal, target: ThreadTarget, fact: Option<Participants>) -> DomainError {
+    match (refusal, target) {
+        (Refusal::RelationNotFound, ThreadTarget::Relation(id)) => {
+            DomainError::RelationNotFound(id)
         }
+        (Refusal::RelationNotActive, ThreadTarget::Relation(id)) => {
+            DomainError::RelationNotActive(id)
+        }
+        (Refusal::InquiryNotFound, ThreadTarget::Inquiry(id)) => DomainError::InquiryNotFound(id),
+        (Refusal::ContactAccessLocked, _) => DomainError::ContactAccessLocked {
+            student_id: fact.map_or(0, |fact| fact.student_id),
+        },
+        (refusal, target) => {
+            DomainError::Internal(format!("EnsureThread of {target:?} refused as {refusal:?}"))
+        }
+    }
+}
+
+/// The error clients see for a refusal of an operation on a thread.
+fn thread_refused(refusal: Refusal, thread_id: i64, student_id: Option<i64>) -> DomainError {
+    match refusal {
+        Refusal::ThreadNotFound => DomainError::ThreadNotFound(thread_id),
+        Refusal::ThreadNotWritable => DomainError::ThreadNotWritable(thread_id),
+        Refusal::ContactAccessLocked => DomainError::ContactAccessLocked {
+            student_id: student_id.unwrap_or_default(),
+        },
+        other => DomainError::Internal(format!("thread {thread_id} refused as {other:?}")),
     }
 }
 

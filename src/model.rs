@@ -1,4 +1,4 @@
-//! The nouns of chatd that every layer names: sides, thread kinds, the statuses of the
+//! The nouns of chatd that every layer names: roles, sides, thread kinds, the statuses of the
 //! facts upstream services push, the key of a user's unread summary, and the records
 //! storage reads and the domain hands out (threads, summary lines, messages).
 //!
@@ -42,6 +42,12 @@ macro_rules! named_enum {
 
 /// Other modules declare their named enums (reasons, roles) with the same macro.
 pub(crate) use named_enum;
+
+named_enum!(
+    /// The role claim of a token: tutors and students call ChatService, upstream
+    /// services (`service`) call SyncService.
+    Role { Tutor => "tutor", Student => "student", Service => "service" }
+);
 
 named_enum!(
     /// A participant's side of a thread. A user who is a tutor in one relation and a

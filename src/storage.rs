@@ -26,7 +26,7 @@ mod upsert;
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus};
 pub use rows::{
     Fact, Horizons, InquiryTarget, MarkReadAttempt, MessagePageRows, NewMessage, NewThread,
-    ReadStateRow, RelationTarget, SendAttempt, ThreadFacts, UnreadPage, UpsertOutcome,
+    ReadStateRow, RelationTarget, SendAttempt, ThreadFacts, UnreadPage,
 };
 
 use crate::model::{
@@ -295,82 +295,49 @@ impl Store {
         backend_write!(self, mark_read(thread_id, side, user_id, up_to_seq))
     }
 
-    /// Stores a relation if its version is newer; when it applies, the thread's
-    /// writability becomes `is_writable` in the same transaction. Returns the changed
-    /// summaries (both participants', when writability changed).
+    /// Stores a relation if `rules::upsert_outcome` applies it (the upsert statement
+    /// decides that atomically); when it applies, the thread's writability becomes
+    /// `is_writable` in the same transaction. Returns whether it applied, and the
+    /// changed summaries (both participants', when writability changed).
     pub async fn upsert_relation(
         &self,
         relation_id: i64,
         fact: Fact<RelationStatus>,
         is_writable: bool,
-    ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
-        let stored = async {
-            Ok(self
-                .find_relation(relation_id)
-                .await?
-                .map(|s| (s.tutor_id, s.student_id)))
-        };
-        self.upsert_fact(
-            &upsert::RELATIONS,
-            relation_id,
-            &fact,
-            fact.status.as_str(),
-            is_writable,
-            stored,
+    ) -> StoreResult<(bool, Vec<SummaryKey>)> {
+        let ids = [relation_id, fact.tutor_id, fact.student_id];
+        let status = fact.status.as_str();
+        backend_write!(
+            self,
+            upsert_fact(
+                &upsert::RELATIONS,
+                &ids,
+                status,
+                fact.version,
+                Some(is_writable)
+            )
         )
-        .await
     }
 
-    /// Stores an inquiry if its version is newer; see `upsert_relation`.
+    /// Stores an inquiry; see `upsert_relation`.
     pub async fn upsert_inquiry(
         &self,
         inquiry_id: i64,
         fact: Fact<InquiryStatus>,
         is_writable: bool,
-    ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
-        let stored = async {
-            Ok(self
-                .find_inquiry(inquiry_id)
-                .await?
-                .map(|s| (s.tutor_id, s.student_id)))
-        };
-        self.upsert_fact(
-            &upsert::INQUIRIES,
-            inquiry_id,
-            &fact,
-            fact.status.as_str(),
-            is_writable,
-            stored,
-        )
-        .await
-    }
-
-    /// The upsert of a fact with participants; when it did not apply, `stored` (read
-    /// only then) tells a stale version from other participants.
-    async fn upsert_fact<S>(
-        &self,
-        table: &'static upsert::FactTable,
-        id: i64,
-        fact: &Fact<S>,
-        status: &'static str,
-        is_writable: bool,
-        stored: impl Future<Output = StoreResult<Option<(i64, i64)>>>,
-    ) -> StoreResult<(UpsertOutcome, Vec<SummaryKey>)> {
-        let ids = [id, fact.tutor_id, fact.student_id];
-        let (applied, changed) = backend_write!(
+    ) -> StoreResult<(bool, Vec<SummaryKey>)> {
+        let ids = [inquiry_id, fact.tutor_id, fact.student_id];
+        let status = fact.status.as_str();
+        backend_write!(
             self,
-            upsert_fact(table, &ids, status, fact.version, Some(is_writable))
-        )?;
-        if applied {
-            return Ok((UpsertOutcome::Applied, changed));
-        }
-        let outcome = match stored.await? {
-            Some(pair) if pair != (fact.tutor_id, fact.student_id) => {
-                UpsertOutcome::ParticipantsChanged
-            }
-            _ => UpsertOutcome::Stale,
-        };
-        Ok((outcome, changed))
+            upsert_fact(
+                &upsert::INQUIRIES,
+                &ids,
+                status,
+                fact.version,
+                Some(is_writable)
+            )
+        )
     }
 
     /// Stores a tutor's contact access to a student if its version is newer. Returns

@@ -1,13 +1,20 @@
-//! Every rule of chatd, stated once. Handlers and storage do not decide any of this:
-//! the domain applies these functions, and where a rule must run inside a database
-//! write (so that a concurrent change cannot slip between check and write), storage
-//! executes exactly the rule written here and says so where it does.
+//! Every rule of chatd, stated once, as plain functions over `crate::model`'s nouns.
+//!
+//! This module is the specification the rest is checked against. The domain applies
+//! these functions; SQLite's writer calls them; and where a rule must run inside one
+//! PostgreSQL statement (so that a concurrent change cannot slip between check and
+//! write, in one round trip), the statement says which function it implements and the
+//! model-based test (`tests/api/model.rs`) drives random operations through the real
+//! server on both backends, comparing every answer and summary with a model built from
+//! these functions alone. It names nothing but `crate::model`, so storage may call it.
 //!
 //! - Membership: a user is in a thread, relation or inquiry on one side when that
 //!   side's participant id is theirs. Anything else does not exist for them. The two
 //!   participants are two users: a tutor is never their own student.
 //! - Sides: a tutor token acts on the tutor side, a student token on the student side;
 //!   service tokens take no side.
+//! - Facts: an upsert applies when its version is newer than the stored one and names
+//!   the same participants; one naming others is refused, one not newer changes nothing.
 //! - Writability: a contact thread takes messages while its relation is ACTIVE, a
 //!   negotiation thread while its inquiry is OPEN or ACCEPTED.
 //! - Contact access: a tutor opens and writes a contact thread only with UNLOCKED
@@ -16,16 +23,33 @@
 //!   moves it forward to the requested seq, clamped to the thread's last seq, and
 //!   never back.
 //! - Unread: a user's unread messages in a thread are those after their horizon not
-//!   sent by them, which (because sending moves the horizon) is `last_seq − horizon`.
+//!   sent by them.
+//! - The summary: a user's threads with unread messages, newest last message first,
+//!   each with the last message's preview; the total counts every unread message.
 //! - Whose summary changes (its version is bumped in the same write, and caches,
-//!   watchers and other replicas are told after commit): a message changes the peer's
-//!   summary, and the sender's only if the sender had unread messages there; MarkRead
-//!   changes the reader's when their unread count in the thread changed; a relation or
-//!   inquiry whose status changes changes both participants' (each entry shows
-//!   whether its thread is writable).
+//!   watchers and other replicas are told after commit): a participant's, whenever
+//!   the line their summary shows for the thread changes, which is when their unread
+//!   count changes, or the thread's last message or writability changes while they
+//!   have unread messages there.
 
-use super::{DomainError, Role};
-use crate::model::{ContactAccessState, InquiryStatus, RelationStatus, Side, ThreadKind};
+use std::cmp::Ordering;
+
+use crate::model::{ContactAccessState, InquiryStatus, RelationStatus, Role, Side, ThreadKind};
+
+/// How much of a message the unread summary shows, in characters.
+pub const PREVIEW_CHARS: usize = 100;
+
+/// Why a rule refuses an operation. The domain turns each into the error clients see,
+/// with the ids of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    RelationNotFound,
+    RelationNotActive,
+    InquiryNotFound,
+    ThreadNotFound,
+    ThreadNotWritable,
+    ContactAccessLocked,
+}
 
 /// The two participants of a thread, relation or inquiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +74,8 @@ impl Participants {
 
     /// A fact pushed upstream names two different users: with one user on both sides,
     /// their own messages would count as unread for themselves.
-    pub fn check_distinct(self) -> Result<(), DomainError> {
-        if self.tutor_id == self.student_id {
-            return Err(DomainError::invalid(
-                "student_id",
-                format!(
-                    "must differ from tutor_id: user {} cannot be their own student",
-                    self.tutor_id
-                ),
-            ));
-        }
-        Ok(())
+    pub fn distinct(self) -> bool {
+        self.tutor_id != self.student_id
     }
 }
 
@@ -70,6 +85,31 @@ pub fn side_of(role: Role) -> Option<Side> {
         Role::Tutor => Some(Side::Tutor),
         Role::Student => Some(Side::Student),
         Role::Service => None,
+    }
+}
+
+/// What an upsert of a fact does, given the stored fact (its participants and version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    Applied,
+    /// The stored version is as new or newer: nothing changed.
+    Stale,
+    /// The upsert names other participants than the stored fact: refused.
+    ParticipantsChanged,
+}
+
+/// Facts: a newer version of the same participants applies; other participants are
+/// refused whatever the version; anything else changes nothing.
+pub fn upsert_outcome(
+    stored: Option<(Participants, i64)>,
+    pushed: Participants,
+    version: i64,
+) -> UpsertOutcome {
+    match stored {
+        None => UpsertOutcome::Applied,
+        Some((participants, _)) if participants != pushed => UpsertOutcome::ParticipantsChanged,
+        Some((_, stored_version)) if version > stored_version => UpsertOutcome::Applied,
+        Some(_) => UpsertOutcome::Stale,
     }
 }
 
@@ -106,20 +146,145 @@ pub fn contact_allowed(access: Option<ContactAccessState>) -> bool {
     access.is_some_and(ContactAccessState::lets_tutor_contact)
 }
 
+/// EnsureThread on a relation: the caller is in it on their side, it is ACTIVE, and a
+/// tutor has contact access; in that order, so a stranger learns nothing of its status.
+pub fn may_open_relation_thread(
+    caller: i64,
+    side: Side,
+    relation: Option<(Participants, RelationStatus)>,
+    access: Option<ContactAccessState>,
+) -> Result<(), Refusal> {
+    let (participants, status) = relation
+        .filter(|(participants, _)| participants.includes(caller, side))
+        .ok_or(Refusal::RelationNotFound)?;
+    let _ = participants;
+    if !status.allows_messages() {
+        return Err(Refusal::RelationNotActive);
+    }
+    if needs_contact_access(side, ThreadKind::Contact) && !contact_allowed(access) {
+        return Err(Refusal::ContactAccessLocked);
+    }
+    Ok(())
+}
+
+/// EnsureThread on an inquiry: the caller is in it on their side. (Its status decides
+/// only whether the thread takes messages.)
+pub fn may_open_inquiry_thread(
+    caller: i64,
+    side: Side,
+    inquiry: Option<Participants>,
+) -> Result<(), Refusal> {
+    match inquiry {
+        Some(participants) if participants.includes(caller, side) => Ok(()),
+        _ => Err(Refusal::InquiryNotFound),
+    }
+}
+
+/// A thread as a write of one of its participants sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadView {
+    pub kind: ThreadKind,
+    pub participants: Participants,
+    pub is_writable: bool,
+    /// The tutor's contact access to the student (none stored: `None`).
+    pub contact_access: Option<ContactAccessState>,
+}
+
+/// A thread exists for a caller only when they are in it on their side.
+pub fn thread_for(
+    caller: i64,
+    side: Side,
+    thread: Option<ThreadView>,
+) -> Result<ThreadView, Refusal> {
+    thread
+        .filter(|thread| thread.participants.includes(caller, side))
+        .ok_or(Refusal::ThreadNotFound)
+}
+
+/// Whether a participant on `side` may write in the thread now: it takes messages, and
+/// a tutor of a contact thread has contact access.
+pub fn may_write(side: Side, thread: &ThreadView) -> Result<(), Refusal> {
+    if !thread.is_writable {
+        return Err(Refusal::ThreadNotWritable);
+    }
+    if needs_contact_access(side, thread.kind) && !contact_allowed(thread.contact_access) {
+        return Err(Refusal::ContactAccessLocked);
+    }
+    Ok(())
+}
+
+/// The horizon sending leaves its sender: their own new message, so sending reads
+/// everything before it.
+pub fn horizon_after_send(seq: i64) -> i64 {
+    seq
+}
+
 /// The horizon MarkRead leaves: the requested seq (default: the last), clamped to the
 /// thread's last seq, and never below the current horizon.
 pub fn horizon_after_mark_read(current: i64, requested: Option<i64>, last_seq: i64) -> i64 {
     current.max(requested.unwrap_or(last_seq).min(last_seq))
 }
 
-/// A participant's unread count at `horizon` in a thread whose last message is `last_seq`.
-///
-/// By definition, the messages after the horizon not sent by the participant. Sending
-/// moves the sender's horizon to their own message, so every message after a horizon
-/// is the peer's, and the count is the difference. (A thread whose two participants
-/// are one user would break this; SyncService refuses such facts.)
+/// Whether a message counts as unread for `reader` at `horizon`: it comes after the
+/// horizon and someone else sent it.
+pub fn counts_as_unread(seq: i64, sender_id: i64, reader: i64, horizon: i64) -> bool {
+    seq > horizon && sender_id != reader
+}
+
+/// A participant's unread count at `horizon` in a thread whose last message is
+/// `last_seq`: the messages after it are all the peer's, since sending moves the
+/// sender's horizon to their own message, so the count is the difference. This is
+/// `counts_as_unread` summed over the thread (the model-based test holds the two
+/// equal), and what storage keeps in its counters.
 pub fn unread_at(last_seq: i64, horizon: i64) -> i64 {
     (last_seq - horizon).max(0)
+}
+
+/// The start of a message that the unread summary shows.
+pub fn preview(body: &str) -> String {
+    body.chars().take(PREVIEW_CHARS).collect()
+}
+
+/// Whether a thread has a line in its participant's summary: they have unread messages.
+pub fn in_summary(unread: i64) -> bool {
+    unread > 0
+}
+
+/// The order of a summary's lines: newest last message first, then the higher thread
+/// id (storage: `ORDER BY last_message_at DESC, thread_id DESC`).
+pub fn summary_order<T: Ord>(a: (T, i64), b: (T, i64)) -> Ordering {
+    b.0.cmp(&a.0).then(b.1.cmp(&a.1))
+}
+
+/// Whose summary a write changes: a participant's, when the line their summary shows
+/// for the thread is not the same after as before (`None`: no line).
+pub fn summary_changed<L: PartialEq>(before: Option<L>, after: Option<L>) -> bool {
+    before != after
+}
+
+/// The summaries a new message changes (`summary_changed` for a send): the peer's
+/// always (one more unread message, a new last message), the sender's only when they
+/// had unread messages there, which sending reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendChanges {
+    pub peer: bool,
+    pub sender: bool,
+}
+
+pub fn send_changes(sender_unread_before: i64) -> SendChanges {
+    SendChanges {
+        peer: true,
+        sender: in_summary(sender_unread_before),
+    }
+}
+
+/// Whether MarkRead changed the reader's summary (`summary_changed` for a read: only
+/// the reader's unread count in the thread moves).
+pub fn read_changes(unread_before: i64, unread_after: i64) -> bool {
+    summary_changed(
+        in_summary(unread_before).then_some(unread_before),
+        in_summary(unread_after).then_some(unread_after),
+    )
 }
 
 #[cfg(test)]
@@ -138,6 +303,9 @@ mod tests {
     fn unread_is_what_lies_after_the_horizon() {
         assert_eq!(unread_at(5, 2), 3);
         assert_eq!(unread_at(5, 5), 0);
+        assert!(counts_as_unread(3, 7, 42, 2));
+        assert!(!counts_as_unread(3, 42, 42, 2), "one's own message");
+        assert!(!counts_as_unread(2, 7, 42, 2), "at the horizon");
     }
 
     #[test]
@@ -155,14 +323,64 @@ mod tests {
     }
 
     #[test]
-    fn a_tutor_is_not_their_own_student() {
-        let same = Participants {
-            tutor_id: 3,
-            student_id: 3,
+    fn refusals_come_in_order() {
+        let pair = Participants {
+            tutor_id: 42,
+            student_id: 7,
+        };
+        let archived = Some((pair, RelationStatus::Archived));
+        assert_eq!(
+            may_open_relation_thread(9, Side::Tutor, archived, None),
+            Err(Refusal::RelationNotFound),
+            "a stranger learns nothing of its status"
+        );
+        assert_eq!(
+            may_open_relation_thread(42, Side::Tutor, archived, None),
+            Err(Refusal::RelationNotActive)
+        );
+        let active = Some((pair, RelationStatus::Active));
+        assert_eq!(
+            may_open_relation_thread(42, Side::Tutor, active, None),
+            Err(Refusal::ContactAccessLocked)
+        );
+        assert_eq!(
+            may_open_relation_thread(7, Side::Student, active, None),
+            Ok(())
+        );
+        let closed = ThreadView {
+            kind: ThreadKind::Contact,
+            participants: pair,
+            is_writable: false,
+            contact_access: None,
         };
         assert_eq!(
-            same.check_distinct().unwrap_err().field(),
-            Some("student_id")
+            may_write(Side::Tutor, &closed),
+            Err(Refusal::ThreadNotWritable)
+        );
+    }
+
+    #[test]
+    fn upserts_apply_newer_versions_of_the_same_participants() {
+        let pair = Participants {
+            tutor_id: 42,
+            student_id: 7,
+        };
+        let other = Participants {
+            tutor_id: 43,
+            student_id: 7,
+        };
+        assert_eq!(upsert_outcome(None, pair, 0), UpsertOutcome::Applied);
+        assert_eq!(
+            upsert_outcome(Some((pair, 3)), pair, 4),
+            UpsertOutcome::Applied
+        );
+        assert_eq!(
+            upsert_outcome(Some((pair, 3)), pair, 3),
+            UpsertOutcome::Stale
+        );
+        assert_eq!(
+            upsert_outcome(Some((pair, 3)), other, 9),
+            UpsertOutcome::ParticipantsChanged
         );
     }
 
@@ -175,5 +393,17 @@ mod tests {
         assert!(pair.includes(42, Side::Tutor));
         assert!(!pair.includes(42, Side::Student));
         assert_eq!(pair.on(Side::Student), 7);
+        assert!(
+            !Participants {
+                tutor_id: 3,
+                student_id: 3
+            }
+            .distinct()
+        );
+    }
+
+    #[test]
+    fn preview_is_a_character_prefix() {
+        assert_eq!(preview(&"й".repeat(150)).chars().count(), PREVIEW_CHARS);
     }
 }

@@ -7,7 +7,7 @@
 use super::DomainError;
 use std::sync::Arc;
 
-use crate::model::{Message, ThreadUnread};
+use crate::model::{Message, Role, ThreadUnread};
 
 /// Longest message body accepted, in characters (not bytes).
 pub const MAX_BODY_CHARS: usize = 4000;
@@ -17,8 +17,6 @@ pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 64;
 pub const DEFAULT_PAGE_LIMIT: i64 = 50;
 /// Largest page size a request may ask for.
 pub const MAX_PAGE_LIMIT: i64 = 200;
-/// How much of the last message the unread summary shows, in characters.
-pub const PREVIEW_CHARS: usize = 100;
 
 /// Parses a positive id for the named request field.
 pub fn positive_id(field: &'static str, value: i64) -> Result<i64, DomainError> {
@@ -37,12 +35,6 @@ pub struct Caller {
     pub user_id: i64,
     pub role: Role,
 }
-
-crate::model::named_enum!(
-    /// The role claim of a token: tutors and students call ChatService, upstream
-    /// services (`service`) call SyncService.
-    Role { Tutor => "tutor", Student => "student", Service => "service" }
-);
 
 /// The thing a thread is opened from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +72,6 @@ impl MessageBody {
 
     pub fn into_string(self) -> String {
         self.0
-    }
-
-    /// The start of the body shown in unread summaries.
-    pub fn preview(&self) -> String {
-        self.0.chars().take(PREVIEW_CHARS).collect()
     }
 }
 
@@ -237,11 +224,5 @@ mod tests {
         assert_eq!(client_message_id(String::new()).unwrap(), None);
         assert!(client_message_id("k".repeat(64)).is_ok());
         assert!(client_message_id("k".repeat(65)).is_err());
-    }
-
-    #[test]
-    fn preview_is_a_character_prefix() {
-        let body = MessageBody::parse("й".repeat(150)).unwrap();
-        assert_eq!(body.preview().chars().count(), PREVIEW_CHARS);
     }
 }

@@ -192,7 +192,9 @@ pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64) -> Que
     let rows: Vec<(ThreadUnread, i64, Option<i64>)> = thread_participants::table
         .filter(thread_participants::user_id.eq(key.user_id))
         .filter(thread_participants::side.eq(side))
+        // rules::in_summary: a line per thread with unread messages.
         .filter(thread_participants::unread_count.gt(0))
+        // rules::summary_order.
         .order((
             thread_participants::last_message_at.desc(),
             thread_participants::thread_id.desc(),

@@ -7,6 +7,7 @@ use diesel::backend::Backend;
 use diesel::deserialize::{self, FromSql, FromStaticSqlRow, Queryable};
 use diesel::sql_types::Text;
 
+use crate::domain::rules::{Participants, ThreadView};
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
     ThreadKind, ThreadUnread,
@@ -181,6 +182,21 @@ pub struct ThreadFacts {
     pub contact_access: Option<ContactAccessState>,
 }
 
+impl ThreadFacts {
+    /// The thread as the rules read it.
+    pub fn view(&self) -> ThreadView {
+        ThreadView {
+            kind: self.kind,
+            participants: Participants {
+                tutor_id: self.tutor_id,
+                student_id: self.student_id,
+            },
+            is_writable: self.is_writable,
+            contact_access: self.contact_access,
+        }
+    }
+}
+
 /// What one SendMessage write did, and what it saw: the domain reads its rules' answer
 /// (not found, not writable, locked) from these facts.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,14 +243,4 @@ pub struct Horizons {
 pub struct MessagePageRows {
     pub messages: Vec<Message>,
     pub has_more: bool,
-}
-
-/// What a versioned upsert of a fact did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpsertOutcome {
-    Applied,
-    /// The stored version is as new or newer: nothing changed.
-    Stale,
-    /// The upsert names other participants than the stored fact: refused.
-    ParticipantsChanged,
 }

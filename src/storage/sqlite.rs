@@ -24,6 +24,7 @@ use super::pool::{self, PoolConfig, PoolStatus, SqliteReader};
 use super::rows::{MarkReadAttempt, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts};
 use super::upsert::{self, FactTable};
 use super::{StoreError, StoreResult};
+use crate::domain::rules;
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
     ThreadKind,
@@ -304,8 +305,9 @@ fn thread_facts(
     )
 }
 
-/// SendMessage: the same checks and changes as PostgreSQL's one statement
-/// (`storage/postgres.rs`), as one transaction of the single writer.
+/// SendMessage: the same checks and changes as PostgreSQL's statement
+/// (`postgres/send_message.sql`), as one transaction of the single writer, calling the
+/// rules it applies.
 fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResult<SendAttempt> {
     let mut attempt = SendAttempt {
         thread: None,
@@ -316,8 +318,7 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
     let Some((mut facts, last_seq)) = thread_facts(conn, message.thread_id)? else {
         return Ok(attempt);
     };
-    let tutor_on_contact = message.side == Side::Tutor && facts.kind == ThreadKind::Contact;
-    if tutor_on_contact {
+    if rules::needs_contact_access(message.side, facts.kind) {
         facts.contact_access = contact_access::table
             .find((facts.tutor_id, facts.student_id))
             .select(contact_access::state)
@@ -325,11 +326,8 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
             .optional()?;
     }
     attempt.thread = Some(facts);
-    let participant = match message.side {
-        Side::Tutor => facts.tutor_id,
-        Side::Student => facts.student_id,
-    };
-    if participant != message.sender_id {
+    let thread = facts.view();
+    if rules::thread_for(message.sender_id, message.side, Some(thread)).is_err() {
         return Ok(attempt);
     }
     if let Some(key) = &message.client_message_id {
@@ -344,11 +342,7 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
             return Ok(attempt);
         }
     }
-    let contact_ok = !tutor_on_contact
-        || facts
-            .contact_access
-            .is_some_and(|state| message.unlocking.contains(&state));
-    if !facts.is_writable || !contact_ok {
+    if rules::may_write(message.side, &thread).is_err() {
         return Ok(attempt);
     }
     let seq = last_seq + 1;
@@ -373,19 +367,18 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
         ))
         .execute(conn)?;
     let side = message.side.as_str();
-    let sender_horizon: i64 = thread_participants::table
+    let sender_unread: i64 = thread_participants::table
         .find((message.thread_id, side))
-        .select(thread_participants::last_read_seq)
+        .select(thread_participants::unread_count)
         .first(conn)?;
     let last_message = (
         thread_participants::last_message_at.eq(now),
         thread_participants::last_message_preview.eq(&message.preview),
         thread_participants::last_message_sender_id.eq(message.sender_id),
     );
-    // Sending reads everything before it: the sender's horizon moves to the message.
     diesel::update(thread_participants::table.find((message.thread_id, side)))
         .set((
-            thread_participants::last_read_seq.eq(seq),
+            thread_participants::last_read_seq.eq(rules::horizon_after_send(seq)),
             thread_participants::unread_count.eq(0),
             last_message,
         ))
@@ -397,14 +390,12 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
             last_message,
         ))
         .execute(conn)?;
-    attempt.changed.push(SummaryKey::new(
-        match peer {
-            Side::Tutor => facts.tutor_id,
-            Side::Student => facts.student_id,
-        },
-        peer,
-    ));
-    if last_seq > sender_horizon {
+    let changes = rules::send_changes(sender_unread);
+    if changes.peer {
+        let peer_id = thread.participants.on(peer);
+        attempt.changed.push(SummaryKey::new(peer_id, peer));
+    }
+    if changes.sender {
         attempt
             .changed
             .push(SummaryKey::new(message.sender_id, message.side));
@@ -444,8 +435,8 @@ fn mark_read(
             state: None,
         });
     };
-    let horizon = horizon_before.max(up_to_seq.unwrap_or(last_seq).min(last_seq));
-    let unread = (last_seq - horizon).max(0);
+    let horizon = rules::horizon_after_mark_read(horizon_before, up_to_seq, last_seq);
+    let unread = rules::unread_at(last_seq, horizon);
     if (horizon, unread) != (horizon_before, unread_before) {
         diesel::update(thread_participants::table.find((thread_id, side.as_str())))
             .set((
@@ -454,7 +445,7 @@ fn mark_read(
             ))
             .execute(conn)?;
     }
-    let changed = unread != unread_before;
+    let changed = rules::read_changes(unread_before, unread);
     if changed {
         bump_versions(conn, &[SummaryKey::new(user_id, side)])?;
     }

@@ -42,7 +42,8 @@ pub const CONTACT_ACCESS: FactTable = FactTable {
 };
 
 /// The upsert of `table`: inserts a new fact, or updates a stored one whose version is
-/// older and whose participants are the same, in one atomic statement. It affects one
+/// older and whose participants are the same (`rules::upsert_outcome`), in one atomic
+/// statement. It affects one
 /// row when it applied, none when it did not. `now` is the backend's SQL for the
 /// current time.
 ///

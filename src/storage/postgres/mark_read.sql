@@ -4,7 +4,7 @@
 -- reader's row lock, moves the horizon as rules::horizon_after_mark_read says (forward
 -- to the requested seq, clamped to the last seq, never back), sets the unread count to
 -- rules::unread_at, bumps the reader's summary version when that count changed
--- (rules::summary_changed), and answers the reader's new total.
+-- (rules::read_changes), and answers the reader's new total.
 WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
            CAST(:side AS text) AS side,
@@ -17,12 +17,14 @@ t AS MATERIALIZED (
     FOR SHARE
 ),
 cur AS MATERIALIZED (
+    -- rules::thread_for: no row unless the reader is the participant on their side.
     SELECT p.last_read_seq, p.unread_count FROM thread_participants p, params
     WHERE p.thread_id = (SELECT thread_id FROM t) AND p.side = params.side
       AND p.user_id = params.user_id
     FOR NO KEY UPDATE OF p
 ),
 next AS MATERIALIZED (
+    -- rules::horizon_after_mark_read (h.horizon) and rules::unread_at (unread).
     SELECT horizon, GREATEST(t.last_seq - horizon, 0) AS unread, cur.unread_count AS unread_before
     FROM t, cur, params,
          LATERAL (SELECT GREATEST(cur.last_read_seq,
@@ -37,7 +39,7 @@ moved AS (
 bumped AS (
     INSERT INTO summary_versions (user_id, side, version)
     SELECT params.user_id, params.side, 1 FROM next, params
-    WHERE next.unread <> next.unread_before
+    WHERE next.unread <> next.unread_before  -- rules::read_changes
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING version
 ),

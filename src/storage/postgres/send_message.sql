@@ -37,14 +37,18 @@ prior AS MATERIALIZED (
 ),
 allowed AS MATERIALIZED (
     SELECT t.thread_id, t.last_seq FROM t, params
+    -- rules::thread_for: the sender is the thread's participant on their side.
     WHERE (CASE WHEN params.side = 'tutor' THEN t.tutor_id ELSE t.student_id END) = params.sender_id
-      AND t.is_writable
+      -- A key seen before answers the first message instead (the domain reads prior).
       AND NOT EXISTS (SELECT 1 FROM prior)
+      -- rules::may_write: writable, and a tutor of a contact thread has contact access
+      -- (rules::needs_contact_access, rules::contact_allowed).
+      AND t.is_writable
       AND (params.side <> 'tutor' OR t.kind <> 'contact'
            OR EXISTS (SELECT 1 FROM access WHERE access.state = ANY(params.unlocking)))
 ),
 sender AS MATERIALIZED (
-    SELECT p.last_read_seq FROM thread_participants p
+    SELECT p.unread_count FROM thread_participants p
     WHERE p.thread_id = (SELECT thread_id FROM allowed) AND p.side = (SELECT side FROM params)
     FOR NO KEY UPDATE
 ),
@@ -63,6 +67,7 @@ moved AS (
     WHERE threads.thread_id = m.thread_id
 ),
 counted AS (
+    -- rules::horizon_after_send for the sender, one more unread message for the peer.
     UPDATE thread_participants p SET
         last_read_seq = CASE WHEN p.side = params.side THEN m.seq ELSE p.last_read_seq END,
         unread_count = CASE WHEN p.side = params.side THEN 0 ELSE p.unread_count + 1 END,
@@ -72,12 +77,14 @@ counted AS (
     WHERE p.thread_id = m.thread_id
 ),
 changed AS (
+    -- rules::send_changes: the peer's summary always, the sender's when they had unread
+    -- messages there (rules::in_summary).
     SELECT CASE WHEN params.side = 'tutor' THEN t.student_id ELSE t.tutor_id END AS user_id,
            CASE WHEN params.side = 'tutor' THEN 'student' ELSE 'tutor' END AS side
     FROM t, m, params
     UNION ALL
     SELECT params.sender_id, params.side FROM t, m, sender, params
-    WHERE t.last_seq > sender.last_read_seq
+    WHERE sender.unread_count > 0
 ),
 bumped AS (
     INSERT INTO summary_versions (user_id, side, version)
