@@ -35,6 +35,7 @@ mod gateway;
 mod guards;
 mod health;
 mod messages;
+mod model;
 mod stream_tickets;
 mod summary_cache;
 mod sync;
