@@ -4,14 +4,16 @@
 //! - `pool.rs`: database URLs, connection pools and migrations.
 //! - `reads.rs`: every read, written once and compiled for each backend.
 //! - `upsert.rs`: the one versioned upsert of the facts upstream services push.
-//! - `postgres.rs`: writes as one statement each (one round trip, locks in one order).
-//! - `sqlite.rs`: writes queued for one writer connection on a thread of its own.
+//! - `postgres.rs`: writes as one statement each (one round trip, locks in one order),
+//!   read from the `.sql` files of `postgres/`.
+//! - `sqlite.rs`: writes queued for one writer connection on a thread of its own
+//!   (`sqlite/writer.rs`).
 //!
 //! `Store` is the one door: the domain calls it and never sees a backend. The rules
-//! the writes check are the domain's (`domain/rules.rs`), handed down as data where
-//! the domain decides them (which statuses allow messages), or executed exactly as
-//! stated there where they must run inside the write (the horizons). Concurrency is
-//! kept by the database, never by process memory, so it holds across replicas.
+//! the writes check are `domain/rules.rs`'s: SQLite's writer calls them; PostgreSQL's
+//! statements apply them in SQL, each naming the function it implements, and the
+//! model-based test (`tests/api/model.rs`) holds the two equal. Concurrency is kept by
+//! the database, never by process memory, so it holds across replicas.
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::PoolError;
