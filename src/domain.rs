@@ -386,25 +386,12 @@ impl Chat {
             status,
             version,
         };
-        let (applied, changed) = self
+        let written = self
             .store
-            .upsert_relation(relation_id, fact, status.allows_messages())
-            .await?;
-        self.changed(&changed);
-        let stored = match applied {
-            true => None,
-            false => self.store.find_relation(relation_id).await?,
-        };
-        upsert_applied(
-            applied,
-            stored.map(|f| (participants(&f), f.version)),
-            pushed,
-            version,
-        )
-        .map_err(|_| DomainError::ParticipantsImmutable {
-            entity: "relation",
-            id: relation_id,
-        })
+            .upsert_relation(relation_id, fact, status.allows_messages());
+        let stored = async || self.store.find_relation(relation_id).await;
+        self.upsert_with_participants("relation", relation_id, pushed, version, written, stored)
+            .await
     }
 
     /// Stores an inquiry pushed by its owner; `Ok(false)` when the version is not newer.
@@ -423,25 +410,41 @@ impl Chat {
             status,
             version,
         };
-        let (applied, changed) = self
+        let written = self
             .store
-            .upsert_inquiry(inquiry_id, fact, status.allows_messages())
-            .await?;
+            .upsert_inquiry(inquiry_id, fact, status.allows_messages());
+        let stored = async || self.store.find_inquiry(inquiry_id).await;
+        self.upsert_with_participants("inquiry", inquiry_id, pushed, version, written, stored)
+            .await
+    }
+
+    /// The upsert of a relation or an inquiry: the write (which decides atomically),
+    /// then, only when it did not apply, the stored fact, from which
+    /// `rules::upsert_outcome` says why: a stale version (`Ok(false)`) or other
+    /// participants (PARTICIPANTS_IMMUTABLE).
+    async fn upsert_with_participants<S>(
+        &self,
+        entity: &'static str,
+        id: i64,
+        pushed: Participants,
+        version: i64,
+        written: impl Future<Output = Result<(bool, Vec<SummaryKey>), StoreError>>,
+        stored: impl AsyncFnOnce() -> Result<Option<Fact<S>>, StoreError>,
+    ) -> Result<bool, DomainError> {
+        let (applied, changed) = written.await?;
         self.changed(&changed);
-        let stored = match applied {
-            true => None,
-            false => self.store.find_inquiry(inquiry_id).await?,
-        };
-        upsert_applied(
-            applied,
-            stored.map(|f| (participants(&f), f.version)),
-            pushed,
-            version,
-        )
-        .map_err(|_| DomainError::ParticipantsImmutable {
-            entity: "inquiry",
-            id: inquiry_id,
-        })
+        if applied {
+            return Ok(true);
+        }
+        let stored = stored().await?.map(|f| (participants(&f), f.version));
+        match rules::upsert_outcome(stored, pushed, version) {
+            UpsertOutcome::ParticipantsChanged => {
+                Err(DomainError::ParticipantsImmutable { entity, id })
+            }
+            // Applied by the rule yet not by the write: a newer upsert committed between
+            // the two (the stored fact moved on), so this one is stale now.
+            UpsertOutcome::Stale | UpsertOutcome::Applied => Ok(false),
+        }
     }
 
     /// Stores a tutor's contact access to a student; `Ok(false)` when not newer.
@@ -512,26 +515,6 @@ fn distinct(tutor_id: i64, student_id: i64) -> Result<Participants, DomainError>
         ));
     }
     Ok(pushed)
-}
-
-/// Whether an upsert applied. The statement decides atomically; when it did not apply,
-/// `rules::upsert_outcome` says why: a stale version (`Ok(false)`) or other
-/// participants (`Err(())`).
-fn upsert_applied(
-    applied: bool,
-    stored: Option<(Participants, i64)>,
-    pushed: Participants,
-    version: i64,
-) -> Result<bool, ()> {
-    if applied {
-        return Ok(true);
-    }
-    match rules::upsert_outcome(stored, pushed, version) {
-        UpsertOutcome::ParticipantsChanged => Err(()),
-        // Applied by the rule yet not by the write: a newer upsert committed between
-        // the two (the stored fact moved on), so this one is stale now.
-        UpsertOutcome::Stale | UpsertOutcome::Applied => Ok(false),
-    }
 }
 
 /// The error clients see for a refusal of EnsureThread.

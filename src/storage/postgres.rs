@@ -215,22 +215,13 @@ type ThreadRow = (
 );
 
 sql_file_statement! {
-    /// EnsureThread's create of a relation's thread (see the file).
-    CreateRelationThread {
-        fact_id: i64 => BigInt,
+    /// EnsureThread's create of the thread of a relation or an inquiry (see the file).
+    CreateThreadStatement {
+        relation_id: Option<i64> => Nullable<BigInt>,
+        inquiry_id: Option<i64> => Nullable<BigInt>,
         writable: Vec<&'static str> => Array<Text>,
     }
-    file = "create_relation_thread.sql";
-    returns = ThreadRow;
-}
-
-sql_file_statement! {
-    /// EnsureThread's create of an inquiry's thread (see the file).
-    CreateInquiryThread {
-        fact_id: i64 => BigInt,
-        writable: Vec<&'static str> => Array<Text>,
-    }
-    file = "create_inquiry_thread.sql";
+    file = "create_thread.sql";
     returns = ThreadRow;
 }
 
@@ -399,31 +390,28 @@ impl PgStore {
     /// the fact does not), which the caller reads back.
     pub async fn create_thread(&self, new: &NewThread) -> StoreResult<Option<Thread>> {
         let mut conn = self.conn().await?;
-        let rows: Vec<Thread> = match new {
+        let statement = match new {
             NewThread::Relation {
                 relation_id,
                 writable,
-            } => {
-                CreateRelationThread {
-                    fact_id: *relation_id,
-                    writable: writable.iter().map(|s| s.as_str()).collect(),
-                }
-                .load(&mut conn)
-                .await
-            }
+            } => CreateThreadStatement {
+                relation_id: Some(*relation_id),
+                inquiry_id: None,
+                writable: writable.iter().map(|s| s.as_str()).collect(),
+            },
             NewThread::Inquiry {
                 inquiry_id,
                 writable,
-            } => {
-                CreateInquiryThread {
-                    fact_id: *inquiry_id,
-                    writable: writable.iter().map(|s| s.as_str()).collect(),
-                }
-                .load(&mut conn)
-                .await
-            }
-        }
-        .map_err(|e| self.failed(e))?;
+            } => CreateThreadStatement {
+                relation_id: None,
+                inquiry_id: Some(*inquiry_id),
+                writable: writable.iter().map(|s| s.as_str()).collect(),
+            },
+        };
+        let rows: Vec<Thread> = statement
+            .load(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(rows.into_iter().next())
     }
 
@@ -575,11 +563,10 @@ mod tests {
     /// Every statement file binds exactly the fields its statement declares, each once.
     #[test]
     fn statement_files_name_their_parameters_once() {
-        let statements: [(&str, &[&str]); 4] = [
+        let statements: [(&str, &[&str]); 3] = [
             (SendStatement::FILE, SendStatement::PARAMS),
             (MarkReadStatement::FILE, MarkReadStatement::PARAMS),
-            (CreateRelationThread::FILE, CreateRelationThread::PARAMS),
-            (CreateInquiryThread::FILE, CreateInquiryThread::PARAMS),
+            (CreateThreadStatement::FILE, CreateThreadStatement::PARAMS),
         ];
         for (file, declared) in statements {
             let named: Vec<String> = split_named(file)

@@ -33,18 +33,12 @@ const UNKNOWN_THREAD: i64 = 9_000_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    UpsertRelation {
-        relation: i64,
+    /// A relation or an inquiry, by its status's kind.
+    UpsertFact {
+        id: i64,
         tutor: i64,
         student: i64,
-        status: RelationStatus,
-        version: i64,
-    },
-    UpsertInquiry {
-        inquiry: i64,
-        tutor: i64,
-        student: i64,
-        status: InquiryStatus,
+        status: Status,
         version: i64,
     },
     UpsertAccess {
@@ -71,6 +65,13 @@ enum Op {
         thread: usize,
         up_to: Option<i64>,
     },
+}
+
+/// The status a fact upsert pushes, which says whether it is a relation or an inquiry.
+#[derive(Debug, Clone, Copy)]
+enum Status {
+    Relation(RelationStatus),
+    Inquiry(InquiryStatus),
 }
 
 /// Who calls: mostly a participant of the thread or fact the call names, acting on
@@ -152,24 +153,22 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (user(), user()).prop_map(|(tutor, student)| Pair::Any(tutor, student)),
     ];
     prop_oneof![
-        1 => (fact(), pair(), relation_status, version()).prop_map(
-            |(relation, (tutor, student), status, version)| Op::UpsertRelation {
-                relation,
+        2 => (
+            fact(),
+            pair(),
+            prop_oneof![
+                relation_status.prop_map(Status::Relation),
+                inquiry_status.prop_map(Status::Inquiry),
+            ],
+            version()
+        )
+            .prop_map(|(id, (tutor, student), status, version)| Op::UpsertFact {
+                id,
                 tutor,
                 student,
                 status,
                 version,
-            }
-        ),
-        1 => (fact(), pair(), inquiry_status, version()).prop_map(
-            |(inquiry, (tutor, student), status, version)| Op::UpsertInquiry {
-                inquiry,
-                tutor,
-                student,
-                status,
-                version,
-            }
-        ),
+            }),
         1 => (access_pair, access_state, version()).prop_map(|(pair, state, version)| {
             Op::UpsertAccess {
                 pair,
@@ -471,69 +470,52 @@ impl Case<'_> {
     async fn step(&mut self, step: usize, op: &Op) -> Result<(), TestCaseError> {
         let base = self.base;
         match op.clone() {
-            Op::UpsertRelation {
-                relation,
+            Op::UpsertFact {
+                id,
                 tutor,
                 student,
                 status,
                 version,
             } => {
-                let pushed = Participants {
-                    tutor_id: base + tutor,
-                    student_id: base + student,
+                let (id, pushed) = (
+                    base + id,
+                    Participants {
+                        tutor_id: base + tutor,
+                        student_id: base + student,
+                    },
+                );
+                let mut sync = self.app.sync();
+                let (expected, got) = match status {
+                    Status::Relation(status) => (
+                        Model::upsert(&mut self.model.relations, id, pushed, status, version),
+                        answered(
+                            sync.upsert_relation(pb::UpsertRelationRequest {
+                                relation_id: id,
+                                tutor_id: pushed.tutor_id,
+                                student_id: pushed.student_id,
+                                status: relation_status(status) as i32,
+                                version,
+                            })
+                            .await,
+                        )
+                        .map(|r| r.applied),
+                    ),
+                    Status::Inquiry(status) => (
+                        Model::upsert(&mut self.model.inquiries, id, pushed, status, version),
+                        answered(
+                            sync.upsert_inquiry(pb::UpsertInquiryRequest {
+                                inquiry_id: id,
+                                tutor_id: pushed.tutor_id,
+                                student_id: pushed.student_id,
+                                status: inquiry_status(status) as i32,
+                                version,
+                            })
+                            .await,
+                        )
+                        .map(|r| r.applied),
+                    ),
                 };
-                let expected = Model::upsert(
-                    &mut self.model.relations,
-                    base + relation,
-                    pushed,
-                    status,
-                    version,
-                );
-                let got = answered(
-                    self.app
-                        .sync()
-                        .upsert_relation(pb::UpsertRelationRequest {
-                            relation_id: base + relation,
-                            tutor_id: pushed.tutor_id,
-                            student_id: pushed.student_id,
-                            status: relation_status(status) as i32,
-                            version,
-                        })
-                        .await,
-                );
-                check(step, op, &got, &expected, |r| r.applied)
-            }
-            Op::UpsertInquiry {
-                inquiry,
-                tutor,
-                student,
-                status,
-                version,
-            } => {
-                let pushed = Participants {
-                    tutor_id: base + tutor,
-                    student_id: base + student,
-                };
-                let expected = Model::upsert(
-                    &mut self.model.inquiries,
-                    base + inquiry,
-                    pushed,
-                    status,
-                    version,
-                );
-                let got = answered(
-                    self.app
-                        .sync()
-                        .upsert_inquiry(pb::UpsertInquiryRequest {
-                            inquiry_id: base + inquiry,
-                            tutor_id: pushed.tutor_id,
-                            student_id: pushed.student_id,
-                            status: inquiry_status(status) as i32,
-                            version,
-                        })
-                        .await,
-                );
-                check(step, op, &got, &expected, |r| r.applied)
+                check(step, op, &got, &expected, |applied| *applied)
             }
             Op::UpsertAccess {
                 pair,
@@ -841,11 +823,11 @@ fn access_state(state: ContactAccessState) -> pb::ContactAccessState {
 /// the random steps after it mostly write and read rather than meet "not found".
 fn setup() -> Vec<Op> {
     vec![
-        Op::UpsertRelation {
-            relation: 1,
+        Op::UpsertFact {
+            id: 1,
             tutor: 1,
             student: 3,
-            status: RelationStatus::Active,
+            status: Status::Relation(RelationStatus::Active),
             version: 1,
         },
         Op::UpsertAccess {
@@ -857,11 +839,11 @@ fn setup() -> Vec<Op> {
             actor: Actor::Member(Side::Student),
             relation: 1,
         },
-        Op::UpsertInquiry {
-            inquiry: 1,
+        Op::UpsertFact {
+            id: 1,
             tutor: 2,
             student: 3,
-            status: InquiryStatus::Open,
+            status: Status::Inquiry(InquiryStatus::Open),
             version: 1,
         },
         Op::EnsureInquiry {
