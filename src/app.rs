@@ -17,7 +17,9 @@ use tonic_health::server::HealthReporter;
 use tower_layer::Layer;
 
 use crate::auth::{AuthConfig, TokenVerifier};
-use crate::domain::{CacheConfig, CacheTrust, Chat, Role, Summaries, SummaryKey, WatchLimits};
+use crate::domain::{
+    CacheConfig, CacheTrust, Chat, Role, SendLimit, SendLimits, Summaries, SummaryKey, WatchLimits,
+};
 use crate::fanout::postgres::{FanoutConfig, PgFanout, PgPublisher, Queued};
 use crate::fanout::{ChangeSink, Local, Publisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
@@ -60,6 +62,8 @@ pub struct ServeConfig {
     /// The longest a chat.v1 call may run before it answers DEADLINE_EXCEEDED; the
     /// client's `grpc-timeout` shortens it. PostgreSQL statements get the same bound.
     pub call_timeout: Duration,
+    /// How fast each user may send and edit messages, on this replica.
+    pub send_limit: SendLimit,
 }
 
 /// A built server: migrated database, bound listeners, services assembled, ready to `run`.
@@ -135,6 +139,7 @@ impl Application {
             summaries,
             metrics.chat.clone(),
             config.watch_coalesce,
+            SendLimits::new(config.send_limit)?,
         );
         let (health, routes) = services(&chat, &verifier, *fanout_up.1.borrow()).await?;
 
@@ -250,6 +255,7 @@ impl Application {
             config.summary_cache.sweep,
             stopping_rx.clone(),
         ));
+        let limits = tokio::spawn(forget_idle_senders(chat.clone(), stopping_rx.clone()));
         let fanout_health = tokio::spawn(follow_fanout(health.clone(), fanout_followed));
         let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
@@ -307,6 +313,7 @@ impl Application {
         .await;
         monitor.abort();
         sweeper.abort();
+        limits.abort();
         fanout_health.abort();
         if let Some(fanout) = fanout {
             fanout.abort();
@@ -385,6 +392,21 @@ async fn sweep_summaries(chat: Chat, every: Duration, mut stopping: watch::Recei
         }
         if let Err(error) = chat.sweep_summaries().await {
             tracing::debug!(%error, "summary cache sweep failed; the next one retries");
+        }
+    }
+}
+
+/// How often the send limits forget users whose bucket is full again (their memory).
+const FORGET_IDLE_SENDERS: Duration = Duration::from_secs(10);
+
+/// Keeps the send limits' memory to the users writing now (see `SendLimits`).
+async fn forget_idle_senders(chat: Chat, mut stopping: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(FORGET_IDLE_SENDERS);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => chat.limits().forget_idle(),
+            _ = stopping.changed() => return,
         }
     }
 }

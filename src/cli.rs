@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::ServeConfig;
 use crate::auth::AuthConfig;
 use crate::bench::{BenchConfig, Dataset, Rpc};
-use crate::domain::{CacheConfig, Role, WatchLimits};
+use crate::domain::{CacheConfig, Role, SendLimit, WatchLimits};
 use crate::http::GatewayConfig;
 use crate::net::ConnectionLimits;
 use crate::storage::{DatabaseUrl, PoolConfig};
@@ -150,6 +150,14 @@ pub struct ServeArgs {
     /// drop those a lost notification left stale: the longest an entry can stay stale.
     #[arg(long, env = "CHATD_SUMMARY_CACHE_SWEEP", default_value = "5s", value_parser = humantime::parse_duration)]
     pub summary_cache_sweep: Duration,
+    /// Messages (sends and edits) one user may make per second on this replica, on
+    /// average; over it, RESOURCE_EXHAUSTED RATE_LIMITED (REST 429) with when to retry.
+    /// 0 turns the limit off.
+    #[arg(long, env = "CHATD_USER_SEND_RATE", default_value_t = 5.0)]
+    pub user_send_rate: f64,
+    /// Messages one user may make at once before the rate applies.
+    #[arg(long, env = "CHATD_USER_SEND_BURST", default_value_t = 30)]
+    pub user_send_burst: u32,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -265,6 +273,12 @@ impl ServeArgs {
         if self.call_timeout.is_zero() {
             return Err("--call-timeout must be more than 0s".into());
         }
+        if !(self.user_send_rate.is_finite() && self.user_send_rate >= 0.0) {
+            return Err("--user-send-rate must be 0 (off) or a positive number per second".into());
+        }
+        if self.user_send_rate > 0.0 && self.user_send_burst == 0 {
+            return Err("--user-send-burst must be at least 1 while --user-send-rate is on".into());
+        }
         Ok(ServeConfig {
             listen: self.listen,
             database: self.database.parse_url()?,
@@ -298,6 +312,10 @@ impl ServeArgs {
             },
             connections: self.gateway.connections.limits()?,
             call_timeout: self.call_timeout,
+            send_limit: SendLimit {
+                per_second: self.user_send_rate,
+                burst: self.user_send_burst,
+            },
         })
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 
 pub use client::{GrpcService, in_process};
@@ -38,8 +38,9 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::net::{self, ConnectionLimits, Protocol};
 use middleware::{cors, refuse_oversized_head, trace_request};
 use routes::{
-    create_stream_ticket, ensure_thread, healthz, list_messages, mark_read, method_not_allowed,
-    metrics_endpoint, not_found, readyz, send_message, unread_summary, unread_summary_stream,
+    create_stream_ticket, delete_message, edit_message, ensure_thread, healthz, list_messages,
+    mark_read, mark_unread, method_not_allowed, metrics_endpoint, mute_thread, not_found, readyz,
+    send_message, unmute_thread, unread_summary, unread_summary_stream,
 };
 
 /// Largest request body accepted: larger ones get 413.
@@ -133,7 +134,7 @@ impl Gateway {
 
 /// The REST routes that answer a successful call, as metrics label them: each series
 /// exists from the start.
-const API_ROUTES: [(&str, &str, u16); 7] = [
+const API_ROUTES: [(&str, &str, u16); 12] = [
     ("POST", "/api/v1/chat/threads/negotiation/", 201),
     ("GET", "/api/v1/chat/unread-summary/", 200),
     ("GET", "/api/v1/chat/unread-summary/", 304),
@@ -141,6 +142,19 @@ const API_ROUTES: [(&str, &str, u16); 7] = [
     ("POST", "/api/v1/chat/threads/{thread_id}/read/", 200),
     ("POST", "/api/v1/chat/threads/{thread_id}/messages/", 201),
     ("GET", "/api/v1/chat/threads/{thread_id}/messages/", 200),
+    (
+        "PATCH",
+        "/api/v1/chat/threads/{thread_id}/messages/{seq}/",
+        200,
+    ),
+    (
+        "DELETE",
+        "/api/v1/chat/threads/{thread_id}/messages/{seq}/",
+        200,
+    ),
+    ("POST", "/api/v1/chat/threads/{thread_id}/unread/", 200),
+    ("PUT", "/api/v1/chat/threads/{thread_id}/mute/", 200),
+    ("DELETE", "/api/v1/chat/threads/{thread_id}/mute/", 200),
 ];
 
 /// The REST routes, each path with and without its trailing slash.
@@ -173,6 +187,18 @@ pub fn router(
         (
             "/api/v1/chat/threads/{thread_id}/messages/",
             post(send_message).get(list_messages),
+        ),
+        (
+            "/api/v1/chat/threads/{thread_id}/messages/{seq}/",
+            axum::routing::patch(edit_message).delete(delete_message),
+        ),
+        (
+            "/api/v1/chat/threads/{thread_id}/unread/",
+            post(mark_unread),
+        ),
+        (
+            "/api/v1/chat/threads/{thread_id}/mute/",
+            put(mute_thread).delete(unmute_thread),
         ),
     ] {
         // The same route with and without the trailing slash.

@@ -121,10 +121,15 @@ pub struct ThreadUnread {
     pub tutor_id: i64,
     pub student_id: i64,
     pub unread_count: i64,
+    /// The newest message not deleted; `None` when there is none.
     pub last_message_at: Option<DateTime<Utc>>,
     pub last_message_preview: String,
     pub last_message_sender_id: i64,
     pub is_writable: bool,
+    /// Whether the summary's owner had muted it when it was read.
+    pub muted: bool,
+    /// When that mute ends by itself; `None` when not muted, or muted until unmuted.
+    pub muted_until: Option<DateTime<Utc>>,
 }
 
 /// A message as stored and as its thread's participants read it.
@@ -137,6 +142,15 @@ pub struct Message {
     pub body: String,
     pub created_at: DateTime<Utc>,
     pub client_message_id: Option<String>,
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Set on a tombstone: the message was deleted (its body is empty).
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl Message {
+    pub fn deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -33,18 +33,23 @@ pub fn of(reason: Reason) -> ErrorCode {
         | Reason::TokenExpired
         | Reason::TokenInvalid
         | Reason::TicketInvalid => (Code::Unauthenticated, H::UNAUTHORIZED),
-        Reason::RoleNotAllowed | Reason::ContactAccessLocked => {
+        Reason::RoleNotAllowed | Reason::ContactAccessLocked | Reason::NotMessageSender => {
             (Code::PermissionDenied, H::FORBIDDEN)
         }
-        Reason::RelationNotFound | Reason::InquiryNotFound | Reason::ThreadNotFound => {
-            (Code::NotFound, H::NOT_FOUND)
-        }
+        Reason::RelationNotFound
+        | Reason::InquiryNotFound
+        | Reason::ThreadNotFound
+        | Reason::MessageNotFound => (Code::NotFound, H::NOT_FOUND),
         // FAILED_PRECONDITION is 400, as in google.rpc's mapping: the request cannot
         // succeed until the state changes.
-        Reason::RelationNotActive | Reason::ThreadNotWritable | Reason::ParticipantsImmutable => {
-            (Code::FailedPrecondition, H::BAD_REQUEST)
+        Reason::RelationNotActive
+        | Reason::ThreadNotWritable
+        | Reason::ParticipantsImmutable
+        | Reason::MessageDeleted
+        | Reason::MarkUnreadTooFar => (Code::FailedPrecondition, H::BAD_REQUEST),
+        Reason::TooManyStreams | Reason::RateLimited => {
+            (Code::ResourceExhausted, H::TOO_MANY_REQUESTS)
         }
-        Reason::TooManyStreams => (Code::ResourceExhausted, H::TOO_MANY_REQUESTS),
         Reason::DatabaseUnavailable => (Code::Unavailable, H::SERVICE_UNAVAILABLE),
         Reason::Internal => (Code::Internal, H::INTERNAL_SERVER_ERROR),
     };
@@ -205,6 +210,11 @@ mod tests {
             ("THREAD_NOT_FOUND", Code::NotFound, 404),
             ("THREAD_NOT_WRITABLE", Code::FailedPrecondition, 400),
             ("PARTICIPANTS_IMMUTABLE", Code::FailedPrecondition, 400),
+            ("MESSAGE_NOT_FOUND", Code::NotFound, 404),
+            ("NOT_MESSAGE_SENDER", Code::PermissionDenied, 403),
+            ("MESSAGE_DELETED", Code::FailedPrecondition, 400),
+            ("MARK_UNREAD_TOO_FAR", Code::FailedPrecondition, 400),
+            ("RATE_LIMITED", Code::ResourceExhausted, 429),
             ("TOO_MANY_STREAMS", Code::ResourceExhausted, 429),
             ("DATABASE_UNAVAILABLE", Code::Unavailable, 503),
             ("INTERNAL", Code::Internal, 500),

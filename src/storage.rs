@@ -27,7 +27,8 @@ mod upsert;
 
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus};
 pub use rows::{
-    Fact, Horizons, InquiryTarget, MarkReadAttempt, MessagePageRows, NewMessage, NewThread,
+    Deleter, ErasedBatch, Fact, Horizons, InquiryTarget, MarkReadAttempt, MarkUnreadAttempt,
+    MessageAttempt, MessageEdit, MessagePageRows, MuteAttempt, MuteRow, NewMessage, NewThread,
     ReadStateRow, RelationTarget, SendAttempt, ThreadFacts, UnreadPage,
 };
 
@@ -206,8 +207,19 @@ impl Store {
         backend_read!(self, summary_version(key))
     }
 
-    pub async fn unread_summary(&self, key: SummaryKey, limit: i64) -> StoreResult<UnreadPage> {
-        backend_read!(self, unread_summary(key, limit))
+    /// A page of the summary, its totals and when it next changes by itself, as of
+    /// `now_ms` (Unix ms).
+    pub async fn unread_summary(
+        &self,
+        key: SummaryKey,
+        limit: i64,
+        now_ms: i64,
+    ) -> StoreResult<UnreadPage> {
+        backend_read!(self, unread_summary(key, limit, now_ms))
+    }
+
+    pub async fn threads_of_user(&self, user_id: i64) -> StoreResult<Vec<i64>> {
+        backend_read!(self, threads_of_user(user_id))
     }
 
     /// The versions of many summaries in one statement (keys never changed are left
@@ -287,14 +299,83 @@ impl Store {
         backend_write!(self, send_message(message))
     }
 
+    /// MarkRead; totals as of `now_ms` (muted threads left out).
     pub async fn mark_read(
         &self,
         thread_id: i64,
         side: Side,
         user_id: i64,
         up_to_seq: Option<i64>,
+        now_ms: i64,
     ) -> StoreResult<MarkReadAttempt> {
-        backend_write!(self, mark_read(thread_id, side, user_id, up_to_seq))
+        backend_write!(self, mark_read(thread_id, side, user_id, up_to_seq, now_ms))
+    }
+
+    /// MarkUnread; totals as of `now_ms`.
+    pub async fn mark_unread(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        from_seq: i64,
+        now_ms: i64,
+    ) -> StoreResult<MarkUnreadAttempt> {
+        backend_write!(
+            self,
+            mark_unread(thread_id, side, user_id, from_seq, now_ms)
+        )
+    }
+
+    pub async fn edit_message(&self, edit: &MessageEdit) -> StoreResult<MessageAttempt> {
+        backend_write!(self, edit_message(edit))
+    }
+
+    /// DeleteMessage (by its sender) or RemoveMessage (by a moderator).
+    pub async fn delete_message(
+        &self,
+        thread_id: i64,
+        seq: i64,
+        deleter: Deleter,
+    ) -> StoreResult<MessageAttempt> {
+        backend_write!(self, delete_message(thread_id, seq, deleter))
+    }
+
+    /// Mutes (`Some` time in Unix ms, or `rules::MUTED_FOREVER_MS`) or unmutes (`None`)
+    /// a thread for one participant; totals as of `now_ms`.
+    pub async fn set_mute(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        muted_until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<MuteAttempt> {
+        backend_write!(
+            self,
+            set_mute(thread_id, side, user_id, muted_until_ms, now_ms)
+        )
+    }
+
+    /// One bounded transaction of EraseUser: up to `batch` of the user's messages in one
+    /// thread, after `after_seq`.
+    pub async fn erase_batch(
+        &self,
+        thread_id: i64,
+        user_id: i64,
+        after_seq: i64,
+        batch: i64,
+    ) -> StoreResult<ErasedBatch> {
+        backend_write!(self, erase_batch(thread_id, user_id, after_seq, batch))
+    }
+
+    /// After an erasure: on SQLite, the WAL is checkpointed and truncated, so erased text
+    /// is in neither the database file nor the WAL. PostgreSQL has nothing to do here
+    /// (see the README on VACUUM).
+    pub async fn after_erasure(&self) -> StoreResult<()> {
+        match self {
+            Store::Postgres(_) => Ok(()),
+            Store::Sqlite(store) => store.checkpoint().await,
+        }
     }
 
     /// Stores a relation if `rules::upsert_outcome` applies it (the upsert statement

@@ -17,6 +17,11 @@ crate::model::named_enum!(
         ThreadNotFound => "THREAD_NOT_FOUND",
         ThreadNotWritable => "THREAD_NOT_WRITABLE",
         ParticipantsImmutable => "PARTICIPANTS_IMMUTABLE",
+        MessageNotFound => "MESSAGE_NOT_FOUND",
+        NotMessageSender => "NOT_MESSAGE_SENDER",
+        MessageDeleted => "MESSAGE_DELETED",
+        MarkUnreadTooFar => "MARK_UNREAD_TOO_FAR",
+        RateLimited => "RATE_LIMITED",
         TooManyStreams => "TOO_MANY_STREAMS",
         DatabaseUnavailable => "DATABASE_UNAVAILABLE",
         Internal => "INTERNAL",
@@ -74,6 +79,29 @@ pub enum DomainError {
     /// `PARTICIPANTS_IMMUTABLE`: an upsert tried to change who is in a fact.
     #[error("the tutor_id/student_id of {entity} {id} cannot change")]
     ParticipantsImmutable { entity: &'static str, id: i64 },
+    /// `MESSAGE_NOT_FOUND`: no message with that seq in the thread.
+    #[error("thread {thread_id} has no message {seq}")]
+    MessageNotFound { thread_id: i64, seq: i64 },
+    /// `NOT_MESSAGE_SENDER`: only a message's sender may edit or delete it.
+    #[error("message {seq} was sent by the other participant: only its sender may change it")]
+    NotMessageSender { seq: i64 },
+    /// `MESSAGE_DELETED`: a deleted message cannot be edited.
+    #[error("message {seq} is deleted and cannot be edited")]
+    MessageDeleted { seq: i64 },
+    /// `MARK_UNREAD_TOO_FAR`: MarkUnread reaches back over the newest 100 messages only.
+    #[error(
+        "from_seq {from_seq} is too far back: mark unread from one of the newest {window} \
+         messages (from_seq above {oldest_allowed})"
+    )]
+    MarkUnreadTooFar {
+        from_seq: i64,
+        window: i64,
+        oldest_allowed: i64,
+    },
+    /// `RATE_LIMITED`: the caller writes faster than the limit per user; retry after
+    /// `retry_after`.
+    #[error("too many messages too fast: retry in {} ms", retry_after.as_millis().max(1))]
+    RateLimited { retry_after: std::time::Duration },
     /// `TOO_MANY_STREAMS`: the caller (or the server) has as many summary streams open
     /// as allowed.
     #[error("too many unread summary streams {scope} (at most {limit}): close one and retry")]
@@ -110,6 +138,11 @@ impl DomainError {
             Self::ThreadNotFound(_) => Reason::ThreadNotFound,
             Self::ThreadNotWritable(_) => Reason::ThreadNotWritable,
             Self::ParticipantsImmutable { .. } => Reason::ParticipantsImmutable,
+            Self::MessageNotFound { .. } => Reason::MessageNotFound,
+            Self::NotMessageSender { .. } => Reason::NotMessageSender,
+            Self::MessageDeleted { .. } => Reason::MessageDeleted,
+            Self::MarkUnreadTooFar { .. } => Reason::MarkUnreadTooFar,
+            Self::RateLimited { .. } => Reason::RateLimited,
             Self::TooManyStreams { .. } => Reason::TooManyStreams,
             Self::Unavailable(_) => Reason::DatabaseUnavailable,
             Self::Internal(_) => Reason::Internal,

@@ -19,13 +19,20 @@
 //!   negotiation thread while its inquiry is OPEN or ACCEPTED.
 //! - Contact access: a tutor opens and writes a contact thread only with UNLOCKED
 //!   contact access to that student. Students need none.
+//! - Messages: only their sender edits or deletes them (a moderation service removes
+//!   any); a deleted message stays as a tombstone (seq, sender, created_at kept, body
+//!   gone) and cannot be edited; an edit obeys the rules of writing.
 //! - Horizons: sending moves the sender's read horizon to the new message; MarkRead
 //!   moves it forward to the requested seq, clamped to the thread's last seq, and
-//!   never back.
-//! - Unread: a user's unread messages in a thread are those after their horizon not
-//!   sent by them.
-//! - The summary: a user's threads with unread messages, newest last message first,
-//!   each with the last message's preview; the total counts every unread message.
+//!   never back; MarkUnread sets it just before one of the thread's newest 100
+//!   messages, the one call that may move it back.
+//! - Unread: a user's unread messages in a thread are those after their horizon, not
+//!   sent by them, and not deleted.
+//! - Mutes: a participant may mute a thread, until a time or until they unmute it;
+//!   while muted, its unread messages leave their total for `muted_total`.
+//! - The summary: a user's threads with unread messages, by the newest message not
+//!   deleted (newest first), each with that message's preview and the mute; the total
+//!   counts every unread message of threads not muted.
 //! - Whose summary changes (its version is bumped in the same write, and caches,
 //!   watchers and other replicas are told after commit): a participant's, whenever
 //!   the line their summary shows for the thread changes, which is when their unread
@@ -39,6 +46,12 @@ use crate::model::{ContactAccessState, InquiryStatus, RelationStatus, Role, Side
 /// How much of a message the unread summary shows, in characters.
 pub const PREVIEW_CHARS: usize = 100;
 
+/// How far back MarkUnread reaches: one of the thread's newest this many messages.
+pub const MARK_UNREAD_WINDOW: i64 = 100;
+
+/// The stored `muted_until_ms` of a mute that lasts until unmuted.
+pub const MUTED_FOREVER_MS: i64 = i64::MAX;
+
 /// Why a rule refuses an operation. The domain turns each into the error clients see,
 /// with the ids of the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,10 @@ pub enum Refusal {
     ThreadNotFound,
     ThreadNotWritable,
     ContactAccessLocked,
+    MessageNotFound,
+    NotMessageSender,
+    MessageDeleted,
+    MarkUnreadTooFar,
 }
 
 /// The two participants of a thread, relation or inquiry.
@@ -213,6 +230,53 @@ pub fn may_write(side: Side, thread: &ThreadView) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A message as the rules of editing and deleting see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageView {
+    pub sender_id: i64,
+    pub deleted: bool,
+}
+
+/// EditMessage: the message exists, the caller sent it, it is not deleted, and the
+/// caller may write in the thread now (`may_write`), in that order.
+pub fn may_edit(
+    caller: i64,
+    side: Side,
+    thread: &ThreadView,
+    message: Option<MessageView>,
+) -> Result<(), Refusal> {
+    let message = message.ok_or(Refusal::MessageNotFound)?;
+    if message.sender_id != caller {
+        return Err(Refusal::NotMessageSender);
+    }
+    if message.deleted {
+        return Err(Refusal::MessageDeleted);
+    }
+    may_write(side, thread)
+}
+
+/// DeleteMessage: the message exists and the caller sent it; writable or not, deleted
+/// already or not (deleting again answers the same tombstone).
+pub fn may_delete(caller: i64, message: Option<MessageView>) -> Result<(), Refusal> {
+    match message {
+        None => Err(Refusal::MessageNotFound),
+        Some(message) if message.sender_id != caller => Err(Refusal::NotMessageSender),
+        Some(_) => Ok(()),
+    }
+}
+
+/// MarkUnread: `from_seq` is a message of the thread (a tombstone is one too) among
+/// its newest `MARK_UNREAD_WINDOW`.
+pub fn may_mark_unread(from_seq: i64, last_seq: i64) -> Result<(), Refusal> {
+    if from_seq > last_seq {
+        return Err(Refusal::MessageNotFound);
+    }
+    if from_seq <= last_seq - MARK_UNREAD_WINDOW {
+        return Err(Refusal::MarkUnreadTooFar);
+    }
+    Ok(())
+}
+
 /// The horizon sending leaves its sender: their own new message, so sending reads
 /// everything before it.
 pub fn horizon_after_send(seq: i64) -> i64 {
@@ -225,19 +289,44 @@ pub fn horizon_after_mark_read(current: i64, requested: Option<i64>, last_seq: i
     current.max(requested.unwrap_or(last_seq).min(last_seq))
 }
 
-/// Whether a message counts as unread for `reader` at `horizon`: it comes after the
-/// horizon and someone else sent it.
-pub fn counts_as_unread(seq: i64, sender_id: i64, reader: i64, horizon: i64) -> bool {
-    seq > horizon && sender_id != reader
+/// The horizon MarkUnread leaves: just before `from_seq`, so it and the peer's
+/// messages after it count as unread again.
+pub fn horizon_after_mark_unread(from_seq: i64) -> i64 {
+    from_seq - 1
 }
 
-/// A participant's unread count at `horizon` in a thread whose last message is
-/// `last_seq`: the messages after it are all the peer's, since sending moves the
-/// sender's horizon to their own message, so the count is the difference. This is
-/// `counts_as_unread` summed over the thread (the model-based test holds the two
-/// equal), and what storage keeps in its counters.
-pub fn unread_at(last_seq: i64, horizon: i64) -> i64 {
-    (last_seq - horizon).max(0)
+/// Whether a message counts as unread for `reader` at `horizon`: it comes after the
+/// horizon, someone else sent it, and it is not deleted. Storage keeps the sum of
+/// this over a thread in a counter, adjusted by every write that changes it (a send,
+/// a read, a delete, a mark-unread), and the model-based test holds the two equal.
+pub fn counts_as_unread(
+    seq: i64,
+    sender_id: i64,
+    deleted: bool,
+    reader: i64,
+    horizon: i64,
+) -> bool {
+    seq > horizon && sender_id != reader && !deleted
+}
+
+/// Whether a participant's thread is muted at `now_ms` (Unix ms): a mute that has not
+/// ended. A mute ends by itself at its time, with no write.
+pub fn is_muted(muted_until_ms: Option<i64>, now_ms: i64) -> bool {
+    muted_until_ms.is_some_and(|until| until > now_ms)
+}
+
+/// When a summary's mutes next end by themselves (Unix ms): the earliest mute time
+/// still ahead among its threads with unread messages. The summary changes then, with
+/// no write: caches, etags and streams must expire by it.
+pub fn next_mute_end(
+    muted_until_ms: impl IntoIterator<Item = Option<i64>>,
+    now_ms: i64,
+) -> Option<i64> {
+    muted_until_ms
+        .into_iter()
+        .flatten()
+        .filter(|until| *until > now_ms && *until != MUTED_FOREVER_MS)
+        .min()
 }
 
 /// The start of a message that the unread summary shows.
@@ -248,6 +337,24 @@ pub fn preview(body: &str) -> String {
 /// Whether a thread has a line in its participant's summary: they have unread messages.
 pub fn in_summary(unread: i64) -> bool {
     unread > 0
+}
+
+/// Whether a line's unread messages count in the summary's `total` (else in its
+/// `muted_total`).
+pub fn counts_in_total(muted: bool) -> bool {
+    !muted
+}
+
+/// The message a thread's line shows (its preview, time and sender): the newest one
+/// not deleted. `None`: every message is deleted, or there is none.
+pub fn last_visible<'m, M>(
+    messages: impl DoubleEndedIterator<Item = &'m M>,
+    deleted: impl Fn(&M) -> bool,
+) -> Option<&'m M>
+where
+    M: 'm,
+{
+    messages.rev().find(|message| !deleted(message))
 }
 
 /// The order of a summary's lines: newest last message first, then the higher thread
@@ -262,9 +369,20 @@ pub fn summary_changed<L: PartialEq>(before: Option<L>, after: Option<L>) -> boo
     before != after
 }
 
-/// The summaries a new message changes (`summary_changed` for a send): the peer's
-/// always (one more unread message, a new last message), the sender's only when they
-/// had unread messages there, which sending reads.
+/// `summary_changed` for one participant of a write: their unread count in the thread
+/// went from `unread_before` to `unread_after`, and the rest of the thread's line (its
+/// last message, writability, their mute) changed or not. A thread without unread
+/// messages has no line, so nothing else about it shows.
+pub fn participant_changed(unread_before: i64, unread_after: i64, line_changed: bool) -> bool {
+    summary_changed(
+        in_summary(unread_before).then_some((unread_before, false)),
+        in_summary(unread_after).then_some((unread_after, line_changed)),
+    )
+}
+
+/// The summaries a new message changes: the peer's always (one more unread message,
+/// a new last message), the sender's only when they had unread messages there, which
+/// sending reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendChanges {
     pub peer: bool,
@@ -274,17 +392,14 @@ pub struct SendChanges {
 pub fn send_changes(sender_unread_before: i64) -> SendChanges {
     SendChanges {
         peer: true,
-        sender: in_summary(sender_unread_before),
+        sender: participant_changed(sender_unread_before, 0, true),
     }
 }
 
-/// Whether MarkRead changed the reader's summary (`summary_changed` for a read: only
-/// the reader's unread count in the thread moves).
+/// Whether a read (MarkRead, MarkUnread) changed the reader's summary: only their
+/// unread count in the thread moves.
 pub fn read_changes(unread_before: i64, unread_after: i64) -> bool {
-    summary_changed(
-        in_summary(unread_before).then_some(unread_before),
-        in_summary(unread_after).then_some(unread_after),
-    )
+    participant_changed(unread_before, unread_after, false)
 }
 
 #[cfg(test)]
@@ -300,12 +415,113 @@ mod tests {
     }
 
     #[test]
-    fn unread_is_what_lies_after_the_horizon() {
-        assert_eq!(unread_at(5, 2), 3);
-        assert_eq!(unread_at(5, 5), 0);
-        assert!(counts_as_unread(3, 7, 42, 2));
-        assert!(!counts_as_unread(3, 42, 42, 2), "one's own message");
-        assert!(!counts_as_unread(2, 7, 42, 2), "at the horizon");
+    fn unread_is_what_lies_after_the_horizon_from_the_peer_and_not_deleted() {
+        assert!(counts_as_unread(3, 7, false, 42, 2));
+        assert!(!counts_as_unread(3, 42, false, 42, 2), "one's own message");
+        assert!(!counts_as_unread(2, 7, false, 42, 2), "at the horizon");
+        assert!(!counts_as_unread(3, 7, true, 42, 2), "deleted");
+    }
+
+    #[test]
+    fn mark_unread_reaches_back_a_hundred_messages() {
+        assert_eq!(may_mark_unread(101, 200), Ok(()));
+        assert_eq!(may_mark_unread(100, 200), Err(Refusal::MarkUnreadTooFar));
+        assert_eq!(may_mark_unread(201, 200), Err(Refusal::MessageNotFound));
+        assert_eq!(may_mark_unread(1, 1), Ok(()));
+        assert_eq!(horizon_after_mark_unread(101), 100);
+    }
+
+    #[test]
+    fn mutes_end_by_themselves() {
+        assert!(is_muted(Some(MUTED_FOREVER_MS), 5));
+        assert!(is_muted(Some(10), 9));
+        assert!(!is_muted(Some(10), 10), "ended at its time");
+        assert!(!is_muted(None, 0));
+        assert_eq!(
+            next_mute_end(
+                [Some(10), Some(MUTED_FOREVER_MS), None, Some(7), Some(3)],
+                5
+            ),
+            Some(7)
+        );
+        assert_eq!(next_mute_end([Some(MUTED_FOREVER_MS)], 5), None);
+    }
+
+    #[test]
+    fn editing_and_deleting_are_the_senders() {
+        let thread = ThreadView {
+            kind: ThreadKind::Negotiation,
+            participants: Participants {
+                tutor_id: 42,
+                student_id: 7,
+            },
+            is_writable: false,
+            contact_access: None,
+        };
+        let mine = MessageView {
+            sender_id: 7,
+            deleted: false,
+        };
+        assert_eq!(
+            may_edit(7, Side::Student, &thread, None),
+            Err(Refusal::MessageNotFound)
+        );
+        assert_eq!(
+            may_edit(42, Side::Tutor, &thread, Some(mine)),
+            Err(Refusal::NotMessageSender)
+        );
+        assert_eq!(
+            may_edit(
+                7,
+                Side::Student,
+                &thread,
+                Some(MessageView {
+                    deleted: true,
+                    ..mine
+                })
+            ),
+            Err(Refusal::MessageDeleted)
+        );
+        assert_eq!(
+            may_edit(7, Side::Student, &thread, Some(mine)),
+            Err(Refusal::ThreadNotWritable)
+        );
+        assert_eq!(
+            may_delete(7, Some(mine)),
+            Ok(()),
+            "deleting needs no writability"
+        );
+        assert_eq!(may_delete(42, Some(mine)), Err(Refusal::NotMessageSender));
+    }
+
+    #[test]
+    fn whose_summary_changes() {
+        assert!(participant_changed(0, 1, true));
+        assert!(participant_changed(2, 1, false));
+        assert!(participant_changed(2, 2, true), "the line changed");
+        assert!(!participant_changed(2, 2, false));
+        assert!(!participant_changed(0, 0, true), "no line, nothing shows");
+        assert_eq!(
+            send_changes(0),
+            SendChanges {
+                peer: true,
+                sender: false
+            }
+        );
+        assert_eq!(
+            send_changes(3),
+            SendChanges {
+                peer: true,
+                sender: true
+            }
+        );
+    }
+
+    #[test]
+    fn the_line_shows_the_newest_message_not_deleted() {
+        let messages = [(1, false), (2, false), (3, true)];
+        assert_eq!(last_visible(messages.iter(), |m| m.1), Some(&(2, false)));
+        assert_eq!(last_visible([(1, true)].iter(), |m| m.1), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::{ThreadUnread, UnreadSummary, WatchLimits};
 use crate::fanout::{ChangeSink, Publisher};
 use crate::metrics::{CacheCounters, cache_outcome};
 use crate::model::SummaryKey;
+use crate::storage::UnreadPage;
 
 /// How the cache is bounded and how often it is swept.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +40,9 @@ pub struct CacheConfig {
 pub struct CachedSummary {
     pub version: i64,
     pub total: i64,
+    pub muted_total: i64,
+    /// When it changes by itself (a mute ends; Unix ms): past then it answers nothing.
+    pub changes_at: Option<i64>,
     /// Newest first: every unread thread, or the first `MAX_PAGE_LIMIT` of them, which
     /// is all any request can ask for.
     pub threads: Arc<[ThreadUnread]>,
@@ -47,7 +51,14 @@ pub struct CachedSummary {
 }
 
 impl CachedSummary {
-    pub fn new(version: i64, total: i64, threads: Vec<ThreadUnread>) -> Self {
+    pub fn new(version: i64, page: UnreadPage) -> Self {
+        let UnreadPage {
+            rows: threads,
+            total,
+            muted_total,
+            changes_at,
+            ..
+        } = page;
         let threads: Arc<[ThreadUnread]> = threads.into();
         let weight = (std::mem::size_of::<Self>()
             + threads.len() * std::mem::size_of::<ThreadUnread>()
@@ -59,15 +70,28 @@ impl CachedSummary {
         Self {
             version,
             total,
+            muted_total,
+            changes_at,
             threads,
             weight,
         }
     }
 
+    /// Whether it is still the summary at `now_ms`: no mute of it has ended since.
+    pub fn current_at(&self, now_ms: i64) -> bool {
+        self.changes_at.is_none_or(|at| now_ms < at)
+    }
+
     /// The first `limit` lines, as a summary to hand out (sharing the lines).
     pub fn page(&self, limit: i64) -> UnreadSummary {
         let shown = usize::try_from(limit).unwrap_or(0);
-        UnreadSummary::new(self.threads.clone(), shown, self.total)
+        UnreadSummary::new(
+            self.threads.clone(),
+            shown,
+            self.total,
+            self.muted_total,
+            self.changes_at,
+        )
     }
 }
 
@@ -353,7 +377,7 @@ mod tests {
     }
 
     fn summary(version: i64) -> Arc<CachedSummary> {
-        Arc::new(CachedSummary::new(version, 0, Vec::new()))
+        Arc::new(CachedSummary::new(version, UnreadPage::default()))
     }
 
     const KEY: SummaryKey = SummaryKey {

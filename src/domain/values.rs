@@ -43,7 +43,23 @@ pub enum ThreadTarget {
     Inquiry(i64),
 }
 
-/// A message body: 1..=4000 characters, not only whitespace.
+/// Whether a character shows: not whitespace, not a control character, and not one of
+/// the characters Unicode draws as nothing (format characters of category Cf such as
+/// zero-width spaces and joiners, word joiners and the byte order mark; variation
+/// selectors; the Hangul and Braille fillers that render blank).
+fn visible(c: char) -> bool {
+    let invisible = c.is_whitespace()
+        || c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+            | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}');
+    !invisible
+}
+
+/// A message body: 1..=4000 characters, at least one of them visible.
 #[derive(Debug, Clone)]
 pub struct MessageBody(String);
 
@@ -53,6 +69,14 @@ impl MessageBody {
             return Err(DomainError::invalid(
                 "body",
                 "must not be empty or only whitespace",
+            ));
+        }
+        if !body.chars().any(visible) {
+            return Err(DomainError::invalid(
+                "body",
+                "must have a visible character: whitespace, zero-width and other \
+                 invisible characters alone (U+200B, U+200D, U+2060, U+FEFF and the like) \
+                 show nothing",
             ));
         }
         let chars = body.chars().count();
@@ -117,24 +141,36 @@ pub fn page_limit(field: &'static str, limit: i32) -> Result<i64, DomainError> {
     }
 }
 
-/// The caller's unread summary: a page of its lines (newest first) and the total. The
+/// The caller's unread summary: a page of its lines (newest first) and the totals. The
 /// lines are shared, not copied, with the cached summary they come from.
 #[derive(Debug, Clone)]
 pub struct UnreadSummary {
     lines: Arc<[ThreadUnread]>,
     shown: usize,
-    /// All unread messages of the caller, not only those of the page.
+    /// All unread messages of the caller's threads not muted, not only the page's.
     pub total: i64,
+    /// All unread messages of the caller's muted threads.
+    pub muted_total: i64,
+    /// When it changes by itself (a mute ends; Unix ms).
+    pub changes_at: Option<i64>,
 }
 
 impl UnreadSummary {
-    /// The first `shown` of `lines` (all of them if fewer), with the caller's total.
-    pub fn new(lines: Arc<[ThreadUnread]>, shown: usize, total: i64) -> Self {
+    /// The first `shown` of `lines` (all of them if fewer), with the caller's totals.
+    pub fn new(
+        lines: Arc<[ThreadUnread]>,
+        shown: usize,
+        total: i64,
+        muted_total: i64,
+        changes_at: Option<i64>,
+    ) -> Self {
         let shown = shown.min(lines.len());
         Self {
             lines,
             shown,
             total,
+            muted_total,
+            changes_at,
         }
     }
 
@@ -146,7 +182,8 @@ impl UnreadSummary {
 
 impl PartialEq for UnreadSummary {
     fn eq(&self, other: &Self) -> bool {
-        self.total == other.total && self.threads() == other.threads()
+        (self.total, self.muted_total) == (other.total, other.muted_total)
+            && self.threads() == other.threads()
     }
 }
 
@@ -155,6 +192,7 @@ impl Eq for UnreadSummary {}
 impl std::hash::Hash for UnreadSummary {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.total.hash(state);
+        self.muted_total.hash(state);
         self.threads().hash(state);
     }
 }
@@ -169,6 +207,16 @@ pub enum SummaryAnswer {
     NotModified {
         etag: String,
     },
+}
+
+/// A participant's mute of a thread, and their new total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MuteState {
+    pub thread_id: i64,
+    pub muted: bool,
+    /// When the mute ends by itself; `None` when not muted or muted until unmuted.
+    pub muted_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub total: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +249,26 @@ mod tests {
             MessageBody::parse(" \n\t".into()).unwrap_err().field(),
             Some("body")
         );
+    }
+
+    #[test]
+    fn a_body_needs_a_character_that_shows() {
+        for invisible in [
+            "\u{200B}",
+            "\u{200D}\u{200D}",
+            "\u{FEFF}\u{2060}",
+            " \u{3164} ",
+            "\u{E0041}",
+        ] {
+            assert_eq!(
+                MessageBody::parse(invisible.into()).unwrap_err().field(),
+                Some("body"),
+                "{invisible:?}"
+            );
+        }
+        for shown in ["a\u{200B}", "👋", "👨\u{200D}👩", "ї", "."] {
+            assert!(MessageBody::parse(shown.into()).is_ok(), "{shown:?}");
+        }
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl chat_service_server::ChatService for ChatService {
                         threads: convert::threads_unread(summary.threads()),
                         total: summary.total,
                         etag,
+                        muted_total: summary.muted_total,
                     };
                     Some((Ok(message), Some(watch)))
                 }
@@ -109,12 +110,14 @@ impl chat_service_server::ChatService for ChatService {
                 total: summary.total,
                 etag,
                 not_modified: false,
+                muted_total: summary.muted_total,
             },
             SummaryAnswer::NotModified { etag } => pb::GetUnreadSummaryResponse {
                 threads: Vec::new(),
                 total: 0,
                 etag,
                 not_modified: true,
+                muted_total: 0,
             },
         }))
     }
@@ -173,5 +176,73 @@ impl chat_service_server::ChatService for ChatService {
             peer_last_read_seq: page.peer_last_read_seq,
             has_more: page.has_more,
         }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let seq = domain::positive_id("seq", request.seq)?;
+        let body = MessageBody::parse(request.body)?;
+        let message = self.chat.edit_message(caller, thread_id, seq, body).await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            message: Some(convert::message(message)),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let seq = domain::positive_id("seq", request.seq)?;
+        let message = self.chat.delete_message(caller, thread_id, seq).await?;
+        Ok(Response::new(pb::DeleteMessageResponse {
+            message: Some(convert::message(message)),
+        }))
+    }
+
+    async fn mark_unread(
+        &self,
+        request: Request<pb::MarkUnreadRequest>,
+    ) -> Result<Response<pb::MarkUnreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let from_seq = domain::positive_id("from_seq", request.from_seq)?;
+        let state = self.chat.mark_unread(caller, thread_id, from_seq).await?;
+        Ok(Response::new(pb::MarkUnreadResponse {
+            thread_id: state.thread_id,
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+            total: state.total,
+        }))
+    }
+
+    async fn mute_thread(
+        &self,
+        request: Request<pb::MuteThreadRequest>,
+    ) -> Result<Response<pb::MuteThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let until = convert::mute_until(request.until)?;
+        let state = self.chat.mute_thread(caller, thread_id, until).await?;
+        Ok(Response::new(convert::mute_state(state)))
+    }
+
+    async fn unmute_thread(
+        &self,
+        request: Request<pb::UnmuteThreadRequest>,
+    ) -> Result<Response<pb::MuteThreadResponse>, Status> {
+        let caller = caller(&request)?;
+        let thread_id = domain::positive_id("thread_id", request.into_inner().thread_id)?;
+        let state = self.chat.unmute_thread(caller, thread_id).await?;
+        Ok(Response::new(convert::mute_state(state)))
     }
 }

@@ -74,6 +74,8 @@ fn thread_unread(entry: &domain::ThreadUnread) -> pb::ThreadUnread {
         last_message_preview: entry.last_message_preview.clone(),
         last_message_sender_id: entry.last_message_sender_id,
         is_writable: entry.is_writable,
+        muted: entry.muted,
+        muted_until: entry.muted_until.map(timestamp),
     }
 }
 
@@ -86,7 +88,37 @@ pub fn message(message: domain::Message) -> pb::Message {
         body: message.body,
         created_at: Some(timestamp(message.created_at)),
         client_message_id: message.client_message_id.unwrap_or_default(),
+        edited_at: message.edited_at.map(timestamp),
+        deleted: message.deleted_at.is_some(),
+        deleted_at: message.deleted_at.map(timestamp),
     }
+}
+
+pub fn mute_state(state: domain::MuteState) -> pb::MuteThreadResponse {
+    pb::MuteThreadResponse {
+        thread_id: state.thread_id,
+        muted: state.muted,
+        muted_until: state.muted_until.map(timestamp),
+        total: state.total,
+    }
+}
+
+/// A mute's end: unset means until unmuted; a time must be a valid one, ahead.
+pub fn mute_until(until: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, DomainError> {
+    let Some(until) = until else {
+        return Ok(None);
+    };
+    let at = u32::try_from(until.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(until.seconds, nanos))
+        .ok_or_else(|| DomainError::invalid("until", "must be a valid time"))?;
+    if at <= Utc::now() {
+        return Err(DomainError::invalid(
+            "until",
+            format!("must be in the future, got {}", at.to_rfc3339()),
+        ));
+    }
+    Ok(Some(at))
 }
 
 /// A sequence number a request may name: 0 or more.

@@ -28,6 +28,9 @@ impl From<DomainError> for Status {
         if let Some(field) = error.field() {
             details.add_bad_request_violation(field, error.to_string());
         }
+        if let DomainError::RateLimited { retry_after } = &error {
+            details.set_retry_info(Some(*retry_after));
+        }
         Status::with_error_details(row.grpc, error.to_string(), details)
     }
 }
@@ -57,6 +60,16 @@ mod tests {
             assert_eq!(info.reason, reason.as_str());
             assert_eq!(info.domain, ERROR_DOMAIN);
         }
+        let limited = Status::from(DomainError::RateLimited {
+            retry_after: std::time::Duration::from_millis(1500),
+        });
+        let retry = limited
+            .get_details_retry_info()
+            .expect("RetryInfo attached");
+        assert_eq!(
+            retry.retry_delay,
+            Some(std::time::Duration::from_millis(1500))
+        );
         let bad = Status::from(DomainError::invalid("body", "empty"));
         let violations = bad.get_details_bad_request().expect("BadRequest attached");
         assert_eq!(violations.field_violations[0].field, "body");

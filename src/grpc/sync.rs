@@ -72,4 +72,30 @@ impl sync_service_server::SyncService for SyncService {
             .await?;
         Ok(Response::new(pb::UpsertInquiryResponse { applied }))
     }
+
+    async fn remove_message(
+        &self,
+        request: Request<pb::RemoveMessageRequest>,
+    ) -> Result<Response<pb::RemoveMessageResponse>, Status> {
+        let r = request.into_inner();
+        let message = self
+            .chat
+            .remove_message(
+                domain::positive_id("thread_id", r.thread_id)?,
+                domain::positive_id("seq", r.seq)?,
+            )
+            .await?;
+        Ok(Response::new(pb::RemoveMessageResponse {
+            message: Some(convert::message(message)),
+        }))
+    }
+
+    async fn erase_user(
+        &self,
+        request: Request<pb::EraseUserRequest>,
+    ) -> Result<Response<pb::EraseUserResponse>, Status> {
+        let user_id = domain::positive_id("user_id", request.into_inner().user_id)?;
+        let messages_erased = self.chat.erase_user(user_id).await?;
+        Ok(Response::new(pb::EraseUserResponse { messages_erased }))
+    }
 }

@@ -20,17 +20,24 @@ use crate::{status, telemetry};
 
 /// Every chat.v1 method, by the name metrics label it with. A path that is none of
 /// these (a client calling a method that does not exist) is counted as `(unknown)`.
-pub const RPCS: [&str; 10] = [
+pub const RPCS: [&str; 17] = [
     "chat.v1.ChatService/EnsureThread",
     "chat.v1.ChatService/CreateStreamTicket",
     "chat.v1.ChatService/GetUnreadSummary",
     "chat.v1.ChatService/WatchUnreadSummary",
     "chat.v1.ChatService/MarkRead",
+    "chat.v1.ChatService/MarkUnread",
     "chat.v1.ChatService/SendMessage",
+    "chat.v1.ChatService/EditMessage",
+    "chat.v1.ChatService/DeleteMessage",
     "chat.v1.ChatService/ListMessages",
+    "chat.v1.ChatService/MuteThread",
+    "chat.v1.ChatService/UnmuteThread",
     "chat.v1.SyncService/UpsertRelation",
     "chat.v1.SyncService/UpsertContactAccess",
     "chat.v1.SyncService/UpsertInquiry",
+    "chat.v1.SyncService/RemoveMessage",
+    "chat.v1.SyncService/EraseUser",
 ];
 
 /// tonic refuses a request message over the size limit as OUT_OF_RANGE, with no

@@ -24,6 +24,9 @@ pub struct ApiError {
     /// The request field at fault, for INVALID_ARGUMENT.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// When to retry (a google.rpc.RetryInfo), sent as `Retry-After`.
+    #[serde(skip)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -35,6 +38,7 @@ impl ApiError {
             message: message.into(),
             grpc_status: status::code_name(row.grpc),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -74,6 +78,9 @@ impl From<tonic::Status> for ApiError {
                 let mut error = Self::new(row, answer.message());
                 error.code = info.reason;
                 error.field = info.metadata.get("field").cloned();
+                error.retry_after = answer
+                    .get_details_retry_info()
+                    .and_then(|retry| retry.retry_delay);
                 error
             }
             // No ErrorInfo: chatd did not answer (connection refused, timeout, ...).
@@ -112,7 +119,16 @@ impl From<tonic::Status> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(&self)).into_response()
+        let mut response = (self.status, Json(&self)).into_response();
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, at least 1 (RFC 9110: delay-seconds), rounded up.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -131,6 +147,18 @@ mod tests {
         let body = serde_json::to_value(&error).unwrap();
         assert_eq!(body["code"], "INVALID_ARGUMENT");
         assert_eq!(body["message"], "body: empty");
+    }
+
+    #[test]
+    fn a_rate_limit_says_when_to_retry_in_whole_seconds() {
+        for (millis, header) in [(200, "1"), (1000, "1"), (1500, "2")] {
+            let answer = tonic::Status::from(DomainError::RateLimited {
+                retry_after: std::time::Duration::from_millis(millis),
+            });
+            let response = ApiError::from(answer).into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()["retry-after"], header, "{millis} ms");
+        }
     }
 
     #[test]

@@ -77,6 +77,28 @@ impl<S: Send + Sync> FromRequestParts<S> for ThreadPath {
     }
 }
 
+/// The `{thread_id}` and `{seq}` of a message's path, refused with a JSON error naming
+/// the one that is not an integer.
+pub(super) struct MessagePath(pub(super) i64, pub(super) i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for MessagePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((thread_id, seq)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))?;
+        let number = |field: &'static str, raw: &str| {
+            raw.parse::<i64>()
+                .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
+        };
+        Ok(MessagePath(
+            number("thread_id", &thread_id)?,
+            number("seq", &seq)?,
+        ))
+    }
+}
+
 /// Parses an optional integer query parameter.
 pub(super) fn query_int<T: std::str::FromStr>(
     field: &str,

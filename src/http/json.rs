@@ -28,6 +28,25 @@ pub struct MarkReadBody {
     pub up_to_seq: Option<i64>,
 }
 
+/// PATCH /threads/{id}/messages/{seq}/.
+#[derive(Debug, Deserialize)]
+pub struct EditMessageBody {
+    pub body: String,
+}
+
+/// POST /threads/{id}/unread/.
+#[derive(Debug, Deserialize)]
+pub struct MarkUnreadBody {
+    pub from_seq: i64,
+}
+
+/// PUT /threads/{id}/mute/: `{}` mutes until unmuted; `until` is an RFC 3339 time.
+#[derive(Debug, Default, Deserialize)]
+pub struct MuteBody {
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
 /// POST /threads/{id}/messages/.
 #[derive(Debug, Deserialize)]
 pub struct SendMessageBody {
@@ -62,12 +81,35 @@ pub struct ThreadUnreadJson {
     pub last_message_preview: String,
     pub last_message_sender_id: i64,
     pub is_writable: bool,
+    pub muted: bool,
+    pub muted_until: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct UnreadSummaryJson {
     pub threads: Vec<ThreadUnreadJson>,
     pub total: i64,
+    pub muted_total: i64,
+}
+
+/// PUT and DELETE /threads/{id}/mute/.
+#[derive(Debug, Serialize)]
+pub struct MuteJson {
+    pub thread_id: i64,
+    pub muted: bool,
+    pub muted_until: Option<String>,
+    pub total: i64,
+}
+
+impl From<pb::MuteThreadResponse> for MuteJson {
+    fn from(state: pb::MuteThreadResponse) -> Self {
+        Self {
+            thread_id: state.thread_id,
+            muted: state.muted,
+            muted_until: rfc3339(state.muted_until),
+            total: state.total,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -87,6 +129,9 @@ pub struct MessageJson {
     pub body: String,
     pub created_at: Option<String>,
     pub client_message_id: Option<String>,
+    pub edited_at: Option<String>,
+    pub deleted: bool,
+    pub deleted_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,18 +176,18 @@ impl ThreadJson {
 
 impl From<pb::GetUnreadSummaryResponse> for UnreadSummaryJson {
     fn from(summary: pb::GetUnreadSummaryResponse) -> Self {
-        Self::new(summary.threads, summary.total)
+        Self::new(summary.threads, summary.total, summary.muted_total)
     }
 }
 
 impl From<pb::WatchUnreadSummaryResponse> for UnreadSummaryJson {
     fn from(summary: pb::WatchUnreadSummaryResponse) -> Self {
-        Self::new(summary.threads, summary.total)
+        Self::new(summary.threads, summary.total, summary.muted_total)
     }
 }
 
 impl UnreadSummaryJson {
-    fn new(threads: Vec<pb::ThreadUnread>, total: i64) -> Self {
+    fn new(threads: Vec<pb::ThreadUnread>, total: i64, muted_total: i64) -> Self {
         Self {
             threads: threads
                 .into_iter()
@@ -158,9 +203,23 @@ impl UnreadSummaryJson {
                     last_message_preview: t.last_message_preview,
                     last_message_sender_id: t.last_message_sender_id,
                     is_writable: t.is_writable,
+                    muted: t.muted,
+                    muted_until: rfc3339(t.muted_until),
                 })
                 .collect(),
             total,
+            muted_total,
+        }
+    }
+}
+
+impl From<pb::MarkUnreadResponse> for ReadStateJson {
+    fn from(state: pb::MarkUnreadResponse) -> Self {
+        Self {
+            thread_id: state.thread_id,
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+            total: state.total,
         }
     }
 }
@@ -186,6 +245,9 @@ impl From<pb::Message> for MessageJson {
             body: message.body,
             created_at: rfc3339(message.created_at),
             client_message_id: Some(message.client_message_id).filter(|id| !id.is_empty()),
+            edited_at: rfc3339(message.edited_at),
+            deleted: message.deleted,
+            deleted_at: rfc3339(message.deleted_at),
         }
     }
 }

@@ -16,12 +16,13 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 use super::client::ChatdCall;
 use super::extract::{
-    JsonBody, PageQuery, QueryParams, StreamCaller, StreamQuery, ThreadPath, first_entity_tag,
-    query_int,
+    JsonBody, MessagePath, PageQuery, QueryParams, StreamCaller, StreamQuery, ThreadPath,
+    first_entity_tag, query_int,
 };
 use super::json::{
-    EnsureThreadBody, MarkReadBody, MessageJson, MessagePageJson, ReadStateJson, SendMessageBody,
-    StreamTicketJson, ThreadJson, UnreadSummaryJson,
+    EditMessageBody, EnsureThreadBody, MarkReadBody, MarkUnreadBody, MessageJson, MessagePageJson,
+    MuteBody, MuteJson, ReadStateJson, SendMessageBody, StreamTicketJson, ThreadJson,
+    UnreadSummaryJson,
 };
 use super::{ApiError, GatewayState};
 use crate::metrics::Metrics;
@@ -218,6 +219,104 @@ pub(super) async fn list_messages(
         .await?
         .into_inner();
     Ok(Json(MessagePageJson::from(page)))
+}
+
+pub(super) async fn edit_message(
+    mut chatd: ChatdCall,
+    MessagePath(thread_id, seq): MessagePath,
+    JsonBody(body): JsonBody<EditMessageBody>,
+) -> Result<Json<MessageJson>, ApiError> {
+    let request = pb::EditMessageRequest {
+        thread_id,
+        seq,
+        body: body.body,
+    };
+    let response = chatd
+        .chat
+        .edit_message(chatd.request(request))
+        .await?
+        .into_inner();
+    Ok(Json(MessageJson::from(answered(response.message)?)))
+}
+
+pub(super) async fn delete_message(
+    mut chatd: ChatdCall,
+    MessagePath(thread_id, seq): MessagePath,
+) -> Result<Json<MessageJson>, ApiError> {
+    let request = pb::DeleteMessageRequest { thread_id, seq };
+    let response = chatd
+        .chat
+        .delete_message(chatd.request(request))
+        .await?
+        .into_inner();
+    Ok(Json(MessageJson::from(answered(response.message)?)))
+}
+
+pub(super) async fn mark_unread(
+    mut chatd: ChatdCall,
+    ThreadPath(thread_id): ThreadPath,
+    JsonBody(body): JsonBody<MarkUnreadBody>,
+) -> Result<Json<ReadStateJson>, ApiError> {
+    let request = pb::MarkUnreadRequest {
+        thread_id,
+        from_seq: body.from_seq,
+    };
+    let state = chatd
+        .chat
+        .mark_unread(chatd.request(request))
+        .await?
+        .into_inner();
+    Ok(Json(ReadStateJson::from(state)))
+}
+
+pub(super) async fn mute_thread(
+    mut chatd: ChatdCall,
+    ThreadPath(thread_id): ThreadPath,
+    JsonBody(body): JsonBody<MuteBody>,
+) -> Result<Json<MuteJson>, ApiError> {
+    let until = body
+        .until
+        .map(|until| {
+            chrono::DateTime::parse_from_rfc3339(&until)
+                .map(|at| prost_types::Timestamp {
+                    seconds: at.timestamp(),
+                    nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+                })
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "until",
+                        format!(
+                            "must be an RFC 3339 time like 2026-12-01T09:00:00Z, got {until:?}"
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    let request = pb::MuteThreadRequest { thread_id, until };
+    let state = chatd
+        .chat
+        .mute_thread(chatd.request(request))
+        .await?
+        .into_inner();
+    Ok(Json(MuteJson::from(state)))
+}
+
+pub(super) async fn unmute_thread(
+    mut chatd: ChatdCall,
+    ThreadPath(thread_id): ThreadPath,
+) -> Result<Json<MuteJson>, ApiError> {
+    let request = pb::UnmuteThreadRequest { thread_id };
+    let state = chatd
+        .chat
+        .unmute_thread(chatd.request(request))
+        .await?
+        .into_inner();
+    Ok(Json(MuteJson::from(state)))
+}
+
+/// The message an answer must carry.
+fn answered(message: Option<pb::Message>) -> Result<pb::Message, ApiError> {
+    message.ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no message")))
 }
 
 /// Liveness: the gateway process answers.

@@ -9,6 +9,7 @@
 //! rows cannot slip between check and write. Nothing global happens inside: changed
 //! summaries are announced after commit (see `crate::fanout`).
 
+use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
@@ -18,9 +19,13 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::pool::{self, PgConn, PoolConfig, PoolStatus};
-use super::rows::{MarkReadAttempt, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts};
+use super::rows::{
+    Deleter, ErasedBatch, MarkReadAttempt, MarkUnreadAttempt, MessageAttempt, MessageEdit,
+    MuteAttempt, MuteRow, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts,
+};
 use super::upsert::{self, FactTable};
 use super::{StoreError, StoreResult};
+use crate::domain::rules::MessageView;
 use crate::model::{ContactAccessState, Message, Side, SummaryKey, Thread, ThreadKind};
 
 pub type Conn = PgConn;
@@ -197,8 +202,74 @@ sql_file_statement! {
         side: &'static str => Text,
         user_id: i64 => BigInt,
         up_to_seq: Option<i64> => Nullable<BigInt>,
+        now_ms: i64 => BigInt,
     }
     file = "mark_read.sql";
+    returns = Untyped;
+}
+
+sql_file_statement! {
+    /// MarkUnread in one statement (see the file).
+    MarkUnreadStatement {
+        thread_id: i64 => BigInt,
+        side: &'static str => Text,
+        user_id: i64 => BigInt,
+        from_seq: i64 => BigInt,
+        now_ms: i64 => BigInt,
+    }
+    file = "mark_unread.sql";
+    returns = Untyped;
+}
+
+sql_file_statement! {
+    /// EditMessage in one statement (see the file).
+    EditStatement {
+        thread_id: i64 => BigInt,
+        seq: i64 => BigInt,
+        side: &'static str => Text,
+        editor_id: i64 => BigInt,
+        body: String => Text,
+        preview: String => Text,
+        unlocking: Vec<&'static str> => Array<Text>,
+    }
+    file = "edit_message.sql";
+    returns = Untyped;
+}
+
+sql_file_statement! {
+    /// DeleteMessage and RemoveMessage in one statement (see the file).
+    DeleteStatement {
+        thread_id: i64 => BigInt,
+        seq: i64 => BigInt,
+        side: Option<&'static str> => Nullable<Text>,
+        deleter_id: Option<i64> => Nullable<BigInt>,
+    }
+    file = "delete_message.sql";
+    returns = Untyped;
+}
+
+sql_file_statement! {
+    /// MuteThread and UnmuteThread in one statement (see the file).
+    MuteStatement {
+        thread_id: i64 => BigInt,
+        side: &'static str => Text,
+        user_id: i64 => BigInt,
+        muted_until_ms: Option<i64> => Nullable<BigInt>,
+        now_ms: i64 => BigInt,
+    }
+    file = "set_mute.sql";
+    returns = Untyped;
+}
+
+sql_file_statement! {
+    /// One batch of EraseUser (see the file).
+    EraseBatchStatement {
+        thread_id: i64 => BigInt,
+        user_id: i64 => BigInt,
+        after_seq: i64 => BigInt,
+        batch: i64 => BigInt,
+    }
+    file = "erase_batch.sql";
     returns = Untyped;
 }
 
@@ -243,7 +314,7 @@ struct SendRow {
     #[diesel(sql_type = Nullable<BigInt>)]
     seq: Option<i64>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    created_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
     prior_message_id: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -251,16 +322,20 @@ struct SendRow {
     #[diesel(sql_type = Nullable<Text>)]
     prior_body: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    prior_created_at: Option<chrono::DateTime<chrono::Utc>>,
+    prior_created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    prior_edited_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    prior_deleted_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Array<BigInt>)]
     changed_users: Vec<i64>,
     #[diesel(sql_type = Array<Text>)]
     changed_sides: Vec<String>,
 }
 
-/// The one row MarkReadStatement answers.
+/// The thread columns every write's row begins with.
 #[derive(Debug, QueryableByName)]
-struct MarkReadRow {
+struct ThreadColumns {
     #[diesel(sql_type = Nullable<Text>)]
     kind: Option<ThreadKind>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -269,6 +344,26 @@ struct MarkReadRow {
     student_id: Option<i64>,
     #[diesel(sql_type = Nullable<Bool>)]
     is_writable: Option<bool>,
+}
+
+impl ThreadColumns {
+    /// The thread as the write saw it; `None` when there is no such thread.
+    fn facts(&self, contact_access: Option<ContactAccessState>) -> Option<ThreadFacts> {
+        Some(ThreadFacts {
+            kind: self.kind?,
+            tutor_id: self.tutor_id?,
+            student_id: self.student_id?,
+            is_writable: self.is_writable?,
+            contact_access,
+        })
+    }
+}
+
+/// The one row MarkReadStatement and MarkUnreadStatement answer.
+#[derive(Debug, QueryableByName)]
+struct ReadRow {
+    #[diesel(embed)]
+    thread: ThreadColumns,
     #[diesel(sql_type = Nullable<BigInt>)]
     horizon: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -277,75 +372,247 @@ struct MarkReadRow {
     total: i64,
     #[diesel(sql_type = Bool)]
     changed: bool,
+    #[diesel(sql_type = Bool)]
+    stale: bool,
 }
 
-fn thread_facts(
-    kind: Option<ThreadKind>,
-    tutor_id: Option<i64>,
-    student_id: Option<i64>,
-    is_writable: Option<bool>,
+impl ReadRow {
+    fn state(&self) -> Option<ReadStateRow> {
+        Some(ReadStateRow {
+            last_read_seq: self.horizon?,
+            unread_count: self.unread?,
+            total: self.total,
+            changed: self.changed,
+        })
+    }
+}
+
+/// The one row MarkUnreadStatement answers: a read's row, with the thread's last seq.
+#[derive(Debug, QueryableByName)]
+struct MarkUnreadRow {
+    #[diesel(embed)]
+    read: ReadRow,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    last_seq: Option<i64>,
+}
+
+/// The one row EditStatement and DeleteStatement answer.
+#[derive(Debug, QueryableByName)]
+struct MessageWriteRow {
+    #[diesel(embed)]
+    thread: ThreadColumns,
+    #[diesel(sql_type = Nullable<Text>)]
     contact_access: Option<ContactAccessState>,
-) -> Option<ThreadFacts> {
-    Some(ThreadFacts {
-        kind: kind?,
-        tutor_id: tutor_id?,
-        student_id: student_id?,
-        is_writable: is_writable?,
-        contact_access,
-    })
+    #[diesel(sql_type = Nullable<BigInt>)]
+    found_sender_id: Option<i64>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    found_deleted: Option<bool>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    message_id: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    sender_id: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    body: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    client_message_id: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    edited_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    deleted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Bool)]
+    changed_message: bool,
+    #[diesel(sql_type = Array<BigInt>)]
+    changed_users: Vec<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    changed_sides: Vec<String>,
+    #[diesel(sql_type = Bool)]
+    stale: bool,
+}
+
+impl MessageWriteRow {
+    fn into_attempt(self, thread_id: i64) -> Result<MessageAttempt, DieselError> {
+        let found = match (self.found_sender_id, self.found_deleted) {
+            (Some(sender_id), Some(deleted)) => Some(MessageView { sender_id, deleted }),
+            _ => None,
+        };
+        let message = (|| {
+            Some(Message {
+                message_id: self.message_id?,
+                thread_id,
+                seq: self.seq?,
+                sender_id: self.sender_id?,
+                body: self.body?,
+                created_at: self.created_at?,
+                client_message_id: self.client_message_id,
+                edited_at: self.edited_at,
+                deleted_at: self.deleted_at,
+            })
+        })();
+        Ok(MessageAttempt {
+            thread: self.thread.facts(self.contact_access),
+            found,
+            message,
+            changed_message: self.changed_message,
+            changed: summary_keys(self.changed_users, self.changed_sides)?,
+        })
+    }
+}
+
+/// The one row MuteStatement answers.
+#[derive(Debug, QueryableByName)]
+struct MuteStatementRow {
+    #[diesel(embed)]
+    thread: ThreadColumns,
+    #[diesel(sql_type = Bool)]
+    member: bool,
+    #[diesel(sql_type = BigInt)]
+    total: i64,
+    #[diesel(sql_type = Bool)]
+    changed: bool,
+}
+
+/// The one row EraseBatchStatement answers.
+#[derive(Debug, QueryableByName)]
+struct EraseRow {
+    #[diesel(sql_type = BigInt)]
+    erased: i64,
+    #[diesel(sql_type = BigInt)]
+    wiped: i64,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = Array<BigInt>)]
+    changed_users: Vec<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    changed_sides: Vec<String>,
+}
+
+/// The summary keys a statement reports as two arrays (users, sides).
+fn summary_keys(users: Vec<i64>, sides: Vec<String>) -> Result<Vec<SummaryKey>, DieselError> {
+    users
+        .into_iter()
+        .zip(sides)
+        .map(|(user_id, side)| {
+            Side::parse(&side)
+                .map(|side| SummaryKey::new(user_id, side))
+                .ok_or_else(|| {
+                    DieselError::DeserializationError(format!("unknown side {side:?}").into())
+                })
+        })
+        .collect()
 }
 
 impl SendRow {
     fn into_attempt(self, message: &NewMessage) -> Result<SendAttempt, DieselError> {
-        let thread = thread_facts(
-            self.kind,
-            self.tutor_id,
-            self.student_id,
-            self.is_writable,
-            self.contact_access,
-        );
-        let row = |id: Option<i64>, seq: Option<i64>, body: Option<String>, at| {
+        let thread = ThreadColumns {
+            kind: self.kind,
+            tutor_id: self.tutor_id,
+            student_id: self.student_id,
+            is_writable: self.is_writable,
+        }
+        .facts(self.contact_access);
+        let sent = (|| {
             Some(Message {
-                message_id: id?,
+                message_id: self.message_id?,
                 thread_id: message.thread_id,
-                seq: seq?,
+                seq: self.seq?,
                 sender_id: message.sender_id,
-                body: body?,
-                created_at: at?,
+                body: message.body.clone(),
+                created_at: self.created_at?,
                 client_message_id: message.client_message_id.clone(),
+                edited_at: None,
+                deleted_at: None,
             })
-        };
-        let sent = row(
-            self.message_id,
-            self.seq,
-            Some(message.body.clone()),
-            self.created_at,
-        );
-        let replayed = row(
-            self.prior_message_id,
-            self.prior_seq,
-            self.prior_body,
-            self.prior_created_at,
-        );
-        let changed = self
-            .changed_users
-            .into_iter()
-            .zip(self.changed_sides)
-            .map(|(user_id, side)| {
-                Side::parse(&side)
-                    .map(|side| SummaryKey::new(user_id, side))
-                    .ok_or_else(|| {
-                        DieselError::DeserializationError(format!("unknown side {side:?}").into())
-                    })
+        })();
+        let replayed = (|| {
+            Some(Message {
+                message_id: self.prior_message_id?,
+                thread_id: message.thread_id,
+                seq: self.prior_seq?,
+                sender_id: message.sender_id,
+                body: self.prior_body.clone()?,
+                created_at: self.prior_created_at?,
+                client_message_id: message.client_message_id.clone(),
+                edited_at: self.prior_edited_at,
+                deleted_at: self.prior_deleted_at,
             })
-            .collect::<Result<_, _>>()?;
+        })();
         Ok(SendAttempt {
             thread,
             sent,
             replayed,
-            changed,
+            changed: summary_keys(self.changed_users, self.changed_sides)?,
         })
     }
+}
+
+/// How a retry under the lock takes the thread's row: as the statement itself does.
+#[derive(Debug, Clone, Copy)]
+enum ThreadLock {
+    /// Reads that must not see the thread's messages change (MarkRead, MarkUnread).
+    Share,
+    /// Writes of its messages (DeleteMessage).
+    Update,
+}
+
+/// A statement's row that may say its snapshot was stale.
+trait MaybeStale {
+    fn stale(&self) -> bool;
+}
+
+impl MaybeStale for ReadRow {
+    fn stale(&self) -> bool {
+        self.stale
+    }
+}
+
+impl MaybeStale for MarkUnreadRow {
+    fn stale(&self) -> bool {
+        self.read.stale
+    }
+}
+
+impl MaybeStale for MessageWriteRow {
+    fn stale(&self) -> bool {
+        self.stale
+    }
+}
+
+/// Runs a statement that counts or reads messages other than the rows it locks: alone
+/// first (one round trip, committed before it answers); when it says its snapshot was
+/// stale (a write of the thread committed between the snapshot and the lock), again in
+/// a transaction right after taking the thread's lock, where no such write can commit
+/// in between, so its snapshot is current.
+async fn fresh_row<'q, Q, U>(
+    conn: &mut Conn,
+    thread_id: i64,
+    lock: ThreadLock,
+    statement: impl Fn() -> Q + Send + Sync,
+) -> QueryResult<U>
+where
+    Q: diesel_async::methods::LoadQuery<'q, Conn, U> + 'q,
+    U: MaybeStale + Send,
+{
+    let row: U = committed_row(statement(), conn).await?;
+    if !row.stale() {
+        return Ok(row);
+    }
+    let sql = match lock {
+        ThreadLock::Share => "SELECT 1 FROM threads WHERE thread_id = $1 FOR SHARE",
+        ThreadLock::Update => "SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE",
+    };
+    conn.transaction(async |conn| {
+        diesel::sql_query(sql)
+            .bind::<BigInt, _>(thread_id)
+            .execute(conn)
+            .await?;
+        let rows: Vec<U> = statement().load(conn).await?;
+        rows.into_iter().next().ok_or(DieselError::NotFound)
+    })
+    .await
 }
 
 /// The PostgreSQL store: a pool, and the one-statement writes.
@@ -475,34 +742,155 @@ impl PgStore {
         side: Side,
         user_id: i64,
         up_to_seq: Option<i64>,
+        now_ms: i64,
     ) -> StoreResult<MarkReadAttempt> {
-        let statement = MarkReadStatement {
+        let statement = || MarkReadStatement {
             thread_id,
             side: side.as_str(),
             user_id,
             up_to_seq,
+            now_ms,
         };
         let mut conn = self.conn().await?;
-        let row: MarkReadRow = committed_row(statement, &mut conn)
+        let row: ReadRow = fresh_row(&mut conn, thread_id, ThreadLock::Share, statement)
             .await
             .map_err(|e| self.failed(e))?;
-        let thread = thread_facts(
-            row.kind,
-            row.tutor_id,
-            row.student_id,
-            row.is_writable,
-            None,
-        );
-        let state = match (row.horizon, row.unread) {
-            (Some(last_read_seq), Some(unread_count)) => Some(ReadStateRow {
-                last_read_seq,
-                unread_count,
+        Ok(MarkReadAttempt {
+            thread: row.thread.facts(None),
+            state: row.state(),
+        })
+    }
+
+    pub async fn mark_unread(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        from_seq: i64,
+        now_ms: i64,
+    ) -> StoreResult<MarkUnreadAttempt> {
+        let statement = || MarkUnreadStatement {
+            thread_id,
+            side: side.as_str(),
+            user_id,
+            from_seq,
+            now_ms,
+        };
+        let mut conn = self.conn().await?;
+        let row: MarkUnreadRow = fresh_row(&mut conn, thread_id, ThreadLock::Share, statement)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(MarkUnreadAttempt {
+            thread: row.read.thread.facts(None),
+            last_seq: row.last_seq.unwrap_or(0),
+            state: row.read.state(),
+        })
+    }
+
+    pub async fn edit_message(&self, edit: &MessageEdit) -> StoreResult<MessageAttempt> {
+        let statement = EditStatement {
+            thread_id: edit.thread_id,
+            seq: edit.seq,
+            side: edit.side.as_str(),
+            editor_id: edit.editor_id,
+            body: edit.body.clone(),
+            preview: edit.preview.clone(),
+            unlocking: edit.unlocking.iter().map(|s| s.as_str()).collect(),
+        };
+        let mut conn = self.conn().await?;
+        let row: MessageWriteRow = committed_row(statement, &mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        row.into_attempt(edit.thread_id).map_err(StoreError::Query)
+    }
+
+    pub async fn delete_message(
+        &self,
+        thread_id: i64,
+        seq: i64,
+        deleter: Deleter,
+    ) -> StoreResult<MessageAttempt> {
+        let (side, deleter_id) = match deleter {
+            Deleter::Sender { user_id, side } => (Some(side.as_str()), Some(user_id)),
+            Deleter::Moderator => (None, None),
+        };
+        let statement = || DeleteStatement {
+            thread_id,
+            seq,
+            side,
+            deleter_id,
+        };
+        let mut conn = self.conn().await?;
+        let row: MessageWriteRow = fresh_row(&mut conn, thread_id, ThreadLock::Update, statement)
+            .await
+            .map_err(|e| self.failed(e))?;
+        row.into_attempt(thread_id).map_err(StoreError::Query)
+    }
+
+    pub async fn set_mute(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        muted_until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<MuteAttempt> {
+        let statement = MuteStatement {
+            thread_id,
+            side: side.as_str(),
+            user_id,
+            muted_until_ms,
+            now_ms,
+        };
+        let mut conn = self.conn().await?;
+        let row: MuteStatementRow = committed_row(statement, &mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(MuteAttempt {
+            thread: row.thread.facts(None),
+            state: row.member.then_some(MuteRow {
+                muted_until_ms,
                 total: row.total,
                 changed: row.changed,
             }),
-            _ => None,
-        };
-        Ok(MarkReadAttempt { thread, state })
+        })
+    }
+
+    /// Erases one batch of the user's messages in one thread after `after_seq`, in a
+    /// transaction of its own that first locks the thread.
+    pub async fn erase_batch(
+        &self,
+        thread_id: i64,
+        user_id: i64,
+        after_seq: i64,
+        batch: i64,
+    ) -> StoreResult<ErasedBatch> {
+        let mut conn = self.conn().await?;
+        let row: EraseRow = conn
+            .transaction(async |conn| {
+                diesel::sql_query("SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE")
+                    .bind::<BigInt, _>(thread_id)
+                    .execute(conn)
+                    .await?;
+                let rows: Vec<EraseRow> = EraseBatchStatement {
+                    thread_id,
+                    user_id,
+                    after_seq,
+                    batch,
+                }
+                .load(conn)
+                .await?;
+                rows.into_iter().next().ok_or(DieselError::NotFound)
+            })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(ErasedBatch {
+            erased: row.erased,
+            wiped: row.wiped,
+            last_seq: row.last_seq,
+            changed: summary_keys(row.changed_users, row.changed_sides)
+                .map_err(StoreError::Query)?,
+        })
     }
 
     /// Upserts a fact and, when it applied to a relation or inquiry, makes its thread's
@@ -563,9 +951,14 @@ mod tests {
     /// Every statement file binds exactly the fields its statement declares, each once.
     #[test]
     fn statement_files_name_their_parameters_once() {
-        let statements: [(&str, &[&str]); 3] = [
+        let statements: [(&str, &[&str]); 8] = [
             (SendStatement::FILE, SendStatement::PARAMS),
             (MarkReadStatement::FILE, MarkReadStatement::PARAMS),
+            (MarkUnreadStatement::FILE, MarkUnreadStatement::PARAMS),
+            (EditStatement::FILE, EditStatement::PARAMS),
+            (DeleteStatement::FILE, DeleteStatement::PARAMS),
+            (MuteStatement::FILE, MuteStatement::PARAMS),
+            (EraseBatchStatement::FILE, EraseBatchStatement::PARAMS),
             (CreateThreadStatement::FILE, CreateThreadStatement::PARAMS),
         ];
         for (file, declared) in statements {

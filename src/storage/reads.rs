@@ -12,10 +12,8 @@ use super::Conn;
 use super::schema::{
     contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,
 };
-use crate::model::{
-    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread, ThreadUnread,
-};
-use crate::storage::rows::{Fact, Horizons, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage};
+use crate::model::{ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread};
+use crate::storage::rows::{Fact, Horizons, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage, UnreadRow};
 
 /// The columns of `Thread`, in its field order.
 pub const THREAD_COLUMNS: (
@@ -47,6 +45,8 @@ pub const MESSAGE_COLUMNS: (
     messages::body,
     messages::created_at,
     messages::client_message_id,
+    messages::edited_at,
+    messages::deleted_at,
 ) = (
     messages::message_id,
     messages::thread_id,
@@ -55,24 +55,42 @@ pub const MESSAGE_COLUMNS: (
     messages::body,
     messages::created_at,
     messages::client_message_id,
+    messages::edited_at,
+    messages::deleted_at,
 );
 
-/// Declares a fixed SQL expression with a static query id. Unlike `diesel::dsl::sql`,
-/// a query that selects it keeps a static id, so the connection caches its prepared
-/// statement: on the hot summary query, planning cost more than executing.
-macro_rules! fixed_sql_expression {
-    ($(#[$doc:meta])* $name:ident: $sql_type:ty = $sql:literal, aggregate = $aggregate:ty) => {
+/// Declares an SQL expression over the summary's rows that needs the time of reading:
+/// its `parts` joined by that time, bound as Unix ms. It keeps a static query id (the
+/// SQL is fixed, only the bound value changes), so the statement stays prepared.
+macro_rules! expression_at {
+    ($(#[$doc:meta])* $name:ident: $sql_type:ty = [$($part:literal),+ $(,)?]) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
-        struct $name;
+        #[derive(Debug, Clone, Copy)]
+        struct $name {
+            now_ms: i64,
+        }
+
+        impl diesel::query_builder::QueryId for $name {
+            type QueryId = $name;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
 
         impl diesel::expression::Expression for $name {
             type SqlType = $sql_type;
         }
 
-        impl<DB: diesel::backend::Backend> diesel::query_builder::QueryFragment<DB> for $name {
+        impl<DB> diesel::query_builder::QueryFragment<DB> for $name
+        where
+            DB: diesel::backend::Backend + diesel::sql_types::HasSqlType<BigInt>,
+            i64: diesel::serialize::ToSql<BigInt, DB>,
+        {
             fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> QueryResult<()> {
-                out.push_sql($sql);
+                for (n, part) in [$($part),+].into_iter().enumerate() {
+                    if n > 0 {
+                        out.push_bind_param::<BigInt, _>(&self.now_ms)?;
+                    }
+                    out.push_sql(part);
+                }
                 Ok(())
             }
         }
@@ -80,19 +98,36 @@ macro_rules! fixed_sql_expression {
         impl<QS> diesel::expression::SelectableExpression<QS> for $name {}
         impl<QS> diesel::expression::AppearsOnTable<QS> for $name {}
         impl diesel::expression::ValidGrouping<()> for $name {
-            type IsAggregate = $aggregate;
+            type IsAggregate = diesel::expression::is_aggregate::Never;
         }
     };
 }
 
-fixed_sql_expression!(
-    /// The sum of the unread counters as a window over every row the WHERE clause keeps: computed before
-    /// LIMIT, so each row of a page carries the total of all pages.
-    TotalUnreadOverAllRows: BigInt =
-        "CAST(SUM(thread_participants.unread_count) OVER () AS BIGINT)",
-    aggregate = diesel::expression::is_aggregate::Never
+// The sums are windows over every row the WHERE clause keeps, computed before LIMIT, so
+// each row of a page carries the totals of all pages. rules::is_muted is
+// `muted_until_ms > now`; rules::counts_in_total leaves muted threads out of `total`.
+expression_at!(
+    /// `total`: unread messages of the threads not muted.
+    UnmutedUnreadAt: BigInt = [
+        "CAST(SUM(CASE WHEN COALESCE(thread_participants.muted_until_ms, 0) > ",
+        " THEN 0 ELSE thread_participants.unread_count END) OVER () AS BIGINT)",
+    ]
 );
-
+expression_at!(
+    /// `muted_total`: unread messages of the muted threads.
+    MutedUnreadAt: BigInt = [
+        "CAST(SUM(CASE WHEN COALESCE(thread_participants.muted_until_ms, 0) > ",
+        " THEN thread_participants.unread_count ELSE 0 END) OVER () AS BIGINT)",
+    ]
+);
+expression_at!(
+    /// rules::next_mute_end: the earliest mute time still ahead (not "until unmuted").
+    NextMuteEndAt: diesel::sql_types::Nullable<BigInt> = [
+        "MIN(CASE WHEN thread_participants.muted_until_ms > ",
+        " AND thread_participants.muted_until_ms < 9223372036854775807 \
+         THEN thread_participants.muted_until_ms END) OVER ()",
+    ]
+);
 
 pub async fn ping(conn: &mut Conn) -> QueryResult<()> {
     conn.batch_execute("SELECT 1").await
@@ -175,13 +210,14 @@ pub async fn summary_version(conn: &mut Conn, key: SummaryKey) -> QueryResult<i6
         .unwrap_or(0))
 }
 
-/// A page of the user's threads with unread messages, newest first, the user's total,
-/// and (for a non-empty page) the summary's version.
+/// A page of the user's threads with unread messages, newest first, the user's totals
+/// (muted threads apart) at `now_ms`, when the page next changes by itself (a mute
+/// ending), and (for a non-empty page) the summary's version.
 ///
 /// One range scan of the covering partial index `thread_participants_unread`, already
-/// in page order; the window sum runs before LIMIT, so every row carries the total
+/// in page order; the window sums run before LIMIT, so every row carries the totals
 /// over all unread threads, not only the page.
-pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64) -> QueryResult<UnreadPage> {
+pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64, now_ms: i64) -> QueryResult<UnreadPage> {
     let side = key.side.as_str();
     // The summary's version, read in the same statement: exactly the page's version.
     let version = summary_versions::table
@@ -189,7 +225,9 @@ pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64) -> Que
         .filter(summary_versions::side.eq(side))
         .select(summary_versions::version)
         .single_value();
-    let rows: Vec<(ThreadUnread, i64, Option<i64>)> = thread_participants::table
+    // Each row: the line, then the totals, the next mute end and the version of all rows.
+    type SummaryRow = (UnreadRow, i64, i64, Option<i64>, Option<i64>);
+    let rows: Vec<SummaryRow> = thread_participants::table
         .filter(thread_participants::user_id.eq(key.user_id))
         .filter(thread_participants::side.eq(side))
         // rules::in_summary: a line per thread with unread messages.
@@ -213,17 +251,23 @@ pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64) -> Que
                 thread_participants::last_message_preview,
                 thread_participants::last_message_sender_id,
                 thread_participants::is_writable,
+                thread_participants::muted_until_ms,
             ),
-            TotalUnreadOverAllRows,
+            UnmutedUnreadAt { now_ms },
+            MutedUnreadAt { now_ms },
+            NextMuteEndAt { now_ms },
             version,
         ))
         .load(conn)
         .await?;
     // Qualified: diesel's `QueryDsl::first` would shadow the slice method.
-    let (total, version) = <[_]>::first(&rows).map_or((0, None), |(_, total, version)| (*total, Some(version.unwrap_or(0))));
+    let (total, muted_total, changes_at, version) = <[_]>::first(&rows)
+        .map_or((0, 0, None, None), |(_, total, muted, ends, version)| (*total, *muted, *ends, Some(version.unwrap_or(0))));
     Ok(UnreadPage {
-        rows: rows.into_iter().map(|(row, _, _)| row).collect(),
+        rows: rows.into_iter().map(|(row, ..)| row.line(now_ms)).collect(),
         total,
+        muted_total,
+        changes_at,
         version,
     })
 }
@@ -283,6 +327,16 @@ pub async fn messages_page(
     Ok(MessagePageRows { messages, has_more })
 }
 
+/// The threads a user is in, on either side, in id order (EraseUser goes through them).
+pub async fn threads_of_user(conn: &mut Conn, user_id: i64) -> QueryResult<Vec<i64>> {
+    threads::table
+        .filter(threads::tutor_id.eq(user_id).or(threads::student_id.eq(user_id)))
+        .select(threads::thread_id)
+        .order(threads::thread_id)
+        .load(conn)
+        .await
+}
+
 /// The message a sender sent to a thread under an idempotency key, if any.
 pub async fn message_by_key(
     conn: &mut Conn,
@@ -301,7 +355,8 @@ pub async fn message_by_key(
 }
 
 /// A side's maintained unread counter, and a recount from the messages by the
-/// definition in `domain/rules.rs` (after the horizon, not sent by them), for checks.
+/// definition in `domain/rules.rs` (`counts_as_unread`: after the horizon, not sent by
+/// them, not deleted), for checks.
 pub async fn recount_unread(conn: &mut Conn, thread_id: i64, side: Side) -> QueryResult<(i64, i64)> {
     let (user_id, last_read_seq, counter): (i64, i64, i64) = thread_participants::table
         .find((thread_id, side.as_str()))
@@ -316,6 +371,7 @@ pub async fn recount_unread(conn: &mut Conn, thread_id: i64, side: Side) -> Quer
         .filter(messages::thread_id.eq(thread_id))
         .filter(messages::seq.gt(last_read_seq))
         .filter(messages::sender_id.ne(user_id))
+        .filter(messages::deleted_at.is_null())
         .count()
         .get_result(conn)
         .await?;

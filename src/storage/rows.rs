@@ -7,7 +7,7 @@ use diesel::backend::Backend;
 use diesel::deserialize::{self, FromSql, FromStaticSqlRow, Queryable};
 use diesel::sql_types::Text;
 
-use crate::domain::rules::{Participants, ThreadView};
+use crate::domain::rules::{self, MessageView, Participants, ThreadView};
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
     ThreadKind, ThreadUnread,
@@ -81,7 +81,25 @@ queryable_record!(Thread {
     created_at: DateTime<Utc>,
 });
 
-queryable_record!(ThreadUnread {
+/// A line of the unread summary as stored: the mute as its raw time (Unix ms), which
+/// only the time of reading turns into "muted" (`UnreadRow::line`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadRow {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub unread_count: i64,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub last_message_preview: String,
+    pub last_message_sender_id: i64,
+    pub is_writable: bool,
+    pub muted_until_ms: Option<i64>,
+}
+
+queryable_record!(UnreadRow {
     thread_id: i64,
     kind: ThreadKind,
     relation_id: Option<i64>,
@@ -93,7 +111,33 @@ queryable_record!(ThreadUnread {
     last_message_preview: String,
     last_message_sender_id: i64,
     is_writable: bool,
+    muted_until_ms: Option<i64>,
 });
+
+impl UnreadRow {
+    /// The line as the summary shows it at `now_ms` (`rules::is_muted`).
+    pub fn line(self, now_ms: i64) -> ThreadUnread {
+        let muted = rules::is_muted(self.muted_until_ms, now_ms);
+        ThreadUnread {
+            thread_id: self.thread_id,
+            kind: self.kind,
+            relation_id: self.relation_id,
+            inquiry_id: self.inquiry_id,
+            tutor_id: self.tutor_id,
+            student_id: self.student_id,
+            unread_count: self.unread_count,
+            last_message_at: self.last_message_at,
+            last_message_preview: self.last_message_preview,
+            last_message_sender_id: self.last_message_sender_id,
+            is_writable: self.is_writable,
+            muted,
+            muted_until: self
+                .muted_until_ms
+                .filter(|until| muted && *until != rules::MUTED_FOREVER_MS)
+                .and_then(DateTime::from_timestamp_millis),
+        }
+    }
+}
 
 queryable_record!(Message {
     message_id: i64,
@@ -103,6 +147,8 @@ queryable_record!(Message {
     body: String,
     created_at: DateTime<Utc>,
     client_message_id: Option<String>,
+    edited_at: Option<DateTime<Utc>>,
+    deleted_at: Option<DateTime<Utc>>,
 });
 
 /// A page of a user's unread summary.
@@ -110,8 +156,13 @@ queryable_record!(Message {
 pub struct UnreadPage {
     /// Newest last message first, at most the asked limit.
     pub rows: Vec<ThreadUnread>,
-    /// Unread messages over every thread of the user, not only the page's.
+    /// Unread messages of every thread of the user not muted, not only the page's.
     pub total: i64,
+    /// Unread messages of the user's muted threads.
+    pub muted_total: i64,
+    /// When one of the user's mutes next ends by itself (Unix ms), over every thread
+    /// with unread messages (`rules::next_mute_end`): the page is good until then.
+    pub changes_at: Option<i64>,
     /// The summary's version, read in the same statement as the page; `None` when the
     /// page is empty (the statement had no row to carry it).
     pub version: Option<i64>,
@@ -208,6 +259,87 @@ pub struct SendAttempt {
     /// The first message with the same `client_message_id` (a retry).
     pub replayed: Option<Message>,
     /// The summaries this write changed (empty unless `sent`).
+    pub changed: Vec<SummaryKey>,
+}
+
+/// A message to edit: the editor's side and id, and the new body with its preview.
+#[derive(Debug, Clone)]
+pub struct MessageEdit {
+    pub thread_id: i64,
+    pub seq: i64,
+    pub side: Side,
+    pub editor_id: i64,
+    pub body: String,
+    pub preview: String,
+    /// The contact access states that let a tutor write a contact thread.
+    pub unlocking: Vec<ContactAccessState>,
+}
+
+/// Who deletes a message: its sender (on their side), or a moderation service, which
+/// may remove any message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleter {
+    Sender { user_id: i64, side: Side },
+    Moderator,
+}
+
+/// What one write to a message (an edit or a delete) did, and what it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageAttempt {
+    /// `None`: no such thread.
+    pub thread: Option<ThreadFacts>,
+    /// The message as the write found it (`None`: no message with that seq).
+    pub found: Option<MessageView>,
+    /// The message as it is after the write: changed by it, or as it was (a tombstone
+    /// deleted before answers as itself).
+    pub message: Option<Message>,
+    /// Whether this write changed it.
+    pub changed_message: bool,
+    /// The summaries this write changed.
+    pub changed: Vec<SummaryKey>,
+}
+
+/// What one MarkUnread write did, and what it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkUnreadAttempt {
+    /// `None`: no such thread.
+    pub thread: Option<ThreadFacts>,
+    /// The thread's last seq, which the rule of how far back is about.
+    pub last_seq: i64,
+    /// `None` when the caller is not the participant, or the rule refused.
+    pub state: Option<ReadStateRow>,
+}
+
+/// A participant's mute as a write left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MuteRow {
+    pub muted_until_ms: Option<i64>,
+    /// The participant's new total (threads not muted).
+    pub total: i64,
+    /// Whether their summary changed.
+    pub changed: bool,
+}
+
+/// What one mute or unmute did, and what it saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MuteAttempt {
+    /// `None`: no such thread.
+    pub thread: Option<ThreadFacts>,
+    /// `None` when the caller is not the thread's participant on that side.
+    pub state: Option<MuteRow>,
+}
+
+/// What one batch of an erasure did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ErasedBatch {
+    /// Messages this batch turned into tombstones (they were not deleted before).
+    pub erased: i64,
+    /// Messages the batch wiped (tombstones before included); fewer than the batch's
+    /// limit when the thread has no more.
+    pub wiped: i64,
+    /// The highest seq the batch reached: the next batch starts after it.
+    pub last_seq: i64,
+    /// The summaries this batch changed.
     pub changed: Vec<SummaryKey>,
 }
 

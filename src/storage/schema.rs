@@ -56,6 +56,8 @@ diesel::table! {
         last_message_preview -> Text,
         last_message_sender_id -> BigInt,
         created_at -> Ts,
+        last_visible_seq -> BigInt,
+        revision -> BigInt,
     }
 }
 
@@ -70,6 +72,8 @@ diesel::table! {
         body -> Text,
         client_message_id -> Nullable<Text>,
         created_at -> Ts,
+        edited_at -> Nullable<Ts>,
+        deleted_at -> Nullable<Ts>,
     }
 }
 
@@ -91,6 +95,7 @@ diesel::table! {
         last_message_at -> Nullable<Ts>,
         last_message_preview -> Text,
         last_message_sender_id -> BigInt,
+        muted_until_ms -> Nullable<BigInt>,
     }
 }
 

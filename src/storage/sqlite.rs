@@ -13,7 +13,7 @@
 //! With one writer, writes of one process never interleave, so the checks of the rules
 //! (`domain/rules.rs`) and the changes they guard are trivially atomic.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel::sqlite::Sqlite;
@@ -21,10 +21,13 @@ use diesel::{RunQueryDsl, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 
 use super::pool::{self, PoolConfig, PoolStatus, SqliteReader};
-use super::rows::{MarkReadAttempt, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts};
+use super::rows::{
+    Deleter, ErasedBatch, MarkReadAttempt, MarkUnreadAttempt, MessageAttempt, MessageEdit,
+    MuteAttempt, MuteRow, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts,
+};
 use super::upsert::{self, FactTable};
 use super::{StoreError, StoreResult};
-use crate::domain::rules;
+use crate::domain::rules::{self, MessageView};
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
     ThreadKind,
@@ -117,10 +120,73 @@ impl SqliteStore {
         side: Side,
         user_id: i64,
         up_to_seq: Option<i64>,
+        now_ms: i64,
     ) -> StoreResult<MarkReadAttempt> {
         self.writer
-            .write(move |conn| mark_read(conn, thread_id, side, user_id, up_to_seq))
+            .write(move |conn| mark_read(conn, thread_id, side, user_id, up_to_seq, now_ms))
             .await
+    }
+
+    pub async fn mark_unread(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        from_seq: i64,
+        now_ms: i64,
+    ) -> StoreResult<MarkUnreadAttempt> {
+        self.writer
+            .write(move |conn| mark_unread(conn, thread_id, side, user_id, from_seq, now_ms))
+            .await
+    }
+
+    pub async fn edit_message(&self, edit: &MessageEdit) -> StoreResult<MessageAttempt> {
+        let edit = edit.clone();
+        self.writer
+            .write(move |conn| edit_message(conn, &edit))
+            .await
+    }
+
+    pub async fn delete_message(
+        &self,
+        thread_id: i64,
+        seq: i64,
+        deleter: Deleter,
+    ) -> StoreResult<MessageAttempt> {
+        self.writer
+            .write(move |conn| delete_message(conn, thread_id, seq, deleter))
+            .await
+    }
+
+    pub async fn set_mute(
+        &self,
+        thread_id: i64,
+        side: Side,
+        user_id: i64,
+        muted_until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreResult<MuteAttempt> {
+        self.writer
+            .write(move |conn| set_mute(conn, thread_id, side, user_id, muted_until_ms, now_ms))
+            .await
+    }
+
+    pub async fn erase_batch(
+        &self,
+        thread_id: i64,
+        user_id: i64,
+        after_seq: i64,
+        batch: i64,
+    ) -> StoreResult<ErasedBatch> {
+        self.writer
+            .write(move |conn| erase_batch(conn, thread_id, user_id, after_seq, batch))
+            .await
+    }
+
+    /// Moves everything the WAL holds into the database file and truncates the WAL to
+    /// nothing, so text erased from the database is in neither file.
+    pub async fn checkpoint(&self) -> StoreResult<()> {
+        self.writer.checkpoint().await
     }
 
     /// Stores a stream ticket's hash, forgetting expired ones first.
@@ -319,11 +385,7 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
         return Ok(attempt);
     };
     if rules::needs_contact_access(message.side, facts.kind) {
-        facts.contact_access = contact_access::table
-            .find((facts.tutor_id, facts.student_id))
-            .select(contact_access::state)
-            .first::<ContactAccessState>(conn)
-            .optional()?;
+        facts.contact_access = contact_access_of(conn, &facts)?;
     }
     attempt.thread = Some(facts);
     let thread = facts.view();
@@ -358,9 +420,12 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
         ))
         .returning(MESSAGE_COLUMNS)
         .get_result(conn)?;
+    // The new message is the newest not deleted (rules::last_visible).
     diesel::update(threads::table.find(message.thread_id))
         .set((
             threads::last_seq.eq(seq),
+            threads::last_visible_seq.eq(seq),
+            threads::revision.eq(threads::revision + 1),
             threads::last_message_at.eq(now),
             threads::last_message_preview.eq(&message.preview),
             threads::last_message_sender_id.eq(message.sender_id),
@@ -405,38 +470,77 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
     Ok(attempt)
 }
 
-/// MarkRead: the rules of `domain/rules.rs` (`horizon_after_mark_read`, `unread_at`),
-/// as one transaction of the single writer.
-fn mark_read(
+/// The participant row of `user_id` on `side` of a thread: horizon, unread count,
+/// mute. `None` unless they are that participant (rules::thread_for, as a lookup).
+fn participant(
     conn: &mut SqliteConnection,
     thread_id: i64,
     side: Side,
     user_id: i64,
-    up_to_seq: Option<i64>,
-) -> QueryResult<MarkReadAttempt> {
-    let Some((facts, last_seq)) = thread_facts(conn, thread_id)? else {
-        return Ok(MarkReadAttempt {
-            thread: None,
-            state: None,
-        });
-    };
-    let current: Option<(i64, i64)> = thread_participants::table
+) -> QueryResult<Option<(i64, i64, Option<i64>)>> {
+    thread_participants::table
         .find((thread_id, side.as_str()))
         .filter(thread_participants::user_id.eq(user_id))
         .select((
             thread_participants::last_read_seq,
             thread_participants::unread_count,
+            thread_participants::muted_until_ms,
         ))
         .first(conn)
-        .optional()?;
-    let Some((horizon_before, unread_before)) = current else {
-        return Ok(MarkReadAttempt {
-            thread: Some(facts),
-            state: None,
-        });
-    };
-    let horizon = rules::horizon_after_mark_read(horizon_before, up_to_seq, last_seq);
-    let unread = rules::unread_at(last_seq, horizon);
+        .optional()
+}
+
+/// `rules::counts_as_unread` summed over the thread's messages after `horizon`, for
+/// `reader`: after it, from the peer, not deleted.
+fn count_unread(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    reader: i64,
+    horizon: i64,
+) -> QueryResult<i64> {
+    messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .filter(messages::seq.gt(horizon))
+        .filter(messages::sender_id.ne(reader))
+        .filter(messages::deleted_at.is_null())
+        .count()
+        .get_result(conn)
+}
+
+/// A user's total on one side at `now_ms`: the unread messages of their threads that
+/// are not muted (rules::counts_in_total).
+fn total_of(
+    conn: &mut SqliteConnection,
+    user_id: i64,
+    side: Side,
+    now_ms: i64,
+) -> QueryResult<i64> {
+    let lines: Vec<(i64, Option<i64>)> = thread_participants::table
+        .filter(thread_participants::user_id.eq(user_id))
+        .filter(thread_participants::side.eq(side.as_str()))
+        .filter(thread_participants::unread_count.gt(0))
+        .select((
+            thread_participants::unread_count,
+            thread_participants::muted_until_ms,
+        ))
+        .load(conn)?;
+    Ok(lines
+        .into_iter()
+        .filter(|(_, muted_until)| rules::counts_in_total(rules::is_muted(*muted_until, now_ms)))
+        .map(|(unread, _)| unread)
+        .sum())
+}
+
+/// Sets a reader's horizon and unread count, and says whether their summary changed
+/// (rules::read_changes), bumping its version when it did.
+fn set_horizon(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    side: Side,
+    user_id: i64,
+    (horizon_before, unread_before): (i64, i64),
+    (horizon, unread): (i64, i64),
+) -> QueryResult<bool> {
     if (horizon, unread) != (horizon_before, unread_before) {
         diesel::update(thread_participants::table.find((thread_id, side.as_str())))
             .set((
@@ -449,21 +553,469 @@ fn mark_read(
     if changed {
         bump_versions(conn, &[SummaryKey::new(user_id, side)])?;
     }
-    let counts: Vec<i64> = thread_participants::table
-        .filter(thread_participants::user_id.eq(user_id))
-        .filter(thread_participants::side.eq(side.as_str()))
-        .filter(thread_participants::unread_count.gt(0))
-        .select(thread_participants::unread_count)
-        .load(conn)?;
+    Ok(changed)
+}
+
+/// MarkRead: `rules::horizon_after_mark_read`, then the unread messages after it
+/// (`rules::counts_as_unread`), as one transaction of the single writer.
+fn mark_read(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    side: Side,
+    user_id: i64,
+    up_to_seq: Option<i64>,
+    now_ms: i64,
+) -> QueryResult<MarkReadAttempt> {
+    let Some((facts, last_seq)) = thread_facts(conn, thread_id)? else {
+        return Ok(MarkReadAttempt {
+            thread: None,
+            state: None,
+        });
+    };
+    let Some((horizon_before, unread_before, _)) = participant(conn, thread_id, side, user_id)?
+    else {
+        return Ok(MarkReadAttempt {
+            thread: Some(facts),
+            state: None,
+        });
+    };
+    let horizon = rules::horizon_after_mark_read(horizon_before, up_to_seq, last_seq);
+    let unread = match horizon >= last_seq {
+        true => 0,
+        false => count_unread(conn, thread_id, user_id, horizon)?,
+    };
+    let changed = set_horizon(
+        conn,
+        thread_id,
+        side,
+        user_id,
+        (horizon_before, unread_before),
+        (horizon, unread),
+    )?;
     Ok(MarkReadAttempt {
         thread: Some(facts),
         state: Some(ReadStateRow {
             last_read_seq: horizon,
             unread_count: unread,
-            total: counts.iter().sum(),
+            total: total_of(conn, user_id, side, now_ms)?,
             changed,
         }),
     })
+}
+
+/// MarkUnread: when `rules::may_mark_unread` allows `from_seq`,
+/// `rules::horizon_after_mark_unread` and the unread messages after it, as one
+/// transaction of the single writer.
+fn mark_unread(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    side: Side,
+    user_id: i64,
+    from_seq: i64,
+    now_ms: i64,
+) -> QueryResult<MarkUnreadAttempt> {
+    let Some((facts, last_seq)) = thread_facts(conn, thread_id)? else {
+        return Ok(MarkUnreadAttempt {
+            thread: None,
+            last_seq: 0,
+            state: None,
+        });
+    };
+    let mut attempt = MarkUnreadAttempt {
+        thread: Some(facts),
+        last_seq,
+        state: None,
+    };
+    let Some((horizon_before, unread_before, _)) = participant(conn, thread_id, side, user_id)?
+    else {
+        return Ok(attempt);
+    };
+    if rules::may_mark_unread(from_seq, last_seq).is_err() {
+        return Ok(attempt);
+    }
+    let horizon = rules::horizon_after_mark_unread(from_seq);
+    let unread = count_unread(conn, thread_id, user_id, horizon)?;
+    let changed = set_horizon(
+        conn,
+        thread_id,
+        side,
+        user_id,
+        (horizon_before, unread_before),
+        (horizon, unread),
+    )?;
+    attempt.state = Some(ReadStateRow {
+        last_read_seq: horizon,
+        unread_count: unread,
+        total: total_of(conn, user_id, side, now_ms)?,
+        changed,
+    });
+    Ok(attempt)
+}
+
+/// The message of a thread at `seq`, as stored.
+fn message_at(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    seq: i64,
+) -> QueryResult<Option<Message>> {
+    messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .filter(messages::seq.eq(seq))
+        .select(MESSAGE_COLUMNS)
+        .first(conn)
+        .optional()
+}
+
+fn message_view(message: &Message) -> MessageView {
+    MessageView {
+        sender_id: message.sender_id,
+        deleted: message.deleted(),
+    }
+}
+
+/// What a thread's line shows of its newest message not deleted (rules::last_visible):
+/// its seq (0: none), time, preview and sender.
+type ShownMessage = (i64, Option<DateTime<Utc>>, String, i64);
+
+/// Sets the line every participant row of a thread shows, and the thread's own copy.
+fn show(conn: &mut SqliteConnection, thread_id: i64, shown: &ShownMessage) -> QueryResult<()> {
+    let (seq, at, preview, sender) = shown;
+    diesel::update(threads::table.find(thread_id))
+        .set((
+            threads::last_visible_seq.eq(seq),
+            threads::last_message_at.eq(at),
+            threads::last_message_preview.eq(preview),
+            threads::last_message_sender_id.eq(sender),
+        ))
+        .execute(conn)?;
+    diesel::update(thread_participants::table.filter(thread_participants::thread_id.eq(thread_id)))
+        .set((
+            thread_participants::last_message_at.eq(at),
+            thread_participants::last_message_preview.eq(preview),
+            thread_participants::last_message_sender_id.eq(sender),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// rules::last_visible among the thread's messages before `seq`.
+fn last_visible_before(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    seq: i64,
+) -> QueryResult<ShownMessage> {
+    let newest: Option<(i64, DateTime<Utc>, String, i64)> = messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .filter(messages::seq.lt(seq))
+        .filter(messages::deleted_at.is_null())
+        .order(messages::seq.desc())
+        .select((
+            messages::seq,
+            messages::created_at,
+            messages::body,
+            messages::sender_id,
+        ))
+        .first(conn)
+        .optional()?;
+    Ok(
+        newest.map_or((0, None, String::new(), 0), |(seq, at, body, sender)| {
+            (seq, Some(at), rules::preview(&body), sender)
+        }),
+    )
+}
+
+fn bump_revision(conn: &mut SqliteConnection, thread_id: i64) -> QueryResult<()> {
+    diesel::update(threads::table.find(thread_id))
+        .set(threads::revision.eq(threads::revision + 1))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The participant rows of a thread: user, side, horizon, unread count.
+fn participants_of(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+) -> QueryResult<Vec<(i64, Side, i64, i64)>> {
+    thread_participants::table
+        .filter(thread_participants::thread_id.eq(thread_id))
+        .select((
+            thread_participants::user_id,
+            thread_participants::side,
+            thread_participants::last_read_seq,
+            thread_participants::unread_count,
+        ))
+        .load(conn)
+}
+
+/// After a write changed a thread's messages, brings its participants along: when
+/// messages of `sender` went away (their seqs: `gone`), each recipient's unread count
+/// drops by those after their horizon (rules::counts_as_unread); the summaries that
+/// changed, as rules::participant_changed says with `line_changed`, are bumped and
+/// reported.
+fn follow_messages(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    sender: i64,
+    gone: &[i64],
+    line_changed: bool,
+) -> QueryResult<Vec<SummaryKey>> {
+    let mut changed = Vec::new();
+    for (user_id, side, horizon, unread) in participants_of(conn, thread_id)? {
+        let dropped = gone
+            .iter()
+            .filter(|seq| rules::counts_as_unread(**seq, sender, false, user_id, horizon))
+            .count() as i64;
+        if dropped > 0 {
+            diesel::update(thread_participants::table.find((thread_id, side.as_str())))
+                .set(thread_participants::unread_count.eq(unread - dropped))
+                .execute(conn)?;
+        }
+        if rules::participant_changed(unread, unread - dropped, line_changed) {
+            changed.push(SummaryKey::new(user_id, side));
+        }
+    }
+    bump_versions(conn, &changed)?;
+    Ok(changed)
+}
+
+/// EditMessage: the checks of `rules::may_edit` on what the writer sees, then the edit
+/// (and the previews, when it is the message the thread's line shows).
+fn edit_message(conn: &mut SqliteConnection, edit: &MessageEdit) -> QueryResult<MessageAttempt> {
+    let mut attempt = MessageAttempt {
+        thread: None,
+        found: None,
+        message: None,
+        changed_message: false,
+        changed: Vec::new(),
+    };
+    let Some((mut facts, _)) = thread_facts(conn, edit.thread_id)? else {
+        return Ok(attempt);
+    };
+    if rules::needs_contact_access(edit.side, facts.kind) {
+        facts.contact_access = contact_access_of(conn, &facts)?;
+    }
+    attempt.thread = Some(facts);
+    let found = message_at(conn, edit.thread_id, edit.seq)?;
+    attempt.found = found.as_ref().map(message_view);
+    attempt.message = found;
+    let thread = facts.view();
+    if rules::thread_for(edit.editor_id, edit.side, Some(thread)).is_err()
+        || rules::may_edit(edit.editor_id, edit.side, &thread, attempt.found).is_err()
+    {
+        return Ok(attempt);
+    }
+    let now = Utc::now();
+    let edited: Message = diesel::update(
+        messages::table
+            .filter(messages::thread_id.eq(edit.thread_id))
+            .filter(messages::seq.eq(edit.seq)),
+    )
+    .set((messages::body.eq(&edit.body), messages::edited_at.eq(now)))
+    .returning(MESSAGE_COLUMNS)
+    .get_result(conn)?;
+    bump_revision(conn, edit.thread_id)?;
+    let shown_seq: i64 = threads::table
+        .find(edit.thread_id)
+        .select(threads::last_visible_seq)
+        .first(conn)?;
+    if shown_seq == edit.seq {
+        diesel::update(threads::table.find(edit.thread_id))
+            .set(threads::last_message_preview.eq(&edit.preview))
+            .execute(conn)?;
+        diesel::update(
+            thread_participants::table.filter(thread_participants::thread_id.eq(edit.thread_id)),
+        )
+        .set(thread_participants::last_message_preview.eq(&edit.preview))
+        .execute(conn)?;
+        attempt.changed = follow_messages(conn, edit.thread_id, edited.sender_id, &[], true)?;
+    }
+    attempt.message = Some(edited);
+    attempt.changed_message = true;
+    Ok(attempt)
+}
+
+/// DeleteMessage and RemoveMessage: the checks of `rules::may_delete` (a moderator
+/// removes any message), then the tombstone, the recipient's count and the line, as
+/// one transaction of the single writer.
+fn delete_message(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    seq: i64,
+    deleter: Deleter,
+) -> QueryResult<MessageAttempt> {
+    let mut attempt = MessageAttempt {
+        thread: None,
+        found: None,
+        message: None,
+        changed_message: false,
+        changed: Vec::new(),
+    };
+    let Some((facts, _)) = thread_facts(conn, thread_id)? else {
+        return Ok(attempt);
+    };
+    attempt.thread = Some(facts);
+    let found = message_at(conn, thread_id, seq)?;
+    attempt.found = found.as_ref().map(message_view);
+    attempt.message = found;
+    let allowed = match deleter {
+        Deleter::Sender { user_id, side } => {
+            rules::thread_for(user_id, side, Some(facts.view())).is_ok()
+                && rules::may_delete(user_id, attempt.found).is_ok()
+        }
+        Deleter::Moderator => attempt.found.is_some(),
+    };
+    let Some(found) = attempt.found.filter(|found| allowed && !found.deleted) else {
+        return Ok(attempt);
+    };
+    let tombstone: Message = diesel::update(
+        messages::table
+            .filter(messages::thread_id.eq(thread_id))
+            .filter(messages::seq.eq(seq)),
+    )
+    .set((messages::body.eq(""), messages::deleted_at.eq(Utc::now())))
+    .returning(MESSAGE_COLUMNS)
+    .get_result(conn)?;
+    bump_revision(conn, thread_id)?;
+    let shown_seq: i64 = threads::table
+        .find(thread_id)
+        .select(threads::last_visible_seq)
+        .first(conn)?;
+    let line_changed = shown_seq == seq;
+    if line_changed {
+        let fallback = last_visible_before(conn, thread_id, seq)?;
+        show(conn, thread_id, &fallback)?;
+    }
+    attempt.changed = follow_messages(conn, thread_id, found.sender_id, &[seq], line_changed)?;
+    attempt.message = Some(tombstone);
+    attempt.changed_message = true;
+    Ok(attempt)
+}
+
+/// MuteThread and UnmuteThread: the caller's own row, the summary change as the rules
+/// see it (the line shows the mute when it is in force), and the new total.
+fn set_mute(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    side: Side,
+    user_id: i64,
+    muted_until_ms: Option<i64>,
+    now_ms: i64,
+) -> QueryResult<MuteAttempt> {
+    let Some((facts, _)) = thread_facts(conn, thread_id)? else {
+        return Ok(MuteAttempt {
+            thread: None,
+            state: None,
+        });
+    };
+    let Some((_, unread, before)) = participant(conn, thread_id, side, user_id)? else {
+        return Ok(MuteAttempt {
+            thread: Some(facts),
+            state: None,
+        });
+    };
+    if before != muted_until_ms {
+        diesel::update(thread_participants::table.find((thread_id, side.as_str())))
+            .set(thread_participants::muted_until_ms.eq(muted_until_ms))
+            .execute(conn)?;
+    }
+    let shown = |until: Option<i64>| until.filter(|_| rules::is_muted(until, now_ms));
+    let changed =
+        rules::participant_changed(unread, unread, shown(before) != shown(muted_until_ms));
+    if changed {
+        bump_versions(conn, &[SummaryKey::new(user_id, side)])?;
+    }
+    Ok(MuteAttempt {
+        thread: Some(facts),
+        state: Some(MuteRow {
+            muted_until_ms,
+            total: total_of(conn, user_id, side, now_ms)?,
+            changed,
+        }),
+    })
+}
+
+/// One batch of EraseUser in one thread: up to `batch` of the user's messages after
+/// `after_seq` (not wiped yet) become tombstones with body and key wiped; counts and
+/// the line follow as for a delete. One transaction of the single writer.
+fn erase_batch(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    user_id: i64,
+    after_seq: i64,
+    batch: i64,
+) -> QueryResult<ErasedBatch> {
+    let wiped: Vec<(i64, bool)> = messages::table
+        .filter(messages::thread_id.eq(thread_id))
+        .filter(messages::seq.gt(after_seq))
+        .filter(messages::sender_id.eq(user_id))
+        .filter(
+            messages::deleted_at
+                .is_null()
+                .or(messages::body.ne(""))
+                .or(messages::client_message_id.is_not_null()),
+        )
+        .order(messages::seq)
+        .limit(batch)
+        .select((messages::seq, messages::deleted_at.is_null()))
+        .load(conn)?;
+    let Some(&(last_seq, _)) = wiped.last() else {
+        return Ok(ErasedBatch {
+            last_seq: after_seq,
+            ..ErasedBatch::default()
+        });
+    };
+    let first_seq = wiped[0].0;
+    let now = Utc::now();
+    diesel::update(
+        messages::table
+            .filter(messages::thread_id.eq(thread_id))
+            .filter(messages::sender_id.eq(user_id))
+            .filter(messages::seq.between(first_seq, last_seq)),
+    )
+    .set((
+        messages::body.eq(""),
+        messages::client_message_id.eq(None::<String>),
+        messages::deleted_at.eq(diesel::dsl::sql::<diesel::sql_types::Nullable<schema::Ts>>(
+            "COALESCE(deleted_at, ",
+        )
+        .bind::<schema::Ts, _>(now)
+        .sql(")")),
+    ))
+    .execute(conn)?;
+    bump_revision(conn, thread_id)?;
+    let erased: Vec<i64> = wiped
+        .iter()
+        .filter(|(_, visible)| *visible)
+        .map(|(seq, _)| *seq)
+        .collect();
+    let shown_seq: i64 = threads::table
+        .find(thread_id)
+        .select(threads::last_visible_seq)
+        .first(conn)?;
+    let line_changed = erased.contains(&shown_seq);
+    if line_changed {
+        let fallback = last_visible_before(conn, thread_id, shown_seq)?;
+        show(conn, thread_id, &fallback)?;
+    }
+    let changed = follow_messages(conn, thread_id, user_id, &erased, line_changed)?;
+    Ok(ErasedBatch {
+        erased: erased.len() as i64,
+        wiped: wiped.len() as i64,
+        last_seq,
+        changed,
+    })
+}
+
+/// The tutor's contact access to the student of a thread, as a write sees it.
+fn contact_access_of(
+    conn: &mut SqliteConnection,
+    facts: &ThreadFacts,
+) -> QueryResult<Option<ContactAccessState>> {
+    contact_access::table
+        .find((facts.tutor_id, facts.student_id))
+        .select(contact_access::state)
+        .first::<ContactAccessState>(conn)
+        .optional()
 }
 
 /// The versioned upsert, then the thread's writability following its fact (see

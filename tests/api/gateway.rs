@@ -143,7 +143,10 @@ async fn flow_accept_unlock_chat(app: TestApp) {
 async fn flow_badge_appears_and_clears(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let (_, empty) = unread(&app, TUTOR, Role::Tutor).await;
-    assert_eq!(empty, json!({ "threads": [], "total": 0 }));
+    assert_eq!(
+        empty,
+        json!({ "threads": [], "total": 0, "muted_total": 0 })
+    );
 
     send(
         &app,
@@ -164,6 +167,8 @@ async fn flow_badge_appears_and_clears(app: TestApp) {
     assert_eq!(entry["unread_count"], 1);
     assert_eq!(entry["last_message_preview"], "When is our next lesson?");
     assert_eq!(entry["last_message_sender_id"], STUDENT);
+    assert_eq!(entry["muted"], false);
+    assert_eq!(entry["muted_until"], Value::Null);
     chrono::DateTime::parse_from_rfc3339(entry["last_message_at"].as_str().unwrap())
         .expect("RFC 3339");
 
@@ -544,7 +549,10 @@ async fn unread_summary_as_server_sent_events(app: TestApp) {
     };
     assert_eq!(
         events.next().await,
-        ("summary".to_owned(), json!({ "threads": [], "total": 0 }))
+        (
+            "summary".to_owned(),
+            json!({ "threads": [], "total": 0, "muted_total": 0 })
+        )
     );
 
     send(

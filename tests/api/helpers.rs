@@ -128,6 +128,8 @@ impl TestApp {
             },
             connections: chatd::net::ConnectionLimits::default(),
             call_timeout: Duration::from_secs(15),
+            // Tests send as fast as they can; the limit has tests of its own.
+            send_limit: chatd::domain::SendLimit::OFF,
         }
     }
 

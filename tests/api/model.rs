@@ -1,8 +1,10 @@
 //! The rules as the specification storage is held to: random sequences of operations
 //! (upserts of facts, EnsureThread, SendMessage with and without repeated keys,
-//! MarkRead), by tutors, students and strangers, go through the real server over gRPC,
-//! and after every step the answer (success, or code and reason) and every user's
-//! summaries on both sides (lines, counts, totals, order, previews, writability) are
+//! EditMessage, DeleteMessage, RemoveMessage, MarkRead, MarkUnread, mutes with and
+//! without an end, EraseUser), by tutors, students, strangers and services, go through
+//! the real server over gRPC, and after every step the answer (success, or code and
+//! reason), the messages of the thread it touched, and every user's summaries on both
+//! sides (lines, counts, totals, muted totals, order, previews, writability, mutes) are
 //! compared with a pure model built from `chatd::domain::rules` alone.
 //!
 //! Where SQL applies a rule (PostgreSQL's one-statement writes, SQLite's queries), this
@@ -64,6 +66,42 @@ enum Op {
         actor: Actor,
         thread: usize,
         up_to: Option<i64>,
+    },
+    /// `message` picks a seq: 0 names no message (0 is refused as an argument),
+    /// past the thread's last one names none that exists.
+    Edit {
+        actor: Actor,
+        thread: usize,
+        message: u8,
+        body: String,
+    },
+    Delete {
+        actor: Actor,
+        thread: usize,
+        message: u8,
+    },
+    /// A moderation service removes a message.
+    Remove {
+        thread: usize,
+        message: u8,
+    },
+    MarkUnread {
+        actor: Actor,
+        thread: usize,
+        message: u8,
+    },
+    Mute {
+        actor: Actor,
+        thread: usize,
+        /// With an end (a day ahead: it does not end during the test) or without.
+        ends: bool,
+    },
+    Unmute {
+        actor: Actor,
+        thread: usize,
+    },
+    Erase {
+        user: i64,
     },
 }
 
@@ -193,6 +231,29 @@ fn op() -> impl Strategy<Value = Op> {
                 up_to,
             }
         ),
+        2 => (actor(), thread(), 0..8u8, body()).prop_map(|(actor, thread, message, body)| {
+            Op::Edit {
+                actor,
+                thread,
+                message,
+                body,
+            }
+        }),
+        3 => (actor(), thread(), 0..8u8).prop_map(|(actor, thread, message)| Op::Delete {
+            actor,
+            thread,
+            message,
+        }),
+        1 => (thread(), 0..8u8).prop_map(|(thread, message)| Op::Remove { thread, message }),
+        3 => (actor(), thread(), 0..8u8).prop_map(|(actor, thread, message)| Op::MarkUnread {
+            actor,
+            thread,
+            message,
+        }),
+        2 => (actor(), thread(), any::<bool>())
+            .prop_map(|(actor, thread, ends)| Op::Mute { actor, thread, ends }),
+        1 => (actor(), thread()).prop_map(|(actor, thread)| Op::Unmute { actor, thread }),
+        1 => user().prop_map(|user| Op::Erase { user }),
     ]
 }
 
@@ -209,6 +270,35 @@ struct ModelMessage {
     seq: i64,
     sender: i64,
     body: String,
+    deleted: bool,
+    edited: bool,
+    /// The step it was sent at: the summary's order follows the shown message's.
+    at: usize,
+}
+
+impl ModelMessage {
+    /// What the server answers of a message: seq, sender, body, deleted, edited.
+    fn answer(&self) -> (i64, i64, String, bool, bool) {
+        (
+            self.seq,
+            self.sender,
+            self.body.clone(),
+            self.deleted,
+            self.edited,
+        )
+    }
+}
+
+/// The mutes of a case end a day ahead, or never: neither ends during the test.
+fn mute_end(ends: bool) -> i64 {
+    match ends {
+        true => chrono::Utc::now().timestamp_millis() / 1000 * 1000 + 86_400_000,
+        false => rules::MUTED_FOREVER_MS,
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 #[derive(Debug, Clone)]
@@ -224,8 +314,8 @@ struct ModelThread {
     horizons: [i64; 2],
     /// Idempotency keys by sender: the seq of the first message sent with each.
     keys: BTreeMap<(i64, String), i64>,
-    /// The step of the newest message: the summary's order follows it.
-    last_at: usize,
+    /// Mutes (`muted_until_ms`), tutor's then student's.
+    mutes: [Option<i64>; 2],
 }
 
 fn side_index(side: Side) -> usize {
@@ -248,6 +338,8 @@ struct Line {
     preview: String,
     sender_id: i64,
     is_writable: bool,
+    muted: bool,
+    muted_until_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -269,6 +361,10 @@ fn refusal(refusal: Refusal) -> (Code, &'static str) {
         Refusal::ThreadNotFound => (Code::NotFound, "THREAD_NOT_FOUND"),
         Refusal::ThreadNotWritable => (Code::FailedPrecondition, "THREAD_NOT_WRITABLE"),
         Refusal::ContactAccessLocked => (Code::PermissionDenied, "CONTACT_ACCESS_LOCKED"),
+        Refusal::MessageNotFound => (Code::NotFound, "MESSAGE_NOT_FOUND"),
+        Refusal::NotMessageSender => (Code::PermissionDenied, "NOT_MESSAGE_SENDER"),
+        Refusal::MessageDeleted => (Code::FailedPrecondition, "MESSAGE_DELETED"),
+        Refusal::MarkUnreadTooFar => (Code::FailedPrecondition, "MARK_UNREAD_TOO_FAR"),
     }
 }
 
@@ -304,19 +400,22 @@ impl Model {
         thread
             .messages
             .iter()
-            .filter(|m| rules::counts_as_unread(m.seq, m.sender, user, horizon))
+            .filter(|m| rules::counts_as_unread(m.seq, m.sender, m.deleted, user, horizon))
             .count() as i64
     }
 
-    /// The summary `user` sees on `side`: its lines in order, and the total.
-    fn summary(&self, user: i64, side: Side) -> (Vec<Line>, i64) {
+    /// The summary `user` sees on `side`: its lines in order, the total and the muted total.
+    fn summary(&self, user: i64, side: Side) -> (Vec<Line>, i64, i64) {
+        let now = now_ms();
         let mut lines: Vec<(usize, Line)> = self
             .threads
             .iter()
             .filter(|t| t.participants.includes(user, side))
             .filter_map(|t| {
                 let unread = Self::unread(t, user, side);
-                let last = t.messages.last()?;
+                let last = rules::last_visible(t.messages.iter(), |m| m.deleted)?;
+                let mute = t.mutes[side_index(side)];
+                let muted = rules::is_muted(mute, now);
                 rules::in_summary(unread).then(|| {
                     let line = Line {
                         thread_id: t.id,
@@ -329,14 +428,32 @@ impl Model {
                         preview: rules::preview(&last.body),
                         sender_id: last.sender,
                         is_writable: self.writable(t),
+                        muted,
+                        muted_until_ms: mute.filter(|m| muted && *m != rules::MUTED_FOREVER_MS),
                     };
-                    (t.last_at, line)
+                    (last.at, line)
                 })
             })
             .collect();
         lines.sort_by(|a, b| rules::summary_order((a.0, a.1.thread_id), (b.0, b.1.thread_id)));
-        let total = lines.iter().map(|(_, line)| line.unread_count).sum();
-        (lines.into_iter().map(|(_, line)| line).collect(), total)
+        let sum = |in_total: bool| {
+            lines
+                .iter()
+                .filter(|(_, line)| rules::counts_in_total(line.muted) == in_total)
+                .map(|(_, line)| line.unread_count)
+                .sum()
+        };
+        let (total, muted_total) = (sum(true), sum(false));
+        (
+            lines.into_iter().map(|(_, line)| line).collect(),
+            total,
+            muted_total,
+        )
+    }
+
+    /// The user's total on a side (muted threads left out).
+    fn total(&self, user: i64, side: Side) -> i64 {
+        self.summary(user, side).1
     }
 
     fn upsert<S: Copy>(
@@ -389,7 +506,21 @@ fn line(entry: &pb::ThreadUnread) -> Line {
         preview: entry.last_message_preview.clone(),
         sender_id: entry.last_message_sender_id,
         is_writable: entry.is_writable,
+        muted: entry.muted,
+        muted_until_ms: entry
+            .muted_until
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
     }
+}
+
+fn message_answer(m: &pb::Message) -> (i64, i64, String, bool, bool) {
+    (
+        m.seq,
+        m.sender_id,
+        m.body.clone(),
+        m.deleted,
+        m.edited_at.is_some(),
+    )
 }
 
 /// The server's answer as the model states answers.
@@ -604,7 +735,7 @@ impl Case<'_> {
             } => {
                 let (sender, role, side) = self.resolve(actor, self.thread_participants(thread));
                 let key = key.map(|k| format!("k{k}"));
-                let expected: Expected<(i64, i64, String)> = if body.trim().is_empty() {
+                let expected: Expected<(i64, i64, String, bool, bool)> = if body.trim().is_empty() {
                     Err(INVALID)
                 } else {
                     self.send(step, sender, side, thread, key.clone(), &body)
@@ -619,8 +750,7 @@ impl Case<'_> {
                         .await,
                 );
                 check(step, op, &got, &expected, |r| {
-                    let m = r.message.clone().unwrap_or_default();
-                    (m.seq, m.sender_id, m.body)
+                    message_answer(&r.message.clone().unwrap_or_default())
                 })
             }
             Op::MarkRead {
@@ -639,6 +769,164 @@ impl Case<'_> {
                     (r.last_read_seq, r.unread_count, r.total)
                 })
             }
+            Op::Edit {
+                actor,
+                thread,
+                message,
+                body,
+            } => {
+                let (editor, role, side) = self.resolve(actor, self.thread_participants(thread));
+                let seq = self.pick(thread, message);
+                let expected = if body.trim().is_empty() || seq <= 0 {
+                    Err(INVALID)
+                } else {
+                    self.edit(editor, side, thread, seq, &body)
+                };
+                let got = answered(
+                    self.client(editor, role)
+                        .edit_message(pb::EditMessageRequest {
+                            thread_id: self.thread_id(thread),
+                            seq,
+                            body,
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, |r| {
+                    message_answer(&r.message.clone().unwrap_or_default())
+                })?;
+                self.messages_agree(step, op, thread).await
+            }
+            Op::Delete {
+                actor,
+                thread,
+                message,
+            } => {
+                let (deleter, role, side) = self.resolve(actor, self.thread_participants(thread));
+                let seq = self.pick(thread, message);
+                let expected = if seq <= 0 {
+                    Err(INVALID)
+                } else {
+                    self.delete(Some((deleter, side)), thread, seq)
+                };
+                let got = answered(
+                    self.client(deleter, role)
+                        .delete_message(pb::DeleteMessageRequest {
+                            thread_id: self.thread_id(thread),
+                            seq,
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, |r| {
+                    message_answer(&r.message.clone().unwrap_or_default())
+                })?;
+                self.messages_agree(step, op, thread).await
+            }
+            Op::Remove { thread, message } => {
+                let seq = self.pick(thread, message);
+                let expected = if seq <= 0 {
+                    Err(INVALID)
+                } else {
+                    self.delete(None, thread, seq)
+                };
+                let got = answered(
+                    self.app
+                        .sync()
+                        .remove_message(pb::RemoveMessageRequest {
+                            thread_id: self.thread_id(thread),
+                            seq,
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, |r| {
+                    message_answer(&r.message.clone().unwrap_or_default())
+                })?;
+                self.messages_agree(step, op, thread).await
+            }
+            Op::MarkUnread {
+                actor,
+                thread,
+                message,
+            } => {
+                let (reader, role, side) = self.resolve(actor, self.thread_participants(thread));
+                let from_seq = self.pick(thread, message);
+                let expected = if from_seq <= 0 {
+                    Err(INVALID)
+                } else {
+                    self.mark_unread(reader, side, thread, from_seq)
+                };
+                let got = answered(
+                    self.client(reader, role)
+                        .mark_unread(pb::MarkUnreadRequest {
+                            thread_id: self.thread_id(thread),
+                            from_seq,
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, |r| {
+                    (r.last_read_seq, r.unread_count, r.total)
+                })
+            }
+            Op::Mute {
+                actor,
+                thread,
+                ends,
+            } => {
+                let (user, role, side) = self.resolve(actor, self.thread_participants(thread));
+                let until = mute_end(ends);
+                let expected = self.mute(user, side, thread, Some(until));
+                let got = answered(
+                    self.client(user, role)
+                        .mute_thread(pb::MuteThreadRequest {
+                            thread_id: self.thread_id(thread),
+                            until: ends.then_some(prost_types::Timestamp {
+                                seconds: until / 1000,
+                                nanos: 0,
+                            }),
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, mute_answer)
+            }
+            Op::Unmute { actor, thread } => {
+                let (user, role, side) = self.resolve(actor, self.thread_participants(thread));
+                let expected = self.mute(user, side, thread, None);
+                let got = answered(
+                    self.client(user, role)
+                        .unmute_thread(pb::UnmuteThreadRequest {
+                            thread_id: self.thread_id(thread),
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, mute_answer)
+            }
+            Op::Erase { user } => {
+                let expected = self.erase(base + user);
+                let got = answered(
+                    self.app
+                        .sync()
+                        .erase_user(pb::EraseUserRequest {
+                            user_id: base + user,
+                        })
+                        .await,
+                );
+                check(step, op, &got, &expected, |r| r.messages_erased)?;
+                for thread in 0..self.model.threads.len() {
+                    self.messages_agree(step, op, thread).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The seq an operation's `message` names in `thread` (see `Op::Edit`).
+    fn pick(&self, thread: usize, message: u8) -> i64 {
+        match message {
+            0 => 0,
+            n => Self::seq(
+                n - 1,
+                self.thread_index(thread)
+                    .map_or(0, |i| self.model.threads[i].messages.len()),
+            ),
         }
     }
 
@@ -671,7 +959,7 @@ impl Case<'_> {
                 messages: Vec::new(),
                 horizons: [0, 0],
                 keys: BTreeMap::new(),
-                last_at: 0,
+                mutes: [None, None],
             });
         }
         let index = existing.or_else(|| {
@@ -715,7 +1003,7 @@ impl Case<'_> {
         thread: usize,
         key: Option<String>,
         body: &str,
-    ) -> Expected<(i64, i64, String)> {
+    ) -> Expected<(i64, i64, String, bool, bool)> {
         let index = self
             .thread_index(thread)
             .ok_or(refusal(Refusal::ThreadNotFound))?;
@@ -725,23 +1013,174 @@ impl Case<'_> {
         if let Some(key) = &key
             && let Some(seq) = t.keys.get(&(sender, key.clone()))
         {
-            let first = &t.messages[*seq as usize - 1];
-            return Ok((first.seq, first.sender, first.body.clone()));
+            return Ok(t.messages[*seq as usize - 1].answer());
         }
         rules::may_write(side, &view).map_err(refusal)?;
         let t = &mut self.model.threads[index];
         let seq = t.messages.len() as i64 + 1;
-        t.messages.push(ModelMessage {
+        let message = ModelMessage {
             seq,
             sender,
             body: body.to_owned(),
-        });
+            deleted: false,
+            edited: false,
+            at: step + 1,
+        };
+        let answer = message.answer();
+        t.messages.push(message);
         t.horizons[side_index(side)] = rules::horizon_after_send(seq);
         if let Some(key) = key {
             t.keys.insert((sender, key), seq);
         }
-        t.last_at = step + 1;
-        Ok((seq, sender, body.to_owned()))
+        Ok(answer)
+    }
+
+    /// The seq an operation's `message` names, in a thread of `len` messages: 1..=len,
+    /// or one past the end (no such message).
+    fn seq(message: u8, len: usize) -> i64 {
+        i64::from(message) % (len as i64 + 1) + 1
+    }
+
+    /// The message at `seq` as the rules of editing and deleting see it.
+    fn found(&self, index: usize, seq: i64) -> Option<rules::MessageView> {
+        let m = self.model.threads[index]
+            .messages
+            .get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+        Some(rules::MessageView {
+            sender_id: m.sender,
+            deleted: m.deleted,
+        })
+    }
+
+    fn edit(
+        &mut self,
+        editor: i64,
+        side: Side,
+        thread: usize,
+        seq: i64,
+        body: &str,
+    ) -> Expected<(i64, i64, String, bool, bool)> {
+        let index = self
+            .thread_index(thread)
+            .ok_or(refusal(Refusal::ThreadNotFound))?;
+        let view = self.model.view(&self.model.threads[index]);
+        rules::thread_for(editor, side, Some(view)).map_err(refusal)?;
+        rules::may_edit(editor, side, &view, self.found(index, seq)).map_err(refusal)?;
+        let m = &mut self.model.threads[index].messages[seq as usize - 1];
+        m.body = body.to_owned();
+        m.edited = true;
+        Ok(m.answer())
+    }
+
+    /// DeleteMessage (`deleter` Some) or RemoveMessage (a moderator: None).
+    fn delete(
+        &mut self,
+        deleter: Option<(i64, Side)>,
+        thread: usize,
+        seq: i64,
+    ) -> Expected<(i64, i64, String, bool, bool)> {
+        let index = self
+            .thread_index(thread)
+            .ok_or(refusal(Refusal::ThreadNotFound))?;
+        let view = self.model.view(&self.model.threads[index]);
+        let found = self.found(index, seq);
+        match deleter {
+            Some((user, side)) => {
+                rules::thread_for(user, side, Some(view)).map_err(refusal)?;
+                rules::may_delete(user, found).map_err(refusal)?;
+            }
+            None => {
+                found.ok_or(refusal(Refusal::MessageNotFound))?;
+            }
+        }
+        let m = &mut self.model.threads[index].messages[seq as usize - 1];
+        m.deleted = true;
+        m.body.clear();
+        Ok(m.answer())
+    }
+
+    fn mark_unread(
+        &mut self,
+        reader: i64,
+        side: Side,
+        thread: usize,
+        from_seq: i64,
+    ) -> Expected<(i64, i64, i64)> {
+        let index = self
+            .thread_index(thread)
+            .ok_or(refusal(Refusal::ThreadNotFound))?;
+        let view = self.model.view(&self.model.threads[index]);
+        rules::thread_for(reader, side, Some(view)).map_err(refusal)?;
+        let last_seq = self.model.threads[index].messages.len() as i64;
+        rules::may_mark_unread(from_seq, last_seq).map_err(refusal)?;
+        let horizon = rules::horizon_after_mark_unread(from_seq);
+        self.model.threads[index].horizons[side_index(side)] = horizon;
+        let unread = Model::unread(&self.model.threads[index], reader, side);
+        Ok((horizon, unread, self.model.total(reader, side)))
+    }
+
+    fn mute(
+        &mut self,
+        user: i64,
+        side: Side,
+        thread: usize,
+        muted_until_ms: Option<i64>,
+    ) -> Expected<(bool, Option<i64>, i64)> {
+        let index = self
+            .thread_index(thread)
+            .ok_or(refusal(Refusal::ThreadNotFound))?;
+        let view = self.model.view(&self.model.threads[index]);
+        rules::thread_for(user, side, Some(view)).map_err(refusal)?;
+        self.model.threads[index].mutes[side_index(side)] = muted_until_ms;
+        let muted = rules::is_muted(muted_until_ms, now_ms());
+        let shown = muted_until_ms.filter(|m| muted && *m != rules::MUTED_FOREVER_MS);
+        Ok((muted, shown, self.model.total(user, side)))
+    }
+
+    /// EraseUser: every message the user sent becomes a tombstone, keys wiped.
+    fn erase(&mut self, user: i64) -> Expected<i64> {
+        let mut erased = 0;
+        for t in &mut self.model.threads {
+            for m in t.messages.iter_mut().filter(|m| m.sender == user) {
+                erased += i64::from(!m.deleted);
+                m.deleted = true;
+                m.body.clear();
+            }
+            t.keys.retain(|(sender, _), _| *sender != user);
+        }
+        Ok(erased)
+    }
+
+    /// The messages of a thread, oldest first, as its tutor lists them, against the model.
+    async fn messages_agree(
+        &self,
+        step: usize,
+        op: &Op,
+        thread: usize,
+    ) -> Result<(), TestCaseError> {
+        let Some(index) = self.thread_index(thread) else {
+            return Ok(());
+        };
+        let t = &self.model.threads[index];
+        let listed = self
+            .client(t.participants.tutor_id, Role::Tutor)
+            .list_messages(pb::ListMessagesRequest {
+                thread_id: t.id,
+                before_seq: None,
+                limit: 200,
+            })
+            .await
+            .map_err(|status| TestCaseError::fail(format!("list messages: {status:?}")))?
+            .into_inner();
+        let mut got: Vec<_> = listed.messages.iter().map(message_answer).collect();
+        got.reverse();
+        let expected: Vec<_> = t.messages.iter().map(ModelMessage::answer).collect();
+        if got != expected {
+            return Err(TestCaseError::fail(format!(
+                "after step {step} {op:?}: thread {thread}'s messages:\n  server {got:?}\n  rules  {expected:?}"
+            )));
+        }
+        Ok(())
     }
 
     fn mark_read(
@@ -762,8 +1201,7 @@ impl Case<'_> {
         *horizon = rules::horizon_after_mark_read(*horizon, up_to, last_seq);
         let horizon = *horizon;
         let unread = Model::unread(&self.model.threads[index], reader, side);
-        let (_, total) = self.model.summary(reader, side);
-        Ok((horizon, unread, total))
+        Ok((horizon, unread, self.model.total(reader, side)))
     }
 
     /// Every user's summary on both sides, against the model.
@@ -781,7 +1219,11 @@ impl Case<'_> {
             let got = answer
                 .map(tonic::Response::into_inner)
                 .map_err(|status| TestCaseError::fail(format!("summary: {status:?}")))?;
-            let got = (got.threads.iter().map(line).collect::<Vec<_>>(), got.total);
+            let got = (
+                got.threads.iter().map(line).collect::<Vec<_>>(),
+                got.total,
+                got.muted_total,
+            );
             let expected = self.model.summary(self.base + user, side);
             if got != expected {
                 return Err(TestCaseError::fail(format!(
@@ -791,6 +1233,13 @@ impl Case<'_> {
         }
         Ok(())
     }
+}
+
+fn mute_answer(r: &pb::MuteThreadResponse) -> (bool, Option<i64>, i64) {
+    let until = r
+        .muted_until
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    (r.muted, until, r.total)
 }
 
 fn relation_status(status: RelationStatus) -> pb::RelationStatus {

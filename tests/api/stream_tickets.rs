@@ -65,7 +65,10 @@ async fn a_ticket_opens_one_stream_as_its_minter(app: TestApp) {
     let mut events = open_with_ticket(&app, &ticket).await;
     assert_eq!(
         events.next().await,
-        ("summary".to_owned(), json!({ "threads": [], "total": 0 }))
+        (
+            "summary".to_owned(),
+            json!({ "threads": [], "total": 0, "muted_total": 0 })
+        )
     );
     app.tutor(TUTOR)
         .say(thread.thread_id, "to the student")

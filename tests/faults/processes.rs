@@ -65,6 +65,10 @@ impl Chatd {
             &http.to_string(),
             "--jwt-secret",
             SECRET,
+            // The workload sends as fast as its clients can: the limit per user would
+            // refuse most of it.
+            "--user-send-rate",
+            "0",
         ]
         .iter()
         .map(ToString::to_string)

@@ -1,45 +1,69 @@
 -- MarkRead, as ONE statement (one round trip); chatd runs this file as it is.
 --
--- Under a share lock on the thread (so no message can be appended meanwhile) and the
--- reader's row lock, moves the horizon as rules::horizon_after_mark_read says (forward
--- to the requested seq, clamped to the last seq, never back), sets the unread count to
--- rules::unread_at, bumps the reader's summary version when that count changed
--- (rules::read_changes), and answers the reader's new total.
+-- Under a share lock on the thread (so no message can be appended, edited or deleted
+-- meanwhile) and the reader's row lock, moves the horizon as
+-- rules::horizon_after_mark_read says (forward to the requested seq, clamped to the
+-- last seq, never back), sets the unread count to what rules::counts_as_unread counts
+-- after it, bumps the reader's summary version when that count changed
+-- (rules::read_changes), and answers the reader's new total (rules::counts_in_total:
+-- muted threads left out).
+--
+-- Reading up to the last seq leaves nothing unread and counts nothing. Reading less
+-- counts the peer's messages after the new horizon, in the statement's snapshot: when
+-- a write of the thread committed between that snapshot and the lock (the locked
+-- revision is not the one the snapshot saw), the statement changes nothing and says
+-- `stale`, and chatd runs it again right after taking the lock.
 WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
            CAST(:side AS text) AS side,
            CAST(:user_id AS bigint) AS user_id,
-           CAST(:up_to_seq AS bigint) AS up_to_seq
+           CAST(:up_to_seq AS bigint) AS up_to_seq,
+           CAST(:now_ms AS bigint) AS now_ms
 ),
 t AS MATERIALIZED (
-    SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable FROM threads
+    SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable, revision FROM threads
     WHERE thread_id = (SELECT thread_id FROM params)
     FOR SHARE
 ),
+seen AS (
+    SELECT revision FROM threads WHERE thread_id = (SELECT thread_id FROM params)
+),
 cur AS MATERIALIZED (
     -- rules::thread_for: no row unless the reader is the participant on their side.
-    SELECT p.last_read_seq, p.unread_count FROM thread_participants p, params
+    SELECT p.last_read_seq, p.unread_count, p.muted_until_ms FROM thread_participants p, params
     WHERE p.thread_id = (SELECT thread_id FROM t) AND p.side = params.side
       AND p.user_id = params.user_id
     FOR NO KEY UPDATE OF p
 ),
+h AS MATERIALIZED (
+    -- rules::horizon_after_mark_read.
+    SELECT GREATEST(cur.last_read_seq,
+                    LEAST(COALESCE(params.up_to_seq, t.last_seq), t.last_seq)) AS horizon,
+           cur.unread_count AS unread_before, cur.muted_until_ms, t.last_seq,
+           t.revision <> (SELECT revision FROM seen) AS moved_on
+    FROM t, cur, params
+),
 next AS MATERIALIZED (
-    -- rules::horizon_after_mark_read (h.horizon) and rules::unread_at (unread).
-    SELECT horizon, GREATEST(t.last_seq - horizon, 0) AS unread, cur.unread_count AS unread_before
-    FROM t, cur, params,
-         LATERAL (SELECT GREATEST(cur.last_read_seq,
-                                  LEAST(COALESCE(params.up_to_seq, t.last_seq), t.last_seq)) AS horizon) h
+    -- rules::counts_as_unread after the horizon: after it, from the peer, not deleted.
+    SELECT h.horizon, h.unread_before, h.muted_until_ms,
+           h.moved_on AND h.horizon < h.last_seq AS stale,
+           CASE WHEN h.horizon >= h.last_seq THEN 0
+                ELSE (SELECT count(*) FROM messages m
+                      WHERE m.thread_id = params.thread_id AND m.seq > h.horizon
+                        AND m.sender_id <> params.user_id AND m.deleted_at IS NULL)
+           END AS unread
+    FROM h, params
 ),
 moved AS (
     UPDATE thread_participants p SET last_read_seq = next.horizon, unread_count = next.unread
     FROM next, params
-    WHERE p.thread_id = params.thread_id AND p.side = params.side
+    WHERE p.thread_id = params.thread_id AND p.side = params.side AND NOT next.stale
       AND (p.last_read_seq <> next.horizon OR p.unread_count <> next.unread)
 ),
 bumped AS (
     INSERT INTO summary_versions (user_id, side, version)
     SELECT params.user_id, params.side, 1 FROM next, params
-    WHERE next.unread <> next.unread_before  -- rules::read_changes
+    WHERE next.unread <> next.unread_before AND NOT next.stale  -- rules::read_changes
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING version
 ),
@@ -48,8 +72,12 @@ elsewhere AS (
     FROM thread_participants p, params
     WHERE p.user_id = params.user_id AND p.side = params.side AND p.unread_count > 0
       AND p.thread_id <> params.thread_id
+      AND COALESCE(p.muted_until_ms, 0) <= params.now_ms  -- rules::counts_in_total
 )
 SELECT t.kind, t.tutor_id, t.student_id, t.is_writable,
-       next.horizon, next.unread, elsewhere.unread + COALESCE(next.unread, 0) AS total,
-       EXISTS (SELECT 1 FROM bumped) AS changed
-FROM elsewhere LEFT JOIN t ON TRUE LEFT JOIN next ON TRUE;
+       next.horizon, next.unread,
+       elsewhere.unread + CASE WHEN COALESCE(next.muted_until_ms, 0) > params.now_ms THEN 0
+                               ELSE COALESCE(next.unread, 0) END AS total,
+       EXISTS (SELECT 1 FROM bumped) AS changed,
+       COALESCE(next.stale, FALSE) AS stale
+FROM params CROSS JOIN elsewhere LEFT JOIN t ON TRUE LEFT JOIN next ON TRUE;

@@ -30,7 +30,9 @@ access AS MATERIALIZED (
     FOR SHARE OF ca
 ),
 prior AS MATERIALIZED (
-    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id
+    -- A retry of this key: the first message, as it is now (edited, or a tombstone).
+    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id,
+           m.edited_at, m.deleted_at
     FROM messages m, params
     WHERE m.thread_id = params.thread_id AND m.sender_id = params.sender_id
       AND m.client_message_id = params.client_message_id
@@ -61,7 +63,9 @@ m AS (
     RETURNING message_id, thread_id, seq, sender_id, body, created_at, client_message_id
 ),
 moved AS (
-    UPDATE threads SET last_seq = m.seq, last_message_at = m.created_at,
+    -- The new message is the newest not deleted (rules::last_visible).
+    UPDATE threads SET last_seq = m.seq, last_visible_seq = m.seq, revision = threads.revision + 1,
+        last_message_at = m.created_at,
         last_message_preview = params.preview, last_message_sender_id = params.sender_id
     FROM m, params
     WHERE threads.thread_id = m.thread_id
@@ -96,7 +100,8 @@ SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM acces
        m.message_id, m.thread_id AS message_thread_id, m.seq, m.sender_id, m.body, m.created_at,
        m.client_message_id,
        prior.message_id AS prior_message_id, prior.seq AS prior_seq, prior.body AS prior_body,
-       prior.created_at AS prior_created_at,
+       prior.created_at AS prior_created_at, prior.edited_at AS prior_edited_at,
+       prior.deleted_at AS prior_deleted_at,
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
        (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides
 FROM params LEFT JOIN t ON TRUE LEFT JOIN m ON TRUE LEFT JOIN prior ON TRUE;

@@ -50,6 +50,13 @@ trait QueuedWrite: Send {
 
 type Job = Box<dyn QueuedWrite>;
 
+/// What waits in the writer's queue: a write, or a checkpoint to run between writes
+/// (outside any transaction, which SQLite requires of one).
+enum Queued {
+    Write(Job),
+    Checkpoint(oneshot::Sender<Result<(), String>>),
+}
+
 struct Pending<T, F> {
     write: F,
     outcome: Option<QueryResult<T>>,
@@ -95,7 +102,7 @@ where
 /// clone is dropped.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     timeout: Duration,
 }
 
@@ -107,26 +114,46 @@ impl Writer {
             .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
         diesel::connection::SimpleConnection::batch_execute(
             &mut conn,
+            // secure_delete: what a write replaces or removes is overwritten with
+            // zeros in the file, not left in free space (EraseUser's promise).
             &format!(
                 "{} PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}; \
-                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};",
+                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}; PRAGMA secure_delete = ON;",
                 pool::sqlite_pragmas(timeout)
             ),
         )
         .map_err(|e| format!("cannot set up the SQLite database {path}: {e}"))?;
-        let (jobs, mut queued) = mpsc::channel::<Job>(WRITE_QUEUE);
+        let (jobs, mut queued) = mpsc::channel::<Queued>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("chatd-sqlite-writer".into())
             .spawn(move || {
                 // Ends when every sender is gone (the store was dropped).
-                while let Some(first) = queued.blocking_recv() {
+                let mut next = queued.blocking_recv();
+                while let Some(item) = next.take() {
+                    let first = match item {
+                        Queued::Checkpoint(answer) => {
+                            let _ = answer.send(checkpoint(&mut conn, timeout));
+                            next = queued.blocking_recv();
+                            continue;
+                        }
+                        Queued::Write(first) => first,
+                    };
                     let mut group = vec![first];
-                    while group.len() < MAX_GROUP
-                        && let Ok(job) = queued.try_recv()
-                    {
-                        group.push(job);
+                    while group.len() < MAX_GROUP {
+                        match queued.try_recv() {
+                            Ok(Queued::Write(job)) => group.push(job),
+                            // A checkpoint waits for the group before it to commit.
+                            Ok(checkpoint) => {
+                                next = Some(checkpoint);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
                     commit_group(&mut conn, group);
+                    if next.is_none() {
+                        next = queued.blocking_recv();
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the SQLite writer: {e}"))?;
@@ -150,19 +177,62 @@ impl Writer {
             outcome: None,
             answer,
         });
+        self.queue(Queued::Write(job), answered).await?
+    }
+
+    /// Moves every page the WAL holds into the database file and truncates the WAL to
+    /// nothing, once the writes queued before it have committed.
+    pub async fn checkpoint(&self) -> StoreResult<()> {
+        let (answer, answered) = oneshot::channel();
+        self.queue(Queued::Checkpoint(answer), answered)
+            .await?
+            .map_err(StoreError::Unavailable)
+    }
+
+    /// Queues an item and waits for its answer, within the timeout.
+    async fn queue<A>(&self, item: Queued, answered: oneshot::Receiver<A>) -> StoreResult<A> {
         let stopped = || StoreError::Unavailable("the SQLite writer has stopped".into());
         let waited = tokio::time::timeout(self.timeout, async {
-            self.jobs.send(job).await.map_err(|_| stopped())?;
+            self.jobs.send(item).await.map_err(|_| stopped())?;
             answered.await.map_err(|_| stopped())
         })
         .await;
-        match waited {
-            Ok(outcome) => outcome?,
-            Err(_) => Err(StoreError::Unavailable(format!(
+        waited.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
                 "the SQLite writer did not answer within {:?}",
                 self.timeout
-            ))),
+            )))
+        })
+    }
+}
+
+/// The answer of `PRAGMA wal_checkpoint`.
+#[derive(diesel::QueryableByName)]
+struct CheckpointRow {
+    /// 1 when readers kept it from completing.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    busy: i32,
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: every frame into the database file, then the WAL
+/// cut to zero bytes. Readers still on an old snapshot keep it from completing; it is
+/// tried again until `within` has passed.
+fn checkpoint(conn: &mut SqliteConnection, within: Duration) -> Result<(), String> {
+    use diesel::RunQueryDsl;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let rows: Vec<CheckpointRow> = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .load(conn)
+            .map_err(|e| format!("the WAL checkpoint failed: {e}"))?;
+        if rows.first().is_some_and(|row| row.busy == 0) {
+            return Ok(());
         }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the WAL checkpoint could not complete within {within:?}: readers held old pages"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

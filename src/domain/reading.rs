@@ -1,0 +1,500 @@
+//! The reader's side: the unread summary (from the cache when it may, with an etag that
+//! names its owner and expires with the next mute to end), MarkRead, MarkUnread, mutes,
+//! and the stream of summary changes.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::rules::{self, Refusal};
+use super::watch::Subscription;
+use super::{
+    CachedSummary, Caller, Chat, DomainError, MAX_PAGE_LIMIT, MuteState, ReadState, Side,
+    SummaryAnswer, SummaryKey, UnreadSummary, caller_side, now_ms, thread_refused,
+};
+use crate::storage::UnreadPage;
+
+impl Chat {
+    /// The caller's threads with unread messages (newest first) and their totals, or
+    /// `NotModified` when `if_none_match` names the current summary. Answered from the
+    /// cache when it may (see `Summaries`), with no database round trip.
+    pub async fn unread_summary(
+        &self,
+        caller: Caller,
+        limit: i64,
+        if_none_match: Option<&str>,
+    ) -> Result<SummaryAnswer, DomainError> {
+        let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
+        let now = now_ms();
+        if let Some(cached) = self.summaries.cached(&key)
+            && cached.current_at(now)
+        {
+            return Ok(answer(key, &cached, limit, if_none_match));
+        }
+        if let Some(token) = self.summaries.fill_token(&key) {
+            // Read deep enough for any page size, so the entry answers every later poll.
+            let (page, version) = self.read_summary(key, MAX_PAGE_LIMIT, now).await?;
+            let cached = Arc::new(CachedSummary::new(version, page));
+            self.summaries.fill(key, token, cached.clone());
+            return Ok(answer(key, &cached, limit, if_none_match));
+        }
+        // No cache to trust: a conditional request checks the version alone first, and
+        // a current one costs a key lookup and builds nothing.
+        if let Some(tag) = if_none_match.and_then(Etag::parse)
+            && tag.key == key
+            && tag.limit == limit
+            && tag.changes_at.is_none_or(|at| now < at)
+            && tag.version == self.store.summary_version(key).await?
+        {
+            return Ok(SummaryAnswer::NotModified {
+                etag: tag.to_string(),
+            });
+        }
+        let (page, version) = self.read_summary(key, limit, now).await?;
+        let tag = Etag {
+            key,
+            version,
+            limit,
+            changes_at: page.changes_at,
+        };
+        Ok(SummaryAnswer::Summary {
+            summary: UnreadSummary::new(
+                page.rows.into(),
+                usize::MAX,
+                page.total,
+                page.muted_total,
+                page.changes_at,
+            ),
+            etag: tag.to_string(),
+        })
+    }
+
+    /// A page of the summary at `now_ms` and the exact version it shows.
+    ///
+    /// An etag must never claim newer content than it is sent with, or a later poll
+    /// would be told 304 over a change it never saw. The version read in the page's
+    /// statement is exact. An empty page carries none: read the version, then the page
+    /// again, whose content is then at least that new.
+    async fn read_summary(
+        &self,
+        key: SummaryKey,
+        limit: i64,
+        now_ms: i64,
+    ) -> Result<(UnreadPage, i64), DomainError> {
+        let page = self.store.unread_summary(key, limit, now_ms).await?;
+        if let Some(version) = page.version {
+            return Ok((page, version));
+        }
+        let version = self.store.summary_version(key).await?;
+        let page = self.store.unread_summary(key, limit, now_ms).await?;
+        let version = page.version.unwrap_or(version);
+        Ok((page, version))
+    }
+
+    /// Moves the caller's read horizon forward, never back (`rules::horizon_after_mark_read`).
+    pub async fn mark_read(
+        &self,
+        caller: Caller,
+        thread_id: i64,
+        up_to_seq: Option<i64>,
+    ) -> Result<ReadState, DomainError> {
+        let side = caller_side(caller)?;
+        let attempt = self
+            .store
+            .mark_read(thread_id, side, caller.user_id, up_to_seq, now_ms())
+            .await?;
+        // A thread the caller is not in does not exist for them.
+        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
+            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
+        let state = attempt
+            .state
+            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        self.read(caller.user_id, side, thread_id, state)
+    }
+
+    /// Sets the caller's horizon just before `from_seq`, one of the thread's newest
+    /// messages (`rules::may_mark_unread`): the one call that may move it back.
+    pub async fn mark_unread(
+        &self,
+        caller: Caller,
+        thread_id: i64,
+        from_seq: i64,
+    ) -> Result<ReadState, DomainError> {
+        let side = caller_side(caller)?;
+        let attempt = self
+            .store
+            .mark_unread(thread_id, side, caller.user_id, from_seq, now_ms())
+            .await?;
+        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
+            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
+        rules::may_mark_unread(from_seq, attempt.last_seq).map_err(|refusal| match refusal {
+            Refusal::MessageNotFound => DomainError::MessageNotFound {
+                thread_id,
+                seq: from_seq,
+            },
+            _ => DomainError::MarkUnreadTooFar {
+                from_seq,
+                window: rules::MARK_UNREAD_WINDOW,
+                oldest_allowed: attempt.last_seq - rules::MARK_UNREAD_WINDOW,
+            },
+        })?;
+        let state = attempt
+            .state
+            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        self.read(caller.user_id, side, thread_id, state)
+    }
+
+    /// After a read: the reader's summary told when it changed, their state answered.
+    fn read(
+        &self,
+        user_id: i64,
+        side: Side,
+        thread_id: i64,
+        state: crate::storage::ReadStateRow,
+    ) -> Result<ReadState, DomainError> {
+        if state.changed {
+            self.changed(&[SummaryKey::new(user_id, side)]);
+        }
+        Ok(ReadState {
+            thread_id,
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+            total: state.total,
+        })
+    }
+
+    /// Mutes a thread for the caller, until `until` (which the transport checked is
+    /// ahead) or, with `None`, until they unmute it.
+    pub async fn mute_thread(
+        &self,
+        caller: Caller,
+        thread_id: i64,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<MuteState, DomainError> {
+        let until_ms = until.map_or(rules::MUTED_FOREVER_MS, |at| at.timestamp_millis());
+        self.set_mute(caller, thread_id, Some(until_ms)).await
+    }
+
+    /// Unmutes a thread for the caller (muted or not).
+    pub async fn unmute_thread(
+        &self,
+        caller: Caller,
+        thread_id: i64,
+    ) -> Result<MuteState, DomainError> {
+        self.set_mute(caller, thread_id, None).await
+    }
+
+    async fn set_mute(
+        &self,
+        caller: Caller,
+        thread_id: i64,
+        muted_until_ms: Option<i64>,
+    ) -> Result<MuteState, DomainError> {
+        let side = caller_side(caller)?;
+        let now = now_ms();
+        let attempt = self
+            .store
+            .set_mute(thread_id, side, caller.user_id, muted_until_ms, now)
+            .await?;
+        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
+            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
+        let state = attempt
+            .state
+            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        if state.changed {
+            self.changed(&[SummaryKey::new(caller.user_id, side)]);
+        }
+        let muted = rules::is_muted(state.muted_until_ms, now);
+        Ok(MuteState {
+            thread_id,
+            muted,
+            muted_until: state
+                .muted_until_ms
+                .filter(|until| muted && *until != rules::MUTED_FOREVER_MS)
+                .and_then(DateTime::from_timestamp_millis),
+            total: state.total,
+        })
+    }
+
+    /// Opens a stream of the caller's unread summary: `next` yields the current one,
+    /// then one each time it changes.
+    pub fn watch_unread_summary(
+        &self,
+        caller: Caller,
+        limit: i64,
+    ) -> Result<SummaryWatch, DomainError> {
+        let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
+        let subscription = self.summaries.hub().subscribe(key)?;
+        Ok(SummaryWatch {
+            chat: self.clone(),
+            caller,
+            limit,
+            subscription,
+            last_sent: None,
+            sent_at: None,
+            changes_at: None,
+            started: false,
+        })
+    }
+}
+
+/// A summary's etag: whose summary it is (side and user), the version, the page size
+/// (a different page of the same version is different content) and, when a mute of it
+/// ends by itself, that time: past it the summary has changed with no write, so the
+/// etag names content that is no longer current. `t42.v5.l50`, `s7.v3.l50.e1764500000000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Etag {
+    pub key: SummaryKey,
+    pub version: i64,
+    pub limit: i64,
+    pub changes_at: Option<i64>,
+}
+
+impl Etag {
+    /// Reads an etag back; `None` for anything chatd did not make.
+    pub fn parse(tag: &str) -> Option<Etag> {
+        let mut parts = tag.split('.');
+        let owner = parts.next()?;
+        let side = match owner.as_bytes().first()? {
+            b't' => Side::Tutor,
+            b's' => Side::Student,
+            _ => return None,
+        };
+        let number = |part: Option<&str>, prefix: char| -> Option<i64> {
+            let digits = part?.strip_prefix(prefix)?;
+            let value: i64 = digits.parse().ok()?;
+            (value.to_string() == digits).then_some(value)
+        };
+        let user_id = number(Some(owner), owner.chars().next()?)?;
+        let version = number(parts.next(), 'v')?;
+        let limit = number(parts.next(), 'l')?;
+        let changes_at = match parts.next() {
+            None => None,
+            Some(part) => Some(number(Some(part), 'e')?),
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Etag {
+            key: SummaryKey::new(user_id, side),
+            version,
+            limit,
+            changes_at,
+        })
+    }
+}
+
+impl std::fmt::Display for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match self.key.side {
+            Side::Tutor => 't',
+            Side::Student => 's',
+        };
+        write!(
+            f,
+            "{side}{}.v{}.l{}",
+            self.key.user_id, self.version, self.limit
+        )?;
+        if let Some(at) = self.changes_at {
+            write!(f, ".e{at}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer a cached summary gives.
+fn answer(
+    key: SummaryKey,
+    cached: &CachedSummary,
+    limit: i64,
+    if_none_match: Option<&str>,
+) -> SummaryAnswer {
+    let etag = Etag {
+        key,
+        version: cached.version,
+        limit,
+        changes_at: cached.changes_at,
+    }
+    .to_string();
+    if if_none_match == Some(etag.as_str()) {
+        return SummaryAnswer::NotModified { etag };
+    }
+    SummaryAnswer::Summary {
+        summary: cached.page(limit),
+        etag,
+    }
+}
+
+/// A stream of one caller's unread summary (see `Chat::watch_unread_summary`).
+///
+/// The first change after a quiet spell is read and sent at once; changes that follow
+/// within the coalescing window after a send gather into one read at the window's end
+/// (leading edge, then trailing). A summary whose mute ends by itself is read again at
+/// that time, with no change from anyone: a timer of this stream's own, only while such
+/// a mute is pending. An idle stream holds a digest of what it last sent, not a copy.
+pub struct SummaryWatch {
+    chat: Chat,
+    caller: Caller,
+    limit: i64,
+    subscription: Subscription,
+    last_sent: Option<u64>,
+    sent_at: Option<tokio::time::Instant>,
+    /// When the summary last read changes by itself (Unix ms).
+    changes_at: Option<i64>,
+    started: bool,
+}
+
+impl SummaryWatch {
+    /// The next summary to send: the current one first, then each that differs from the
+    /// last one sent. `None` when the server is shutting down.
+    pub async fn next(&mut self) -> Option<Result<(UnreadSummary, String), DomainError>> {
+        loop {
+            // Whether this read follows a change (not the snapshot).
+            let after_change = self.started;
+            if after_change {
+                let changed = match self.changes_at {
+                    None => self.subscription.changed().await,
+                    Some(at) => {
+                        let wait = std::time::Duration::from_millis(
+                            u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0),
+                        );
+                        tokio::select! {
+                            changed = self.subscription.changed() => changed,
+                            () = tokio::time::sleep(wait) => true,
+                        }
+                    }
+                };
+                if !changed {
+                    return None;
+                }
+                // Within the window after a send, let the burst gather (a hundred
+                // messages in a second make one read and one send, not a hundred).
+                if let Some(sent_at) = self.sent_at {
+                    tokio::time::sleep_until(sent_at + self.chat.coalesce).await;
+                }
+            }
+            self.started = true;
+            // Changes from here on wake the next round: none is lost between the read and the wait.
+            self.subscription.mark_seen();
+            // Boxed: this future is sized for its largest state, and a read inline (some
+            // 4.5 KB) would be held by every idle stream while it waits for a change.
+            let answer = Box::pin(self.chat.unread_summary(self.caller, self.limit, None)).await;
+            match answer {
+                Err(error) => return Some(Err(error)),
+                Ok(SummaryAnswer::NotModified { .. }) => continue,
+                Ok(SummaryAnswer::Summary { summary, etag }) => {
+                    self.changes_at = summary.changes_at;
+                    let digest = digest(&summary);
+                    if self.last_sent == Some(digest) {
+                        continue;
+                    }
+                    self.last_sent = Some(digest);
+                    // The snapshot opens no window: only sends a change caused do.
+                    if after_change {
+                        self.sent_at = Some(tokio::time::Instant::now());
+                    }
+                    return Some(Ok((summary, etag)));
+                }
+            }
+        }
+    }
+}
+
+/// A 64-bit digest of a summary: equal summaries have equal digests, and two that
+/// differ collide with odds of one in 2^64.
+fn digest(summary: &UnreadSummary) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    summary.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        CacheConfig, CacheTrust, Role, SendLimit, SendLimits, Summaries, WatchLimits,
+    };
+    use crate::model::Side;
+    use crate::storage::Store;
+    use std::time::Duration;
+
+    /// Every open WatchUnreadSummary stream holds its pending `next()` future while it
+    /// waits for a change: the database read it makes must not be inlined in it.
+    #[tokio::test]
+    async fn an_idle_watch_holds_no_database_read() {
+        let path = std::env::temp_dir().join(format!("chatd_watch_size_{}.db", std::process::id()));
+        let store = Store::connect(
+            &crate::storage::DatabaseUrl::Sqlite(path.display().to_string()),
+            &crate::storage::PoolConfig {
+                max_size: 1,
+                timeout: Duration::from_secs(1),
+                statement_timeout: None,
+            },
+        )
+        .expect("a store");
+        let summaries = Summaries::new(
+            CacheConfig {
+                budget_bytes: 0,
+                sweep: Duration::from_secs(1),
+            },
+            WatchLimits {
+                per_user: 1,
+                total: 1,
+            },
+            Arc::new(crate::fanout::Local),
+            crate::metrics::Metrics::new().cache,
+            CacheTrust::FromStart,
+        );
+        let chat = Chat::new(
+            store,
+            summaries,
+            crate::metrics::Metrics::new().chat,
+            Duration::ZERO,
+            SendLimits::new(SendLimit::OFF).expect("no limit"),
+        );
+        let caller = Caller {
+            user_id: 1,
+            role: Role::Tutor,
+        };
+        let mut watch = chat.watch_unread_summary(caller, 50).expect("a watch");
+        let pending = std::mem::size_of_val(&watch.next());
+        let read = std::mem::size_of_val(&chat.unread_summary(caller, 50, None));
+        assert!(
+            pending < 1024,
+            "an idle watch holds {pending} bytes (a read is {read})"
+        );
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn etags_name_their_owner_and_round_trip() {
+        let tag = Etag {
+            key: SummaryKey::new(42, Side::Tutor),
+            version: 5,
+            limit: 50,
+            changes_at: None,
+        };
+        assert_eq!(tag.to_string(), "t42.v5.l50");
+        assert_eq!(Etag::parse("t42.v5.l50"), Some(tag));
+        let expiring = Etag {
+            key: SummaryKey::new(7, Side::Student),
+            changes_at: Some(1_764_500_000_000),
+            ..tag
+        };
+        assert_eq!(Etag::parse(&expiring.to_string()), Some(expiring));
+        for foreign in [
+            "v5.l50",
+            "t42.v5",
+            "x42.v5.l50",
+            "t042.v5.l50",
+            "t42.v5.l50.e",
+            "*",
+            "",
+        ] {
+            assert_eq!(Etag::parse(foreign), None, "{foreign:?}");
+        }
+    }
+}
