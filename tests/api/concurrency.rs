@@ -223,7 +223,110 @@ async fn no_message_is_accepted_after_the_archive(app: TestApp) {
     );
 }
 
+/// Two users send, edit, delete, mark read and mark unread in one thread at once, from
+/// many tasks: afterwards every counter equals a recount from the messages (after the
+/// horizon, from the peer, not deleted), every total equals its counters, and each
+/// participant's line shows the newest message not deleted. The refusals the rules
+/// give under such a race (another's message, deleted already) are the only errors.
+async fn counters_hold_under_concurrent_edits_deletes_and_mark_unread(app: TestApp) {
+    use chatd::grpc::pb::{DeleteMessageRequest, EditMessageRequest, MarkUnreadRequest};
+    use tonic::Code;
+    let thread = app.contact_thread(10, 42, 7).await;
+    for n in 0..10 {
+        let mut client = if n % 2 == 0 {
+            app.tutor(42)
+        } else {
+            app.student(7)
+        };
+        client.say(thread.thread_id, &format!("seed {n}")).await;
+    }
+    // Seqs 1, 3, 5, … are the tutor's seeds, 2, 4, … the student's; later ones vary.
+    let tasks = (0..120).map(|n: i64| {
+        let tutor = n % 2 == 0;
+        let mut client = if tutor { app.tutor(42) } else { app.student(7) };
+        let seq = 1 + (n * 7) % 16;
+        let thread_id = thread.thread_id;
+        async move {
+            let outcome = match n % 6 {
+                0 | 1 => client
+                    .send_message(send(thread_id, &format!("m{n}")))
+                    .await
+                    .map(drop),
+                2 => client
+                    .edit_message(EditMessageRequest {
+                        thread_id,
+                        seq,
+                        body: format!("edited {n}"),
+                    })
+                    .await
+                    .map(drop),
+                3 => client
+                    .delete_message(DeleteMessageRequest { thread_id, seq })
+                    .await
+                    .map(drop),
+                4 => client.mark_read(mark_read(thread_id, None)).await.map(drop),
+                _ => client
+                    .mark_unread(MarkUnreadRequest {
+                        thread_id,
+                        from_seq: seq,
+                    })
+                    .await
+                    .map(drop),
+            };
+            match outcome {
+                Ok(()) => Ok(()),
+                Err(status) => match status.code() {
+                    // Another's message, or one deleted meanwhile, or (mark unread) one
+                    // not sent yet: what the rules say in such a race.
+                    Code::PermissionDenied | Code::FailedPrecondition | Code::NotFound => Ok(()),
+                    _ => Err(status),
+                },
+            }
+        }
+    });
+    let outcomes = join_all(tasks).await;
+    let failures: Vec<_> = outcomes.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    let listed = app
+        .tutor(42)
+        .list_messages(chatd::grpc::pb::ListMessagesRequest {
+            thread_id: thread.thread_id,
+            before_seq: None,
+            limit: 200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let newest_visible = listed.iter().find(|m| !m.deleted);
+    for (side, mut client) in [
+        (Side::Tutor, app.tutor(42)),
+        (Side::Student, app.student(7)),
+    ] {
+        let (counter, recount) = app
+            .store
+            .recount_unread(thread.thread_id, side)
+            .await
+            .unwrap();
+        assert_eq!(counter, recount, "{side:?}'s counter matches the messages");
+        let summary = client.unread().await;
+        assert_eq!(summary.total, counter, "{side:?}'s total");
+        if let Some(line) = summary.threads.first() {
+            let newest = newest_visible.expect("an unread message is a visible one");
+            assert_eq!(
+                (
+                    line.last_message_preview.as_str(),
+                    line.last_message_sender_id
+                ),
+                (newest.body.as_str(), newest.sender_id),
+                "{side:?}'s line shows the newest message not deleted"
+            );
+        }
+    }
+}
+
 backend_suite!(
+    counters_hold_under_concurrent_edits_deletes_and_mark_unread,
     no_message_is_accepted_after_the_archive,
     concurrent_ensure_creates_one_thread,
     concurrent_sends_get_gap_free_seqs,
