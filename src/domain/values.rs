@@ -43,20 +43,39 @@ pub enum ThreadTarget {
     Inquiry(i64),
 }
 
-/// Whether a character shows: not whitespace, not a control character, and not one of
-/// the characters Unicode draws as nothing (format characters of category Cf such as
-/// zero-width spaces and joiners, word joiners and the byte order mark; variation
-/// selectors; the Hangul and Braille fillers that render blank).
-fn visible(c: char) -> bool {
-    let invisible = c.is_whitespace()
-        || c.is_control()
-        || matches!(c,
-            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
-            | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}');
-    !invisible
+/// The characters that show nothing: whitespace (Unicode's White_Space), control
+/// characters (Cc), and the characters of the Basic Multilingual Plane that Unicode
+/// draws as nothing (format characters of category Cf such as zero-width spaces and
+/// joiners, word joiners and the byte order mark; variation selectors; the Hangul and
+/// Braille fillers that render blank). The OpenAPI document's `body` pattern is built
+/// from the same ranges (`http/openapi.rs` holds the two equal).
+pub const INVISIBLE: [(char, char); 19] = [
+    ('\u{0000}', '\u{0020}'),
+    ('\u{007F}', '\u{00A0}'),
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{2000}', '\u{200F}'),
+    ('\u{2028}', '\u{202F}'),
+    ('\u{205F}', '\u{206F}'),
+    ('\u{2800}', '\u{2800}'),
+    ('\u{3000}', '\u{3000}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFFB}'),
+];
+
+/// Whether a character shows (see `INVISIBLE`).
+pub fn visible(c: char) -> bool {
+    !INVISIBLE
+        .iter()
+        .any(|(first, last)| (*first..=*last).contains(&c))
 }
 
 /// A message body: 1..=4000 characters, at least one of them visible.
@@ -258,7 +277,7 @@ mod tests {
             "\u{200D}\u{200D}",
             "\u{FEFF}\u{2060}",
             " \u{3164} ",
-            "\u{E0041}",
+            "\u{95}\u{95}",
         ] {
             assert_eq!(
                 MessageBody::parse(invisible.into()).unwrap_err().field(),
@@ -268,6 +287,15 @@ mod tests {
         }
         for shown in ["a\u{200B}", "👋", "👨\u{200D}👩", "ї", "."] {
             assert!(MessageBody::parse(shown.into()).is_ok(), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn whitespace_and_controls_are_invisible() {
+        for c in (0..=0xFFFF_u32).filter_map(char::from_u32) {
+            if c.is_whitespace() || c.is_control() {
+                assert!(!visible(c), "U+{:04X}", c as u32);
+            }
         }
     }
 

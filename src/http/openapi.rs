@@ -24,8 +24,36 @@ mod tests {
             "/api/v1/chat/threads/{thread_id}/messages/",
             "/api/v1/chat/unread-summary/stream",
             "/api/v1/chat/unread-summary/stream-ticket",
+            "/api/v1/chat/threads/{thread_id}/messages/{seq}/",
+            "/api/v1/chat/threads/{thread_id}/unread/",
+            "/api/v1/chat/threads/{thread_id}/mute/",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is documented");
+        }
+    }
+
+    /// The pattern a message body must match: no NUL, and a visible character
+    /// (`domain::INVISIBLE`), so that a body the schema allows is one chatd accepts.
+    fn body_pattern() -> String {
+        let class: String = crate::domain::INVISIBLE
+            .iter()
+            .map(|(first, last)| match first == last {
+                true => format!("\\u{:04x}", *first as u32),
+                false => format!("\\u{:04x}-\\u{:04x}", *first as u32, *last as u32),
+            })
+            .collect();
+        format!("^[^\\u0000]*[^{class}][^\\u0000]*$")
+    }
+
+    #[test]
+    fn the_body_pattern_is_the_rule_of_visible_characters() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI_JSON).unwrap();
+        for schema in ["SendMessageRequest", "EditMessageRequest"] {
+            assert_eq!(
+                doc["components"]["schemas"][schema]["properties"]["body"]["pattern"],
+                body_pattern(),
+                "{schema}"
+            );
         }
     }
 }

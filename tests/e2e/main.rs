@@ -45,6 +45,8 @@ const STREAMS_OPENED: &str =
     "return Number(document.getElementById('streams-opened').textContent);";
 const POLLS: &str = "return Number(document.getElementById('poll-count').textContent);";
 const TRANSPORT: &str = "return document.getElementById('transport-state').textContent;";
+const BELL_ITEMS: &str = "return [...document.querySelectorAll('#bell-menu li[data-thread-id]')]\
+     .map((li) => (li.classList.contains('muted') ? 'muted:' : '') + li.textContent);";
 
 /// chatd, a gateway in front of it, the page's own web server, and a chromedriver.
 struct Stage {
@@ -488,6 +490,92 @@ async fn revoke_disables_the_button() {
     )
     .await;
     finish([tutor_page]).await;
+}
+
+/// Beyond the seed: the student deletes a message the tutor has not read, and the
+/// tutor's badge drops without a reload, the bell's preview falling back to the message
+/// before it; the tutor mutes the thread from the bell, and the badge leaves it out
+/// while it stays listed, even when a new message comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium: cargo test --test e2e -- --ignored --test-threads=1"]
+async fn delete_and_mute_move_the_badge() {
+    let stage = Stage::start("delete-and-mute").await;
+    let (tutor, student, relation) = (82, 47, 50);
+    stage.may_chat(relation, tutor, student).await;
+
+    let tutor_page = stage
+        .signed_in("tutor", tutor, Role::Tutor, relation, "stream")
+        .await;
+    let student_page = stage
+        .signed_in("student", student, Role::Student, relation, "stream")
+        .await;
+    tutor_page.wait_for("an empty bell", BADGE, json!("")).await;
+
+    student_page.click("#chat-button").await;
+    write(&student_page, "See you Tuesday").await;
+    student_page
+        .wait_for("the first message", MESSAGES, json!(["See you Tuesday"]))
+        .await;
+    write(&student_page, "Oops, wrong chat").await;
+    student_page
+        .wait_for(
+            "both messages",
+            MESSAGES,
+            json!(["See you Tuesday", "Oops, wrong chat"]),
+        )
+        .await;
+    tutor_page
+        .wait_for("the badge at 2", BADGE, json!("2"))
+        .await;
+
+    student_page
+        .click("#messages li[data-seq='2'] button.delete")
+        .await;
+    student_page
+        .wait_for(
+            "the tombstone in place",
+            MESSAGES,
+            json!(["See you Tuesday", "(deleted)"]),
+        )
+        .await;
+    tutor_page
+        .wait_for("the badge down to 1", BADGE, json!("1"))
+        .await;
+    tutor_page.click("#bell").await;
+    tutor_page
+        .wait_for(
+            "the preview falls back",
+            BELL_ITEMS,
+            json!(["1See you Tuesday"]),
+        )
+        .await;
+
+    tutor_page
+        .click("#bell-menu li[data-thread-id] button.mute")
+        .await;
+    tutor_page
+        .wait_for("the badge without the muted thread", BADGE, json!(""))
+        .await;
+    tutor_page
+        .wait_for(
+            "the thread still listed, muted",
+            BELL_ITEMS,
+            json!(["muted:1See you Tuesday"]),
+        )
+        .await;
+    stage
+        .student_says(relation, student, "Are you there?")
+        .await;
+    tutor_page
+        .wait_for(
+            "the new message counted in the muted line",
+            BELL_ITEMS,
+            json!(["muted:2Are you there?"]),
+        )
+        .await;
+    assert_eq!(tutor_page.eval(BADGE).await, json!(""), "still left out");
+
+    finish([tutor_page, student_page]).await;
 }
 
 /// The bell's EventSource outlives a gateway restart: the page mints a fresh ticket,

@@ -5,7 +5,9 @@
 //   a fresh ticket and a new EventSource (its own retry would reuse the spent ticket);
 // - polled updates: fetch with the browser's HTTP cache, which revalidates with
 //   If-None-Match, so an unchanged summary costs a 304 and no body;
-// - mark read while the chat window is open and the page has focus.
+// - mark read while the chat window is open and the page has focus;
+// - delete one's own message (a tombstone stays in place) and mute a thread from the
+//   bell: the badge shows `total`, which leaves muted threads out.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -16,6 +18,7 @@ const REASONS = {
   RELATION_NOT_ACTIVE: 'The lesson request has not been accepted yet.',
   CONTACT_ACCESS_LOCKED: 'Contact with this student is not open: not unlocked yet, or revoked.',
   THREAD_NOT_WRITABLE: 'This chat is closed.',
+  RATE_LIMITED: 'You are sending too fast: wait a moment.',
   TOKEN_EXPIRED: 'Your session has expired: sign in again.',
 };
 
@@ -107,22 +110,45 @@ async function refreshMessages() {
   const page = await api('GET', `/threads/${openThreadId}/messages/?limit=50`);
   const me = userId();
   const fresh = page.messages
-    .filter((m) => !shownSeqs.has(m.seq))
+    .filter((m) => !shownSeqs.has(m.seq) || m.deleted)
     .sort((a, b) => a.seq - b.seq);
   for (const message of fresh) showMessage(message, message.sender_id === me);
 }
 
 function showMessage(message, mine) {
-  if (shownSeqs.has(message.seq)) return;
+  const list = $('messages');
+  const existing = list.querySelector(`li[data-seq="${message.seq}"]`);
+  if (existing && !(message.deleted && !existing.classList.contains('deleted'))) return;
   shownSeqs.add(message.seq);
-  const item = document.createElement('li');
+  const item = existing ?? document.createElement('li');
   item.className = mine ? 'message mine' : 'message';
   item.dataset.seq = message.seq;
-  item.textContent = message.body;
-  const list = $('messages');
-  const after = [...list.children].find((li) => Number(li.dataset.seq) > message.seq);
-  list.insertBefore(item, after ?? null);
-  list.scrollTop = list.scrollHeight;
+  if (message.deleted) {
+    item.classList.add('deleted');
+    item.textContent = '(deleted)';
+  } else {
+    item.textContent = message.body;
+    if (mine) {
+      const remove = document.createElement('button');
+      remove.type = 'button';
+      remove.className = 'delete';
+      remove.setAttribute('aria-label', 'Delete message');
+      remove.addEventListener('click', () => deleteMessage(message.seq));
+      item.append(remove);
+    }
+  }
+  if (!existing) {
+    const after = [...list.children].find((li) => Number(li.dataset.seq) > message.seq);
+    list.insertBefore(item, after ?? null);
+    list.scrollTop = list.scrollHeight;
+  }
+}
+
+// Deleting one's message: the answer is its tombstone, shown in its place.
+async function deleteMessage(seq) {
+  if (openThreadId === null) return;
+  const tombstone = await api('DELETE', `/threads/${openThreadId}/messages/${seq}/`);
+  showMessage(tombstone, true);
 }
 
 // Reading happens where a person can see it: the window is open and the page has focus.
@@ -174,7 +200,17 @@ function onSummary(summary) {
     const count = document.createElement('span');
     count.className = 'count';
     count.textContent = thread.unread_count;
-    item.append(count, thread.last_message_preview ?? '');
+    // Muting from the bell: the thread stays listed, the badge leaves it out.
+    const mute = document.createElement('button');
+    mute.type = 'button';
+    mute.className = 'mute';
+    mute.setAttribute('aria-label', thread.muted ? 'Unmute thread' : 'Mute thread');
+    mute.addEventListener('click', (event) => {
+      event.stopPropagation();
+      toggleMute(thread).catch(() => {});
+    });
+    if (thread.muted) item.classList.add('muted');
+    item.append(count, thread.last_message_preview ?? '', mute);
     item.addEventListener('click', () => {
       menu.hidden = true;
       openChat(thread.thread_id);
@@ -192,6 +228,13 @@ function onSummary(summary) {
   if (summary.threads.some((thread) => thread.thread_id === openThreadId)) {
     refreshMessages().then(markReadIfFocused).catch(() => {});
   }
+}
+
+async function toggleMute(thread) {
+  const state = thread.muted
+    ? await api('DELETE', `/threads/${thread.thread_id}/mute/`)
+    : await api('PUT', `/threads/${thread.thread_id}/mute/`, {});
+  showBadge(state.total);
 }
 
 function setTransportState(state) {
