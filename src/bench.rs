@@ -4,12 +4,14 @@
 //! - `poll.rs` (`--poll`): the load chatd exists for, online users polling their unread
 //!   summary over gRPC and REST while their peers write.
 //! - `watchers.rs` (`--watchers N`): N summary streams, delivery latency and memory.
-//! - `seed.rs` (`--seed`): the synthetic dataset all three run against.
+//! - `erase.rs` (`--erase N`): a user with N messages erased while others write.
+//! - `seed.rs` (`--seed`): the synthetic dataset all of them run against.
 //!
 //! grpc.health.v1 Check runs in the same run as the reference: it measures what the
 //! gRPC stack and the machine can do with no domain work, so every figure is also shown
 //! as a ratio of Check's, which travels between machines better than raw numbers.
 
+mod erase;
 mod poll;
 mod rpcs;
 mod seed;
@@ -51,6 +53,8 @@ pub struct BenchConfig {
     /// Watcher mode: where messages are sent (another replica than `target`, to measure
     /// delivery across replicas); `None` sends to `target`.
     pub send_target: Option<String>,
+    /// Erasure mode: erase a user with this many messages while others send.
+    pub erase: Option<i64>,
 }
 
 pub async fn run(
@@ -61,10 +65,10 @@ pub async fn run(
     let dataset = config.dataset;
     dataset.validate()?;
     if config.seed {
-        let store = store.ok_or("--seed needs --database-url")?;
+        let store = store.as_ref().ok_or("--seed needs --database-url")?;
         let started = Instant::now();
         store.migrate().await?;
-        seed::seed(&store, dataset).await?;
+        seed::seed(store, dataset).await?;
         eprintln!(
             "seeded {} users, {} threads, {} messages in {:.1?}",
             dataset.users,
@@ -72,6 +76,10 @@ pub async fn run(
             dataset.threads * dataset.messages_per_thread(),
             started.elapsed()
         );
+    }
+    if let Some(messages) = config.erase {
+        let store = store.ok_or("--erase needs --database-url")?;
+        return erase::run(&config, &store, &signer, messages).await;
     }
     if config.watchers > 0 {
         return watchers::run(&config, &signer).await;
@@ -224,6 +232,12 @@ fn print_reports(reports: &[Report], reference: Option<f64>) {
         );
         if let Some(error) = &report.first_error {
             println!("  first error: {error}");
+            if error.starts_with("ResourceExhausted: too many messages") {
+                println!(
+                    "  the server's limit per user refused writes: the dataset's writers are \
+                     few users, so run the server under test with --user-send-rate 0"
+                );
+            }
         }
     }
 }

@@ -403,6 +403,11 @@ pub struct BenchArgs {
     /// delivery across replicas (PostgreSQL NOTIFY).
     #[arg(long)]
     pub send_target: Option<String>,
+    /// Erasure mode: insert this many messages of a new user into --database-url, then
+    /// erase the user (EraseUser) while --concurrency clients send as other users;
+    /// reports how long it took and the others' SendMessage before and during it.
+    #[arg(long)]
+    pub erase: Option<i64>,
     /// RPCs to drive, in order (default: all, starting with the Health/Check reference).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub rpcs: Vec<Rpc>,
@@ -417,8 +422,12 @@ impl BenchArgs {
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
         }
-        if self.poll && self.watchers > 0 {
-            return Err("choose one mode: --poll or --watchers".into());
+        let modes = [self.poll, self.watchers > 0, self.erase.is_some()];
+        if modes.iter().filter(|on| **on).count() > 1 {
+            return Err("choose one mode: --poll, --watchers or --erase".into());
+        }
+        if self.erase.is_some_and(|n| n < 1) {
+            return Err("--erase takes how many messages to erase: at least 1".into());
         }
         let dataset = Dataset {
             users: self.users,
@@ -444,6 +453,7 @@ impl BenchArgs {
             send_rate: self.send_rate,
             server_pid: self.server_pid,
             send_target: self.send_target.clone(),
+            erase: self.erase,
         })
     }
 }

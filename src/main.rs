@@ -78,7 +78,7 @@ async fn run(command: Command) -> Result<(), String> {
             let config = args.config()?;
             let database = args.database.parse_url()?;
             let signer = TokenSigner::new(&args.auth.config(), &database)?;
-            let store = if config.seed {
+            let store = if config.seed || config.erase.is_some() {
                 let pool = PoolConfig {
                     max_size: 2,
                     timeout: std::time::Duration::from_secs(30),

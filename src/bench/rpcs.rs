@@ -22,15 +22,22 @@ pub enum Rpc {
     EnsureThread,
     SendMessage,
     MarkRead,
+    /// Deletes one of a random thread's seeded messages (the student's), across the
+    /// whole dataset, so nearly every call deletes a message not deleted yet.
+    DeleteMessage,
+    /// Marks a random thread unread from one of its newest seeded messages (the tutor).
+    MarkUnread,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 5] = [
+    pub const ALL: [Rpc; 7] = [
         Rpc::Check,
         Rpc::GetUnreadSummary,
         Rpc::EnsureThread,
         Rpc::SendMessage,
         Rpc::MarkRead,
+        Rpc::DeleteMessage,
+        Rpc::MarkUnread,
     ];
 
     fn name(self) -> &'static str {
@@ -40,6 +47,8 @@ impl Rpc {
             Rpc::EnsureThread => "EnsureThread",
             Rpc::SendMessage => "SendMessage",
             Rpc::MarkRead => "MarkRead",
+            Rpc::DeleteMessage => "DeleteMessage",
+            Rpc::MarkUnread => "MarkUnread",
         }
     }
 }
@@ -71,7 +80,11 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     let empty = Latencies::new()?;
     let mut reports = Vec::new();
     for rpc in &config.rpcs {
-        reports.push(drive(*rpc, &channels, &sample, config.duration, &empty).await);
+        let anywhere = Anywhere {
+            dataset,
+            signer: signer.clone(),
+        };
+        reports.push(drive(*rpc, &channels, &sample, anywhere, config.duration, &empty).await);
     }
     let check = reports
         .iter()
@@ -97,11 +110,36 @@ fn sample_participants(
         .collect()
 }
 
+/// Random threads over the whole dataset, with bearer headers minted as needed (a
+/// client keeps the few it meets: the dataset's students are few).
+#[derive(Clone)]
+struct Anywhere {
+    dataset: Dataset,
+    signer: TokenSigner,
+}
+
+impl Anywhere {
+    fn header(
+        &self,
+        minted: &mut std::collections::HashMap<(i64, Role), MetadataValue<Ascii>>,
+        user: i64,
+        role: Role,
+    ) -> Result<MetadataValue<Ascii>, String> {
+        if let Some(header) = minted.get(&(user, role)) {
+            return Ok(header.clone());
+        }
+        let header = bearer(&self.signer, user, role)?;
+        minted.insert((user, role), header.clone());
+        Ok(header)
+    }
+}
+
 /// Runs `rpc` from every channel at once until `duration` has passed.
 async fn drive(
     rpc: Rpc,
     channels: &[Channel],
     sample: &[Participants],
+    anywhere: Anywhere,
     duration: Duration,
     empty: &Latencies,
 ) -> Report {
@@ -112,6 +150,8 @@ async fn drive(
         .cloned()
         .map(|channel| {
             let sample = sample.to_vec();
+            let anywhere = anywhere.clone();
+            let mut minted = std::collections::HashMap::new();
             let mut run = ClientRun::new(empty);
             tokio::spawn(async move {
                 let mut health = HealthClient::new(channel.clone());
@@ -166,6 +206,47 @@ async fn drive(
                             ))
                             .await
                             .map(drop),
+                        Rpc::DeleteMessage | Rpc::MarkUnread => {
+                            let dataset = anywhere.dataset;
+                            let thread = 1 + fastrand::i64(0..dataset.threads);
+                            let seeded = dataset.messages_per_thread();
+                            let seq = seeded - fastrand::i64(0..seeded.min(100));
+                            let (user, role) = match rpc {
+                                Rpc::DeleteMessage => (dataset.student_of(thread), Role::Student),
+                                _ => (dataset.tutor_of(thread), Role::Tutor),
+                            };
+                            let call_started = Instant::now();
+                            let result = match anywhere.header(&mut minted, user, role) {
+                                Err(error) => Err(tonic::Status::internal(error)),
+                                Ok(header) if rpc == Rpc::DeleteMessage => chat
+                                    .delete_message(authed(
+                                        pb::DeleteMessageRequest {
+                                            thread_id: thread,
+                                            seq,
+                                        },
+                                        &header,
+                                    ))
+                                    .await
+                                    .map(drop),
+                                Ok(header) => chat
+                                    .mark_unread(authed(
+                                        pb::MarkUnreadRequest {
+                                            thread_id: thread,
+                                            from_seq: seq,
+                                        },
+                                        &header,
+                                    ))
+                                    .await
+                                    .map(drop),
+                            };
+                            run.record(
+                                call_started,
+                                result.map_err(|status| {
+                                    format!("{:?}: {}", status.code(), status.message())
+                                }),
+                            );
+                            continue;
+                        }
                     };
                     run.record(
                         call_started,
