@@ -28,10 +28,13 @@ pub async fn run(
     messages: i64,
 ) -> Result<(), String> {
     let dataset = config.dataset;
-    let (tutor, student) = (dataset.users + 1, dataset.users + 2);
+    // Fresh ids past the dataset's, so that runs do not meet each other's users.
+    let run = fastrand::i64(0..1_000_000_000);
+    let (tutor, student) = (dataset.users + 1 + 2 * run, dataset.users + 2 + 2 * run);
+    let relation = dataset.threads + 1 + run;
     let channels = connect(&config.target, config.concurrency).await?;
     let service = bearer(signer, 1, Role::Service)?;
-    let thread = open_thread(&channels[0], signer, &service, tutor, student).await?;
+    let thread = open_thread(&channels[0], signer, &service, relation, tutor, student).await?;
     let started = Instant::now();
     fill(store, thread, student, messages).await?;
     eprintln!(
@@ -72,6 +75,7 @@ async fn open_thread(
     channel: &Channel,
     signer: &TokenSigner,
     service: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    relation: i64,
     tutor: i64,
     student: i64,
 ) -> Result<i64, String> {
@@ -82,7 +86,7 @@ async fn open_thread(
     };
     sync.upsert_relation(authed(
         pb::UpsertRelationRequest {
-            relation_id: student,
+            relation_id: relation,
             tutor_id: tutor,
             student_id: student,
             status: pb::RelationStatus::Active.into(),
@@ -95,7 +99,7 @@ async fn open_thread(
     let thread = ChatServiceClient::new(channel.clone())
         .ensure_thread(authed(
             pb::EnsureThreadRequest {
-                target: Some(pb::ensure_thread_request::Target::RelationId(student)),
+                target: Some(pb::ensure_thread_request::Target::RelationId(relation)),
             },
             &bearer(signer, student, Role::Student)?,
         ))

@@ -105,8 +105,9 @@ pub async fn seed(store: &Store, dataset: Dataset) -> Result<(), String> {
             "threads",
             format!(
                 "{} INSERT INTO threads (thread_id, kind, relation_id, tutor_id, student_id, last_seq, \
-                 is_writable, last_message_at, last_message_preview, last_message_sender_id, created_at) \
-                 SELECT x, 'contact', x, {tutor}, {student}, {k}, TRUE, {ts}, 'message {k}', {student}, {ts} FROM s",
+                 last_visible_seq, is_writable, last_message_at, last_message_preview, \
+                 last_message_sender_id, created_at) \
+                 SELECT x, 'contact', x, {tutor}, {student}, {k}, {k}, TRUE, {ts}, 'message {k}', {student}, {ts} FROM s",
                 series(t)
             ),
         ),

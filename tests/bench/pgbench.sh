@@ -8,7 +8,9 @@
 #
 # The seeded dataset's shape comes from USERS and THREADS (defaults: chatd bench's
 # 100000 and 1000000); thread x is tutor 1 + x % tutors and student
-# tutors + 1 + (x / tutors) % students, as src/bench/seed.rs writes them.
+# tutors + 1 + (x / tutors) % students, as src/bench/seed.rs writes them. Like
+# `chatd bench --rpcs`, the load goes to SAMPLE threads (default 2048) spread over the
+# dataset, so both meet the same share of cached pages.
 set -euo pipefail
 statement=${1:?usage: pgbench.sh send_message|mark_read DB [pgbench options]}
 database=${2:?usage: pgbench.sh send_message|mark_read DB [pgbench options]}
@@ -18,13 +20,14 @@ file="$here/src/storage/postgres/$statement.sql"
 [ -f "$file" ] || { echo "no statement file $file" >&2; exit 2; }
 users=${USERS:-100000}
 threads=${THREADS:-1000000}
+sample=${SAMPLE:-2048}
 tutors=$((users / 2))
 students=$((users - tutors))
 
 script=$(mktemp)
 trap 'rm -f "$script"' EXIT
 {
-  echo '\set thread_id random(1, :threads)'
+  echo '\set thread_id 1 + random(0, :sample - 1) * (:threads / :sample)'
   case "$statement" in
     send_message)
       # The thread's student writes, with an idempotency key, as the bench's senders do.
@@ -41,7 +44,7 @@ trap 'rm -f "$script"' EXIT
 } > "$script"
 
 exec pgbench -h "${PGHOST:-127.0.0.1}" -U "${PGUSER:-postgres}" -n -M prepared \
-  -D threads="$threads" -D tutors="$tutors" -D students="$students" \
+  -D threads="$threads" -D tutors="$tutors" -D students="$students" -D sample="$sample" \
   -D side="$([ "$statement" = send_message ] && echo student || echo tutor)" \
   -D body='pgbench body' -D preview='pgbench body' \
   -D unlocking='{UNLOCKED}' -D up_to_seq=9223372036854775807 \

@@ -39,14 +39,15 @@ h AS MATERIALIZED (
     -- rules::horizon_after_mark_read.
     SELECT GREATEST(cur.last_read_seq,
                     LEAST(COALESCE(params.up_to_seq, t.last_seq), t.last_seq)) AS horizon,
-           cur.unread_count AS unread_before, cur.muted_until_ms, t.last_seq,
-           t.revision <> (SELECT revision FROM seen) AS moved_on
+           cur.unread_count AS unread_before, cur.muted_until_ms, t.last_seq, t.revision
     FROM t, cur, params
 ),
 next AS MATERIALIZED (
     -- rules::counts_as_unread after the horizon: after it, from the peer, not deleted.
+    -- Reading everything counts nothing, so only a partial read looks at the snapshot.
     SELECT h.horizon, h.unread_before, h.muted_until_ms,
-           h.moved_on AND h.horizon < h.last_seq AS stale,
+           CASE WHEN h.horizon < h.last_seq THEN h.revision <> (SELECT revision FROM seen)
+                ELSE FALSE END AS stale,
            CASE WHEN h.horizon >= h.last_seq THEN 0
                 ELSE (SELECT count(*) FROM messages m
                       WHERE m.thread_id = params.thread_id AND m.seq > h.horizon
