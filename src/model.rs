@@ -43,6 +43,14 @@ macro_rules! named_enum {
 /// Other modules declare their named enums (reasons, roles) with the same macro.
 pub(crate) use named_enum;
 
+/// A number written the one canonical way ("4", never "+4", "04" or " 4"), so one id has
+/// one spelling wherever a client writes it: a token's `sub`, a path, a query.
+pub fn canonical_number<T: std::str::FromStr + ToString>(text: &str) -> Option<T> {
+    text.parse::<T>()
+        .ok()
+        .filter(|value| value.to_string() == text)
+}
+
 named_enum!(
     /// The role claim of a token: tutors and students call ChatService, upstream
     /// services (`service`) call SyncService.

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::ChatdCall;
 use super::{ApiError, GatewayState, MAX_BODY_BYTES};
+use crate::model::canonical_number;
 use crate::status::edge;
 
 /// A JSON request body. Unlike `axum::Json`, its failures are the gateway's JSON errors,
@@ -30,6 +31,20 @@ where
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .is_none_or(|value| value.starts_with("application/json"));
+        // A compressed body would otherwise fail as "not a JSON object", which hides the cause.
+        let encoding = request
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|value| value.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+            .filter(|value| value != "identity");
+        if let Some(encoding) = encoding {
+            return Err(ApiError::new(
+                edge::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "send the body uncompressed: chatd does not decode Content-Encoding {encoding:?}"
+                ),
+            ));
+        }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -71,9 +86,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ThreadPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| ApiError::invalid("thread_id", rejection.body_text()))?;
-        raw.parse::<i64>()
-            .map(ThreadPath)
-            .map_err(|_| ApiError::invalid("thread_id", format!("must be an integer, got {raw:?}")))
+        number("thread_id", &raw).map(ThreadPath)
     }
 }
 
@@ -88,10 +101,6 @@ impl<S: Send + Sync> FromRequestParts<S> for MessagePath {
         let Path((thread_id, seq)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))?;
-        let number = |field: &'static str, raw: &str| {
-            raw.parse::<i64>()
-                .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
-        };
         Ok(MessagePath(
             number("thread_id", &thread_id)?,
             number("seq", &seq)?,
@@ -99,16 +108,23 @@ impl<S: Send + Sync> FromRequestParts<S> for MessagePath {
     }
 }
 
+/// An integer of a path or query, written in canonical decimal ("4", not "+4" or "04"),
+/// so one resource has one URL and caches and logs see one key for it.
+fn number<T: std::str::FromStr + ToString>(field: &str, raw: &str) -> Result<T, ApiError> {
+    canonical_number(raw).ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("must be an integer in plain decimal (no '+', no leading zeros), got {raw:?}"),
+        )
+    })
+}
+
 /// Parses an optional integer query parameter.
-pub(super) fn query_int<T: std::str::FromStr>(
+pub(super) fn query_int<T: std::str::FromStr + ToString>(
     field: &str,
     raw: Option<&str>,
 ) -> Result<Option<T>, ApiError> {
-    raw.map(|raw| {
-        raw.parse::<T>()
-            .map_err(|_| ApiError::invalid(field, format!("must be an integer, got {raw:?}")))
-    })
-    .transpose()
+    raw.map(|raw| number(field, raw)).transpose()
 }
 
 /// Query parameters whose failures are the gateway's JSON errors, not axum's plain text.

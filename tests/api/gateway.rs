@@ -299,6 +299,40 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     .await;
     assert_api_error(&not_numeric, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
     assert_eq!(not_numeric.1["field"], "thread_id");
+    // One thread has one URL: "+4" and "04" are not other spellings of thread 4.
+    for spelling in [
+        format!("+{}", thread.thread_id),
+        format!("0{}", thread.thread_id),
+    ] {
+        let lenient = call(
+            client()
+                .get(app.url(&format!("/api/v1/chat/threads/{spelling}/messages/")))
+                .header("authorization", &tutor),
+        )
+        .await;
+        assert_api_error(&lenient, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+        assert_eq!(lenient.1["field"], "thread_id", "{spelling}");
+    }
+    let lenient_seq = call(
+        client()
+            .patch(app.url(&format!(
+                "/api/v1/chat/threads/{}/messages/01/",
+                thread.thread_id
+            )))
+            .header("authorization", &tutor)
+            .json(&json!({ "body": "x" })),
+    )
+    .await;
+    assert_api_error(&lenient_seq, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(lenient_seq.1["field"], "seq");
+    let lenient_limit = call(
+        client()
+            .get(format!("{messages}?limit=+5"))
+            .header("authorization", &tutor),
+    )
+    .await;
+    assert_api_error(&lenient_limit, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(lenient_limit.1["field"], "limit");
 
     let too_large = call(
         client()
@@ -318,6 +352,34 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     )
     .await;
     assert_api_error(&not_json, 415, "UNSUPPORTED_MEDIA_TYPE", "UNIMPLEMENTED");
+    // A compressed body is refused for its encoding, not as "not a JSON object".
+    let compressed = call(
+        client()
+            .post(&messages)
+            .header("authorization", &tutor)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(vec![0x1f, 0x8b, 0x08, 0x00]),
+    )
+    .await;
+    assert_api_error(&compressed, 415, "UNSUPPORTED_MEDIA_TYPE", "UNIMPLEMENTED");
+    assert!(
+        compressed.1["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gzip"),
+        "{:?}",
+        compressed.1
+    );
+    let identity = call(
+        client()
+            .post(&messages)
+            .header("authorization", &tutor)
+            .header("content-encoding", "identity")
+            .json(&json!({ "body": "plain" })),
+    )
+    .await;
+    assert_eq!(identity.0, 201, "{:?}", identity.1);
 
     let empty_body = call(
         client()
