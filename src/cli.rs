@@ -81,6 +81,11 @@ pub struct AuthArgs {
     /// Required `aud` claim.
     #[arg(long, env = "CHATD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Clock skew allowed between the token issuer and chatd: a token is honoured until
+    /// its `exp` plus this (and from its `nbf` minus this). Streams end at that time
+    /// with UNAUTHENTICATED TOKEN_EXPIRED. 0s reads `exp` and `nbf` exactly.
+    #[arg(long, env = "CHATD_TOKEN_LEEWAY", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub token_leeway: Duration,
 }
 
 impl AuthArgs {
@@ -91,6 +96,7 @@ impl AuthArgs {
             public_key_file: self.jwt_public_key.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
+            leeway: self.token_leeway,
         }
     }
 }

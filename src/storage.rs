@@ -29,7 +29,7 @@ pub use pool::{DatabaseUrl, PoolConfig, PoolStatus};
 pub use rows::{
     Deleter, ErasedBatch, Fact, Horizons, InquiryTarget, MarkReadAttempt, MarkUnreadAttempt,
     MessageAttempt, MessageEdit, MessagePageRows, MuteAttempt, MuteRow, NewMessage, NewThread,
-    ReadStateRow, RelationTarget, SendAttempt, ThreadFacts, UnreadPage,
+    NewTicket, ReadStateRow, RedeemedTicket, RelationTarget, SendAttempt, ThreadFacts, UnreadPage,
 };
 
 use crate::model::{
@@ -265,27 +265,17 @@ impl Store {
         backend_read!(self, recount_unread(thread_id, side))
     }
 
-    /// Keeps a stream ticket's hash until `expires_at` (Unix ms).
-    pub async fn create_stream_ticket(
-        &self,
-        ticket_hash: &str,
-        user_id: i64,
-        role: &'static str,
-        expires_at: i64,
-        now: i64,
-    ) -> StoreResult<()> {
-        backend_write!(
-            self,
-            create_stream_ticket(ticket_hash, user_id, role, expires_at, now)
-        )
+    /// Keeps a stream ticket's hash until its `expires_at`, forgetting expired ones.
+    pub async fn create_stream_ticket(&self, ticket: NewTicket, now: i64) -> StoreResult<()> {
+        backend_write!(self, create_stream_ticket(ticket, now))
     }
 
-    /// Takes a live stream ticket, once: its user and role.
+    /// Takes a live stream ticket, once: its user, role and access end.
     pub async fn redeem_stream_ticket(
         &self,
         ticket_hash: &str,
         now: i64,
-    ) -> StoreResult<Option<(i64, String)>> {
+    ) -> StoreResult<Option<RedeemedTicket>> {
         backend_write!(self, redeem_stream_ticket(ticket_hash, now))
     }
 

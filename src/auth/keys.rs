@@ -4,14 +4,19 @@
 use std::fs;
 use std::io::{ErrorKind as IoErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::storage::DatabaseUrl;
 
 /// Shortest HS256 secret accepted: shorter ones can be brute-forced.
 const MIN_SECRET_BYTES: usize = 32;
 
-/// Where the token keys come from.
-#[derive(Debug, Clone, Default)]
+/// Clock skew tolerated by default between a token's issuer and chatd, as most JWT
+/// libraries do (jsonwebtoken's default too).
+pub const DEFAULT_TOKEN_LEEWAY: Duration = Duration::from_secs(60);
+
+/// Where the token keys come from, and how strictly their times are read.
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// The HS256 secret itself (`CHATD_JWT_SECRET`).
     pub secret: Option<String>,
@@ -23,6 +28,22 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+    /// How far past its `exp` (and before its `nbf`) a token is still honoured: the
+    /// clock skew allowed between its issuer and chatd. A stream ends at `exp` + this.
+    pub leeway: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway: DEFAULT_TOKEN_LEEWAY,
+        }
+    }
 }
 
 impl AuthConfig {

@@ -9,11 +9,8 @@ use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::{AuthConfig, Claims};
-use crate::domain::{Caller, DomainError, Role};
+use crate::domain::{AccessEnds, Caller, DomainError, Role};
 use crate::storage::DatabaseUrl;
-
-/// Clock skew tolerated between the token's issuer and chatd, as jsonwebtoken's default.
-const LEEWAY_SECONDS: u64 = 60;
 
 /// Memory for tokens verified already, keyed by the token's exact text.
 const ADMITTED_BYTES: u64 = 16 << 20;
@@ -49,6 +46,8 @@ impl Clone for ByLength {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Clock skew allowed around `exp` and `nbf`, in seconds (`AuthConfig::leeway`).
+    leeway: u64,
     admitted: quick_cache::sync::Cache<String, Arc<Admitted>, ByLength>,
 }
 
@@ -92,6 +91,7 @@ impl TokenVerifier {
         Ok(Self {
             key,
             validation,
+            leeway: config.leeway.as_secs(),
             admitted: quick_cache::sync::Cache::with_weighter(
                 (ADMITTED_BYTES / 512) as usize,
                 ADMITTED_BYTES,
@@ -116,7 +116,7 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> Result<Verified, DomainError> {
         let now = unix_now();
         if let Some(admitted) = self.admitted.get(token) {
-            check_time(admitted.exp, admitted.nbf, now)?;
+            self.check_time(admitted.exp, admitted.nbf, now)?;
             return Ok(admitted.verified.clone());
         }
         // The header alone first: what is wrong there (an `alg` chatd does not accept,
@@ -138,10 +138,14 @@ impl TokenVerifier {
                     .into(),
             )
         })?;
-        check_time(claims.exp, claims.nbf, now)?;
+        self.check_time(claims.exp, claims.nbf, now)?;
         let verified = Verified {
             user_id,
             role: Role::parse(&claims.role).ok_or(claims.role),
+            access_ends: AccessEnds(
+                i64::try_from(claims.exp.saturating_add(self.leeway).saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+            ),
         };
         let admitted = Admitted {
             verified: verified.clone(),
@@ -205,9 +209,7 @@ impl TokenVerifier {
 /// The user id a `sub` claim names: a positive integer written the one canonical way
 /// (so "+42" and "042" do not also mean user 42).
 fn user_id_of(sub: &str) -> Option<i64> {
-    sub.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0 && id.to_string() == sub)
+    crate::model::canonical_number::<i64>(sub).filter(|id| *id > 0)
 }
 
 fn unix_now() -> u64 {
@@ -216,20 +218,22 @@ fn unix_now() -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
-/// A token is used between its `nbf` (when given) and its `exp`, give or take
-/// `LEEWAY_SECONDS` of clock skew.
-fn check_time(exp: u64, nbf: Option<u64>, now: u64) -> Result<(), DomainError> {
-    if now > exp.saturating_add(LEEWAY_SECONDS) {
-        return Err(DomainError::TokenExpired);
+impl TokenVerifier {
+    /// A token is used between its `nbf` (when given) and its `exp`, give or take the
+    /// leeway for clock skew.
+    fn check_time(&self, exp: u64, nbf: Option<u64>, now: u64) -> Result<(), DomainError> {
+        if now >= exp.saturating_add(self.leeway) {
+            return Err(DomainError::TokenExpired);
+        }
+        if let Some(nbf) = nbf
+            && nbf > now.saturating_add(self.leeway)
+        {
+            return Err(DomainError::TokenInvalid(
+                "the token is not valid yet (its nbf is in the future)".into(),
+            ));
+        }
+        Ok(())
     }
-    if let Some(nbf) = nbf
-        && nbf > now.saturating_add(LEEWAY_SECONDS)
-    {
-        return Err(DomainError::TokenInvalid(
-            "the token is not valid yet (its nbf is in the future)".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// A correctly signed, unexpired token: who it speaks for and the role it claims.
@@ -238,6 +242,8 @@ pub struct Verified {
     pub user_id: i64,
     /// The role, or the claimed name when chatd knows no such role.
     pub role: Result<Role, String>,
+    /// When the token stops being honoured: `exp` plus the leeway.
+    pub access_ends: AccessEnds,
 }
 
 /// Longest role claim repeated back in an error message.
@@ -375,12 +381,10 @@ mod tests {
                 algorithm,
                 &claims(Some("https://id.example"), Some("chatd")),
             );
+            let verified = verifier.verify(&good).unwrap();
             assert_eq!(
-                verifier.verify(&good).unwrap(),
-                Verified {
-                    user_id: 42,
-                    role: Ok(Role::Student)
-                },
+                (verified.user_id, verified.role),
+                (42, Ok(Role::Student)),
                 "{name}"
             );
             let wrong_issuer = sign_with(
@@ -441,7 +445,7 @@ mod tests {
         assert!(verifier.verify(&token).is_ok(), "from memory");
         // The same check applies to a remembered token's claims as to a fresh one's.
         assert!(matches!(
-            check_time(claims.exp, None, claims.exp + LEEWAY_SECONDS + 1),
+            verifier.check_time(claims.exp, None, claims.exp + verifier.leeway),
             Err(DomainError::TokenExpired)
         ));
         claims.nbf = Some(unix_now() + 3600);
@@ -449,6 +453,40 @@ mod tests {
             verifier.verify(&sign(&claims)),
             Err(DomainError::TokenInvalid(_))
         ));
+    }
+
+    #[test]
+    fn the_leeway_is_the_configured_one_both_ways() {
+        let now = unix_now();
+        let sign = |claims: &Claims| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(&[b'a'; 32]),
+            )
+            .unwrap()
+        };
+        let mut just_expired = claims(None, None);
+        just_expired.exp = now - 5;
+        let mut not_yet = claims(None, None);
+        not_yet.nbf = Some(now + 5);
+        for (leeway, accepted) in [(0, false), (30, true)] {
+            let config = AuthConfig {
+                secret: Some("a".repeat(32)),
+                leeway: Duration::from_secs(leeway),
+                ..AuthConfig::default()
+            };
+            let verifier =
+                TokenVerifier::new(&config, &DatabaseUrl::Sqlite("x.db".into())).unwrap();
+            let expired = verifier.verify(&sign(&just_expired));
+            assert_eq!(expired.is_ok(), accepted, "leeway {leeway}: {expired:?}");
+            if let Ok(verified) = expired {
+                let ends = (just_expired.exp + leeway) as i64 * 1000;
+                assert_eq!(verified.access_ends, AccessEnds(ends));
+            }
+            let early = verifier.verify(&sign(&not_yet));
+            assert_eq!(early.is_ok(), accepted, "leeway {leeway}: {early:?}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use super::rules::{self, Refusal};
 use super::watch::Subscription;
 use super::{
-    CachedSummary, Caller, Chat, DomainError, MAX_PAGE_LIMIT, MuteState, ReadState, Side,
-    SummaryAnswer, SummaryKey, UnreadSummary, caller_side, now_ms, thread_refused,
+    AccessEnds, CachedSummary, Caller, Chat, DomainError, MAX_PAGE_LIMIT, MuteState, ReadState,
+    Side, SummaryAnswer, SummaryKey, UnreadSummary, caller_side, now_ms, thread_refused,
 };
 use crate::storage::UnreadPage;
 
@@ -217,10 +217,11 @@ impl Chat {
     }
 
     /// Opens a stream of the caller's unread summary: `next` yields the current one,
-    /// then one each time it changes.
+    /// then one each time it changes, until the caller's access ends.
     pub fn watch_unread_summary(
         &self,
         caller: Caller,
+        access_ends: AccessEnds,
         limit: i64,
     ) -> Result<SummaryWatch, DomainError> {
         let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
@@ -228,6 +229,7 @@ impl Chat {
         Ok(SummaryWatch {
             chat: self.clone(),
             caller,
+            access_ends,
             limit,
             subscription,
             last_sent: None,
@@ -332,9 +334,11 @@ fn answer(
 /// (leading edge, then trailing). A summary whose mute ends by itself is read again at
 /// that time, with no change from anyone: a timer of this stream's own, only while such
 /// a mute is pending. An idle stream holds a digest of what it last sent, not a copy.
+/// When the caller's access ends, the stream ends with TOKEN_EXPIRED.
 pub struct SummaryWatch {
     chat: Chat,
     caller: Caller,
+    access_ends: AccessEnds,
     limit: i64,
     subscription: Subscription,
     last_sent: Option<u64>,
@@ -346,13 +350,23 @@ pub struct SummaryWatch {
 
 impl SummaryWatch {
     /// The next summary to send: the current one first, then each that differs from the
-    /// last one sent. `None` when the server is shutting down.
+    /// last one sent. `None` when the server is shutting down; TOKEN_EXPIRED once the
+    /// caller's access has ended.
     pub async fn next(&mut self) -> Option<Result<(UnreadSummary, String), DomainError>> {
         loop {
+            if now_ms() >= self.access_ends.0 {
+                return Some(Err(DomainError::TokenExpired));
+            }
             // Whether this read follows a change (not the snapshot).
             let after_change = self.started;
             if after_change {
-                let changed = match self.changes_at {
+                // Woken by a change, by the summary changing by itself, or by access ending.
+                let wake_at = [self.changes_at, Some(self.access_ends.0)]
+                    .into_iter()
+                    .flatten()
+                    .filter(|at| *at != AccessEnds::NEVER.0)
+                    .min();
+                let changed = match wake_at {
                     None => self.subscription.changed().await,
                     Some(at) => {
                         let wait = std::time::Duration::from_millis(
@@ -366,6 +380,9 @@ impl SummaryWatch {
                 };
                 if !changed {
                     return None;
+                }
+                if now_ms() >= self.access_ends.0 {
+                    return Some(Err(DomainError::TokenExpired));
                 }
                 // Within the window after a send, let the burst gather (a hundred
                 // messages in a second make one read and one send, not a hundred).
@@ -457,7 +474,9 @@ mod tests {
             user_id: 1,
             role: Role::Tutor,
         };
-        let mut watch = chat.watch_unread_summary(caller, 50).expect("a watch");
+        let mut watch = chat
+            .watch_unread_summary(caller, AccessEnds::NEVER, 50)
+            .expect("a watch");
         let pending = std::mem::size_of_val(&watch.next());
         let read = std::mem::size_of_val(&chat.unread_summary(caller, 50, None));
         assert!(

@@ -7,11 +7,12 @@
 //! statement, so a ticket opens one stream, on whichever replica, and a leaked URL is
 //! worth nothing once used or after half a minute.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{Caller, Chat, DomainError, Role, caller_side};
+use super::{AccessEnds, Caller, Chat, DomainError, Role, caller_side, now_ms};
+use crate::storage::NewTicket;
 
 /// How long a minted ticket may wait before it opens its stream.
 pub const STREAM_TICKET_TTL: Duration = Duration::from_secs(30);
@@ -27,33 +28,43 @@ pub struct StreamTicket {
 }
 
 impl Chat {
-    /// Mints a one-use ticket that opens the caller's unread-summary stream.
-    pub async fn create_stream_ticket(&self, caller: Caller) -> Result<StreamTicket, DomainError> {
+    /// Mints a one-use ticket that opens the caller's unread-summary stream; the stream
+    /// ends when the caller's own access does (`access_ends`), as theirs would.
+    pub async fn create_stream_ticket(
+        &self,
+        caller: Caller,
+        access_ends: AccessEnds,
+    ) -> Result<StreamTicket, DomainError> {
         caller_side(caller)?;
         let mut secret = [0u8; TICKET_BYTES];
         getrandom::fill(&mut secret)
             .map_err(|e| DomainError::Internal(format!("no randomness for a ticket: {e}")))?;
         let ticket = hex::encode(secret);
-        let now = unix_millis();
-        self.store
-            .create_stream_ticket(
-                &hash(&ticket),
-                caller.user_id,
-                caller.role.as_str(),
-                now + STREAM_TICKET_TTL.as_millis() as i64,
-                now,
-            )
-            .await?;
+        let now = now_ms();
+        // A ticket does not outlive the access it stands for.
+        let expires_at = (now + STREAM_TICKET_TTL.as_millis() as i64).min(access_ends.0);
+        let ticket_row = NewTicket {
+            ticket_hash: hash(&ticket),
+            user_id: caller.user_id,
+            role: caller.role.as_str(),
+            expires_at,
+            access_ends_at: access_ends.0,
+        };
+        self.store.create_stream_ticket(ticket_row, now).await?;
         Ok(StreamTicket {
             ticket,
-            expires_in: STREAM_TICKET_TTL,
+            expires_in: Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0)),
         })
     }
 
-    /// Takes a ticket for good and returns whom it was minted for; `TICKET_INVALID`
+    /// Takes a ticket for good and returns whom it was minted for and when that
+    /// caller's access ends; `TICKET_INVALID`
     /// when it is malformed, unknown, used already or expired (one answer for all, so
     /// a guesser learns nothing).
-    pub async fn redeem_stream_ticket(&self, ticket: &str) -> Result<Caller, DomainError> {
+    pub async fn redeem_stream_ticket(
+        &self,
+        ticket: &str,
+    ) -> Result<(Caller, AccessEnds), DomainError> {
         let invalid = DomainError::TicketInvalid {
             ttl_seconds: STREAM_TICKET_TTL.as_secs(),
         };
@@ -63,21 +74,15 @@ impl Chat {
         }
         let redeemed = self
             .store
-            .redeem_stream_ticket(&hash(&ticket.to_ascii_lowercase()), unix_millis())
+            .redeem_stream_ticket(&hash(&ticket.to_ascii_lowercase()), now_ms())
             .await?;
-        let (user_id, role) = redeemed.ok_or(invalid)?;
+        let (user_id, role, access_ends) = redeemed.ok_or(invalid)?;
         let role = Role::parse(&role)
             .ok_or_else(|| DomainError::Internal(format!("a ticket stored role {role:?}")))?;
-        Ok(Caller { user_id, role })
+        Ok((Caller { user_id, role }, AccessEnds(access_ends)))
     }
 }
 
 fn hash(ticket: &str) -> String {
     hex::encode(Sha256::digest(ticket.as_bytes()))
-}
-
-fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }

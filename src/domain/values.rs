@@ -36,6 +36,17 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// When the proof of who is calling stops being honoured, in Unix ms: its token's `exp`
+/// plus the allowed clock skew. A stream opened with it ends there (TOKEN_EXPIRED), so
+/// access ends when the token's issuer says, not when the client hangs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AccessEnds(pub i64);
+
+impl AccessEnds {
+    /// For proofs that never run out (tickets minted before access ends were kept).
+    pub const NEVER: AccessEnds = AccessEnds(i64::MAX);
+}
+
 /// The thing a thread is opened from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadTarget {

@@ -13,7 +13,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::auth::TokenVerifier;
-use crate::domain::{Caller, DomainError, Role};
+use crate::domain::{AccessEnds, Caller, DomainError, Role};
 
 #[derive(Clone)]
 pub struct Authenticate {
@@ -54,21 +54,30 @@ impl Interceptor for Authenticate {
             };
         };
         let header = header.to_str().unwrap_or_default();
-        let caller = self
-            .verifier
-            .verify_header(Some(header))?
-            .caller_for(self.allowed, self.service)?;
+        let verified = self.verifier.verify_header(Some(header))?;
+        let access_ends = verified.access_ends;
+        let caller = verified.caller_for(self.allowed, self.service)?;
         request.extensions_mut().insert(caller);
+        request.extensions_mut().insert(access_ends);
         Ok(request)
     }
 }
 
 /// The caller the interceptor verified; TOKEN_MISSING when the request had no token.
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    token_caller(request).ok_or_else(|| DomainError::TokenMissing.into())
+    request
+        .extensions()
+        .get::<Caller>()
+        .copied()
+        .ok_or_else(|| DomainError::TokenMissing.into())
 }
 
-/// The caller of the request's bearer token, if it had one.
-pub fn token_caller<T>(request: &Request<T>) -> Option<Caller> {
-    request.extensions().get::<Caller>().copied()
+/// The caller of the request's bearer token, if it had one, and when its token stops
+/// being honoured.
+pub fn token_caller<T>(request: &Request<T>) -> Option<(Caller, AccessEnds)> {
+    let extensions = request.extensions();
+    Some((
+        extensions.get::<Caller>().copied()?,
+        extensions.get::<AccessEnds>().copied()?,
+    ))
 }

@@ -35,7 +35,7 @@ impl chat_service_server::ChatService for ChatService {
         request: Request<pb::WatchUnreadSummaryRequest>,
     ) -> Result<Response<SummaryStream>, Status> {
         let ticket = request.get_ref().ticket.as_str();
-        let caller = match (token_caller(&request), ticket.is_empty()) {
+        let (caller, access_ends) = match (token_caller(&request), ticket.is_empty()) {
             (caller, true) => caller.ok_or(DomainError::TokenMissing)?,
             (None, false) => self.chat.redeem_stream_ticket(ticket).await?,
             (Some(_), false) => {
@@ -47,7 +47,7 @@ impl chat_service_server::ChatService for ChatService {
             }
         };
         let limit = domain::page_limit("limit", request.get_ref().limit)?;
-        let watch = self.chat.watch_unread_summary(caller, limit)?;
+        let watch = self.chat.watch_unread_summary(caller, access_ends, limit)?;
         // After an error the stream ends (the client reconnects and gets a snapshot).
         let stream = futures_util::stream::unfold(Some(watch), |watch| async move {
             let mut watch = watch?;
@@ -71,8 +71,8 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<pb::CreateStreamTicketRequest>,
     ) -> Result<Response<pb::CreateStreamTicketResponse>, Status> {
-        let caller = caller(&request)?;
-        let minted = self.chat.create_stream_ticket(caller).await?;
+        let (caller, access_ends) = token_caller(&request).ok_or(DomainError::TokenMissing)?;
+        let minted = self.chat.create_stream_ticket(caller, access_ends).await?;
         Ok(Response::new(pb::CreateStreamTicketResponse {
             ticket: minted.ticket,
             expires_in: i32::try_from(minted.expires_in.as_secs()).unwrap_or(i32::MAX),

@@ -21,7 +21,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::pool::{self, PgConn, PoolConfig, PoolStatus};
 use super::rows::{
     Deleter, ErasedBatch, MarkReadAttempt, MarkUnreadAttempt, MessageAttempt, MessageEdit,
-    MuteAttempt, MuteRow, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts,
+    MuteAttempt, MuteRow, NewMessage, NewThread, NewTicket, ReadStateRow, RedeemedTicket,
+    SendAttempt, ThreadFacts,
 };
 use super::upsert::{self, FactTable};
 use super::{StoreError, StoreResult};
@@ -700,35 +701,24 @@ impl PgStore {
     }
 
     /// Stores a stream ticket's hash, forgetting expired ones first.
-    pub async fn create_stream_ticket(
-        &self,
-        ticket_hash: &str,
-        user_id: i64,
-        role: &'static str,
-        expires_at: i64,
-        now: i64,
-    ) -> StoreResult<()> {
+    pub async fn create_stream_ticket(&self, ticket: NewTicket, now: i64) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         let stored = async {
             tickets::forget_expired(now).execute(&mut conn).await?;
-            tickets::store(ticket_hash.to_owned(), user_id, role, expires_at)
-                .execute(&mut conn)
-                .await
+            tickets::store_ticket(ticket).execute(&mut conn).await
         };
         stored.await.map_err(|e| self.failed(e))?;
         Ok(())
     }
 
-    /// Takes a live stream ticket: its user and role, once.
+    /// Takes a live stream ticket, once: its user, role and access end.
     pub async fn redeem_stream_ticket(
         &self,
         ticket_hash: &str,
         now: i64,
-    ) -> StoreResult<Option<(i64, String)>> {
-        use schema::stream_tickets;
+    ) -> StoreResult<Option<RedeemedTicket>> {
         let mut conn = self.conn().await?;
-        let taken = tickets::take(ticket_hash.to_owned(), now)
-            .returning((stream_tickets::user_id, stream_tickets::role));
+        let taken = tickets::take(ticket_hash.to_owned(), now).returning(tickets::REDEEMED);
         match committed_row(taken, &mut conn).await {
             Ok(row) => Ok(Some(row)),
             Err(DieselError::NotFound) => Ok(None),

@@ -376,3 +376,17 @@ pub struct MessagePageRows {
     pub messages: Vec<Message>,
     pub has_more: bool,
 }
+
+/// A stream ticket to keep: the hash of its secret, whom it was minted for, until when
+/// it opens a stream, and when that stream's access ends (both Unix ms).
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    pub ticket_hash: String,
+    pub user_id: i64,
+    pub role: &'static str,
+    pub expires_at: i64,
+    pub access_ends_at: i64,
+}
+
+/// A redeemed ticket: the user id, the role's name and when access ends (Unix ms).
+pub type RedeemedTicket = (i64, String, i64);

@@ -113,6 +113,7 @@ diesel::table! {
         user_id -> BigInt,
         role -> Text,
         expires_at -> BigInt,
+        access_ends_at -> BigInt,
     }
 }
 

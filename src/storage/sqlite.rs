@@ -23,7 +23,8 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use super::pool::{self, PoolConfig, PoolStatus, SqliteReader};
 use super::rows::{
     Deleter, ErasedBatch, MarkReadAttempt, MarkUnreadAttempt, MessageAttempt, MessageEdit,
-    MuteAttempt, MuteRow, NewMessage, NewThread, ReadStateRow, SendAttempt, ThreadFacts,
+    MuteAttempt, MuteRow, NewMessage, NewThread, NewTicket, ReadStateRow, RedeemedTicket,
+    SendAttempt, ThreadFacts,
 };
 use super::upsert::{self, FactTable};
 use super::{StoreError, StoreResult};
@@ -190,38 +191,27 @@ impl SqliteStore {
     }
 
     /// Stores a stream ticket's hash, forgetting expired ones first.
-    pub async fn create_stream_ticket(
-        &self,
-        ticket_hash: &str,
-        user_id: i64,
-        role: &'static str,
-        expires_at: i64,
-        now: i64,
-    ) -> StoreResult<()> {
-        let ticket_hash = ticket_hash.to_owned();
+    pub async fn create_stream_ticket(&self, ticket: NewTicket, now: i64) -> StoreResult<()> {
         self.writer
             .write(move |conn| {
                 tickets::forget_expired(now).execute(conn)?;
-                tickets::store(ticket_hash.clone(), user_id, role, expires_at).execute(conn)?;
+                tickets::store_ticket(ticket.clone()).execute(conn)?;
                 Ok(())
             })
             .await
     }
 
-    /// Takes a live stream ticket: its user and role, once.
+    /// Takes a live stream ticket, once: its user, role and access end.
     pub async fn redeem_stream_ticket(
         &self,
         ticket_hash: &str,
         now: i64,
-    ) -> StoreResult<Option<(i64, String)>> {
+    ) -> StoreResult<Option<RedeemedTicket>> {
         let ticket_hash = ticket_hash.to_owned();
         self.writer
             .write(move |conn| {
                 tickets::take(ticket_hash.clone(), now)
-                    .returning((
-                        schema::stream_tickets::user_id,
-                        schema::stream_tickets::role,
-                    ))
+                    .returning(tickets::REDEEMED)
                     .get_result(conn)
                     .optional()
             })

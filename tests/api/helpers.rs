@@ -2,7 +2,7 @@
 
 pub use crate::harness::TestDatabase;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chatd::app::{Application, ServeConfig};
 use chatd::auth::{AuthConfig, TokenSigner};
@@ -178,6 +178,14 @@ impl TestApp {
 
     pub fn chat_with_header(&self, header: Option<String>) -> ChatClient {
         ChatServiceClient::with_interceptor(self.channel(), Bearer(header))
+    }
+
+    /// `Bearer <token>` for a user in a role, with its `exp` at `expires`.
+    pub fn bearer_until(&self, user_id: i64, role: Role, expires: SystemTime) -> String {
+        format!(
+            "Bearer {}",
+            self.signer.sign_until(user_id, role, expires).unwrap()
+        )
     }
 
     /// `Bearer <token>` for a user in a role.

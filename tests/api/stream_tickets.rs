@@ -3,6 +3,8 @@
 //! stream as its minter, and is refused (401 TICKET_INVALID, in JSON) once used, when
 //! stale, or when unknown, on any replica.
 
+use std::time::{Duration, SystemTime};
+
 use chatd::domain::Role;
 use chatd::grpc::pb;
 use reqwest::StatusCode;
@@ -11,6 +13,7 @@ use tonic::Code;
 
 use crate::gateway::{EventReader, assert_api_error, call, client};
 use crate::helpers::{Backend, ChatClientExt, TestApp, assert_error};
+use crate::watch::whole_seconds_ahead;
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
@@ -162,6 +165,46 @@ async fn grpc_takes_a_ticket_in_place_of_the_token(app: TestApp) {
         .create_stream_ticket(pb::CreateStreamTicketRequest {})
         .await;
     assert_error(service, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+}
+
+/// A stream a ticket opened ends when the token that minted the ticket expires, as one
+/// opened with that token would (read exactly here: no leeway), and the ticket says it
+/// lives no longer than that token.
+async fn a_ticket_stream_ends_with_its_minters_token(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| config.auth.leeway = Duration::ZERO).await;
+    let exp = whole_seconds_ahead(4);
+    let minted = call(
+        client()
+            .post(app.url("/api/v1/chat/unread-summary/stream-ticket"))
+            .header("authorization", app.bearer_until(TUTOR, Role::Tutor, exp)),
+    )
+    .await;
+    assert_eq!(minted.0, StatusCode::OK, "{}", minted.1);
+    let expires_in = minted.1["expires_in"].as_i64().expect("expires_in");
+    assert!((1..=4).contains(&expires_in), "expires_in {expires_in}");
+    let ticket = minted.1["ticket"].as_str().expect("a ticket").to_owned();
+
+    let mut events = open_with_ticket(&app, &ticket).await;
+    assert_eq!(events.next().await.0, "summary");
+    let (name, error) = events.next().await;
+    assert!(SystemTime::now() >= exp, "ended before the token's exp");
+    assert_eq!(name, "error", "{error}");
+    assert_eq!(error["code"], "TOKEN_EXPIRED", "{error}");
+    assert_eq!(error["grpc_status"], "UNAUTHENTICATED", "{error}");
+    let end = tokio::time::timeout(Duration::from_secs(10), events.response.chunk())
+        .await
+        .expect("the stream closes after its error");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_ticket_stream_ends_with_its_minters_token() {
+    a_ticket_stream_ends_with_its_minters_token(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_ticket_stream_ends_with_its_minters_token() {
+    a_ticket_stream_ends_with_its_minters_token(Backend::Postgres).await;
 }
 
 backend_suite!(

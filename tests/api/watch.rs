@@ -1,8 +1,9 @@
 //! WatchUnreadSummary: a snapshot, then one update per change, coalesced; across
 //! replicas through PostgreSQL NOTIFY; limited; ended cleanly on shutdown.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chatd::domain::Role;
 use chatd::grpc::pb::{RelationStatus, WatchUnreadSummaryResponse};
 use tonic::Code;
 
@@ -146,6 +147,43 @@ async fn streams_end_cleanly_on_shutdown(mut app: TestApp) {
         .await
         .expect("the stream ends");
     assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+/// A whole second `seconds` from now: a token's `exp` to the second, as JWTs carry it.
+pub fn whole_seconds_ahead(seconds: u64) -> SystemTime {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    UNIX_EPOCH + Duration::from_secs(now.as_secs() + seconds)
+}
+
+/// A stream lasts as long as its token: live until `exp` (read exactly, with no
+/// leeway here), then ended with UNAUTHENTICATED TOKEN_EXPIRED though nothing changed.
+async fn a_stream_ends_when_its_token_expires(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| config.auth.leeway = Duration::ZERO).await;
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let exp = whole_seconds_ahead(4);
+    let mut tutor = app.chat_with_header(Some(app.bearer_until(TUTOR, Role::Tutor, exp)));
+    let mut updates = TestApp::watch(&mut tutor).await;
+    assert_eq!(next(&mut updates).await.total, 0);
+    app.student(STUDENT)
+        .say(thread.thread_id, "before exp")
+        .await;
+    assert_eq!(next(&mut updates).await.total, 1, "live before exp");
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), updates.message())
+        .await
+        .expect("the stream ends within 10 s of its token's exp");
+    assert!(SystemTime::now() >= exp, "ended before exp");
+    assert_error(ended, Code::Unauthenticated, "TOKEN_EXPIRED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_stream_ends_when_its_token_expires() {
+    a_stream_ends_when_its_token_expires(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_stream_ends_when_its_token_expires() {
+    a_stream_ends_when_its_token_expires(Backend::Postgres).await;
 }
 
 backend_suite!(
