@@ -89,7 +89,7 @@ impl Application {
     /// Connects and migrates the database, loads the token keys and binds the listeners
     /// (port 0 picks a free port: see `local_addr`).
     pub async fn build(config: ServeConfig) -> Result<Self, String> {
-        let listener = TcpListener::bind(config.listen)
+        let listener = crate::net::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         Self::build_on(config, listener).await
@@ -167,7 +167,7 @@ impl Application {
         };
         let metrics_listener = match config.metrics {
             Some(addr) => Some(
-                TcpListener::bind(addr)
+                crate::net::bind(addr)
                     .await
                     .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?,
             ),

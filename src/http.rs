@@ -98,7 +98,7 @@ impl Gateway {
         chatd: GrpcService,
     ) -> Result<Self, String> {
         let router = router(config, metrics, chatd)?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = crate::net::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         Ok(Self {

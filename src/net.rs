@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +24,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
@@ -332,6 +333,35 @@ impl tonic::transport::server::Connected for Guarded {
             remote_addr: self.stream.peer_addr().ok(),
         }
     }
+}
+
+/// Where the kernel says how many connections may wait to be accepted (Linux).
+const SOMAXCONN_FILE: &str = "/proc/sys/net/core/somaxconn";
+
+/// The listen backlog when the system does not say: Linux's own default since 5.4.
+const DEFAULT_BACKLOG: u32 = 4096;
+
+/// Binds a listener with the longest backlog the system allows (`somaxconn`), as Go's
+/// net package does. tokio's `bind` asks for 1024, so a burst of connects beyond that
+/// overflows the queue and clients sit half-open, retrying their SYNs for seconds.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As tokio's `bind` does: a restarted server rebinds while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(listen_backlog())
+}
+
+/// The system's `somaxconn`, or 4096 where it cannot be read.
+pub fn listen_backlog() -> u32 {
+    std::fs::read_to_string(SOMAXCONN_FILE)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|backlog| *backlog > 0)
+        .map_or(DEFAULT_BACKLOG, |backlog| backlog.min(i32::MAX as u32))
 }
 
 /// Raises this process's soft limit of open files to its hard limit, so connections

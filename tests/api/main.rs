@@ -30,6 +30,7 @@ mod helpers;
 
 mod auth;
 mod concurrency;
+mod connections;
 mod contact_threads;
 mod edits;
 mod erasure;
