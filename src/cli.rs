@@ -206,6 +206,10 @@ pub struct ConnectionArgs {
     /// HTTP/2 keepalive pings (every 30 s) keep open streams above it.
     #[arg(long, env = "CHATD_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// How long a REST request's body may take to arrive whole once its head has; past
+    /// it the answer is 408 REQUEST_TIMEOUT and the connection closes.
+    #[arg(long, env = "CHATD_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
 }
 
 impl ConnectionArgs {
@@ -213,13 +217,20 @@ impl ConnectionArgs {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
-        if self.handshake_timeout.is_zero() || self.idle_timeout.is_zero() {
-            return Err("--handshake-timeout and --idle-timeout must be more than 0s".into());
+        if self.handshake_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.body_timeout.is_zero()
+        {
+            return Err(
+                "--handshake-timeout, --idle-timeout and --body-timeout must be more than 0s"
+                    .into(),
+            );
         }
         Ok(ConnectionLimits {
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
         })
     }
 }

@@ -69,6 +69,11 @@ pub struct GatewayConfig {
     pub connections: ConnectionLimits,
 }
 
+/// How long a request body may take to arrive whole (`ConnectionLimits::body_timeout`),
+/// for the extractors that read bodies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyTimeout(pub(crate) Duration);
+
 /// The gateway's state: the way to chatd, and the metrics it counts into and serves.
 #[derive(Clone)]
 pub(crate) struct GatewayState {
@@ -216,6 +221,9 @@ pub fn router(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::Extension(BodyTimeout(
+            config.connections.body_timeout,
+        )))
         .layer(axum::middleware::from_fn(refuse_oversized_head))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -37,16 +37,22 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     /// How long a connection may go with no bytes in either direction.
     pub idle_timeout: Duration,
+    /// How long an HTTP request's body may take to arrive whole, once its head has: a
+    /// body trickled a byte at a time would otherwise hold its connection for ever,
+    /// each byte resetting the idle timeout.
+    pub body_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     /// Room for 10,000 clients (watchers hold a connection each); 10 s to start
-    /// talking; 2 minutes of silence (keepalive pings are traffic).
+    /// talking; 2 minutes of silence (keepalive pings are traffic); 30 s for a body of
+    /// at most 64 KiB (about 17 kbit/s).
     fn default() -> Self {
         Self {
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -381,6 +387,7 @@ mod tests {
             max_connections,
             handshake_timeout: Duration::from_millis(200),
             idle_timeout: Duration::from_millis(400),
+            body_timeout: Duration::from_millis(400),
         }
     }
 

@@ -100,7 +100,14 @@ pub mod edge {
         H::REQUEST_HEADER_FIELDS_TOO_LARGE,
     );
 
-    pub const ALL: [ErrorCode; 9] = [
+    /// The request's body did not arrive whole within the body timeout.
+    pub const REQUEST_TIMEOUT: ErrorCode = code(
+        "REQUEST_TIMEOUT",
+        Code::DeadlineExceeded,
+        H::REQUEST_TIMEOUT,
+    );
+
+    pub const ALL: [ErrorCode; 10] = [
         UNKNOWN_PATH,
         METHOD_NOT_ALLOWED,
         PAYLOAD_TOO_LARGE,
@@ -110,6 +117,7 @@ pub mod edge {
         UPSTREAM_TIMEOUT,
         URI_TOO_LONG,
         HEADERS_TOO_LARGE,
+        REQUEST_TIMEOUT,
     ];
 }
 
@@ -227,6 +235,7 @@ mod tests {
             ("UPSTREAM_TIMEOUT", Code::DeadlineExceeded, 504),
             ("URI_TOO_LONG", Code::InvalidArgument, 414),
             ("HEADERS_TOO_LARGE", Code::InvalidArgument, 431),
+            ("REQUEST_TIMEOUT", Code::DeadlineExceeded, 408),
             ("MALFORMED_REQUEST", Code::InvalidArgument, 400),
             ("REQUEST_TOO_LARGE", Code::ResourceExhausted, 413),
             ("DEADLINE_EXCEEDED", Code::DeadlineExceeded, 504),

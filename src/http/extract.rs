@@ -1,6 +1,8 @@
 //! What handlers read from a request: JSON bodies, path ids and query parameters, each
 //! refused in the gateway's JSON error (naming the field), never in axum's plain text.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -10,7 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::client::ChatdCall;
-use super::{ApiError, GatewayState, MAX_BODY_BYTES};
+use super::{ApiError, BodyTimeout, GatewayState, MAX_BODY_BYTES};
 use crate::model::canonical_number;
 use crate::status::edge;
 
@@ -45,8 +47,21 @@ where
                 ),
             ));
         }
-        let bytes = Bytes::from_request(request, state)
+        let timeout = request
+            .extensions()
+            .get::<BodyTimeout>()
+            .map_or(Duration::MAX, |timeout| timeout.0);
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(request, state))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    edge::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive whole within {}: send it at once",
+                        humantime::format_duration(timeout)
+                    ),
+                )
+            })?
             .map_err(|rejection| {
                 let status = rejection.status();
                 if status == StatusCode::PAYLOAD_TOO_LARGE {

@@ -903,3 +903,48 @@ async fn cors_allows_only_configured_origins() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+/// A body sent a byte at a time cannot hold its connection: each byte resets the idle
+/// timeout, but the whole body must arrive within the body timeout, or the answer is
+/// 408 REQUEST_TIMEOUT in the usual JSON, long before the trickle would have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.connections.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let addr = app.http.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut reader, mut writer) = socket.into_split();
+    // 100 bytes promised, one sent every 200 ms: 20 s to finish.
+    let head = format!(
+        "POST /api/v1/chat/threads/{}/messages/ HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        thread.thread_id,
+        app.bearer(TUTOR, Role::Tutor)
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 10 s, not after the 20 s trickle");
+    assert!(read.is_ok(), "{read:?}");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|e| panic!("a JSON body ({e}): {answer}"));
+    assert_eq!(body["code"], "REQUEST_TIMEOUT", "{body}");
+    assert_eq!(body["grpc_status"], "DEADLINE_EXCEEDED", "{body}");
+}
