@@ -71,10 +71,25 @@ pub enum Protocol {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The most header bytes an HTTP/2 request may carry (HTTP/2's own accounting, 32
-/// bytes per field on top of name and value). Above what the REST gateway forwards
-/// (see `http::MAX_HEADER_BYTES`), so its refusals come first and in JSON.
-pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// The most header bytes a gRPC request may carry (`header_list_bytes`). Above what the
+/// REST gateway forwards (see `http::MAX_HEADER_BYTES`), so its refusals come first
+/// and in JSON. Enforced by the gRPC layer (`grpc::trace`), so the client gets a gRPC
+/// status with a reason rather than HTTP/2's bare 431.
+pub const MAX_HEADER_LIST_BYTES: usize = 64 * 1024;
+
+/// What HTTP/2 itself lets a request's headers take before it answers 431 without a
+/// gRPC status: far above `MAX_HEADER_LIST_BYTES`, so that refusal is chatd's, in
+/// gRPC's terms, for any header a client plausibly sends (a 100 KB token, say).
+const H2_HEADER_LIST_BYTES: u32 = 1 << 20;
+
+/// The bytes a request's headers take by HTTP/2's accounting (RFC 9113 §6.5.2): name
+/// and value, plus 32 per field.
+pub fn header_list_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
 
 /// Serves `service` on `listener` within `limits` until `shutdown` completes; then stops
 /// accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1 close after the
@@ -111,7 +126,7 @@ pub async fn serve<S, B>(
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .max_header_list_size(MAX_HEADER_LIST_BYTES);
+        .max_header_list_size(H2_HEADER_LIST_BYTES);
     let graceful = GracefulShutdown::new();
     {
         // Scoped so the listening socket closes as soon as accepting stops.

@@ -93,12 +93,6 @@ pub mod edge {
     /// The request line's target is longer than the gateway reads.
     pub const URI_TOO_LONG: ErrorCode =
         code("URI_TOO_LONG", Code::InvalidArgument, H::URI_TOO_LONG);
-    /// The request's headers are larger than the gateway forwards.
-    pub const HEADERS_TOO_LARGE: ErrorCode = code(
-        "HEADERS_TOO_LARGE",
-        Code::InvalidArgument,
-        H::REQUEST_HEADER_FIELDS_TOO_LARGE,
-    );
 
     /// The request's body did not arrive whole within the body timeout.
     pub const REQUEST_TIMEOUT: ErrorCode = code(
@@ -107,7 +101,7 @@ pub mod edge {
         H::REQUEST_TIMEOUT,
     );
 
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 9] = [
         UNKNOWN_PATH,
         METHOD_NOT_ALLOWED,
         PAYLOAD_TOO_LARGE,
@@ -116,7 +110,6 @@ pub mod edge {
         UPSTREAM_UNAVAILABLE,
         UPSTREAM_TIMEOUT,
         URI_TOO_LONG,
-        HEADERS_TOO_LARGE,
         REQUEST_TIMEOUT,
     ];
 }
@@ -143,7 +136,15 @@ pub mod request {
         H::GATEWAY_TIMEOUT,
     );
 
-    pub const ALL: [ErrorCode; 3] = [MALFORMED, TOO_LARGE, DEADLINE_EXCEEDED];
+    /// The request's headers are larger than chatd reads (gRPC) or the gateway
+    /// forwards (REST): a token or trace header out of all proportion.
+    pub const HEADERS_TOO_LARGE: ErrorCode = code(
+        "HEADERS_TOO_LARGE",
+        Code::InvalidArgument,
+        H::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    );
+
+    pub const ALL: [ErrorCode; 4] = [MALFORMED, TOO_LARGE, DEADLINE_EXCEEDED, HEADERS_TOO_LARGE];
 }
 
 /// A `tonic::Status` of a table row, with its ErrorInfo.
@@ -234,11 +235,11 @@ mod tests {
             ("UPSTREAM_UNAVAILABLE", Code::Unavailable, 503),
             ("UPSTREAM_TIMEOUT", Code::DeadlineExceeded, 504),
             ("URI_TOO_LONG", Code::InvalidArgument, 414),
-            ("HEADERS_TOO_LARGE", Code::InvalidArgument, 431),
             ("REQUEST_TIMEOUT", Code::DeadlineExceeded, 408),
             ("MALFORMED_REQUEST", Code::InvalidArgument, 400),
             ("REQUEST_TOO_LARGE", Code::ResourceExhausted, 413),
             ("DEADLINE_EXCEEDED", Code::DeadlineExceeded, 504),
+            ("HEADERS_TOO_LARGE", Code::InvalidArgument, 431),
         ];
         let table: Vec<ErrorCode> = Reason::ALL
             .iter()

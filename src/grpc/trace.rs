@@ -2,7 +2,8 @@
 //! rpc.service, rpc.method, rpc.grpc.status_code), continuing the caller's W3C trace.
 //! Health checks and reflection are not traced: probes call them constantly.
 //!
-//! Here too every chat.v1 call gets its deadline: the client's `grpc-timeout` or the
+//! Here too every request's metadata is held to `net::MAX_HEADER_LIST_BYTES`, and every
+//! chat.v1 call gets its deadline: the client's `grpc-timeout` or the
 //! server's ceiling, whichever comes first, answered DEADLINE_EXCEEDED with ErrorInfo.
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::metrics::{RequestMetrics, RpcLabels};
-use crate::{status, telemetry};
+use crate::{net, status, telemetry};
 
 /// Every chat.v1 method, by the name metrics label it with. A path that is none of
 /// these (a client calling a method that does not exist) is counted as `(unknown)`.
@@ -98,6 +99,20 @@ fn deadline_exceeded<Body: Default>(deadline: Duration) -> http::Response<Body> 
     http::Response::from_parts(parts, Body::default())
 }
 
+/// The answer to a request whose headers are over what chatd reads.
+fn headers_too_large<Body: Default>(header_bytes: usize) -> http::Response<Body> {
+    let refusal = status::status(
+        status::request::HEADERS_TOO_LARGE,
+        format!(
+            "the request metadata takes {header_bytes} bytes, over the {} chatd reads: send a \
+             shorter authorization token, traceparent or tracestate",
+            net::MAX_HEADER_LIST_BYTES
+        ),
+    );
+    let (parts, ()) = refusal.into_http::<()>().into_parts();
+    http::Response::from_parts(parts, Body::default())
+}
+
 /// Wraps the gRPC server's routes in `RpcTrace`, counting into `metrics`.
 #[derive(Debug, Clone)]
 pub struct RpcTraceLayer {
@@ -154,6 +169,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let header_bytes = net::header_list_bytes(request.headers());
+        if header_bytes > net::MAX_HEADER_LIST_BYTES {
+            let refusal = headers_too_large(header_bytes);
+            return Box::pin(async move { Ok(refusal) });
+        }
         // The clone is not ready yet; the ready one serves this call (tower's convention).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

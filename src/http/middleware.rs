@@ -33,14 +33,10 @@ pub(super) async fn refuse_oversized_head(
         )
         .into_response();
     }
-    let headers: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 32)
-        .sum();
+    let headers = crate::net::header_list_bytes(request.headers());
     if headers > MAX_HEADER_BYTES {
         return ApiError::new(
-            edge::HEADERS_TOO_LARGE,
+            crate::status::request::HEADERS_TOO_LARGE,
             format!(
                 "the request headers take {headers} bytes, over the {MAX_HEADER_BYTES} this API \
                  reads: send a shorter Authorization, traceparent or tracestate"

@@ -159,7 +159,26 @@ async fn odd_tokens_are_refused_in_plain_words(app: TestApp) {
     assert!(call(canonical).await.is_ok());
 }
 
+/// A 100 KB token is refused in gRPC's terms, INVALID_ARGUMENT `HEADERS_TOO_LARGE`
+/// saying the limit, not as HTTP/2's bare 431 (which a gRPC client reports as UNKNOWN);
+/// metadata just under 64 KiB is read.
+async fn an_oversized_token_gets_a_grpc_status(app: TestApp) {
+    let mut huge = app.chat_with_header(Some(format!("Bearer {}", "a".repeat(100_000))));
+    let status = assert_error(
+        huge.get_unread_summary(summary(0)).await,
+        Code::InvalidArgument,
+        "HEADERS_TOO_LARGE",
+    );
+    assert!(status.message().contains("65536"), "{status:?}");
+
+    let mut request = tonic::Request::new(summary(0));
+    let pad = "p".repeat(60 * 1024).parse().unwrap();
+    request.metadata_mut().insert("x-pad", pad);
+    assert!(app.tutor(42).get_unread_summary(request).await.is_ok());
+}
+
 backend_suite!(
+    an_oversized_token_gets_a_grpc_status,
     tokens_are_checked,
     roles_are_checked,
     an_unknown_role_is_permission_denied,
