@@ -443,6 +443,12 @@ fn register_gauges(
         "Calls waiting for a pooled connection now",
         move || pool.pool_status().waiting as i64,
     );
+    let space = store.clone();
+    metrics.gauge(
+        "chatd_storage_full",
+        "1 while writes fail because the database has no room (STORAGE_FULL); reads still work",
+        move || i64::from(space.space().is_full()),
+    );
     let cache = summaries.clone();
     metrics.gauge(
         "chatd_summary_cache_entries",

@@ -57,6 +57,7 @@ impl From<StoreError> for DomainError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(detail) => DomainError::Unavailable(detail),
+            StoreError::Full(detail) => DomainError::StorageFull(detail),
             StoreError::Query(error) => DomainError::Internal(error.to_string()),
         }
     }

@@ -47,7 +47,9 @@ pub fn of(reason: Reason) -> ErrorCode {
         | Reason::ParticipantsImmutable
         | Reason::MessageDeleted
         | Reason::MarkUnreadTooFar => (Code::FailedPrecondition, H::BAD_REQUEST),
-        Reason::TooManyStreams | Reason::RateLimited => {
+        // A full disk too: RESOURCE_EXHAUSTED, and its HTTP status by the standard
+        // mapping; the reason says which resource, and that waiting will not help.
+        Reason::TooManyStreams | Reason::RateLimited | Reason::StorageFull => {
             (Code::ResourceExhausted, H::TOO_MANY_REQUESTS)
         }
         Reason::DatabaseUnavailable => (Code::Unavailable, H::SERVICE_UNAVAILABLE),
@@ -226,6 +228,7 @@ mod tests {
             ("RATE_LIMITED", Code::ResourceExhausted, 429),
             ("TOO_MANY_STREAMS", Code::ResourceExhausted, 429),
             ("DATABASE_UNAVAILABLE", Code::Unavailable, 503),
+            ("STORAGE_FULL", Code::ResourceExhausted, 429),
             ("INTERNAL", Code::Internal, 500),
             ("NOT_FOUND", Code::NotFound, 404),
             ("METHOD_NOT_ALLOWED", Code::Unimplemented, 405),

@@ -44,14 +44,39 @@ pub enum StoreError {
     /// The database cannot be reached (or is too busy): the caller may retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database has no room left for what a write adds: not transient, it lasts
+    /// until someone frees disk space.
+    #[error("database storage is full: {0}")]
+    Full(String),
     /// Anything else: a bug, a violated invariant or corrupt data.
     #[error("database error: {0}")]
     Query(DieselError),
 }
 
+/// Whether a database error says its storage is full: SQLite's SQLITE_FULL, or
+/// PostgreSQL's disk_full (53100) whose message carries the system's ENOSPC text.
+fn says_full(message: &str) -> bool {
+    message.contains("database or disk is full") || message.contains("No space left on device")
+}
+
+impl StoreError {
+    /// A failed commit: storage full when it says so, else the database unavailable.
+    pub fn of_commit(error: &DieselError) -> Self {
+        match error {
+            DieselError::DatabaseError(_, info) if says_full(info.message()) => {
+                StoreError::Full(info.message().to_owned())
+            }
+            _ => StoreError::Unavailable(format!("the commit failed: {error}")),
+        }
+    }
+}
+
 impl From<DieselError> for StoreError {
     fn from(error: DieselError) -> Self {
         match &error {
+            DieselError::DatabaseError(_, info) if says_full(info.message()) => {
+                StoreError::Full(info.message().to_owned())
+            }
             DieselError::DatabaseError(
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
                 info,
@@ -123,17 +148,53 @@ macro_rules! backend_read {
     };
 }
 
-/// Runs a write that each backend implements its own way.
+/// Runs a write that each backend implements its own way, and notes whether storage
+/// had room for it.
 macro_rules! backend_write {
-    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
-        traced($store.backend(), stringify!($function), async {
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {{
+        let written = traced($store.backend(), stringify!($function), async {
             match $store {
                 Store::Postgres(store) => store.$function($($arg),*).await,
                 Store::Sqlite(store) => store.$function($($arg),*).await,
             }
         })
-        .await
-    };
+        .await;
+        $store.space().note($store.backend(), &written);
+        written
+    }};
+}
+
+/// Whether writes are failing for want of space. An operator hears of it once per
+/// episode, not once per write: a log line when writes start failing and one when a
+/// write succeeds again, and the `chatd_storage_full` gauge meanwhile.
+#[derive(Debug, Default)]
+pub struct StorageSpace {
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl StorageSpace {
+    /// Whether the last write that told failed for want of space.
+    pub fn is_full(&self) -> bool {
+        self.full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note<T>(&self, backend: &'static str, written: &StoreResult<T>) {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        match written {
+            Err(StoreError::Full(detail)) if !self.full.swap(true, AcqRel) => {
+                tracing::error!(
+                    backend,
+                    %detail,
+                    "database storage is full: writes fail (RESOURCE_EXHAUSTED STORAGE_FULL) \
+                     until disk space is freed; reads still work"
+                );
+            }
+            Ok(_) if self.full.load(Relaxed) && self.full.swap(false, AcqRel) => {
+                tracing::warn!(backend, "database storage has room again: writes succeed");
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Store {
@@ -152,6 +213,14 @@ impl Store {
         match self {
             Store::Postgres(store) => store.migrate().await,
             Store::Sqlite(store) => store.migrate().await,
+        }
+    }
+
+    /// Whether writes are failing for want of space.
+    pub fn space(&self) -> &StorageSpace {
+        match self {
+            Store::Postgres(store) => &store.space,
+            Store::Sqlite(store) => &store.space,
         }
     }
 

@@ -24,6 +24,7 @@ crate::model::named_enum!(
         RateLimited => "RATE_LIMITED",
         TooManyStreams => "TOO_MANY_STREAMS",
         DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+        StorageFull => "STORAGE_FULL",
         Internal => "INTERNAL",
     }
 );
@@ -109,6 +110,13 @@ pub enum DomainError {
     /// `DATABASE_UNAVAILABLE`: the database cannot be reached; retry later.
     #[error("the database is unavailable, retry later")]
     Unavailable(String),
+    /// `STORAGE_FULL`: the database has no room for the write; reads still work. Not
+    /// transient: it lasts until the operator frees disk space.
+    #[error(
+        "the database has no room left to store this: writes fail until its operator frees \
+         disk space (reads still work)"
+    )]
+    StorageFull(String),
     /// `INTERNAL`: a bug or corrupt data. Details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -145,6 +153,7 @@ impl DomainError {
             Self::RateLimited { .. } => Reason::RateLimited,
             Self::TooManyStreams { .. } => Reason::TooManyStreams,
             Self::Unavailable(_) => Reason::DatabaseUnavailable,
+            Self::StorageFull(_) => Reason::StorageFull,
             Self::Internal(_) => Reason::Internal,
         }
     }

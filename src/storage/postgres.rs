@@ -620,12 +620,14 @@ where
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<Conn>,
+    pub(super) space: std::sync::Arc<super::StorageSpace>,
 }
 
 impl PgStore {
     pub fn connect(url: &str, config: &PoolConfig) -> Result<Self, String> {
         Ok(Self {
             pool: pool::postgres_pool(url, config)?,
+            space: Default::default(),
         })
     }
 

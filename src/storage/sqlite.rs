@@ -68,6 +68,7 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 pub struct SqliteStore {
     readers: Pool<SqliteReader>,
     writer: Writer,
+    pub(super) space: std::sync::Arc<super::StorageSpace>,
 }
 
 impl SqliteStore {
@@ -75,7 +76,11 @@ impl SqliteStore {
     pub fn connect(path: &str, config: &PoolConfig) -> Result<Self, String> {
         let readers = pool::sqlite_pool(path, config)?;
         let writer = Writer::open(path, config.timeout)?;
-        Ok(Self { readers, writer })
+        Ok(Self {
+            readers,
+            writer,
+            space: Default::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<Vec<String>, String> {

@@ -693,6 +693,7 @@ async fn metrics_show_the_named_series(app: TestApp) {
             "chatd_db_pool_waiting ",
             "chatd_watch_streams 1",
             "chatd_fanout_up ",
+            "chatd_storage_full 0",
         ] {
             assert!(text.contains(series), "{url} lacks {series}:\n{text}");
         }

@@ -14,6 +14,7 @@ mod workload;
 
 use std::time::{Duration, Instant};
 
+use chatd::grpc::pb;
 use processes::{Chatd, TempDir, ThrowawayPostgres};
 use workload::Caller;
 
@@ -236,4 +237,154 @@ fn cpu_ticks(pid: u32) -> u64 {
     // Fields after the command name (which may hold spaces) start at the last ')'.
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A tmpfs of `size` mounted at `path`, unmounted when dropped: a disk a test may fill.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).expect("a mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount runs");
+        assert!(
+            mounted.success(),
+            "mounting a {size} tmpfs needs root (CAP_SYS_ADMIN), as .ci/run has"
+        );
+        Self(path)
+    }
+
+    /// Writes a file until the disk has no room left.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("a filler file");
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `chatd_storage_full`'s value on chatd's /metrics.
+async fn storage_full_gauge(chatd: &Chatd) -> String {
+    let text = reqwest::get(format!("http://{}/metrics", chatd.http))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a text body");
+    text.lines()
+        .find_map(|line| line.strip_prefix("chatd_storage_full "))
+        .unwrap_or_else(|| panic!("no chatd_storage_full in:\n{text}"))
+        .to_owned()
+}
+
+/// SQLite on a disk that fills up: writes are refused RESOURCE_EXHAUSTED `STORAGE_FULL`
+/// (not UNAVAILABLE "retry later"), chatd's log says so once however many writes fail,
+/// `chatd_storage_full` is 1 meanwhile and reads still answer; once space is freed the
+/// next write succeeds, the gauge is 0 again and the log says writes succeed. Nothing
+/// acknowledged is lost, and the file passes SQLite's integrity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_answers_storage_full() {
+    use tonic_types::StatusExt;
+
+    let dir = TempDir::new();
+    let disk = SmallDisk::mount(dir.join("small"), "4m");
+    let file = disk.0.join("chatd.db");
+    let url = format!("sqlite://{}", file.display());
+    let chatd = Chatd::start(&dir.0, &url, &[], None).await;
+    let caller = Caller::new(chatd.grpc);
+    let pair = workload::pairs(&caller, 1).await[0];
+    let mut tutor = caller.chat(pair.tutor, chatd::domain::Role::Tutor);
+    let send = |n: usize| pb::SendMessageRequest {
+        thread_id: pair.thread_id,
+        body: format!("{n:04} {}", "x".repeat(3990)),
+        client_message_id: format!("full-disk-{n}"),
+    };
+    assert!(tutor.send_message(send(0)).await.is_ok());
+    let filler = disk.fill();
+
+    // The WAL reuses room it has already: sends succeed until it needs more.
+    let mut acknowledged = 1;
+    let refusal = loop {
+        assert!(
+            acknowledged < 3000,
+            "4 MiB cannot hold 3,000 messages of 4 KB"
+        );
+        match tutor.send_message(send(acknowledged)).await {
+            Ok(_) => acknowledged += 1,
+            Err(status) => break status,
+        }
+    };
+    let reason = |status: &tonic::Status| {
+        status
+            .get_details_error_info()
+            .map(|info| info.reason)
+            .unwrap_or_default()
+    };
+    eprintln!("full disk: {acknowledged} messages stored before the first refusal");
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    assert_eq!(reason(&refusal), "STORAGE_FULL", "{refusal:?}");
+    for n in 0..5 {
+        let again = tutor
+            .send_message(send(acknowledged + 1 + n))
+            .await
+            .expect_err("no room yet");
+        assert_eq!(reason(&again), "STORAGE_FULL", "{again:?}");
+    }
+    assert_eq!(storage_full_gauge(&chatd).await, "1");
+    let listed = tutor
+        .list_messages(pb::ListMessagesRequest {
+            thread_id: pair.thread_id,
+            ..Default::default()
+        })
+        .await
+        .expect("reads still answer")
+        .into_inner();
+    assert!(!listed.messages.is_empty());
+
+    std::fs::remove_file(filler).expect("space freed");
+    tutor
+        .send_message(send(acknowledged))
+        .await
+        .expect("a write succeeds once there is room");
+    acknowledged += 1;
+    assert_eq!(storage_full_gauge(&chatd).await, "0");
+    let log = std::fs::read_to_string(&chatd.log).expect("chatd's log");
+    let said = |words: &str| log.lines().filter(|line| line.contains(words)).count();
+    assert_eq!(
+        said("database storage is full"),
+        1,
+        "once per episode:\n{log}"
+    );
+    assert_eq!(said("database storage has room again"), 1, "{log}");
+
+    let summary = caller
+        .chat(pair.student, chatd::domain::Role::Student)
+        .get_unread_summary(pb::GetUnreadSummaryRequest::default())
+        .await
+        .expect("the student's summary")
+        .into_inner();
+    assert_eq!(
+        summary.total, acknowledged as i64,
+        "every acknowledged message counts"
+    );
+    drop(chatd);
+    assert_eq!(integrity_check(&file), "ok");
 }

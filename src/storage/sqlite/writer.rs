@@ -87,9 +87,7 @@ where
             (Some(Err(error)), _) => Err(StoreError::from(error)),
             (Some(Ok(value)), Ok(())) => Ok(value),
             // Its work went with the failed commit, whatever it returned.
-            (_, Err(error)) => Err(StoreError::Unavailable(format!(
-                "the SQLite commit failed: {error}"
-            ))),
+            (_, Err(error)) => Err(StoreError::of_commit(error)),
             (None, Ok(())) => Err(StoreError::Unavailable(
                 "the SQLite write did not run".into(),
             )),

@@ -20,6 +20,7 @@ const REASONS = {
   THREAD_NOT_WRITABLE: 'This chat is closed.',
   RATE_LIMITED: 'You are sending too fast: wait a moment.',
   TOKEN_EXPIRED: 'Your session has expired: sign in again.',
+  STORAGE_FULL: 'Messages cannot be saved right now. Nothing was sent; try again later.',
 };
 
 const params = new URLSearchParams(location.search);
