@@ -4,6 +4,7 @@
 //!
 //! - `rules.rs`: every rule, stated once, as functions (a leaf: storage calls them too).
 //! - `threads.rs`: EnsureThread.
+//! - `inbox.rs`: ListThreads, the caller's inbox.
 //! - `messages.rs`: sending, editing, deleting and removing messages, listing them,
 //!   erasing a user.
 //! - `reading.rs`: the unread summary and its etag, MarkRead, MarkUnread, mutes, and
@@ -22,6 +23,7 @@
 
 mod error;
 mod facts;
+mod inbox;
 mod limits;
 mod messages;
 mod reading;
@@ -33,6 +35,7 @@ mod values;
 mod watch;
 
 pub use error::{DomainError, Reason};
+pub use inbox::InboxPage;
 pub use limits::{SendLimit, SendLimits};
 pub use messages::ERASE_BATCH;
 pub use reading::{Etag, SummaryWatch};
@@ -42,8 +45,8 @@ pub use values::*;
 pub use watch::{SummaryHub, WatchLimits};
 
 pub use crate::model::{
-    ContactAccessState, InquiryStatus, Message, RelationStatus, Role, Side, SummaryKey, Thread,
-    ThreadKind, ThreadUnread,
+    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Role, Side,
+    SummaryKey, Thread, ThreadKind, ThreadUnread,
 };
 
 use std::time::Duration;

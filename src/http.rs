@@ -39,8 +39,8 @@ use crate::net::{self, ConnectionLimits, Protocol};
 use middleware::{cors, refuse_oversized_head, trace_request};
 use routes::{
     create_stream_ticket, delete_message, edit_message, ensure_thread, healthz, list_messages,
-    mark_read, mark_unread, method_not_allowed, metrics_endpoint, mute_thread, not_found, readyz,
-    send_message, unmute_thread, unread_summary, unread_summary_stream,
+    list_threads, mark_read, mark_unread, method_not_allowed, metrics_endpoint, mute_thread,
+    not_found, readyz, send_message, unmute_thread, unread_summary, unread_summary_stream,
 };
 
 /// Largest request body accepted: larger ones get 413.
@@ -139,8 +139,9 @@ impl Gateway {
 
 /// The REST routes that answer a successful call, as metrics label them: each series
 /// exists from the start.
-const API_ROUTES: [(&str, &str, u16); 12] = [
+const API_ROUTES: [(&str, &str, u16); 13] = [
     ("POST", "/api/v1/chat/threads/negotiation/", 201),
+    ("GET", "/api/v1/chat/threads/", 200),
     ("GET", "/api/v1/chat/unread-summary/", 200),
     ("GET", "/api/v1/chat/unread-summary/", 304),
     ("POST", "/api/v1/chat/unread-summary/stream-ticket", 200),
@@ -179,6 +180,7 @@ pub fn router(
     let mut router = Router::new();
     for (path, route) in [
         ("/api/v1/chat/threads/negotiation/", post(ensure_thread)),
+        ("/api/v1/chat/threads/", get(list_threads)),
         ("/api/v1/chat/unread-summary/", get(unread_summary)),
         (
             "/api/v1/chat/unread-summary/stream",

@@ -194,3 +194,14 @@ mod tests {
         );
     }
 }
+
+/// Which page of a thread's messages to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessagesFrom {
+    /// The newest, newest first.
+    Newest,
+    /// Those before a seq, newest first (paging back through history).
+    Before(i64),
+    /// Those after a seq, oldest first (catching up after a reconnect).
+    After(i64),
+}

@@ -27,13 +27,15 @@ mod upsert;
 
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus};
 pub use rows::{
-    Deleter, ErasedBatch, Fact, Horizons, InquiryTarget, MarkReadAttempt, MarkUnreadAttempt,
-    MessageAttempt, MessageEdit, MessagePageRows, MuteAttempt, MuteRow, NewMessage, NewThread,
-    NewTicket, ReadStateRow, RedeemedTicket, RelationTarget, SendAttempt, ThreadFacts, UnreadPage,
+    Deleter, ErasedBatch, Fact, Horizons, InboxCursor, InquiryTarget, MarkReadAttempt,
+    MarkUnreadAttempt, MessageAttempt, MessageEdit, MessagePageRows, MuteAttempt, MuteRow,
+    NewMessage, NewThread, NewTicket, ReadStateRow, RedeemedTicket, RelationTarget, SendAttempt,
+    ThreadFacts, UnreadPage,
 };
 
 use crate::model::{
-    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread,
+    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey,
+    Thread, ThreadUnread,
 };
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -314,10 +316,21 @@ impl Store {
     pub async fn messages_page(
         &self,
         thread_id: i64,
-        before_seq: Option<i64>,
+        from: MessagesFrom,
         limit: i64,
     ) -> StoreResult<MessagePageRows> {
-        backend_read!(self, messages_page(thread_id, before_seq, limit))
+        backend_read!(self, messages_page(thread_id, from, limit))
+    }
+
+    /// A page of a user's inbox after `after` (from the top when `None`).
+    pub async fn inbox_page(
+        &self,
+        key: SummaryKey,
+        after: Option<InboxCursor>,
+        limit: i64,
+        now_ms: i64,
+    ) -> StoreResult<Vec<(ThreadUnread, InboxCursor)>> {
+        backend_read!(self, inbox_page(key, after, limit, now_ms))
     }
 
     pub async fn message_by_key(

@@ -27,10 +27,12 @@ pub enum Rpc {
     DeleteMessage,
     /// Marks a random thread unread from one of its newest seeded messages (the tutor).
     MarkUnread,
+    /// The first page of a sampled tutor's inbox (all their threads, newest first).
+    ListThreads,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 7] = [
+    pub const ALL: [Rpc; 8] = [
         Rpc::Check,
         Rpc::GetUnreadSummary,
         Rpc::EnsureThread,
@@ -38,6 +40,7 @@ impl Rpc {
         Rpc::MarkRead,
         Rpc::DeleteMessage,
         Rpc::MarkUnread,
+        Rpc::ListThreads,
     ];
 
     fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Rpc {
             Rpc::MarkRead => "MarkRead",
             Rpc::DeleteMessage => "DeleteMessage",
             Rpc::MarkUnread => "MarkUnread",
+            Rpc::ListThreads => "ListThreads",
         }
     }
 }
@@ -174,6 +178,10 @@ async fn drive(
                             .await
                             .map(drop),
                         Rpc::GetUnreadSummary => super::poll_summary(&mut grpc, tutor).await,
+                        Rpc::ListThreads => chat
+                            .list_threads(authed(pb::ListThreadsRequest::default(), tutor))
+                            .await
+                            .map(drop),
                         Rpc::EnsureThread => chat
                             .ensure_thread(authed(
                                 pb::EnsureThreadRequest {

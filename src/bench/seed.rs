@@ -116,11 +116,11 @@ pub async fn seed(store: &Store, dataset: Dataset) -> Result<(), String> {
             format!(
                 "{} INSERT INTO thread_participants (thread_id, side, user_id, last_read_seq, unread_count, \
                  kind, relation_id, tutor_id, student_id, is_writable, \
-                 last_message_at, last_message_preview, last_message_sender_id) \
+                 last_message_at, last_message_preview, last_message_sender_id, thread_created_at) \
                  SELECT x, 'tutor', {tutor}, {k} - {unread}, {unread}, \
-                 'contact', x, {tutor}, {student}, TRUE, {ts}, 'message {k}', {student} FROM s \
+                 'contact', x, {tutor}, {student}, TRUE, {ts}, 'message {k}', {student}, {ts} FROM s \
                  UNION ALL SELECT x, 'student', {student}, {k}, 0, \
-                 'contact', x, {tutor}, {student}, TRUE, {ts}, 'message {k}', {student} FROM s",
+                 'contact', x, {tutor}, {student}, TRUE, {ts}, 'message {k}', {student}, {ts} FROM s",
                 series(t)
             ),
         ),

@@ -3,8 +3,8 @@
 
 use super::rules::{self, Participants, Refusal};
 use super::{
-    Caller, Chat, ContactAccessState, DomainError, Message, MessageBody, MessagePage, Side,
-    allowing, caller_side, thread_refused,
+    Caller, Chat, ContactAccessState, DomainError, Message, MessageBody, MessagePage, MessagesFrom,
+    Side, allowing, caller_side, thread_refused,
 };
 use crate::storage::{Deleter, MessageAttempt, MessageEdit, NewMessage};
 
@@ -184,12 +184,13 @@ impl Chat {
         Ok(erased)
     }
 
-    /// A page of messages, newest first, with both sides' read horizons.
+    /// A page of messages (newest first, or oldest first after a seq), with both sides'
+    /// read horizons.
     pub async fn list_messages(
         &self,
         caller: Caller,
         thread_id: i64,
-        before_seq: Option<i64>,
+        from: MessagesFrom,
         limit: i64,
     ) -> Result<MessagePage, DomainError> {
         let side = caller_side(caller)?;
@@ -205,10 +206,7 @@ impl Chat {
                 .includes(caller.user_id, side)
             })
             .ok_or(DomainError::ThreadNotFound(thread_id))?;
-        let page = self
-            .store
-            .messages_page(thread_id, before_seq, limit)
-            .await?;
+        let page = self.store.messages_page(thread_id, from, limit).await?;
         let (own, peer) = match side {
             Side::Tutor => (horizons.tutor_read_seq, horizons.student_read_seq),
             Side::Student => (horizons.student_read_seq, horizons.tutor_read_seq),

@@ -363,6 +363,14 @@ pub fn summary_order<T: Ord>(a: (T, i64), b: (T, i64)) -> Ordering {
     b.0.cmp(&a.0).then(b.1.cmp(&a.1))
 }
 
+/// Where a thread stands in its participant's inbox (ListThreads): at its last
+/// visible message's time, or, with none, at its creation (storage:
+/// `COALESCE(last_message_at, thread_created_at)`). The inbox is ordered by
+/// `summary_order` over (position, thread_id): every thread, read or not.
+pub fn inbox_position<T>(last_message_at: Option<T>, created_at: T) -> T {
+    last_message_at.unwrap_or(created_at)
+}
+
 /// Whose summary a write changes: a participant's, when the line their summary shows
 /// for the thread is not the same after as before (`None`: no line).
 pub fn summary_changed<L: PartialEq>(before: Option<L>, after: Option<L>) -> bool {

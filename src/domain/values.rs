@@ -171,6 +171,24 @@ pub fn page_limit(field: &'static str, limit: i32) -> Result<i64, DomainError> {
     }
 }
 
+/// Which page of messages a ListMessages asks for: `before_seq` pages back from the
+/// newest, `after_seq` catches up, oldest first; not both.
+pub fn messages_from(
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+) -> Result<crate::model::MessagesFrom, DomainError> {
+    use crate::model::MessagesFrom;
+    match (before_seq, after_seq) {
+        (Some(_), Some(_)) => Err(DomainError::invalid(
+            "after_seq",
+            "give before_seq (paging back) or after_seq (catching up), not both",
+        )),
+        (Some(before), None) => Ok(MessagesFrom::Before(before)),
+        (None, Some(after)) => Ok(MessagesFrom::After(after)),
+        (None, None) => Ok(MessagesFrom::Newest),
+    }
+}
+
 /// The caller's unread summary: a page of its lines (newest first) and the totals. The
 /// lines are shared, not copied, with the cached summary they come from.
 #[derive(Debug, Clone)]

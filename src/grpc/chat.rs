@@ -157,6 +157,23 @@ impl chat_service_server::ChatService for ChatService {
         }))
     }
 
+    async fn list_threads(
+        &self,
+        request: Request<pb::ListThreadsRequest>,
+    ) -> Result<Response<pb::ListThreadsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let limit = domain::page_limit("limit", request.limit)?;
+        let page = self
+            .chat
+            .list_threads(caller, limit, &request.page_token)
+            .await?;
+        Ok(Response::new(pb::ListThreadsResponse {
+            threads: convert::threads_unread(&page.threads),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
     async fn list_messages(
         &self,
         request: Request<pb::ListMessagesRequest>,
@@ -164,11 +181,14 @@ impl chat_service_server::ChatService for ChatService {
         let caller = caller(&request)?;
         let request = request.into_inner();
         let thread_id = domain::positive_id("thread_id", request.thread_id)?;
-        let before_seq = convert::seq("before_seq", request.before_seq)?;
+        let from = domain::messages_from(
+            convert::seq("before_seq", request.before_seq)?,
+            convert::seq("after_seq", request.after_seq)?,
+        )?;
         let limit = domain::page_limit("limit", request.limit)?;
         let page = self
             .chat
-            .list_messages(caller, thread_id, before_seq, limit)
+            .list_messages(caller, thread_id, from, limit)
             .await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: page.messages.into_iter().map(convert::message).collect(),

@@ -21,7 +21,7 @@ use crate::{net, status, telemetry};
 
 /// Every chat.v1 method, by the name metrics label it with. A path that is none of
 /// these (a client calling a method that does not exist) is counted as `(unknown)`.
-pub const RPCS: [&str; 17] = [
+pub const RPCS: [&str; 18] = [
     "chat.v1.ChatService/EnsureThread",
     "chat.v1.ChatService/CreateStreamTicket",
     "chat.v1.ChatService/GetUnreadSummary",
@@ -32,6 +32,7 @@ pub const RPCS: [&str; 17] = [
     "chat.v1.ChatService/EditMessage",
     "chat.v1.ChatService/DeleteMessage",
     "chat.v1.ChatService/ListMessages",
+    "chat.v1.ChatService/ListThreads",
     "chat.v1.ChatService/MuteThread",
     "chat.v1.ChatService/UnmuteThread",
     "chat.v1.SyncService/UpsertRelation",

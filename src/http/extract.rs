@@ -195,6 +195,8 @@ impl FromRequestParts<GatewayState> for StreamCaller {
 pub(super) struct PageQuery {
     pub(super) limit: Option<String>,
     pub(super) before_seq: Option<String>,
+    pub(super) after_seq: Option<String>,
+    pub(super) page_token: Option<String>,
 }
 
 /// The opaque tag of an `If-None-Match` header (first of a list, weak or strong).

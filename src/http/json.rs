@@ -186,29 +186,53 @@ impl From<pb::WatchUnreadSummaryResponse> for UnreadSummaryJson {
     }
 }
 
+impl From<pb::ThreadUnread> for ThreadUnreadJson {
+    fn from(t: pb::ThreadUnread) -> Self {
+        Self {
+            thread_id: t.thread_id,
+            kind: kind(t.kind),
+            relation_id: t.relation_id,
+            inquiry_id: t.inquiry_id,
+            tutor_id: t.tutor_id,
+            student_id: t.student_id,
+            unread_count: t.unread_count,
+            last_message_at: rfc3339(t.last_message_at),
+            last_message_preview: t.last_message_preview,
+            last_message_sender_id: t.last_message_sender_id,
+            is_writable: t.is_writable,
+            muted: t.muted,
+            muted_until: rfc3339(t.muted_until),
+        }
+    }
+}
+
 impl UnreadSummaryJson {
     fn new(threads: Vec<pb::ThreadUnread>, total: i64, muted_total: i64) -> Self {
         Self {
-            threads: threads
-                .into_iter()
-                .map(|t| ThreadUnreadJson {
-                    thread_id: t.thread_id,
-                    kind: kind(t.kind),
-                    relation_id: t.relation_id,
-                    inquiry_id: t.inquiry_id,
-                    tutor_id: t.tutor_id,
-                    student_id: t.student_id,
-                    unread_count: t.unread_count,
-                    last_message_at: rfc3339(t.last_message_at),
-                    last_message_preview: t.last_message_preview,
-                    last_message_sender_id: t.last_message_sender_id,
-                    is_writable: t.is_writable,
-                    muted: t.muted,
-                    muted_until: rfc3339(t.muted_until),
-                })
-                .collect(),
+            threads: threads.into_iter().map(ThreadUnreadJson::from).collect(),
             total,
             muted_total,
+        }
+    }
+}
+
+/// GET /threads/: a page of the inbox.
+#[derive(Debug, Serialize)]
+pub struct ThreadListJson {
+    pub threads: Vec<ThreadUnreadJson>,
+    /// The next page's token; null on the last page.
+    pub next_page_token: Option<String>,
+}
+
+impl From<pb::ListThreadsResponse> for ThreadListJson {
+    fn from(page: pb::ListThreadsResponse) -> Self {
+        Self {
+            threads: page
+                .threads
+                .into_iter()
+                .map(ThreadUnreadJson::from)
+                .collect(),
+            next_page_token: Some(page.next_page_token).filter(|token| !token.is_empty()),
         }
     }
 }

@@ -19,6 +19,7 @@ mod tests {
         assert_eq!(doc["openapi"], "3.0.3");
         for path in [
             "/api/v1/chat/threads/negotiation/",
+            "/api/v1/chat/threads/",
             "/api/v1/chat/unread-summary/",
             "/api/v1/chat/threads/{thread_id}/read/",
             "/api/v1/chat/threads/{thread_id}/messages/",

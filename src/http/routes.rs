@@ -22,7 +22,7 @@ use super::extract::{
 use super::json::{
     EditMessageBody, EnsureThreadBody, MarkReadBody, MarkUnreadBody, MessageJson, MessagePageJson,
     MuteBody, MuteJson, ReadStateJson, SendMessageBody, StreamTicketJson, ThreadJson,
-    UnreadSummaryJson,
+    ThreadListJson, UnreadSummaryJson,
 };
 use super::{ApiError, GatewayState};
 use crate::metrics::Metrics;
@@ -203,6 +203,22 @@ pub(super) async fn send_message(
     Ok((StatusCode::CREATED, Json(MessageJson::from(message))).into_response())
 }
 
+pub(super) async fn list_threads(
+    mut chatd: ChatdCall,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<ThreadListJson>, ApiError> {
+    let request = pb::ListThreadsRequest {
+        limit: query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0),
+        page_token: query.page_token.unwrap_or_default(),
+    };
+    let page = chatd
+        .chat
+        .list_threads(chatd.request(request))
+        .await?
+        .into_inner();
+    Ok(Json(ThreadListJson::from(page)))
+}
+
 pub(super) async fn list_messages(
     mut chatd: ChatdCall,
     ThreadPath(thread_id): ThreadPath,
@@ -211,6 +227,7 @@ pub(super) async fn list_messages(
     let request = pb::ListMessagesRequest {
         thread_id,
         before_seq: query_int("before_seq", query.before_seq.as_deref())?,
+        after_seq: query_int("after_seq", query.after_seq.as_deref())?,
         limit: query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0),
     };
     let page = chatd

@@ -9,11 +9,16 @@ use diesel::sql_types::BigInt;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
 use super::Conn;
+use super::schema::Ts;
 use super::schema::{
     contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,
 };
-use crate::model::{ContactAccessState, InquiryStatus, Message, RelationStatus, Side, SummaryKey, Thread};
-use crate::storage::rows::{Fact, Horizons, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage, UnreadRow};
+use crate::model::{
+    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey, Thread, ThreadUnread,
+};
+use crate::storage::rows::{
+    Fact, Horizons, InboxCursor, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage, UnreadRow,
+};
 
 /// The columns of `Thread`, in its field order.
 pub const THREAD_COLUMNS: (
@@ -58,6 +63,38 @@ pub const MESSAGE_COLUMNS: (
     messages::edited_at,
     messages::deleted_at,
 );
+
+/// The columns of `UnreadRow`, in its field order.
+pub const UNREAD_COLUMNS: (
+    thread_participants::thread_id,
+    thread_participants::kind,
+    thread_participants::relation_id,
+    thread_participants::inquiry_id,
+    thread_participants::tutor_id,
+    thread_participants::student_id,
+    thread_participants::unread_count,
+    thread_participants::last_message_at,
+    thread_participants::last_message_preview,
+    thread_participants::last_message_sender_id,
+    thread_participants::is_writable,
+    thread_participants::muted_until_ms,
+) = (
+    thread_participants::thread_id,
+    thread_participants::kind,
+    thread_participants::relation_id,
+    thread_participants::inquiry_id,
+    thread_participants::tutor_id,
+    thread_participants::student_id,
+    thread_participants::unread_count,
+    thread_participants::last_message_at,
+    thread_participants::last_message_preview,
+    thread_participants::last_message_sender_id,
+    thread_participants::is_writable,
+    thread_participants::muted_until_ms,
+);
+
+/// rules::inbox_position, as the expression the index `thread_participants_inbox` is on.
+const INBOX_POSITION: &str = "COALESCE(thread_participants.last_message_at, thread_participants.thread_created_at)";
 
 /// Declares an SQL expression over the summary's rows that needs the time of reading:
 /// its `parts` joined by that time, bound as Unix ms. It keeps a static query id (the
@@ -239,20 +276,7 @@ pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64, now_ms
         ))
         .limit(limit)
         .select((
-            (
-                thread_participants::thread_id,
-                thread_participants::kind,
-                thread_participants::relation_id,
-                thread_participants::inquiry_id,
-                thread_participants::tutor_id,
-                thread_participants::student_id,
-                thread_participants::unread_count,
-                thread_participants::last_message_at,
-                thread_participants::last_message_preview,
-                thread_participants::last_message_sender_id,
-                thread_participants::is_writable,
-                thread_participants::muted_until_ms,
-            ),
+            UNREAD_COLUMNS,
             UnmutedUnreadAt { now_ms },
             MutedUnreadAt { now_ms },
             NextMuteEndAt { now_ms },
@@ -270,6 +294,49 @@ pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64, now_ms
         changes_at,
         version,
     })
+}
+
+/// A page of the user's inbox: every thread of theirs, in `rules::summary_order` over
+/// (`rules::inbox_position`, thread_id), from just after `after` (exclusive), each
+/// line as at `now_ms` with its position for the next page's cursor.
+///
+/// One backward range scan of `thread_participants_inbox`: the cursor is a row-value
+/// bound on the index's own expression, so a deep page costs what the first does.
+pub async fn inbox_page(
+    conn: &mut Conn,
+    key: SummaryKey,
+    after: Option<InboxCursor>,
+    limit: i64,
+    now_ms: i64,
+) -> QueryResult<Vec<(ThreadUnread, InboxCursor)>> {
+    use diesel::dsl::sql;
+    let mut query = thread_participants::table
+        .filter(thread_participants::user_id.eq(key.user_id))
+        .filter(thread_participants::side.eq(key.side.as_str()))
+        .order((sql::<Ts>(INBOX_POSITION).desc(), thread_participants::thread_id.desc()))
+        .limit(limit)
+        .select((UNREAD_COLUMNS, sql::<Ts>(INBOX_POSITION)))
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(
+            sql::<diesel::sql_types::Bool>(&format!("({INBOX_POSITION}, thread_participants.thread_id) < ("))
+                .bind::<Ts, _>(after.position)
+                .sql(", ")
+                .bind::<BigInt, _>(after.thread_id)
+                .sql(")"),
+        );
+    }
+    let rows: Vec<(UnreadRow, chrono::DateTime<chrono::Utc>)> = query.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(row, position)| {
+            let cursor = InboxCursor {
+                position,
+                thread_id: row.thread_id,
+            };
+            (row.line(now_ms), cursor)
+        })
+        .collect())
 }
 
 /// The versions of many summaries in one statement, for the cache's sweep: keys never
@@ -305,22 +372,24 @@ pub async fn horizons(conn: &mut Conn, thread_id: i64) -> QueryResult<Option<Hor
     })
 }
 
-/// Messages before `before_seq` (or the newest), newest first, one page of `limit`.
+/// One page of `limit` messages: before a seq (or from the newest), newest first; or
+/// after a seq, oldest first.
 pub async fn messages_page(
     conn: &mut Conn,
     thread_id: i64,
-    before_seq: Option<i64>,
+    from: MessagesFrom,
     limit: i64,
 ) -> QueryResult<MessagePageRows> {
     let mut query = messages::table
         .filter(messages::thread_id.eq(thread_id))
         .select(MESSAGE_COLUMNS)
-        .order(messages::seq.desc())
         .limit(limit + 1)
         .into_boxed();
-    if let Some(before) = before_seq {
-        query = query.filter(messages::seq.lt(before));
-    }
+    query = match from {
+        MessagesFrom::Newest => query.order(messages::seq.desc()),
+        MessagesFrom::Before(seq) => query.filter(messages::seq.lt(seq)).order(messages::seq.desc()),
+        MessagesFrom::After(seq) => query.filter(messages::seq.gt(seq)).order(messages::seq.asc()),
+    };
     let mut messages: Vec<Message> = query.load(conn).await?;
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);

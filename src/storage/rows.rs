@@ -390,3 +390,11 @@ pub struct NewTicket {
 
 /// A redeemed ticket: the user id, the role's name and when access ends (Unix ms).
 pub type RedeemedTicket = (i64, String, i64);
+
+/// A thread's place in its participant's inbox (`rules::inbox_position`, then the
+/// thread id): where the next page of ListThreads starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxCursor {
+    pub position: DateTime<Utc>,
+    pub thread_id: i64,
+}

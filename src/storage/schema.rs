@@ -96,6 +96,7 @@ diesel::table! {
         last_message_preview -> Text,
         last_message_sender_id -> BigInt,
         muted_until_ms -> Nullable<BigInt>,
+        thread_created_at -> Ts,
     }
 }
 

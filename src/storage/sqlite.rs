@@ -305,7 +305,7 @@ fn create_thread(conn: &mut SqliteConnection, new: &NewThread) -> QueryResult<Op
         threads::tutor_id.eq(tutor_id),
         threads::student_id.eq(student_id),
         threads::is_writable.eq(is_writable),
-        threads::created_at.eq(Utc::now()),
+        threads::created_at.eq(now_micros()),
     );
     // One writer: the only conflict is a thread created by an earlier write.
     let inserted: Option<Thread> = diesel::insert_into(threads::table)
@@ -327,6 +327,7 @@ fn create_thread(conn: &mut SqliteConnection, new: &NewThread) -> QueryResult<Op
                     thread_participants::tutor_id.eq(tutor_id),
                     thread_participants::student_id.eq(student_id),
                     thread_participants::is_writable.eq(is_writable),
+                    thread_participants::thread_created_at.eq(thread.created_at),
                 ))
                 .execute(conn)?;
         }
@@ -403,7 +404,7 @@ fn send_message(conn: &mut SqliteConnection, message: &NewMessage) -> QueryResul
         return Ok(attempt);
     }
     let seq = last_seq + 1;
-    let now = Utc::now();
+    let now = now_micros();
     let sent: Message = diesel::insert_into(messages::table)
         .values((
             messages::thread_id.eq(message.thread_id),
@@ -799,7 +800,7 @@ fn edit_message(conn: &mut SqliteConnection, edit: &MessageEdit) -> QueryResult<
     {
         return Ok(attempt);
     }
-    let now = Utc::now();
+    let now = now_micros();
     let edited: Message = diesel::update(
         messages::table
             .filter(messages::thread_id.eq(edit.thread_id))
@@ -867,7 +868,7 @@ fn delete_message(
             .filter(messages::thread_id.eq(thread_id))
             .filter(messages::seq.eq(seq)),
     )
-    .set((messages::body.eq(""), messages::deleted_at.eq(Utc::now())))
+    .set((messages::body.eq(""), messages::deleted_at.eq(now_micros())))
     .returning(MESSAGE_COLUMNS)
     .get_result(conn)?;
     bump_revision(conn, thread_id)?;
@@ -960,7 +961,7 @@ fn erase_batch(
         });
     };
     let first_seq = wiped[0].0;
-    let now = Utc::now();
+    let now = now_micros();
     diesel::update(
         messages::table
             .filter(messages::thread_id.eq(thread_id))
@@ -1048,4 +1049,11 @@ fn upsert_fact(
     .collect();
     bump_versions(conn, &keys)?;
     Ok((true, keys))
+}
+
+/// The time a write stamps, to the microsecond: what PostgreSQL keeps, so a time reads
+/// the same from either backend and over gRPC (nanos) and REST (micros) alike.
+fn now_micros() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
 }

@@ -194,6 +194,7 @@ async fn no_message_is_accepted_after_the_archive(app: TestApp) {
                 .list_messages(chatd::grpc::pb::ListMessagesRequest {
                     thread_id: thread.thread_id,
                     before_seq: None,
+                    after_seq: None,
                     limit: 1,
                 })
                 .await
@@ -292,6 +293,7 @@ async fn counters_hold_under_concurrent_edits_deletes_and_mark_unread(app: TestA
         .list_messages(chatd::grpc::pb::ListMessagesRequest {
             thread_id: thread.thread_id,
             before_seq: None,
+            after_seq: None,
             limit: 200,
         })
         .await

@@ -50,6 +50,7 @@ async fn messages(client: &mut ChatClient, thread_id: i64) -> Vec<pb::Message> {
         .list_messages(ListMessagesRequest {
             thread_id,
             before_seq: None,
+            after_seq: None,
             limit: 200,
         })
         .await
@@ -334,6 +335,7 @@ async fn mark_unread_moves_the_horizon_back_within_a_hundred(app: TestApp) {
         .list_messages(ListMessagesRequest {
             thread_id: thread.thread_id,
             before_seq: None,
+            after_seq: None,
             limit: 10,
         })
         .await

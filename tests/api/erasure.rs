@@ -58,6 +58,7 @@ async fn an_erased_user_leaves_tombstones_and_exact_counts(app: TestApp) {
         .list_messages(ListMessagesRequest {
             thread_id: thread.thread_id,
             before_seq: None,
+            after_seq: None,
             limit: 10,
         })
         .await

@@ -66,6 +66,7 @@ async fn bad_arguments_name_the_field(app: TestApp) {
         let list = ListMessagesRequest {
             thread_id: thread.thread_id,
             before_seq: None,
+            after_seq: None,
             limit,
         };
         assert_invalid(tutor.list_messages(list).await, "limit");
@@ -142,6 +143,7 @@ async fn nul_in_text_is_refused_naming_the_field(app: TestApp) {
         .list_messages(ListMessagesRequest {
             thread_id: thread.thread_id,
             before_seq: None,
+            after_seq: None,
             limit: 0,
         })
         .await

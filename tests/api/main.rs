@@ -37,6 +37,7 @@ mod erasure;
 mod gateway;
 mod guards;
 mod health;
+mod inbox;
 mod limits;
 mod messages;
 mod model;

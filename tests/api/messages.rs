@@ -12,6 +12,7 @@ fn list(thread_id: i64, before_seq: Option<i64>, limit: i32) -> ListMessagesRequ
     ListMessagesRequest {
         thread_id,
         before_seq,
+        after_seq: None,
         limit,
     }
 }

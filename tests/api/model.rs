@@ -316,6 +316,8 @@ struct ModelThread {
     keys: BTreeMap<(i64, String), i64>,
     /// Mutes (`muted_until_ms`), tutor's then student's.
     mutes: [Option<i64>; 2],
+    /// The step it was created at: with no message shown, its place in the inbox.
+    created: usize,
 }
 
 fn side_index(side: Side) -> usize {
@@ -449,6 +451,39 @@ impl Model {
             total,
             muted_total,
         )
+    }
+
+    /// The inbox `user` sees on `side`: every thread of theirs, at
+    /// `rules::inbox_position`, in `rules::summary_order`.
+    fn inbox(&self, user: i64, side: Side) -> Vec<Line> {
+        let now = now_ms();
+        let mut lines: Vec<(usize, Line)> = self
+            .threads
+            .iter()
+            .filter(|t| t.participants.includes(user, side))
+            .map(|t| {
+                let last = rules::last_visible(t.messages.iter(), |m| m.deleted);
+                let mute = t.mutes[side_index(side)];
+                let muted = rules::is_muted(mute, now);
+                let line = Line {
+                    thread_id: t.id,
+                    kind: kind(t.kind),
+                    relation_id: (t.kind == ThreadKind::Contact).then_some(t.fact),
+                    inquiry_id: (t.kind == ThreadKind::Negotiation).then_some(t.fact),
+                    tutor_id: t.participants.tutor_id,
+                    student_id: t.participants.student_id,
+                    unread_count: Self::unread(t, user, side),
+                    preview: last.map(|m| rules::preview(&m.body)).unwrap_or_default(),
+                    sender_id: last.map_or(0, |m| m.sender),
+                    is_writable: self.writable(t),
+                    muted,
+                    muted_until_ms: mute.filter(|m| muted && *m != rules::MUTED_FOREVER_MS),
+                };
+                (rules::inbox_position(last.map(|m| m.at), t.created), line)
+            })
+            .collect();
+        lines.sort_by(|a, b| rules::summary_order((a.0, a.1.thread_id), (b.0, b.1.thread_id)));
+        lines.into_iter().map(|(_, line)| line).collect()
     }
 
     /// The user's total on a side (muted threads left out).
@@ -960,6 +995,7 @@ impl Case<'_> {
                 horizons: [0, 0],
                 keys: BTreeMap::new(),
                 mutes: [None, None],
+                created: step + 1,
             });
         }
         let index = existing.or_else(|| {
@@ -1167,6 +1203,7 @@ impl Case<'_> {
             .list_messages(pb::ListMessagesRequest {
                 thread_id: t.id,
                 before_seq: None,
+                after_seq: None,
                 limit: 200,
             })
             .await
@@ -1204,11 +1241,54 @@ impl Case<'_> {
         Ok((horizon, unread, self.model.total(reader, side)))
     }
 
+    /// Every user's inbox on both sides, against the model, in two pages when it has
+    /// more than one thread (so the page token is exercised too).
+    async fn inboxes_agree(&self, step: usize, op: &Op) -> Result<(), TestCaseError> {
+        let keys = Self::keys();
+        let answers = join_all(keys.iter().map(|(user, role)| {
+            let mut client = self.client(self.base + *user, *role);
+            async move {
+                let mut got = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let page = client
+                        .list_threads(pb::ListThreadsRequest {
+                            limit: 2,
+                            page_token: token,
+                        })
+                        .await?
+                        .into_inner();
+                    got.extend(page.threads.iter().map(line));
+                    token = page.next_page_token;
+                    if token.is_empty() {
+                        return Ok::<_, tonic::Status>(got);
+                    }
+                }
+            }
+        }))
+        .await;
+        for ((user, role), answer) in keys.into_iter().zip(answers) {
+            let side = Self::side(role);
+            let got = answer.map_err(|status| TestCaseError::fail(format!("inbox: {status:?}")))?;
+            let expected = self.model.inbox(self.base + user, side);
+            if got != expected {
+                return Err(TestCaseError::fail(format!(
+                    "after step {step} {op:?}: user {user}'s inbox as {side}:\n  server {got:?}\n  rules  {expected:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn keys() -> Vec<(i64, Role)> {
+        (1..=USERS)
+            .flat_map(|user| [(user, Role::Tutor), (user, Role::Student)])
+            .collect()
+    }
+
     /// Every user's summary on both sides, against the model.
     async fn summaries_agree(&self, step: usize, op: &Op) -> Result<(), TestCaseError> {
-        let keys: Vec<(i64, Role)> = (1..=USERS)
-            .flat_map(|user| [(user, Role::Tutor), (user, Role::Student)])
-            .collect();
+        let keys = Self::keys();
         let answers = join_all(keys.iter().map(|(user, role)| {
             let mut client = self.client(self.base + *user, *role);
             async move { client.get_unread_summary(summary(0)).await }
@@ -1312,6 +1392,7 @@ async fn run_case(app: &TestApp, base: i64, ops: &[Op]) -> Result<(), TestCaseEr
     for (step, op) in ops.iter().enumerate() {
         case.step(step, op).await?;
         case.summaries_agree(step, op).await?;
+        case.inboxes_agree(step, op).await?;
     }
     Ok(())
 }

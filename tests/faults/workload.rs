@@ -315,6 +315,7 @@ pub async fn audit(caller: &Caller, pairs: &[Pair], acknowledged: &[Acknowledged
                 let request = pb::ListMessagesRequest {
                     thread_id: pair.thread_id,
                     before_seq,
+                    after_seq: None,
                     limit: 200,
                 };
                 async move { client.list_messages(request).await }

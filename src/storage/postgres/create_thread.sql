@@ -34,9 +34,10 @@ ins AS (
 ),
 parts AS (
     INSERT INTO thread_participants (thread_id, side, user_id, kind, relation_id, inquiry_id,
-                                     tutor_id, student_id, is_writable)
+                                     tutor_id, student_id, is_writable, thread_created_at)
     SELECT ins.thread_id, s.side, CASE s.side WHEN 'tutor' THEN ins.tutor_id ELSE ins.student_id END,
-           ins.kind, ins.relation_id, ins.inquiry_id, ins.tutor_id, ins.student_id, ins.is_writable
+           ins.kind, ins.relation_id, ins.inquiry_id, ins.tutor_id, ins.student_id, ins.is_writable,
+           ins.created_at
     FROM ins CROSS JOIN (VALUES ('tutor'), ('student')) AS s(side)
 )
 SELECT thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at FROM ins;

@@ -1,0 +1,2 @@
+DROP INDEX thread_participants_inbox;
+ALTER TABLE thread_participants DROP COLUMN thread_created_at;
