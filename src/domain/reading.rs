@@ -26,29 +26,39 @@ impl Chat {
     ) -> Result<SummaryAnswer, DomainError> {
         let key = SummaryKey::new(caller.user_id, caller_side(caller)?);
         let now = now_ms();
+        let condition = if_none_match.and_then(IfNoneMatch::parse);
         if let Some(cached) = self.summaries.cached(&key)
             && cached.current_at(now)
         {
-            return Ok(answer(key, &cached, limit, if_none_match));
+            return Ok(answer(key, &cached, limit, condition.as_ref()));
         }
         if let Some(token) = self.summaries.fill_token(&key) {
             // Read deep enough for any page size, so the entry answers every later poll.
             let (page, version) = self.read_summary(key, MAX_PAGE_LIMIT, now).await?;
             let cached = Arc::new(CachedSummary::new(version, page));
             self.summaries.fill(key, token, cached.clone());
-            return Ok(answer(key, &cached, limit, if_none_match));
+            return Ok(answer(key, &cached, limit, condition.as_ref()));
         }
         // No cache to trust: a conditional request checks the version alone first, and
-        // a current one costs a key lookup and builds nothing.
-        if let Some(tag) = if_none_match.and_then(Etag::parse)
-            && tag.key == key
-            && tag.limit == limit
-            && tag.changes_at.is_none_or(|at| now < at)
-            && tag.version == self.store.summary_version(key).await?
-        {
-            return Ok(SummaryAnswer::NotModified {
-                etag: tag.to_string(),
-            });
+        // a current one costs a key lookup and builds nothing. Only the caller's own
+        // tags, for this page size and not past their time, can be current.
+        let candidates: Vec<Etag> = match &condition {
+            Some(IfNoneMatch::Tags(tags)) => tags
+                .iter()
+                .filter_map(|tag| Etag::parse(tag))
+                .filter(|tag| {
+                    tag.key == key && tag.limit == limit && tag.changes_at.is_none_or(|at| now < at)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !candidates.is_empty() {
+            let version = self.store.summary_version(key).await?;
+            if let Some(tag) = candidates.into_iter().find(|tag| tag.version == version) {
+                return Ok(SummaryAnswer::NotModified {
+                    etag: tag.to_string(),
+                });
+            }
         }
         let (page, version) = self.read_summary(key, limit, now).await?;
         let tag = Etag {
@@ -57,6 +67,15 @@ impl Chat {
             limit,
             changes_at: page.changes_at,
         };
+        // `*`: any current summary matches (there always is one).
+        if condition
+            .as_ref()
+            .is_some_and(|c| c.matches(&tag.to_string()))
+        {
+            return Ok(SummaryAnswer::NotModified {
+                etag: tag.to_string(),
+            });
+        }
         Ok(SummaryAnswer::Summary {
             summary: UnreadSummary::new(
                 page.rows.into(),
@@ -304,12 +323,57 @@ impl std::fmt::Display for Etag {
     }
 }
 
+/// An `If-None-Match` condition as RFC 9110 (§13.1.2) reads it: `*`, or a list of
+/// entity tags compared weakly (`W/"x"` matches `"x"`). Over gRPC the same text goes in
+/// `if_none_match`, where the etag comes unquoted: unquoted tags are read too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfNoneMatch {
+    /// `*`: matches any current representation.
+    Any,
+    /// The tags, unquoted and without `W/`.
+    Tags(Vec<String>),
+}
+
+impl IfNoneMatch {
+    /// `None` for an empty field: no condition.
+    pub fn parse(field: &str) -> Option<Self> {
+        let field = field.trim();
+        if field.is_empty() {
+            return None;
+        }
+        if field == "*" {
+            return Some(IfNoneMatch::Any);
+        }
+        let tags: Vec<String> = field
+            .split(',')
+            .map(|tag| {
+                let tag = tag.trim();
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                tag.strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .unwrap_or(tag)
+                    .to_owned()
+            })
+            .filter(|tag| !tag.is_empty())
+            .collect();
+        (!tags.is_empty()).then_some(IfNoneMatch::Tags(tags))
+    }
+
+    /// Whether the current etag `etag` matches, so the answer is "not modified".
+    pub fn matches(&self, etag: &str) -> bool {
+        match self {
+            IfNoneMatch::Any => true,
+            IfNoneMatch::Tags(tags) => tags.iter().any(|tag| tag == etag),
+        }
+    }
+}
+
 /// The answer a cached summary gives.
 fn answer(
     key: SummaryKey,
     cached: &CachedSummary,
     limit: i64,
-    if_none_match: Option<&str>,
+    condition: Option<&IfNoneMatch>,
 ) -> SummaryAnswer {
     let etag = Etag {
         key,
@@ -318,7 +382,7 @@ fn answer(
         changes_at: cached.changes_at,
     }
     .to_string();
-    if if_none_match == Some(etag.as_str()) {
+    if condition.is_some_and(|c| c.matches(&etag)) {
         return SummaryAnswer::NotModified { etag };
     }
     SummaryAnswer::Summary {
@@ -429,6 +493,20 @@ fn digest(summary: &UnreadSummary) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_reads_as_rfc_9110_says() {
+        let tags = |field: &str| IfNoneMatch::parse(field);
+        assert_eq!(tags(""), None);
+        assert_eq!(tags("*"), Some(IfNoneMatch::Any));
+        assert!(tags("*").unwrap().matches("t1.v2.l50"));
+        let list = tags("\"x\", W/\"t1.v2.l50\"").unwrap();
+        assert!(list.matches("t1.v2.l50") && list.matches("x"));
+        assert!(!list.matches("t1.v3.l50"));
+        // gRPC sends the etag as it came, unquoted.
+        assert!(tags("t1.v2.l50").unwrap().matches("t1.v2.l50"));
+        assert_eq!(tags(" , "), None);
+    }
     use crate::domain::{
         CacheConfig, CacheTrust, Role, SendLimit, SendLimits, Summaries, WatchLimits,
     };

@@ -198,11 +198,3 @@ pub(super) struct PageQuery {
     pub(super) after_seq: Option<String>,
     pub(super) page_token: Option<String>,
 }
-
-/// The opaque tag of an `If-None-Match` header (first of a list, weak or strong).
-pub(super) fn first_entity_tag(header: &str) -> Option<String> {
-    let tag = header.split(',').next()?.trim();
-    let tag = tag.strip_prefix("W/").unwrap_or(tag);
-    let tag = tag.strip_prefix('"')?.strip_suffix('"')?;
-    Some(tag.to_owned())
-}

@@ -16,8 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 use super::client::ChatdCall;
 use super::extract::{
-    JsonBody, MessagePath, PageQuery, QueryParams, StreamCaller, StreamQuery, ThreadPath,
-    first_entity_tag, query_int,
+    JsonBody, MessagePath, PageQuery, QueryParams, StreamCaller, StreamQuery, ThreadPath, query_int,
 };
 use super::json::{
     EditMessageBody, EnsureThreadBody, MarkReadBody, MarkUnreadBody, MessageJson, MessagePageJson,
@@ -96,11 +95,13 @@ pub(super) async fn unread_summary(
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query_int::<i32>("limit", query.limit.as_deref())?.unwrap_or(0);
+    // The field as it came: chatd reads it as RFC 9110 says (`*`, lists, weak tags).
     let if_none_match = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(first_entity_tag)
-        .unwrap_or_default();
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
     let request = chatd.request(pb::GetUnreadSummaryRequest {
         limit,
         if_none_match,
@@ -370,19 +371,4 @@ pub(super) async fn method_not_allowed() -> ApiError {
         edge::METHOD_NOT_ALLOWED,
         "this path does not take that method: see /openapi.json",
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entity_tags() {
-        assert_eq!(first_entity_tag("\"v3.l50\"").as_deref(), Some("v3.l50"));
-        assert_eq!(
-            first_entity_tag("W/\"v3.l50\", \"x\"").as_deref(),
-            Some("v3.l50")
-        );
-        assert_eq!(first_entity_tag("*"), None);
-    }
 }

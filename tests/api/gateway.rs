@@ -232,8 +232,62 @@ async fn unread_summary_etag_and_304(app: TestApp) {
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     assert_ne!(changed.headers()[ETAG], etag.as_str());
+    let current = changed.headers()[ETAG].to_str().unwrap().to_owned();
     let body: Value = changed.json().await.unwrap();
     assert_eq!(body["total"], 1);
+
+    // RFC 9110 If-None-Match: `*`, a list, a weak tag and the unquoted form gRPC gives
+    // all match the current summary; the tutor's etag never matches the student's.
+    let bare = current.trim_matches('"').to_owned();
+    for field in [
+        "*".to_owned(),
+        format!("\"x\", {current}"),
+        format!("W/{current}"),
+        bare.clone(),
+    ] {
+        let answer = summary_request()
+            .header(IF_NONE_MATCH, &field)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED, "{field}");
+        assert_eq!(answer.headers()[ETAG], current.as_str(), "{field}");
+    }
+    let as_student = client()
+        .get(app.url("/api/v1/chat/unread-summary/"))
+        .header("authorization", app.bearer(TUTOR, Role::Student))
+        .header(IF_NONE_MATCH, &current)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_student.status(), StatusCode::OK, "another owner's etag");
+    let other_user = client()
+        .get(app.url("/api/v1/chat/unread-summary/"))
+        .header("authorization", app.bearer(STUDENT, Role::Student))
+        .header(IF_NONE_MATCH, &current)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_user.status(), StatusCode::OK, "another user's etag");
+}
+
+/// The same without the summary cache: conditions checked against the stored version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_etag_and_304_without_the_cache() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.summary_cache.budget_bytes = 0;
+    })
+    .await;
+    unread_summary_etag_and_304(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_etag_and_304_without_the_cache() {
+    let app = TestApp::spawn_with(Backend::Postgres, |config| {
+        config.summary_cache.budget_bytes = 0;
+    })
+    .await;
+    unread_summary_etag_and_304(app).await;
 }
 
 async fn bad_http_input_gets_json_errors(app: TestApp) {
