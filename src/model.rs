@@ -43,6 +43,11 @@ macro_rules! named_enum {
 /// Other modules declare their named enums (reasons, roles) with the same macro.
 pub(crate) use named_enum;
 
+/// The largest id chatd accepts anywhere (2^53 − 1): ids reach browsers as JSON numbers,
+/// and JavaScript keeps integers exact only up to this, so a larger one would be rounded
+/// to another user's or thread's id without a word.
+pub const MAX_ID: i64 = (1 << 53) - 1;
+
 /// A number written the one canonical way ("4", never "+4", "04" or " 4"), so one id has
 /// one spelling wherever a client writes it: a token's `sub`, a path, a query.
 pub fn canonical_number<T: std::str::FromStr + ToString>(text: &str) -> Option<T> {

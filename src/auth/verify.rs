@@ -134,7 +134,7 @@ impl TokenVerifier {
         let user_id = user_id_of(&claims.sub).ok_or_else(|| {
             DomainError::TokenInvalid(
                 "sub must be the user id: a positive integer in decimal digits, \
-                 with no sign and no leading zeros"
+                 with no sign and no leading zeros, at most 9007199254740991 (2^53 - 1)"
                     .into(),
             )
         })?;
@@ -209,7 +209,7 @@ impl TokenVerifier {
 /// The user id a `sub` claim names: a positive integer written the one canonical way
 /// (so "+42" and "042" do not also mean user 42).
 fn user_id_of(sub: &str) -> Option<i64> {
-    crate::model::canonical_number::<i64>(sub).filter(|id| *id > 0)
+    crate::model::canonical_number::<i64>(sub).filter(|id| (1..=crate::model::MAX_ID).contains(id))
 }
 
 fn unix_now() -> u64 {

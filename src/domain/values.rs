@@ -18,12 +18,22 @@ pub const DEFAULT_PAGE_LIMIT: i64 = 50;
 /// Largest page size a request may ask for.
 pub const MAX_PAGE_LIMIT: i64 = 200;
 
-/// Parses a positive id for the named request field.
+/// Parses a positive id for the named request field: 1..=2^53 − 1 (`MAX_ID`).
 pub fn positive_id(field: &'static str, value: i64) -> Result<i64, DomainError> {
     if value <= 0 {
         return Err(DomainError::invalid(
             field,
             format!("must be a positive id, got {value}"),
+        ));
+    }
+    if value > crate::model::MAX_ID {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "must be at most {} (2^53 - 1, the largest integer a browser's JSON keeps \
+                 exact), got {value}",
+                crate::model::MAX_ID
+            ),
         ));
     }
     Ok(value)

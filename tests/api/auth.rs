@@ -157,6 +157,20 @@ async fn odd_tokens_are_refused_in_plain_words(app: TestApp) {
     let canonical =
         signed(serde_json::json!({ "sub": "10000", "role": "tutor", "exp": epoch_seconds(600) }));
     assert!(call(canonical).await.is_ok());
+    // A user id a browser would round is no user id.
+    let past_json = signed(
+        serde_json::json!({ "sub": "9007199254740992", "role": "tutor", "exp": epoch_seconds(600) }),
+    );
+    let status = assert_error(
+        call(past_json).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    assert!(status.message().contains("9007199254740991"), "{status:?}");
+    let largest = signed(
+        serde_json::json!({ "sub": "9007199254740991", "role": "tutor", "exp": epoch_seconds(600) }),
+    );
+    assert!(call(largest).await.is_ok());
 }
 
 /// A 100 KB token is refused in gRPC's terms, INVALID_ARGUMENT `HEADERS_TOO_LARGE`

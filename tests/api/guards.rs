@@ -108,6 +108,63 @@ async fn bad_arguments_name_the_field(app: TestApp) {
         ..unspecified
     };
     assert_invalid(sync.upsert_relation(negative_version).await, "version");
+
+    // Ids past 2^53 - 1 would be rounded by every browser's JSON: refused where they
+    // enter, the largest exact one accepted.
+    const PAST_JSON: i64 = 9_007_199_254_740_995;
+    for (field, request) in [
+        (
+            "relation_id",
+            UpsertRelationRequest {
+                relation_id: PAST_JSON,
+                status: 2,
+                ..unspecified
+            },
+        ),
+        (
+            "tutor_id",
+            UpsertRelationRequest {
+                tutor_id: PAST_JSON,
+                status: 2,
+                ..unspecified
+            },
+        ),
+        (
+            "student_id",
+            UpsertRelationRequest {
+                student_id: PAST_JSON,
+                status: 2,
+                ..unspecified
+            },
+        ),
+    ] {
+        let status = assert_error(
+            sync.upsert_relation(request).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(status.message().starts_with(field), "{status:?}");
+        assert!(status.message().contains("9007199254740991"), "{status:?}");
+    }
+    let largest = UpsertRelationRequest {
+        relation_id: 9_007_199_254_740_991,
+        status: 2,
+        ..unspecified
+    };
+    assert!(sync.upsert_relation(largest).await.is_ok());
+    assert_invalid(
+        tutor.ensure_thread(ensure_relation(PAST_JSON)).await,
+        "relation_id",
+    );
+    let (status, body) = crate::gateway::call(
+        crate::gateway::client()
+            .post(app.url("/api/v1/chat/threads/negotiation/"))
+            .header("authorization", app.bearer(42, chatd::domain::Role::Tutor))
+            .json(&serde_json::json!({ "relation_id": PAST_JSON })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "relation_id", "{body}");
 }
 
 /// A NUL character in text is refused, the same on both backends (PostgreSQL cannot
