@@ -19,7 +19,7 @@ mod error;
 mod extract;
 mod json;
 mod middleware;
-mod openapi;
+pub(crate) mod openapi;
 mod routes;
 
 use std::net::SocketAddr;

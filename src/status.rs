@@ -200,9 +200,59 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// Every row of the table: the domain's reasons, the gateway's, and the requests'.
+pub fn all_rows() -> impl Iterator<Item = ErrorCode> {
+    Reason::ALL
+        .iter()
+        .map(|reason| of(*reason))
+        .chain(edge::ALL)
+        .chain(request::ALL)
+}
+
+/// Whether `name` is one of the reasons clients are told of.
+pub fn is_reason(name: &str) -> bool {
+    all_rows().any(|row| row.reason == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table, the proto's `enum ErrorReason`, the OpenAPI error `code` enum and the
+    /// README's table of reasons name the same reasons: none can drift from the others.
+    #[test]
+    fn every_reason_is_listed_in_the_proto_the_openapi_and_the_readme() {
+        let table: std::collections::BTreeSet<&str> = all_rows().map(|row| row.reason).collect();
+        let proto: std::collections::BTreeSet<&str> = (1..)
+            .map_while(|n| crate::proto::ErrorReason::try_from(n).ok())
+            .map(|reason| reason.as_str_name())
+            .collect();
+        assert_eq!(proto, table, "proto enum ErrorReason");
+        let doc: serde_json::Value =
+            serde_json::from_str(crate::http::openapi::OPENAPI_JSON).unwrap();
+        let openapi: std::collections::BTreeSet<&str> =
+            doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|name| name.as_str().unwrap())
+                .collect();
+        assert_eq!(openapi, table, "OpenAPI Error.code");
+        let readme = include_str!("../README.md");
+        for row in all_rows() {
+            let line = readme
+                .lines()
+                .find(|line| line.starts_with(&format!("| `{}` |", row.reason)))
+                .unwrap_or_else(|| panic!("README's table of reasons lacks {}", row.reason));
+            assert!(
+                line.contains(code_name(row.grpc)) && line.contains(&row.http.as_u16().to_string()),
+                "README's row of {} gives its gRPC code {} and HTTP status {}: {line}",
+                row.reason,
+                code_name(row.grpc),
+                row.http.as_u16()
+            );
+        }
+    }
 
     /// Pins the whole table: every reason a client can see, its gRPC code, its HTTP status.
     #[test]
@@ -244,14 +294,7 @@ mod tests {
             ("DEADLINE_EXCEEDED", Code::DeadlineExceeded, 504),
             ("HEADERS_TOO_LARGE", Code::InvalidArgument, 431),
         ];
-        let table: Vec<ErrorCode> = Reason::ALL
-            .iter()
-            .map(|reason| of(*reason))
-            .chain(edge::ALL)
-            .chain(request::ALL)
-            .collect();
-        let table: Vec<_> = table
-            .iter()
+        let table: Vec<_> = all_rows()
             .map(|row| (row.reason, row.grpc, row.http.as_u16()))
             .collect();
         assert_eq!(table, expected);

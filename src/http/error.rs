@@ -103,9 +103,13 @@ impl From<tonic::Status> for ApiError {
                         edge::UPSTREAM_TIMEOUT,
                         "chatd did not answer in time, retry later",
                     ),
+                    // Named by its code where that is one of chatd's reasons, so `code`
+                    // stays within the documented list; else INTERNAL.
                     code => Self::new(
                         ErrorCode {
-                            reason: status::code_name(code),
+                            reason: Some(status::code_name(code))
+                                .filter(|name| status::is_reason(name))
+                                .unwrap_or("INTERNAL"),
                             grpc: code,
                             http: status::http_status(code),
                         },
