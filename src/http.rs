@@ -20,7 +20,7 @@ mod extract;
 mod json;
 mod middleware;
 pub(crate) mod openapi;
-mod routes;
+pub(crate) mod routes;
 
 use std::net::SocketAddr;
 use std::time::Duration;

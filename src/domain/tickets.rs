@@ -35,7 +35,9 @@ impl Chat {
         caller: Caller,
         access_ends: AccessEnds,
     ) -> Result<StreamTicket, DomainError> {
-        caller_side(caller)?;
+        let key = super::SummaryKey::new(caller.user_id, caller_side(caller)?);
+        // A ticket for a stream that could not open now would be spent for nothing.
+        self.summaries.hub().room_for(key)?;
         let mut secret = [0u8; TICKET_BYTES];
         getrandom::fill(&mut secret)
             .map_err(|e| DomainError::Internal(format!("no randomness for a ticket: {e}")))?;

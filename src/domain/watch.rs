@@ -80,28 +80,47 @@ impl SummaryHub {
         self.0.total.load(Ordering::Relaxed)
     }
 
-    /// Registers a watcher of `key`'s summary, within the limits.
-    pub fn subscribe(&self, key: SummaryKey) -> Result<Subscription, DomainError> {
+    /// Whether `key` could open one more stream now: the refusal `subscribe` would give,
+    /// told before a stream ticket is minted, so a browser learns the reason in JSON (an
+    /// EventSource that fails to open learns nothing) and does not retry in a loop.
+    pub fn room_for(&self, key: SummaryKey) -> Result<(), DomainError> {
+        self.refusal(self.keys().get(&key).map_or(0, |entry| entry.watchers))?;
+        if self.0.total.load(Ordering::Acquire) >= self.0.limits.total {
+            return Err(self.server_full());
+        }
+        Ok(())
+    }
+
+    fn refusal(&self, watchers: usize) -> Result<(), DomainError> {
         if *self.0.closed.borrow() {
             return Err(DomainError::Unavailable(
                 "the server is shutting down".into(),
             ));
         }
-        let limits = self.0.limits;
-        let mut keys = self.keys();
-        let watchers = keys.get(&key).map_or(0, |entry| entry.watchers);
-        if watchers >= limits.per_user {
+        if watchers >= self.0.limits.per_user {
             return Err(DomainError::TooManyStreams {
-                limit: limits.per_user,
+                limit: self.0.limits.per_user,
                 scope: "for this user",
             });
         }
+        Ok(())
+    }
+
+    fn server_full(&self) -> DomainError {
+        DomainError::TooManyStreams {
+            limit: self.0.limits.total,
+            scope: "on this server",
+        }
+    }
+
+    /// Registers a watcher of `key`'s summary, within the limits.
+    pub fn subscribe(&self, key: SummaryKey) -> Result<Subscription, DomainError> {
+        let limits = self.0.limits;
+        let mut keys = self.keys();
+        self.refusal(keys.get(&key).map_or(0, |entry| entry.watchers))?;
         if self.0.total.fetch_add(1, Ordering::AcqRel) >= limits.total {
             self.0.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(DomainError::TooManyStreams {
-                limit: limits.total,
-                scope: "on this server",
-            });
+            return Err(self.server_full());
         }
         let entry = keys.entry(key).or_insert_with(|| Entry {
             changes: watch::Sender::new(0),

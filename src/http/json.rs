@@ -92,6 +92,30 @@ pub struct UnreadSummaryJson {
     pub muted_total: i64,
 }
 
+/// One `summary` event of the SSE stream: the summary as GET answers it, plus the etag
+/// GET would send in its `ETag` header (quoted), so a client that falls back to polling
+/// starts from what it already shows.
+#[derive(Debug, Serialize)]
+pub struct SummaryEventJson {
+    #[serde(flatten)]
+    pub summary: UnreadSummaryJson,
+    pub etag: String,
+}
+
+impl From<pb::WatchUnreadSummaryResponse> for SummaryEventJson {
+    fn from(summary: pb::WatchUnreadSummaryResponse) -> Self {
+        Self {
+            etag: quoted_etag(&summary.etag),
+            summary: UnreadSummaryJson::from(summary),
+        }
+    }
+}
+
+/// An entity tag as HTTP writes it (RFC 9110 §8.8.3): chatd's opaque tag, quoted.
+pub fn quoted_etag(tag: &str) -> String {
+    format!("\"{tag}\"")
+}
+
 /// PUT and DELETE /threads/{id}/mute/.
 #[derive(Debug, Serialize)]
 pub struct MuteJson {

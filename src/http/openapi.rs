@@ -57,4 +57,24 @@ mod tests {
             );
         }
     }
+
+    /// The events the stream sends are the ones the document names, with their schemas.
+    #[test]
+    fn the_stream_events_are_documented() {
+        use crate::http::routes::{SSE_STREAM_ERROR, SSE_SUMMARY};
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI_JSON).unwrap();
+        let events = &doc["paths"]["/api/v1/chat/unread-summary/stream"]["get"]["responses"]["200"]
+            ["x-sse-events"];
+        let named = events.as_object().expect("x-sse-events");
+        assert_eq!(named.len(), 2, "{events}");
+        assert_eq!(
+            events[SSE_SUMMARY]["$ref"],
+            "#/components/schemas/SummaryEvent"
+        );
+        assert_eq!(
+            events[SSE_STREAM_ERROR]["$ref"],
+            "#/components/schemas/Error"
+        );
+        assert!(doc["components"]["schemas"]["SummaryEvent"].is_object());
+    }
 }

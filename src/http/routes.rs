@@ -20,8 +20,8 @@ use super::extract::{
 };
 use super::json::{
     EditMessageBody, EnsureThreadBody, MarkReadBody, MarkUnreadBody, MessageJson, MessagePageJson,
-    MuteBody, MuteJson, ReadStateJson, SendMessageBody, StreamTicketJson, ThreadJson,
-    ThreadListJson, UnreadSummaryJson,
+    MuteBody, MuteJson, ReadStateJson, SendMessageBody, StreamTicketJson, SummaryEventJson,
+    ThreadJson, ThreadListJson, UnreadSummaryJson, quoted_etag,
 };
 use super::{ApiError, GatewayState};
 use crate::metrics::Metrics;
@@ -107,7 +107,7 @@ pub(super) async fn unread_summary(
         if_none_match,
     });
     let summary = chatd.chat.get_unread_summary(request).await?.into_inner();
-    let etag = format!("\"{}\"", summary.etag);
+    let etag = quoted_etag(&summary.etag);
     let cache_headers = [
         (header::ETAG, etag),
         // Per-user content: browsers may keep it but must revalidate; shared caches must not mix users.
@@ -120,12 +120,18 @@ pub(super) async fn unread_summary(
     Ok((cache_headers, Json(UnreadSummaryJson::from(summary))).into_response())
 }
 
+/// The SSE event names, as the OpenAPI document describes them.
+pub(crate) const SSE_SUMMARY: &str = "summary";
+pub(crate) const SSE_STREAM_ERROR: &str = "stream-error";
+
 /// How often an idle event stream sends a comment, so proxies and browsers keep it open.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Server-Sent Events: one `summary` event (the unread summary's JSON) per change, from
-/// chatd's WatchUnreadSummary stream, so the frontend can stop polling. If the stream
-/// fails, one `error` event carries the JSON error, and the stream ends.
+/// chatd's WatchUnreadSummary stream, with its etag, so the frontend can stop polling. If
+/// the stream fails, one `stream-error` event carries the JSON error and the stream ends;
+/// not `error`, which EventSource fires for its own transport failures and which could
+/// not then tell a server's reason from a dropped connection.
 pub(super) async fn unread_summary_stream(
     StreamCaller {
         call: mut chatd,
@@ -139,14 +145,16 @@ pub(super) async fn unread_summary_stream(
     let events = updates.map(|update| {
         let event = match update {
             Ok(summary) => Event::default()
-                .event("summary")
-                .json_data(UnreadSummaryJson::from(summary)),
+                .event(SSE_SUMMARY)
+                .json_data(SummaryEventJson::from(summary)),
             Err(status) => Event::default()
-                .event("error")
+                .event(SSE_STREAM_ERROR)
                 .json_data(ApiError::from(status)),
         };
         // Serializing our own JSON types cannot fail; if it ever did, say so in-band.
-        Ok::<_, std::convert::Infallible>(event.unwrap_or_else(|_| Event::default().event("error")))
+        Ok::<_, std::convert::Infallible>(
+            event.unwrap_or_else(|_| Event::default().event(SSE_STREAM_ERROR)),
+        )
     });
     let sse =
         Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE).text("keepalive"));

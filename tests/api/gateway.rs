@@ -663,12 +663,15 @@ async fn unread_summary_as_server_sent_events(app: TestApp) {
         response,
         buffer: String::new(),
     };
+    let (name, mut first) = events.next().await;
+    assert_eq!(name, "summary");
+    let etag = first
+        .as_object_mut()
+        .and_then(|summary| summary.remove("etag"))
+        .expect("a summary event carries its etag");
     assert_eq!(
-        events.next().await,
-        (
-            "summary".to_owned(),
-            json!({ "threads": [], "total": 0, "muted_total": 0 })
-        )
+        first,
+        json!({ "threads": [], "total": 0, "muted_total": 0 })
     );
 
     send(
@@ -681,6 +684,17 @@ async fn unread_summary_as_server_sent_events(app: TestApp) {
     .await;
     let (name, summary) = events.next().await;
     assert_eq!(name, "summary");
+    assert_ne!(summary["etag"], etag, "a changed summary has a new etag");
+    // A client falling back to polling starts from the etag it last heard.
+    let poll = |etag: &Value| {
+        client()
+            .get(app.url("/api/v1/chat/unread-summary/"))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor))
+            .header("if-none-match", etag.as_str().expect("a quoted etag"))
+            .send()
+    };
+    assert_eq!(poll(&summary["etag"]).await.unwrap().status(), 304);
+    assert_eq!(poll(&etag).await.unwrap().status(), 200);
     assert_eq!(summary["total"], 1);
     assert_eq!(
         summary["threads"][0]["last_message_preview"],

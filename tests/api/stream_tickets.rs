@@ -66,12 +66,18 @@ async fn a_ticket_opens_one_stream_as_its_minter(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let ticket = mint(&app, STUDENT, Role::Student).await;
     let mut events = open_with_ticket(&app, &ticket).await;
+    let (name, mut first) = events.next().await;
+    assert_eq!(name, "summary");
+    assert!(
+        first
+            .as_object_mut()
+            .and_then(|summary| summary.remove("etag"))
+            .is_some_and(|etag| etag.as_str().is_some_and(|tag| tag.starts_with('"'))),
+        "a summary event carries its quoted etag"
+    );
     assert_eq!(
-        events.next().await,
-        (
-            "summary".to_owned(),
-            json!({ "threads": [], "total": 0, "muted_total": 0 })
-        )
+        first,
+        json!({ "threads": [], "total": 0, "muted_total": 0 })
     );
     app.tutor(TUTOR)
         .say(thread.thread_id, "to the student")
@@ -93,6 +99,47 @@ async fn a_ticket_opens_one_stream_as_its_minter(app: TestApp) {
         "says what to do: {}",
         reused.1
     );
+}
+
+/// At the per-user stream limit the mint itself is refused, in JSON, so a browser learns
+/// TOO_MANY_STREAMS (and falls back to polling) instead of retrying an EventSource that
+/// cannot say why it failed; a closed stream makes room again.
+async fn minting_at_the_stream_limit_says_too_many_streams(app: TestApp) {
+    let mut open = Vec::new();
+    for _ in 0..crate::helpers::WATCH_LIMITS.per_user {
+        let ticket = mint(&app, TUTOR, Role::Tutor).await;
+        let mut events = open_with_ticket(&app, &ticket).await;
+        assert_eq!(events.next().await.0, "summary");
+        open.push(events);
+    }
+    let refused = call(
+        client()
+            .post(app.url("/api/v1/chat/unread-summary/stream-ticket"))
+            .header("authorization", app.bearer(TUTOR, Role::Tutor)),
+    )
+    .await;
+    assert_api_error(&refused, 429, "TOO_MANY_STREAMS", "RESOURCE_EXHAUSTED");
+    // Another user is not held to this one's limit.
+    mint(&app, STUDENT, Role::Student).await;
+
+    drop(open.pop());
+    let room = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = client()
+                .post(app.url("/api/v1/chat/unread-summary/stream-ticket"))
+                .header("authorization", app.bearer(TUTOR, Role::Tutor))
+                .send()
+                .await
+                .expect("the gateway answers");
+            if answer.status() == StatusCode::OK {
+                return;
+            }
+            assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(room.is_ok(), "a closed stream frees its place");
 }
 
 /// Unknown, malformed, and expired tickets are refused alike.
@@ -188,7 +235,7 @@ async fn a_ticket_stream_ends_with_its_minters_token(backend: Backend) {
     assert_eq!(events.next().await.0, "summary");
     let (name, error) = events.next().await;
     assert!(SystemTime::now() >= exp, "ended before the token's exp");
-    assert_eq!(name, "error", "{error}");
+    assert_eq!(name, "stream-error", "{error}");
     assert_eq!(error["code"], "TOKEN_EXPIRED", "{error}");
     assert_eq!(error["grpc_status"], "UNAUTHENTICATED", "{error}");
     let end = tokio::time::timeout(Duration::from_secs(10), events.response.chunk())
@@ -210,6 +257,7 @@ async fn postgres_a_ticket_stream_ends_with_its_minters_token() {
 backend_suite!(
     a_ticket_opens_one_stream_as_its_minter,
     stale_and_unknown_tickets_are_refused,
+    minting_at_the_stream_limit_says_too_many_streams,
     grpc_takes_a_ticket_in_place_of_the_token,
 );
 

@@ -202,6 +202,18 @@ impl Stage {
 
     /// The gateway's count of GET /unread-summary/ answers with `status`.
     async fn summary_answers(&self, status: u16) -> u64 {
+        self.answers("GET", "/api/v1/chat/unread-summary/", status)
+            .await
+    }
+
+    /// The gateway's count of stream-ticket mints answered with `status`.
+    async fn ticket_answers(&self, status: u16) -> u64 {
+        self.answers("POST", "/api/v1/chat/unread-summary/stream-ticket", status)
+            .await
+    }
+
+    /// The gateway's count of `method route` answers with `status`, from its metrics.
+    async fn answers(&self, method: &str, route: &str, status: u16) -> u64 {
         let text = reqwest::get(format!("http://{}/metrics", self.gateway.http))
             .await
             .expect("the gateway's metrics")
@@ -209,7 +221,7 @@ impl Stage {
             .await
             .expect("metrics text");
         let series = format!(
-            "chatd_http_requests_total{{method=\"GET\",route=\"/api/v1/chat/unread-summary/\",status=\"{status}\"}} "
+            "chatd_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} "
         );
         text.lines()
             .find_map(|line| line.strip_prefix(&series))
@@ -623,6 +635,54 @@ async fn the_bell_survives_a_gateway_restart() {
         .wait_for("the badge at 3", BADGE, json!("3"))
         .await;
 
+    finish([tutor_page]).await;
+}
+
+/// A user who already holds every stream they may (tabs elsewhere) gets TOO_MANY_STREAMS
+/// when the page mints its ticket: the page polls instead, once, rather than retrying
+/// the stream in a loop, and the badge still moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium: cargo test --test e2e -- --ignored --test-threads=1"]
+async fn too_many_streams_falls_back_to_polling() {
+    let stage = Stage::start("too-many-streams").await;
+    let (tutor, student, relation) = (92, 57, 60);
+    stage.may_chat(relation, tutor, student).await;
+    let mut held = Vec::new();
+    // `chatd serve`'s default --watch-max-per-user.
+    for _ in 0..8 {
+        let mut chat = ChatServiceClient::new(stage.channel.clone());
+        let request = stage.metadata(pb::WatchUnreadSummaryRequest::default(), tutor, Role::Tutor);
+        let mut stream = chat
+            .watch_unread_summary(request)
+            .await
+            .expect("a stream within the limit")
+            .into_inner();
+        stream.message().await.expect("the first summary");
+        held.push(stream);
+    }
+
+    let tutor_page = stage
+        .signed_in("tutor", tutor, Role::Tutor, relation, "stream")
+        .await;
+    tutor_page
+        .wait_for("the page polling", TRANSPORT, json!("polling"))
+        .await;
+    stage
+        .student_says(relation, student, "heard by polling")
+        .await;
+    tutor_page
+        .wait_for("the badge at 1", BADGE, json!("1"))
+        .await;
+    assert_eq!(
+        tutor_page.eval(STREAMS_OPENED).await,
+        json!(0),
+        "no stream was opened"
+    );
+    assert_eq!(
+        stage.ticket_answers(429).await,
+        1,
+        "one refused mint, no retry loop"
+    );
     finish([tutor_page]).await;
 }
 

@@ -1,8 +1,10 @@
 // The reference page's script: the chat button, the bell and the chat window on chatd's
 // REST gateway. It shows the patterns a frontend needs:
 // - the bearer token goes in the Authorization header only, never in a URL;
-// - pushed updates: EventSource opened with a one-use stream ticket, and, on any error,
-//   a fresh ticket and a new EventSource (its own retry would reuse the spent ticket);
+// - pushed updates: EventSource opened with a one-use stream ticket; when it fails, a
+//   fresh ticket and a new EventSource after a growing delay (its own retry would reuse
+//   the spent ticket), polling instead on TOO_MANY_STREAMS, and no retry once the
+//   session has ended;
 // - polled updates: fetch with the browser's HTTP cache, which revalidates with
 //   If-None-Match, so an unchanged summary costs a 304 and no body;
 // - mark read while the chat window is open and the page has focus;
@@ -20,6 +22,7 @@ const REASONS = {
   THREAD_NOT_WRITABLE: 'This chat is closed.',
   RATE_LIMITED: 'You are sending too fast: wait a moment.',
   TOKEN_EXPIRED: 'Your session has expired: sign in again.',
+  TOKEN_INVALID: 'Your session is not valid here: sign in again.',
   STORAGE_FULL: 'Messages cannot be saved right now. Nothing was sent; try again later.',
 };
 
@@ -242,15 +245,44 @@ function setTransportState(state) {
   $('transport-state').textContent = state;
 }
 
-// Pushed: a fresh ticket for every stream; on any error, close and start over.
-async function openStream(retryMs = 250) {
+// Pushed: a fresh ticket for every stream. What happens when a stream cannot open or
+// ends depends on why, read from the error's `code` (the mint's JSON answer, or the
+// stream's own `stream-error` event); a dropped connection (EventSource's `error`) has
+// no reason and is retried. Retries back off exponentially, so nothing loops:
+// - TOO_MANY_STREAMS: this user already holds the streams they may (other tabs); poll;
+// - an ended session (TOKEN_EXPIRED, TOKEN_INVALID): stop, the user signs in again;
+// - anything else: retry after a growing delay, reset once a summary arrives.
+const RETRY_FIRST_MS = 250;
+
+function streamFailure(code) {
+  if (code === 'TOO_MANY_STREAMS') return 'poll';
+  if (code === 'TOKEN_EXPIRED' || code === 'TOKEN_INVALID') return 'stop';
+  return 'retry';
+}
+
+async function openStream(retryMs = RETRY_FIRST_MS) {
   setTransportState('connecting');
+  const retry = () => {
+    setTransportState('reconnecting');
+    setTimeout(() => openStream(Math.min(retryMs * 2, RETRY_MAX_MS)), retryMs);
+  };
+  const giveUp = (error) => {
+    if (streamFailure(error.code) === 'poll') {
+      poll();
+    } else {
+      setTransportState('signed out');
+      showSessionEnded(error);
+    }
+  };
   let ticket;
   try {
     ({ ticket } = await api('POST', '/unread-summary/stream-ticket'));
-  } catch {
-    setTransportState('reconnecting');
-    setTimeout(() => openStream(Math.min(retryMs * 2, RETRY_MAX_MS)), retryMs);
+  } catch (error) {
+    if (error instanceof ApiError && streamFailure(error.code) !== 'retry') {
+      giveUp(error);
+    } else {
+      retry();
+    }
     return;
   }
   const events = new EventSource(`${config.api}/unread-summary/stream?ticket=${ticket}`);
@@ -259,15 +291,32 @@ async function openStream(retryMs = 250) {
     $('streams-opened').textContent = streamsOpened;
   });
   events.addEventListener('summary', (event) => {
+    retryMs = RETRY_FIRST_MS;
     setTransportState('live');
     onSummary(JSON.parse(event.data));
   });
-  // Both a lost connection and the server's own `error` event end this stream.
+  // The server's reason, sent just before it ends the stream.
+  events.addEventListener('stream-error', (event) => {
+    events.close();
+    const error = new ApiError(0, JSON.parse(event.data));
+    if (streamFailure(error.code) === 'retry') {
+      retry();
+    } else {
+      giveUp(error);
+    }
+  });
+  // A lost connection: EventSource's own retry would reuse the spent ticket.
   events.addEventListener('error', () => {
     events.close();
-    setTransportState('reconnecting');
-    setTimeout(() => openStream(), retryMs);
+    retry();
   });
+}
+
+function showSessionEnded(error) {
+  const notice = $('session-notice');
+  notice.dataset.code = error.code;
+  notice.textContent = reasonText(error);
+  notice.hidden = false;
 }
 
 // Polled: the browser's cache keeps the last summary and its ETag and asks with
