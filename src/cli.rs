@@ -68,7 +68,8 @@ pub struct AuthArgs {
     /// --jwt-secret-file.
     #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// File holding the HS256 secret, created when missing [default: <sqlite path>.jwt-secret,
+    /// File holding the HS256 secret, created by `serve` when missing (`token` and `bench`
+    /// only read it) [default: <sqlite path>.jwt-secret,
     /// or ./chatd.jwt-secret with PostgreSQL].
     #[arg(long, env = "CHATD_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,

@@ -23,6 +23,7 @@ pub(crate) mod openapi;
 pub(crate) mod routes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -36,7 +37,9 @@ pub use routes::serve_metrics;
 
 use crate::metrics::{HttpLabels, Metrics};
 use crate::net::{self, ConnectionLimits, Protocol};
-use middleware::{cors, refuse_oversized_head, trace_request};
+use middleware::{
+    AllowedOrigins, cors, refuse_foreign_preflight, refuse_oversized_head, trace_request,
+};
 use routes::{
     create_stream_ticket, delete_message, edit_message, ensure_thread, healthz, list_messages,
     list_threads, mark_read, mark_unread, method_not_allowed, metrics_endpoint, mute_thread,
@@ -226,14 +229,21 @@ pub fn router(
         .layer(axum::Extension(BodyTimeout(
             config.connections.body_timeout,
         )))
-        .layer(axum::middleware::from_fn(refuse_oversized_head))
+        .layer(axum::middleware::from_fn(refuse_oversized_head));
+    if !config.cors_allowed_origins.is_empty() {
+        router = router.layer(cors(&config.cors_allowed_origins)?);
+    }
+    // Outside CORS, which would answer every preflight itself; inside the trace, so a
+    // refused preflight is logged and counted like any answer.
+    let allowed = Arc::new(AllowedOrigins(config.cors_allowed_origins.clone()));
+    Ok(router
+        .layer(axum::middleware::from_fn_with_state(
+            allowed,
+            refuse_foreign_preflight,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             trace_request,
         ))
-        .with_state(state);
-    if !config.cors_allowed_origins.is_empty() {
-        router = router.layer(cors(&config.cors_allowed_origins)?);
-    }
-    Ok(router)
+        .with_state(state))
 }

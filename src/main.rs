@@ -64,13 +64,14 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Token(args) => {
-            let signer = TokenSigner::new(&args.auth.config(), &args.database.parse_url()?)?;
-            if args.sub <= 0 {
+            if !(1..=chatd::model::MAX_ID).contains(&args.sub) {
                 return Err(format!(
-                    "--sub must be a positive user id, got {}",
+                    "--sub must be a user id from 1 to {} (2^53 - 1), got {}",
+                    chatd::model::MAX_ID,
                     args.sub
                 ));
             }
+            let signer = TokenSigner::new(&args.auth.config(), &args.database.parse_url()?)?;
             println!("{}", signer.sign(args.sub, args.role.into(), args.ttl)?);
             Ok(())
         }

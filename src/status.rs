@@ -103,7 +103,11 @@ pub mod edge {
         H::REQUEST_TIMEOUT,
     );
 
-    pub const ALL: [ErrorCode; 9] = [
+    /// A browser's CORS preflight from an origin the gateway was not told to allow.
+    pub const CORS_NOT_ALLOWED: ErrorCode =
+        code("CORS_NOT_ALLOWED", Code::PermissionDenied, H::FORBIDDEN);
+
+    pub const ALL: [ErrorCode; 10] = [
         UNKNOWN_PATH,
         METHOD_NOT_ALLOWED,
         PAYLOAD_TOO_LARGE,
@@ -113,6 +117,7 @@ pub mod edge {
         UPSTREAM_TIMEOUT,
         URI_TOO_LONG,
         REQUEST_TIMEOUT,
+        CORS_NOT_ALLOWED,
     ];
 }
 
@@ -289,6 +294,7 @@ mod tests {
             ("UPSTREAM_TIMEOUT", Code::DeadlineExceeded, 504),
             ("URI_TOO_LONG", Code::InvalidArgument, 414),
             ("REQUEST_TIMEOUT", Code::DeadlineExceeded, 408),
+            ("CORS_NOT_ALLOWED", Code::PermissionDenied, 403),
             ("MALFORMED_REQUEST", Code::InvalidArgument, 400),
             ("REQUEST_TOO_LARGE", Code::ResourceExhausted, 413),
             ("DEADLINE_EXCEEDED", Code::DeadlineExceeded, 504),

@@ -56,9 +56,15 @@ impl AuthConfig {
         }
     }
 
-    /// The HS256 secret: from the environment, else from the secret file (created on
-    /// first use with 32 random bytes, readable by the owner only).
-    pub fn hmac_secret(&self, database: &DatabaseUrl) -> Result<Vec<u8>, String> {
+    /// The HS256 secret: from the environment, else from the secret file. The server
+    /// creates a missing file (32 random bytes, readable by the owner only); a signer
+    /// never does, since a token signed with a secret no server holds is refused with
+    /// TOKEN_INVALID, which says nothing of why.
+    pub fn hmac_secret(
+        &self,
+        database: &DatabaseUrl,
+        missing: MissingSecret,
+    ) -> Result<Vec<u8>, String> {
         if let Some(secret) = &self.secret {
             return check_secret_length(secret.as_bytes().to_vec(), "CHATD_JWT_SECRET");
         }
@@ -66,9 +72,31 @@ impl AuthConfig {
             .secret_file
             .clone()
             .unwrap_or_else(|| Self::default_secret_file(database));
-        let secret = read_or_create_secret(&path)?;
+        let secret = match missing {
+            MissingSecret::Create => read_or_create_secret(&path)?,
+            MissingSecret::Refuse if !path.exists() => {
+                return Err(format!(
+                    "no JWT secret here: {} does not exist, and no --jwt-secret \
+                     (CHATD_JWT_SECRET) is set. Sign with the server's secret: run this \
+                     where `chatd serve` runs, with its --database-url (it keeps the secret \
+                     beside an SQLite database, or in ./chatd.jwt-secret with PostgreSQL), \
+                     or pass its --jwt-secret or --jwt-secret-file",
+                    path.display()
+                ));
+            }
+            MissingSecret::Refuse => read_secret(&path)?,
+        };
         check_secret_length(secret, &path.display().to_string())
     }
+}
+
+/// What to do when the secret file is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSecret {
+    /// The server: make one, so `chatd serve` runs with no setup.
+    Create,
+    /// A signer: refuse, so no token is signed with a secret no server holds.
+    Refuse,
 }
 
 fn check_secret_length(secret: Vec<u8>, source: &str) -> Result<Vec<u8>, String> {
@@ -81,12 +109,14 @@ fn check_secret_length(secret: Vec<u8>, source: &str) -> Result<Vec<u8>, String>
     Ok(secret)
 }
 
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    fs::read_to_string(path)
+        .map(|text| text.trim().as_bytes().to_vec())
+        .map_err(|e| format!("cannot read the JWT secret file {}: {e}", path.display()))
+}
+
 fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let read = |path: &Path| {
-        fs::read_to_string(path)
-            .map(|text| text.trim().as_bytes().to_vec())
-            .map_err(|e| format!("cannot read the JWT secret file {}: {e}", path.display()))
-    };
+    let read = read_secret;
     if path.exists() {
         return read(path);
     }
@@ -104,7 +134,7 @@ fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, String> {
             tracing::info!(path = %path.display(), "created a random JWT secret");
             Ok(secret.into_bytes())
         }
-        // Another process (a `token` beside `serve`) created it first: use theirs.
+        // Another replica on the same file created it first: use theirs.
         Err(e) if e.kind() == IoErrorKind::AlreadyExists => read(path),
         Err(e) => Err(format!(
             "cannot create the JWT secret file {}: {e}",

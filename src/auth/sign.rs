@@ -24,7 +24,7 @@ impl TokenSigner {
                 .into());
         }
         Ok(Self::from_secret(
-            &config.hmac_secret(database)?,
+            &config.hmac_secret(database, super::keys::MissingSecret::Refuse)?,
             config.issuer.clone(),
             config.audience.clone(),
         ))

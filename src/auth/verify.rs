@@ -70,7 +70,9 @@ impl TokenVerifier {
                 }
             }
             None => (
-                DecodingKey::from_secret(&config.hmac_secret(database)?),
+                DecodingKey::from_secret(
+                    &config.hmac_secret(database, super::keys::MissingSecret::Create)?,
+                ),
                 vec![Algorithm::HS256],
             ),
         };

@@ -65,7 +65,7 @@ pub struct ThreadJson {
     pub student_id: i64,
     pub is_writable: bool,
     pub created: bool,
-    pub created_at: Option<String>,
+    pub created_at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,8 +183,9 @@ fn rfc3339(at: Option<prost_types::Timestamp>) -> Option<String> {
 }
 
 impl ThreadJson {
-    pub fn new(thread: pb::Thread, created: bool) -> Self {
-        Self {
+    /// `None` when chatd's answer has no `created_at`, which chatd always sends.
+    pub fn new(thread: pb::Thread, created: bool) -> Option<Self> {
+        Some(Self {
             thread_id: thread.thread_id,
             kind: kind(thread.kind),
             relation_id: thread.relation_id,
@@ -193,8 +194,8 @@ impl ThreadJson {
             student_id: thread.student_id,
             is_writable: thread.is_writable,
             created,
-            created_at: rfc3339(thread.created_at),
-        }
+            created_at: rfc3339(thread.created_at)?,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! What wraps every request: refusing oversized heads, a span and metrics per request,
 //! and CORS for the origins an operator allows.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -113,6 +114,44 @@ fn method_name(method: &Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+/// The origins `--cors-allow-origin` names (none: no cross-origin call is allowed).
+pub(crate) struct AllowedOrigins(pub Vec<String>);
+
+/// Answers a browser's CORS preflight from an origin the gateway does not allow with 403
+/// CORS_NOT_ALLOWED, saying which flag allows it: without this, with CORS off, the
+/// preflight's OPTIONS met "this path does not take that method", which reads like a
+/// wrong route. (The browser still reports a CORS failure; its network panel shows why.)
+pub(super) async fn refuse_foreign_preflight(
+    State(allowed): State<Arc<AllowedOrigins>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let preflight = request.method() == Method::OPTIONS
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|origin| String::from_utf8_lossy(origin.as_bytes()).into_owned());
+    match origin {
+        Some(origin) if preflight && !allowed.0.contains(&origin) => {
+            let allowing = match allowed.0.as_slice() {
+                [] => "this gateway allows no cross-origin calls".to_owned(),
+                some => format!("this gateway allows only {}", some.join(", ")),
+            };
+            ApiError::new(
+                edge::CORS_NOT_ALLOWED,
+                format!(
+                    "a cross-origin call from {origin}: {allowing}. Start it with \
+                     --cors-allow-origin {origin} (CHATD_CORS_ALLOW_ORIGINS), or serve the page \
+                     from the gateway's own origin"
+                ),
+            )
+            .into_response()
+        }
+        _ => next.run(request).await,
     }
 }
 

@@ -86,7 +86,12 @@ pub(super) async fn ensure_thread(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(ThreadJson::new(thread, response.created))).into_response())
+    let thread = ThreadJson::new(thread, response.created).ok_or_else(|| {
+        ApiError::from(tonic::Status::internal(
+            "chatd answered a thread without created_at",
+        ))
+    })?;
+    Ok((status, Json(thread)).into_response())
 }
 
 pub(super) async fn unread_summary(

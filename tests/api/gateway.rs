@@ -913,6 +913,21 @@ async fn cors_allows_only_configured_origins() {
             .is_none(),
         "off by default"
     );
+    // Refused as CORS, saying which flag allows it, not as a wrong method or route.
+    let default = (default.status(), default.json::<Value>().await.unwrap());
+    assert_api_error(&default, 403, "CORS_NOT_ALLOWED", "PERMISSION_DENIED");
+    let message = default.1["message"].as_str().unwrap();
+    assert!(
+        message.contains("--cors-allow-origin https://app.example"),
+        "{message}"
+    );
+    // An OPTIONS that is no preflight is still a method the path does not take.
+    let plain = call(client().request(
+        reqwest::Method::OPTIONS,
+        app.url("/api/v1/chat/unread-summary/"),
+    ))
+    .await;
+    assert_api_error(&plain, 405, "METHOD_NOT_ALLOWED", "UNIMPLEMENTED");
 
     let gateway = Gateway::build(
         &GatewayConfig {
@@ -971,6 +986,16 @@ async fn cors_allows_only_configured_origins() {
         .await
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    let other = (other.status(), other.json::<Value>().await.unwrap());
+    assert_api_error(&other, 403, "CORS_NOT_ALLOWED", "PERMISSION_DENIED");
+    assert!(
+        other.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("allows only https://app.example"),
+        "{}",
+        other.1
+    );
 }
 
 /// A body sent a byte at a time cannot hold its connection: each byte resets the idle

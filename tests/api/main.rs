@@ -29,6 +29,7 @@ mod harness;
 mod helpers;
 
 mod auth;
+mod cli;
 mod concurrency;
 mod connections;
 mod contact_threads;
