@@ -77,3 +77,64 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for ClientFault<U> {
 
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prost::Message;
+
+    /// `deploy/grpc/service-config.json` gives every RPC of chat.v1 a method config
+    /// (a deadline, and a retry policy where a repeat is safe) and names no RPC that does
+    /// not exist, so a client loading it covers the whole API.
+    #[test]
+    fn the_service_config_names_every_rpc() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let rpcs: BTreeSet<(String, String)> = set
+            .file
+            .iter()
+            .filter(|file| file.package() == "chat.v1")
+            .flat_map(|file| {
+                file.service.iter().flat_map(|service| {
+                    service.method.iter().map(|method| {
+                        (
+                            format!("chat.v1.{}", service.name()),
+                            method.name().to_owned(),
+                        )
+                    })
+                })
+            })
+            .collect();
+        let config: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grpc/service-config.json")).unwrap();
+        let mut named = BTreeSet::new();
+        for method_config in config["methodConfig"].as_array().unwrap() {
+            for name in method_config["name"].as_array().unwrap() {
+                let service = name["service"].as_str().unwrap();
+                if service.starts_with("chat.v1.") {
+                    let method = name["method"].as_str().unwrap().to_owned();
+                    assert!(
+                        named.insert((service.to_owned(), method)),
+                        "{name} is named twice"
+                    );
+                }
+            }
+            let watch = method_config["name"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|name| name["method"] == "WatchUnreadSummary");
+            // A deadline would end the stream; a send without a key is not safe to repeat.
+            let send = method_config["name"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|name| name["method"] == "SendMessage");
+            assert_eq!(method_config.get("timeout").is_none(), watch);
+            if send || watch {
+                assert!(method_config.get("retryPolicy").is_none());
+            }
+        }
+        assert_eq!(named, rpcs);
+    }
+}
