@@ -51,6 +51,10 @@ pub use crate::model::{
 
 use std::time::Duration;
 
+/// How long the sweep gives a notification to arrive before it calls an entry stale: far
+/// past the fan-out's latency (milliseconds), short beside the sweep's interval.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(1);
+
 use rules::Refusal;
 
 use crate::metrics::ChatCounters;
@@ -117,14 +121,24 @@ impl Chat {
 
     /// Compares every cached summary's version with the database's, in one query, and
     /// drops those a lost notification left stale. Returns how many there were.
+    ///
+    /// An entry whose version differs may only be overtaken by a write whose
+    /// notification is on its way; the sweep gives those `SWEEP_GRACE` to arrive and
+    /// judges stale only the entries still cached as they were, so the stale count
+    /// means notifications lost, not notifications late.
     pub async fn sweep_summaries(&self) -> Result<usize, DomainError> {
-        let cached = self.summaries.cached_versions();
+        let cached = self.summaries.cached_entries();
         if cached.is_empty() {
             return Ok(0);
         }
         let keys: Vec<SummaryKey> = cached.iter().map(|(key, _)| *key).collect();
         let current = self.store.summary_versions(&keys).await?;
-        Ok(self.summaries.repair(&cached, &current))
+        let suspects = Summaries::suspects(cached, &current);
+        if suspects.is_empty() {
+            return Ok(0);
+        }
+        tokio::time::sleep(SWEEP_GRACE).await;
+        Ok(self.summaries.repair(&suspects))
     }
 }
 

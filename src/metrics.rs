@@ -140,6 +140,7 @@ struct OutcomeLabel {
 #[derive(Clone, Debug)]
 pub struct CacheCounters {
     requests: Family<OutcomeLabel, Counter>,
+    stale: Counter,
 }
 
 /// The outcomes `CacheCounters` counts, as their label values.
@@ -153,6 +154,15 @@ pub mod cache_outcome {
 impl CacheCounters {
     pub fn count(&self, outcome: &'static str) {
         self.requests.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Cached summaries the sweep found stale: a notification that never came.
+    pub fn count_stale(&self, entries: u64) {
+        self.stale.inc_by(entries);
+    }
+
+    pub fn stale(&self) -> u64 {
+        self.stale.get()
     }
 
     /// How many reads had `outcome` so far.
@@ -216,6 +226,7 @@ impl Metrics {
         );
         let cache = CacheCounters {
             requests: Family::default(),
+            stale: Counter::default(),
         };
         for outcome in cache_outcome::ALL {
             drop(cache.requests.get_or_create(&OutcomeLabel { outcome }));
@@ -224,6 +235,12 @@ impl Metrics {
             "chatd_summary_cache_requests",
             "Unread summary reads, by how they were answered (hit, miss, bypass)",
             cache.requests.clone(),
+        );
+        registry.register(
+            "chatd_summary_cache_stale",
+            "Cached summaries the sweep found stale (a change no notification reported); \
+             above 0, notifications are being lost",
+            cache.stale.clone(),
         );
         Self {
             rpc,

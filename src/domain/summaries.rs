@@ -300,26 +300,43 @@ impl Summaries {
         })
     }
 
-    /// The cached keys with the versions they were read at.
-    pub fn cached_versions(&self) -> Vec<(SummaryKey, i64)> {
+    /// The cached summaries, each with its key.
+    pub fn cached_entries(&self) -> Vec<(SummaryKey, Arc<CachedSummary>)> {
         match &self.cache {
-            Some(cache) if cache.trusted.load(Ordering::SeqCst) => cache
-                .entries
-                .iter()
-                .map(|(key, summary)| (key, summary.version))
-                .collect(),
+            Some(cache) if cache.trusted.load(Ordering::SeqCst) => cache.entries.iter().collect(),
             _ => Vec::new(),
         }
     }
 
-    /// Repairs what a lost notification left behind: every cached key whose version is
-    /// not the database's (`current`, read after `cached`) is dropped and its watchers
-    /// woken. Returns how many were stale.
-    pub fn repair(&self, cached: &[(SummaryKey, i64)], current: &[(SummaryKey, i64)]) -> usize {
+    /// Of `cached`, the entries whose version is not the database's (`current`, read
+    /// after `cached` was taken): either stale, or overtaken by a write whose
+    /// notification is still on its way.
+    pub fn suspects(
+        cached: Vec<(SummaryKey, Arc<CachedSummary>)>,
+        current: &[(SummaryKey, i64)],
+    ) -> Vec<(SummaryKey, Arc<CachedSummary>)> {
         let current: std::collections::HashMap<SummaryKey, i64> = current.iter().copied().collect();
-        let stale: Vec<SummaryKey> = cached
+        cached
+            .into_iter()
+            .filter(|(key, summary)| current.get(key).copied().unwrap_or(0) != summary.version)
+            .collect()
+    }
+
+    /// Repairs what a lost notification left behind: each suspect still cached as it
+    /// was (no notification dropped it in the grace the sweep gave the fan-out) is
+    /// stale; it is dropped, its watchers woken, and it is counted in
+    /// `chatd_summary_cache_stale_total`. Returns how many were stale.
+    pub fn repair(&self, suspects: &[(SummaryKey, Arc<CachedSummary>)]) -> usize {
+        let Some(cache) = &self.cache else {
+            return 0;
+        };
+        let stale: Vec<SummaryKey> = suspects
             .iter()
-            .filter(|(key, version)| current.get(key).copied().unwrap_or(0) != *version)
+            .filter(|(key, suspect)| {
+                cache
+                    .get(key)
+                    .is_some_and(|cached| Arc::ptr_eq(&cached, suspect))
+            })
             .map(|(key, _)| *key)
             .collect();
         if !stale.is_empty() {
@@ -327,6 +344,7 @@ impl Summaries {
                 stale = stale.len(),
                 "summary cache sweep found entries no notification invalidated"
             );
+            self.counters.count_stale(stale.len() as u64);
             self.forget(&stale);
         }
         stale.len()
@@ -428,10 +446,28 @@ mod tests {
             let token = summaries.fill_token(&key).unwrap();
             summaries.fill(key, token, summary(version));
         }
-        let cached = summaries.cached_versions();
         // KEY moved on to 4 without a notification; `other` never changed (no row).
-        assert_eq!(summaries.repair(&cached, &[(KEY, 4)]), 1);
+        let suspects = Summaries::suspects(summaries.cached_entries(), &[(KEY, 4)]);
+        assert_eq!(suspects.len(), 1);
+        assert_eq!(summaries.repair(&suspects), 1);
         assert!(summaries.cached(&KEY).is_none());
         assert!(summaries.cached(&other).is_some());
+        assert_eq!(summaries.counters.stale(), 1);
+    }
+
+    /// A write the sweep's read saw, whose notification came before the grace ended,
+    /// already dropped (and maybe refilled) the entry: nothing was stale.
+    #[test]
+    fn a_notification_in_flight_is_not_stale() {
+        let summaries = summaries(CacheTrust::FromStart);
+        let token = summaries.fill_token(&KEY).unwrap();
+        summaries.fill(KEY, token, summary(3));
+        let suspects = Summaries::suspects(summaries.cached_entries(), &[(KEY, 4)]);
+        summaries.changed(&[KEY]);
+        let token = summaries.fill_token(&KEY).unwrap();
+        summaries.fill(KEY, token, summary(4));
+        assert_eq!(summaries.repair(&suspects), 0);
+        assert_eq!(summaries.cached(&KEY).map(|s| s.version), Some(4));
+        assert_eq!(summaries.counters.stale(), 0);
     }
 }

@@ -18,18 +18,29 @@ const STUDENT: i64 = 7;
 /// How many summary reads `app` answered with `outcome` (hit, miss, bypass), from its
 /// own /metrics, as an operator would read it.
 async fn cache_reads(app: &TestApp, outcome: &str) -> u64 {
+    series(
+        app,
+        &format!("chatd_summary_cache_requests_total{{outcome=\"{outcome}\"}}"),
+    )
+    .await
+}
+
+/// The value of one series of `app`'s /metrics.
+async fn series(app: &TestApp, name: &str) -> u64 {
     let text = reqwest::get(&app.metrics)
         .await
         .expect("metrics answer")
         .text()
         .await
         .unwrap();
-    let series = format!("chatd_summary_cache_requests_total{{outcome=\"{outcome}\"}} ");
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|line| line.strip_prefix(&series))
+        .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
+
+const STALE: &str = "chatd_summary_cache_stale_total";
 
 /// Reads the tutor's summary twice on `app` and checks the second came from the cache.
 async fn cached_total(app: &TestApp) -> i64 {
@@ -110,6 +121,7 @@ async fn the_sweep_repairs_a_lost_notification(app: TestApp) {
         "the sweep woke the watcher"
     );
     assert_eq!(app.tutor(TUTOR).unread().await.total, 5);
+    assert_eq!(series(&app, STALE).await, 1, "the operator sees it counted");
 }
 
 backend_suite!(
@@ -173,5 +185,87 @@ async fn postgres_a_replica_that_cannot_hear_reads_the_database() {
             1,
             "{cut:?}: fresh after the feed is back"
         );
+    }
+}
+
+/// Two replicas under a steady mixed load: students write on both, tutors poll on both
+/// (filling both caches while writes race the fills) and mark read. Every cached
+/// summary is kept current by notifications, so the sweep (every 200 ms here) finds
+/// nothing stale on either replica, and both answer the database's truth at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_replicas_under_load_leave_the_sweep_nothing_stale() {
+    const PAIRS: i64 = 6;
+    const LOAD: Duration = Duration::from_secs(6);
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let b = a.replica().await;
+    wait_for(&b, "fanout", ServingStatus::Serving).await;
+    let mut threads = Vec::new();
+    for pair in 0..PAIRS {
+        let (tutor, student) = (100 + pair, 200 + pair);
+        threads.push((
+            tutor,
+            student,
+            a.contact_thread(10 + pair, tutor, student).await,
+        ));
+    }
+    let until = tokio::time::Instant::now() + LOAD;
+    let mut load = tokio::task::JoinSet::new();
+    for (i, (tutor, student, thread)) in threads.iter().enumerate() {
+        let (writer_on, reader_on) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let mut writer = writer_on.student(*student);
+        let thread_id = thread.thread_id;
+        load.spawn(async move {
+            let mut sent = 0;
+            while tokio::time::Instant::now() < until {
+                writer.say(thread_id, "load").await;
+                sent += 1;
+            }
+            sent
+        });
+        for app in [reader_on, writer_on] {
+            let mut reader = app.tutor(*tutor);
+            load.spawn(async move {
+                let mut polls = 0;
+                while tokio::time::Instant::now() < until {
+                    reader.unread().await;
+                    polls += 1;
+                    if polls % 7 == 0 {
+                        reader
+                            .mark_read(mark_read(thread_id, None))
+                            .await
+                            .expect("mark read succeeds");
+                    }
+                }
+                0
+            });
+        }
+    }
+    let sent: i64 = load.join_all().await.into_iter().sum();
+    assert!(sent > 0, "the load sent messages");
+    for (name, app) in [("A", &a), ("B", &b)] {
+        assert!(
+            cache_reads(app, "hit").await > 0,
+            "{name} served from its cache"
+        );
+        assert_eq!(
+            series(app, STALE).await,
+            0,
+            "{name}'s sweep found stale entries"
+        );
+    }
+    // And the replicas agree, as soon as the last notifications have landed.
+    for (tutor, _, _) in &threads {
+        let agreed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let on_a = a.tutor(*tutor).unread().await;
+                let on_b = b.tutor(*tutor).unread().await;
+                if (on_a.total, &on_a.etag) == (on_b.total, &on_b.etag) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(agreed.is_ok(), "tutor {tutor}: A and B disagree for 2 s");
     }
 }
