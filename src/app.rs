@@ -467,6 +467,12 @@ fn register_gauges(
         "Open WatchUnreadSummary and SSE streams",
         move || streams.open_streams() as i64,
     );
+    let streams = summaries.hub().clone();
+    metrics.gauge(
+        "chatd_watch_streams_max",
+        "Most streams this server holds (--watch-max-total); past it, TOO_MANY_STREAMS",
+        move || streams.stream_cap() as i64,
+    );
     metrics.gauge(
         "chatd_fanout_up",
         "1 while this replica hears other replicas' changes (always 1 on SQLite)",

@@ -80,6 +80,11 @@ impl SummaryHub {
         self.0.total.load(Ordering::Relaxed)
     }
 
+    /// Most streams this server holds (`--watch-max-total`).
+    pub fn stream_cap(&self) -> usize {
+        self.0.limits.total
+    }
+
     /// Whether `key` could open one more stream now: the refusal `subscribe` would give,
     /// told before a stream ticket is minted, so a browser learns the reason in JSON (an
     /// EventSource that fails to open learns nothing) and does not retry in a loop.

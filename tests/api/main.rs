@@ -28,6 +28,7 @@ macro_rules! backend_suite {
 mod harness;
 mod helpers;
 
+mod alerts;
 mod auth;
 mod cli;
 mod concurrency;
