@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, ConnectionLimits, Protocol};
 use crate::proto::chat_service_server::ChatServiceServer;
 use crate::proto::sync_service_server::SyncServiceServer;
-use crate::storage::{DatabaseUrl, PoolConfig, Store};
+use crate::storage::{DatabaseUrl, PoolConfig, Pooler, Store};
 
 /// Everything `chatd serve` needs to know.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl Application {
     /// process can take the port between choosing and serving).
     pub async fn build_on(config: ServeConfig, listener: TcpListener) -> Result<Self, String> {
         let store = Store::connect(&config.database, &config.pool)?;
-        let applied = store
+        let applied = migrator(&config, &store)?
             .migrate()
             .await
             .map_err(|e| format!("cannot migrate the {} database: {e}", store.backend()))?;
@@ -379,6 +379,32 @@ async fn services(
         .add_service(chat_service)
         .add_service(sync_service);
     Ok((health, routes))
+}
+
+/// The store migrations run on: the server's own, or, behind a transaction-mode pooler
+/// (where the migration lock, a session's advisory lock, would not hold), a connection
+/// to the direct URL the fan-out uses.
+fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
+    if config.pool.pooler == Pooler::None {
+        return Ok(store.clone());
+    }
+    let (DatabaseUrl::Postgres(_), Some(direct)) = (&config.database, &config.fanout_url) else {
+        return Err(
+            "--db-pooler transaction needs PostgreSQL and --fanout-url set to the \
+                    database's direct URL: LISTEN and the migration lock need a session, \
+                    which a transaction-mode pooler does not keep"
+                .into(),
+        );
+    };
+    Store::connect(
+        &DatabaseUrl::Postgres(direct.clone()),
+        &PoolConfig {
+            max_size: 1,
+            timeout: config.pool.timeout,
+            statement_timeout: None,
+            pooler: Pooler::None,
+        },
+    )
 }
 
 /// Sweeps the summary cache every `every` (see `Chat::sweep_summaries`).

@@ -12,7 +12,7 @@ use crate::bench::{BenchConfig, Dataset, Rpc};
 use crate::domain::{CacheConfig, Role, SendLimit, WatchLimits};
 use crate::http::GatewayConfig;
 use crate::net::ConnectionLimits;
-use crate::storage::{DatabaseUrl, PoolConfig};
+use crate::storage::{DatabaseUrl, PoolConfig, Pooler};
 use crate::telemetry::LogFormat;
 
 /// chatd: chat threads between tutors and students, and their unread counts, over gRPC.
@@ -112,6 +112,12 @@ pub struct ServeArgs {
     /// Most database connections held open.
     #[arg(long, env = "CHATD_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// PostgreSQL only: `transaction` when --database-url goes through a pooler in
+    /// transaction mode (pgbouncer's pool_mode = transaction). Every call then runs in a
+    /// transaction of its own with no prepared statement kept past it, and migrations
+    /// and LISTEN use --fanout-url, which must then be the database's direct URL.
+    #[arg(long, env = "CHATD_DB_POOLER", value_enum, default_value_t = PoolerArg::None)]
+    pub db_pooler: PoolerArg,
     /// How long a call waits for a database connection before it fails UNAVAILABLE.
     #[arg(long, env = "CHATD_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
@@ -304,6 +310,7 @@ impl ServeArgs {
                 max_size: self.db_pool_size,
                 timeout: self.db_timeout,
                 statement_timeout: Some(self.call_timeout),
+                pooler: self.db_pooler.into(),
             },
             auth: self.auth.config(),
             health_interval: self.health_interval,
@@ -335,6 +342,23 @@ impl ServeArgs {
                 burst: self.user_send_burst,
             },
         })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolerArg {
+    /// chatd connects to PostgreSQL directly (or through a session-mode pooler).
+    None,
+    /// Through a transaction-mode pooler such as pgbouncer.
+    Transaction,
+}
+
+impl From<PoolerArg> for Pooler {
+    fn from(pooler: PoolerArg) -> Self {
+        match pooler {
+            PoolerArg::None => Pooler::None,
+            PoolerArg::Transaction => Pooler::Transaction,
+        }
     }
 }
 

@@ -53,6 +53,7 @@ async fn run(command: Command) -> Result<(), String> {
                 max_size: 1,
                 timeout: std::time::Duration::from_secs(10),
                 statement_timeout: None,
+                pooler: Default::default(),
             };
             let store = Store::connect(&args.parse_url()?, &pool)?;
             let applied = store.migrate().await?;
@@ -84,6 +85,7 @@ async fn run(command: Command) -> Result<(), String> {
                     max_size: 2,
                     timeout: std::time::Duration::from_secs(30),
                     statement_timeout: None,
+                    pooler: Default::default(),
                 };
                 Some(Store::connect(&database, &pool)?)
             } else {

@@ -25,7 +25,7 @@ mod rows;
 pub mod sqlite;
 mod upsert;
 
-pub use pool::{DatabaseUrl, PoolConfig, PoolStatus};
+pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler};
 pub use rows::{
     Deleter, ErasedBatch, Fact, Horizons, InboxCursor, InquiryTarget, MarkReadAttempt,
     MarkUnreadAttempt, MessageAttempt, MessageEdit, MessagePageRows, MuteAttempt, MuteRow,
@@ -61,6 +61,33 @@ fn says_full(message: &str) -> bool {
     message.contains("database or disk is full") || message.contains("No space left on device")
 }
 
+/// What PostgreSQL and pgbouncer say when the fault is the connection's or the server's
+/// state, not the statement's: a shutdown or restart, a terminated backend, a pooler
+/// that cannot reach the server or has no room. diesel does not pass SQLSTATE on, so
+/// these are read from the message; any of them is worth a retry (UNAVAILABLE), never
+/// a bug (INTERNAL).
+const CONNECTION_FAULTS: [&str; 13] = [
+    "terminating connection",
+    "the database system is",
+    "server closed the connection",
+    "connection to server",
+    "could not connect to server",
+    "cannot connect to server",
+    "no more connections allowed",
+    "sorry, too many clients",
+    "query_wait_timeout",
+    "server conn crashed",
+    "server login has been failing",
+    "pgbouncer cannot connect",
+    "canceling statement due to conflict with recovery",
+];
+
+fn says_connection_fault(message: &str) -> bool {
+    CONNECTION_FAULTS
+        .iter()
+        .any(|fault| message.contains(fault))
+}
+
 impl StoreError {
     /// A failed commit: storage full when it says so, else the database unavailable.
     pub fn of_commit(error: &DieselError) -> Self {
@@ -87,6 +114,22 @@ impl From<DieselError> for StoreError {
             DieselError::DatabaseError(_, info)
                 if info.message().contains("database is locked") =>
             {
+                StoreError::Unavailable(info.message().to_owned())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
+                StoreError::Unavailable(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, info)
+                if info.message().contains("prepared statement")
+                    && info.message().contains("does not exist") =>
+            {
+                StoreError::Unavailable(format!(
+                    "{}: is --database-url a pooler in transaction mode? Then start chatd \
+                     with --db-pooler transaction",
+                    info.message()
+                ))
+            }
+            DieselError::DatabaseError(_, info) if says_connection_fault(info.message()) => {
                 StoreError::Unavailable(info.message().to_owned())
             }
             _ => StoreError::Query(error),
@@ -133,10 +176,9 @@ macro_rules! backend_read {
         traced($store.backend(), stringify!($function), async {
             match $store {
                 Store::Postgres(store) => {
-                    let mut conn = store.conn().await?;
-                    postgres::reads::$function(&mut conn, $($arg),*)
-                        .await
-                        .map_err(|error| store.failed(error))
+                    let mut conn = store.session().await?;
+                    let read = postgres::reads::$function(&mut conn, $($arg),*).await;
+                    conn.finish(read).await.map_err(|error| store.failed(error))
                 }
                 Store::Sqlite(store) => {
                     let mut conn = store.conn().await?;

@@ -525,6 +525,7 @@ mod tests {
                 max_size: 1,
                 timeout: Duration::from_secs(1),
                 statement_timeout: None,
+                pooler: Default::default(),
             },
         )
         .expect("a store");

@@ -58,6 +58,21 @@ pub struct PoolConfig {
     /// PostgreSQL only: the longest one statement may run (its `statement_timeout`);
     /// `None` leaves the server's setting.
     pub statement_timeout: Option<Duration>,
+    /// PostgreSQL only: what stands between chatd and the database.
+    pub pooler: Pooler,
+}
+
+/// What stands between chatd and PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: a connection is one server session.
+    #[default]
+    None,
+    /// A pooler in transaction mode (pgbouncer's `pool_mode = transaction`): only a
+    /// transaction stays on one server connection. chatd then runs every call in a
+    /// transaction of its own, keeps no prepared statement past it, sets nothing per
+    /// session, and migrates and listens over the direct URL (`--fanout-url`).
+    Transaction,
 }
 
 /// TCP settings for PostgreSQL connections, unless the URL says otherwise: a database
@@ -135,14 +150,22 @@ where
 pub fn postgres_pool(url: &str, config: &PoolConfig) -> Result<Pool<PgConn>, String> {
     let mut manager_config = ManagerConfig::<PgConn>::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
+    // Behind a transaction-mode pooler a session setting would land on whichever server
+    // connection the pooler picked, and leak to other clients: the role's own
+    // statement_timeout applies instead (README, PostgreSQL).
     let setup = config
         .statement_timeout
+        .filter(|_| config.pooler == Pooler::None)
         .map(|timeout| format!("SET statement_timeout = {}", timeout.as_millis().max(1)));
+    let pooler = config.pooler;
     manager_config.custom_setup = Box::new(move |url: &str| {
         let (url, setup) = (url.to_owned(), setup.clone());
         Box::pin(async move {
             use diesel_async::AsyncConnection;
-            let mut conn = PgConn::establish(&url).await?;
+            let mut conn = match pooler {
+                Pooler::None => PgConn::establish(&url).await?,
+                Pooler::Transaction => establish_behind_pooler(&url).await?,
+            };
             if let Some(setup) = setup {
                 conn.batch_execute(&setup)
                     .await
@@ -164,6 +187,40 @@ pub fn postgres_pool(url: &str, config: &PoolConfig) -> Result<Pool<PgConn>, Str
 /// writer; `synchronous = NORMAL` is durable across process crashes (a power loss may
 /// lose the last commits, never corrupt); the busy timeout covers other processes
 /// (a `chatd bench --seed` beside `serve`).
+/// Opens a connection through a transaction-mode pooler. diesel-async's setup runs two
+/// prepared statements (time zone, encoding); outside a transaction the pooler may
+/// prepare them on one server connection and run them on another, so the setup runs
+/// inside one. The statement cache is then turned off, which closes the two before the
+/// commit: a statement prepared in one transaction would be gone in the next.
+async fn establish_behind_pooler(url: &str) -> diesel::ConnectionResult<PgConn> {
+    use diesel_async::AsyncConnection;
+    let refused = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(e.to_string());
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(refused)?;
+    // Driven by diesel-async once it has the connection: run the BEGIN meanwhile.
+    let (client, connection) = {
+        let begin = client.batch_execute("BEGIN");
+        let mut connection = connection;
+        tokio::select! {
+            begun = begin => begun.map_err(refused)?,
+            ended = &mut connection => {
+                ended.map_err(refused)?;
+                return Err(diesel::ConnectionError::BadConnection(
+                    "the pooler closed the connection".into(),
+                ));
+            }
+        }
+        (client, connection)
+    };
+    let mut conn = PgConn::try_from_client_and_connection(client, connection).await?;
+    conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+    conn.batch_execute("COMMIT")
+        .await
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
 pub fn sqlite_pragmas(busy: Duration) -> String {
     format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \

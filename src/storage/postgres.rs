@@ -31,6 +31,9 @@ use crate::model::{ContactAccessState, Message, Side, SummaryKey, Thread, Thread
 
 pub type Conn = PgConn;
 
+mod session;
+pub use session::PgSession;
+
 pub mod schema {
     //! The tables, with PostgreSQL's timestamp type.
     pub type Ts = diesel::sql_types::Timestamptz;
@@ -620,6 +623,8 @@ where
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<Conn>,
+    /// Behind a transaction-mode pooler: every call runs in a transaction of its own.
+    pooled: bool,
     pub(super) space: std::sync::Arc<super::StorageSpace>,
 }
 
@@ -627,6 +632,7 @@ impl PgStore {
     pub fn connect(url: &str, config: &PoolConfig) -> Result<Self, String> {
         Ok(Self {
             pool: pool::postgres_pool(url, config)?,
+            pooled: config.pooler == pool::Pooler::Transaction,
             space: Default::default(),
         })
     }
@@ -644,6 +650,13 @@ impl PgStore {
         Ok(self.pool.get().await?)
     }
 
+    /// A pooled connection for one call, ended by `PgSession::finish` (see `PgSession`).
+    pub async fn session(&self) -> StoreResult<PgSession> {
+        PgSession::begin(self.conn().await?, self.pooled)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
     /// Turns a failed call's error into a `StoreError`, forgetting idle connections
     /// when the database went away.
     pub fn failed(&self, error: DieselError) -> StoreError {
@@ -659,7 +672,7 @@ impl PgStore {
     /// Creates the thread of a relation or inquiry; `None` when it exists already (or
     /// the fact does not), which the caller reads back.
     pub async fn create_thread(&self, new: &NewThread) -> StoreResult<Option<Thread>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.session().await?;
         let statement = match new {
             NewThread::Relation {
                 relation_id,
@@ -678,10 +691,8 @@ impl PgStore {
                 writable: writable.iter().map(|s| s.as_str()).collect(),
             },
         };
-        let rows: Vec<Thread> = statement
-            .load(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let loaded = statement.load::<Thread>(&mut conn).await;
+        let rows = conn.finish(loaded).await.map_err(|e| self.failed(e))?;
         Ok(rows.into_iter().next())
     }
 
@@ -695,21 +706,21 @@ impl PgStore {
             client_message_id: message.client_message_id.clone(),
             unlocking: message.unlocking.iter().map(|s| s.as_str()).collect(),
         };
-        let mut conn = self.conn().await?;
-        let row: SendRow = committed_row(statement, &mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut conn = self.session().await?;
+        let written = committed_row::<_, SendRow>(statement, &mut conn).await;
+        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
         row.into_attempt(message).map_err(StoreError::Query)
     }
 
     /// Stores a stream ticket's hash, forgetting expired ones first.
     pub async fn create_stream_ticket(&self, ticket: NewTicket, now: i64) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.session().await?;
         let stored = async {
             tickets::forget_expired(now).execute(&mut conn).await?;
             tickets::store_ticket(ticket).execute(&mut conn).await
-        };
-        stored.await.map_err(|e| self.failed(e))?;
+        }
+        .await;
+        conn.finish(stored).await.map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -719,9 +730,10 @@ impl PgStore {
         ticket_hash: &str,
         now: i64,
     ) -> StoreResult<Option<RedeemedTicket>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.session().await?;
         let taken = tickets::take(ticket_hash.to_owned(), now).returning(tickets::REDEEMED);
-        match committed_row(taken, &mut conn).await {
+        let taken = committed_row(taken, &mut conn).await;
+        match conn.finish(taken).await {
             Ok(row) => Ok(Some(row)),
             Err(DieselError::NotFound) => Ok(None),
             Err(error) => Err(self.failed(error)),
@@ -743,10 +755,10 @@ impl PgStore {
             up_to_seq,
             now_ms,
         };
-        let mut conn = self.conn().await?;
-        let row: ReadRow = fresh_row(&mut conn, thread_id, ThreadLock::Share, statement)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut conn = self.session().await?;
+        let written =
+            fresh_row::<_, ReadRow>(&mut conn, thread_id, ThreadLock::Share, statement).await;
+        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
         Ok(MarkReadAttempt {
             thread: row.thread.facts(None),
             state: row.state(),
@@ -768,10 +780,10 @@ impl PgStore {
             from_seq,
             now_ms,
         };
-        let mut conn = self.conn().await?;
-        let row: MarkUnreadRow = fresh_row(&mut conn, thread_id, ThreadLock::Share, statement)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut conn = self.session().await?;
+        let written =
+            fresh_row::<_, MarkUnreadRow>(&mut conn, thread_id, ThreadLock::Share, statement).await;
+        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
         Ok(MarkUnreadAttempt {
             thread: row.read.thread.facts(None),
             last_seq: row.last_seq.unwrap_or(0),
@@ -789,10 +801,9 @@ impl PgStore {
             preview: edit.preview.clone(),
             unlocking: edit.unlocking.iter().map(|s| s.as_str()).collect(),
         };
-        let mut conn = self.conn().await?;
-        let row: MessageWriteRow = committed_row(statement, &mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut conn = self.session().await?;
+        let written = committed_row::<_, MessageWriteRow>(statement, &mut conn).await;
+        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
         row.into_attempt(edit.thread_id).map_err(StoreError::Query)
     }
 
@@ -812,10 +823,11 @@ impl PgStore {
             side,
             deleter_id,
         };
-        let mut conn = self.conn().await?;
-        let row: MessageWriteRow = fresh_row(&mut conn, thread_id, ThreadLock::Update, statement)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut conn = self.session().await?;
+        let written =
+            fresh_row::<_, MessageWriteRow>(&mut conn, thread_id, ThreadLock::Update, statement)
+                .await;
+        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
         row.into_attempt(thread_id).map_err(StoreError::Query)
     }
 
@@ -834,10 +846,9 @@ impl PgStore {
             muted_until_ms,
             now_ms,
         };
-        let mut conn = self.conn().await?;
-        let row: MuteStatementRow = committed_row(statement, &mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let mut conn = self.session().await?;
+        let written = committed_row::<_, MuteStatementRow>(statement, &mut conn).await;
+        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
         Ok(MuteAttempt {
             thread: row.thread.facts(None),
             state: row.member.then_some(MuteRow {
@@ -857,8 +868,8 @@ impl PgStore {
         after_seq: i64,
         batch: i64,
     ) -> StoreResult<ErasedBatch> {
-        let mut conn = self.conn().await?;
-        let row: EraseRow = conn
+        let mut conn = self.session().await?;
+        let erased = conn
             .transaction(async |conn| {
                 diesel::sql_query("SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE")
                     .bind::<BigInt, _>(thread_id)
@@ -874,8 +885,8 @@ impl PgStore {
                 .await?;
                 rows.into_iter().next().ok_or(DieselError::NotFound)
             })
-            .await
-            .map_err(|e| self.failed(e))?;
+            .await;
+        let row: EraseRow = conn.finish(erased).await.map_err(|e| self.failed(e))?;
         Ok(ErasedBatch {
             erased: row.erased,
             wiped: row.wiped,

@@ -171,6 +171,7 @@ static TEMPLATE: LazyLock<String> = LazyLock::new(|| {
                 max_size: 1,
                 timeout: Duration::from_secs(10),
                 statement_timeout: None,
+                pooler: Default::default(),
             },
         )
         .expect("template store");

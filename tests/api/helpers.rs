@@ -108,6 +108,7 @@ impl TestApp {
                 max_size: 8,
                 timeout: Duration::from_secs(5),
                 statement_timeout: Some(Duration::from_secs(15)),
+                pooler: Default::default(),
             },
             auth: AuthConfig {
                 secret: Some(SECRET.into()),

@@ -44,6 +44,7 @@ mod limits;
 mod messages;
 mod model;
 mod mute;
+mod pooler;
 mod stream_tickets;
 mod summary_cache;
 mod sync;
