@@ -20,8 +20,9 @@ use crate::auth::{AuthConfig, TokenVerifier};
 use crate::domain::{
     CacheConfig, CacheTrust, Chat, Role, SendLimit, SendLimits, Summaries, SummaryKey, WatchLimits,
 };
-use crate::fanout::postgres::{FanoutConfig, PgFanout, PgPublisher, Queued};
-use crate::fanout::{ChangeSink, Local, Publisher};
+use crate::fanout::nats::{NatsConfig, NatsFanout};
+use crate::fanout::postgres::{FanoutConfig, PgFanout};
+use crate::fanout::{ChangeSink, Local, Publisher, Queued, QueuedPublisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
 use crate::http::{Gateway, GatewayConfig};
 use crate::metrics::Metrics;
@@ -118,7 +119,7 @@ impl Application {
         let (publisher, queued): (Arc<dyn Publisher>, _) = if one_process {
             (Arc::new(Local), None)
         } else {
-            let (publisher, queued) = PgPublisher::new();
+            let (publisher, queued) = QueuedPublisher::new();
             (Arc::new(publisher), Some(queued))
         };
         let summaries = Summaries::new(
@@ -238,15 +239,29 @@ impl Application {
                     inner: chat.summaries().clone(),
                     state: fanout_state,
                 });
-                Some(PgFanout::start(
-                    FanoutConfig {
-                        url: config.fanout_url.clone().unwrap_or_else(|| url.clone()),
-                        heartbeat: config.fanout_heartbeat,
-                    },
-                    queued,
-                    sink,
-                    stopping_rx.clone(),
-                ))
+                Some(match config.fanout_url.as_deref() {
+                    Some(nats) if is_nats(nats) => Fanout::Nats(
+                        NatsFanout::start(
+                            NatsConfig {
+                                url: nats.to_owned(),
+                                heartbeat: config.fanout_heartbeat,
+                            },
+                            queued,
+                            sink,
+                            stopping_rx.clone(),
+                        )
+                        .await?,
+                    ),
+                    direct => Fanout::Postgres(PgFanout::start(
+                        FanoutConfig {
+                            url: direct.unwrap_or(url).to_owned(),
+                            heartbeat: config.fanout_heartbeat,
+                        },
+                        queued,
+                        sink,
+                        stopping_rx.clone(),
+                    )),
+                })
             }
             _ => None,
         };
@@ -381,10 +396,37 @@ async fn services(
     Ok((health, routes))
 }
 
+/// How replicas hear each other's changes.
+enum Fanout {
+    Postgres(PgFanout),
+    Nats(NatsFanout),
+}
+
+impl Fanout {
+    fn abort(&self) {
+        match self {
+            Fanout::Postgres(fanout) => fanout.abort(),
+            Fanout::Nats(fanout) => fanout.abort(),
+        }
+    }
+}
+
+/// Whether a `--fanout-url` names NATS (else it is PostgreSQL's NOTIFY).
+fn is_nats(url: &str) -> bool {
+    url.starts_with("nats://")
+}
+
 /// The store migrations run on: the server's own, or, behind a transaction-mode pooler
 /// (where the migration lock, a session's advisory lock, would not hold), a connection
 /// to the direct URL the fan-out uses.
 fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
+    if let (DatabaseUrl::Sqlite(_), Some(_)) = (&config.database, &config.fanout_url) {
+        return Err(
+            "--fanout-url is for PostgreSQL replicas: one SQLite process has no \
+                    other replica to hear"
+                .into(),
+        );
+    }
     if config.pool.pooler == Pooler::None {
         return Ok(store.clone());
     }
@@ -396,6 +438,14 @@ fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
                 .into(),
         );
     };
+    if is_nats(direct) {
+        return Err(
+            "--db-pooler transaction with a NATS fan-out: run `chatd migrate` \
+                    against the database's direct URL, and give this server a direct \
+                    PostgreSQL --fanout-url, or no pooler"
+                .into(),
+        );
+    }
     Store::connect(
         &DatabaseUrl::Postgres(direct.clone()),
         &PoolConfig {

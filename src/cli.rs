@@ -145,9 +145,10 @@ pub struct ServeArgs {
     /// serves /metrics too).
     #[arg(long, env = "CHATD_METRICS", default_value = "off")]
     pub metrics: HttpListen,
-    /// PostgreSQL only: where replicas publish and hear each other's changes (NOTIFY and
-    /// LISTEN). Default: --database-url. Set a direct route when the pool goes through
-    /// a pooler that cannot LISTEN (pgbouncer in transaction mode).
+    /// PostgreSQL only: where replicas publish and hear each other's changes, picked by
+    /// its scheme: `nats://host:port` (a NATS server; no database connection held), or
+    /// `postgres://…` (NOTIFY and LISTEN; a direct route when --database-url goes
+    /// through a pooler that cannot LISTEN). Default: NOTIFY on --database-url.
     #[arg(long, env = "CHATD_FANOUT_URL", hide_env_values = true)]
     pub fanout_url: Option<String>,
     /// PostgreSQL only: how often the fan-out sends a heartbeat; a replica that hears

@@ -6,11 +6,14 @@
 //! watchers), and says when it cannot be trusted: while it is down notifications may be
 //! missed, and when it comes back everything may have changed.
 //!
-//! Two small traits are the whole interface, so a message bus can replace PostgreSQL
-//! NOTIFY (`postgres.rs`, the default) when replicas outgrow it. On SQLite there is one
-//! process and nothing to fan out: `Local`.
+//! Two small traits are the whole interface: PostgreSQL NOTIFY (`postgres.rs`, the
+//! default) or NATS (`nats.rs`, `--fanout-url nats://…`) when replicas outgrow it. On
+//! SQLite there is one process and nothing to fan out: `Local`.
 
+pub mod nats;
 pub mod postgres;
+
+use tokio::sync::mpsc;
 
 use crate::model::{Side, SummaryKey};
 
@@ -38,6 +41,35 @@ pub struct Local;
 impl Publisher for Local {
     fn publish(&self, _keys: &[SummaryKey]) {}
 }
+
+/// The publishing half of a fan-out: hands keys to its sending task, never waiting.
+#[derive(Clone)]
+pub struct QueuedPublisher {
+    keys: mpsc::UnboundedSender<SummaryKey>,
+}
+
+/// Keys published and not yet sent: what the sending task takes over.
+pub struct Queued(pub mpsc::UnboundedReceiver<SummaryKey>);
+
+impl QueuedPublisher {
+    /// A publisher, and the queue its fan-out's sender sends from.
+    pub fn new() -> (Self, Queued) {
+        let (keys, queued) = mpsc::unbounded_channel();
+        (Self { keys }, Queued(queued))
+    }
+}
+
+impl Publisher for QueuedPublisher {
+    fn publish(&self, keys: &[SummaryKey]) {
+        for key in keys {
+            // Only fails once the sender stopped, at shutdown.
+            let _ = self.keys.send(*key);
+        }
+    }
+}
+
+/// Most keys one batch gathers before it is sent.
+pub const MAX_BATCH: usize = 20_000;
 
 /// The payload that means "everything may have changed": a publisher sends it when it
 /// could not send some keys, so every listener resyncs instead of missing them.

@@ -21,14 +21,11 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{ChangeSink, HEARTBEAT, Message, Publisher, RESYNC, decode, encode};
+use super::{ChangeSink, HEARTBEAT, MAX_BATCH, Message, Queued, RESYNC, decode, encode};
 use crate::model::SummaryKey;
 
 /// The NOTIFY channel that carries changed summaries.
 pub const CHANNEL: &str = "chatd_summary";
-
-/// Most keys one batch gathers before it is sent.
-const MAX_BATCH: usize = 20_000;
 
 /// How the fan-out connects and how often it proves it is alive.
 #[derive(Debug, Clone)]
@@ -48,32 +45,6 @@ impl FanoutConfig {
     /// How long one connection attempt may take.
     fn connect_timeout(&self) -> Duration {
         self.heartbeat.max(Duration::from_secs(1)) * 2
-    }
-}
-
-/// The publishing half: hands keys to the notifier task, never waiting.
-#[derive(Clone)]
-pub struct PgPublisher {
-    keys: mpsc::UnboundedSender<SummaryKey>,
-}
-
-/// Keys published and not yet sent: what the notifier task takes over.
-pub struct Queued(mpsc::UnboundedReceiver<SummaryKey>);
-
-impl PgPublisher {
-    /// A publisher, and the queue its notifier will send from (see `PgFanout::start`).
-    pub fn new() -> (Self, Queued) {
-        let (keys, queued) = mpsc::unbounded_channel();
-        (Self { keys }, Queued(queued))
-    }
-}
-
-impl Publisher for PgPublisher {
-    fn publish(&self, keys: &[SummaryKey]) {
-        for key in keys {
-            // Only fails once the notifier stopped, at shutdown.
-            let _ = self.keys.send(*key);
-        }
     }
 }
 

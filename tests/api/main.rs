@@ -44,6 +44,7 @@ mod limits;
 mod messages;
 mod model;
 mod mute;
+mod nats;
 mod pooler;
 mod stream_tickets;
 mod summary_cache;

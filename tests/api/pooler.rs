@@ -151,10 +151,7 @@ async fn mixed_calls(
         Err(status) => return vec![("EnsureThread", status)],
     };
     for round in 0..rounds {
-        note(
-            "EnsureThread",
-            tutor.ensure_thread(ensure).await.map(drop),
-        );
+        note("EnsureThread", tutor.ensure_thread(ensure).await.map(drop));
         let sent = student
             .send_message(send(thread_id, "through the pooler"))
             .await;

@@ -194,10 +194,25 @@ async fn postgres_a_replica_that_cannot_hear_reads_the_database() {
 /// nothing stale on either replica, and both answer the database's truth at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_replicas_under_load_leave_the_sweep_nothing_stale() {
+    two_replicas_under_load_leave_the_sweep_nothing_stale(None).await;
+}
+
+/// The same over NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_two_replicas_under_load_leave_the_sweep_nothing_stale() {
+    let nats = crate::nats::NatsServer::start().await;
+    two_replicas_under_load_leave_the_sweep_nothing_stale(Some(nats.url())).await;
+}
+
+async fn two_replicas_under_load_leave_the_sweep_nothing_stale(fanout_url: Option<String>) {
     const PAIRS: i64 = 6;
     const LOAD: Duration = Duration::from_secs(6);
-    let a = TestApp::spawn(Backend::Postgres).await;
-    let b = a.replica().await;
+    let first_url = fanout_url.clone();
+    let a = TestApp::spawn_with(Backend::Postgres, |config| config.fanout_url = first_url).await;
+    let b = a
+        .replica_with(|config| config.fanout_url = fanout_url)
+        .await;
+    wait_for(&a, "fanout", ServingStatus::Serving).await;
     wait_for(&b, "fanout", ServingStatus::Serving).await;
     let mut threads = Vec::new();
     for pair in 0..PAIRS {

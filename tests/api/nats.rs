@@ -1,0 +1,178 @@
+//! Replicas that hear each other over NATS (`--fanout-url nats://…`) instead of
+//! PostgreSQL NOTIFY: they agree, hold no LISTEN connection, serve from the database
+//! while the NATS server is down, and trust their caches again once it is back. Each
+//! test starts a `nats-server` of its own on a free port (Debian's `nats-server`).
+
+use std::time::Duration;
+
+use chatd::grpc::pb::WatchUnreadSummaryResponse;
+use chatd::storage::DatabaseUrl;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::health::wait_for;
+use crate::helpers::{Backend, ChatClientExt, TestApp};
+
+const TUTOR: i64 = 42;
+const STUDENT: i64 = 7;
+
+/// A nats-server on a port of its own, which a test may stop and start again.
+pub struct NatsServer {
+    port: u16,
+    process: Option<tokio::process::Child>,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let port = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            socket.local_addr().expect("its address").port()
+        };
+        let mut server = Self {
+            port,
+            process: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let program = "/usr/sbin/nats-server";
+        assert!(
+            std::path::Path::new(program).exists(),
+            "{program} is missing: install Debian's nats-server (apt-get install -y nats-server)"
+        );
+        let process = tokio::process::Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts");
+        self.process = Some(process);
+        let listening = tokio::time::timeout(Duration::from_secs(10), async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_err()
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(listening.is_ok(), "nats-server listens within 10 s");
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await.expect("nats-server stops");
+        }
+    }
+}
+
+/// Two PostgreSQL replicas on one database whose fan-out is `nats`.
+async fn replicas(nats: &NatsServer) -> (TestApp, TestApp) {
+    let url = nats.url();
+    let a = TestApp::spawn_with(Backend::Postgres, |config| {
+        config.fanout_url = Some(url.clone());
+    })
+    .await;
+    let b = a.replica_with(|config| config.fanout_url = Some(url)).await;
+    wait_for(&a, "fanout", ServingStatus::Serving).await;
+    wait_for(&b, "fanout", ServingStatus::Serving).await;
+    (a, b)
+}
+
+async fn next(
+    stream: &mut tonic::Streaming<WatchUnreadSummaryResponse>,
+) -> WatchUnreadSummaryResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an update within 10 s")
+        .expect("the stream is healthy")
+        .expect("the stream is open")
+}
+
+/// Connections of the test database that LISTEN, as PostgreSQL reports them.
+async fn listening_connections(app: &TestApp) -> i64 {
+    let DatabaseUrl::Postgres(url) = app.database().url() else {
+        unreachable!("a PostgreSQL test app")
+    };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("a direct connection");
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity answers");
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_over_nats_with_no_listen_connection() {
+    let nats = NatsServer::start().await;
+    let (a, b) = replicas(&nats).await;
+    let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+    let mut on_b = TestApp::watch(&mut b.tutor(TUTOR)).await;
+    assert_eq!(next(&mut on_b).await.total, 0);
+    assert_eq!(b.tutor(TUTOR).unread().await.total, 0, "B caches it");
+
+    a.student(STUDENT).say(thread.thread_id, "via A").await;
+    assert_eq!(
+        next(&mut on_b).await.total,
+        1,
+        "B's watcher heard A's write"
+    );
+    assert_eq!(
+        b.tutor(TUTOR).unread().await.total,
+        1,
+        "B's cache dropped it"
+    );
+    let mut on_a = TestApp::watch(&mut a.tutor(TUTOR)).await;
+    assert_eq!(next(&mut on_a).await.total, 1);
+    b.student(STUDENT).say(thread.thread_id, "via B").await;
+    assert_eq!(next(&mut on_a).await.total, 2, "and the other way");
+
+    assert_eq!(listening_connections(&a).await, 0, "no LISTEN held");
+}
+
+/// While the NATS server is down a replica cannot hear the others, so it serves
+/// summaries from the database (health `fanout` NOT_SERVING); once it is back, the
+/// replica drops its cache and trusts it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reads_the_database_while_nats_is_down() {
+    let mut nats = NatsServer::start().await;
+    let (a, b) = replicas(&nats).await;
+    let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+    assert_eq!(b.tutor(TUTOR).unread().await.total, 0);
+    assert_eq!(b.tutor(TUTOR).unread().await.total, 0, "cached on B");
+
+    nats.stop().await;
+    wait_for(&b, "fanout", ServingStatus::NotServing).await;
+    a.student(STUDENT)
+        .say(thread.thread_id, "unheard by B")
+        .await;
+    assert_eq!(
+        b.tutor(TUTOR).unread().await.total,
+        1,
+        "B reads the database, not its stale entry"
+    );
+
+    nats.restart().await;
+    wait_for(&b, "fanout", ServingStatus::Serving).await;
+    wait_for(&a, "fanout", ServingStatus::Serving).await;
+    assert_eq!(b.tutor(TUTOR).unread().await.total, 1);
+    let mut on_b = TestApp::watch(&mut b.tutor(TUTOR)).await;
+    assert_eq!(next(&mut on_b).await.total, 1);
+    a.student(STUDENT)
+        .say(thread.thread_id, "heard again")
+        .await;
+    assert_eq!(next(&mut on_b).await.total, 2, "B hears A again");
+}
