@@ -122,6 +122,10 @@ impl Application {
             let (publisher, queued) = QueuedPublisher::new();
             (Arc::new(publisher), Some(queued))
         };
+        tracing::info!(
+            mib = config.summary_cache.budget_bytes >> 20,
+            "summary cache budget (--summary-cache-mib)"
+        );
         let summaries = Summaries::new(
             config.summary_cache,
             config.watch_limits,

@@ -156,10 +156,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CHATD_FANOUT_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub fanout_heartbeat: Duration,
     /// Memory for the cache of recently read unread summaries, in MiB; 0 turns it
-    /// off. A hit costs no database round trip; entries of users with ~20 unread
-    /// threads take about 4 KiB.
-    #[arg(long, env = "CHATD_SUMMARY_CACHE_MIB", default_value_t = 64)]
-    pub summary_cache_mib: u64,
+    /// off. A hit costs no database round trip. Size it to the users who poll: about
+    /// 1.2 KiB a user with a few unread threads (README, "Sizing the summary cache").
+    /// [default: a quarter of the memory this process may use (its cgroup's limit, else
+    /// the machine's), from 16 to 256 MiB]
+    #[arg(long, env = "CHATD_SUMMARY_CACHE_MIB")]
+    pub summary_cache_mib: Option<u64>,
     /// How often every cached summary's version is compared with the database's, to
     /// drop those a lost notification left stale: the longest an entry can stay stale.
     #[arg(long, env = "CHATD_SUMMARY_CACHE_SWEEP", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -333,7 +335,10 @@ impl ServeArgs {
             fanout_url: self.fanout_url.clone(),
             fanout_heartbeat: self.fanout_heartbeat,
             summary_cache: CacheConfig {
-                budget_bytes: self.summary_cache_mib.saturating_mul(1 << 20),
+                budget_bytes: self
+                    .summary_cache_mib
+                    .unwrap_or_else(|| default_summary_cache_mib(memory_limit_bytes()))
+                    .saturating_mul(1 << 20),
                 sweep: self.summary_cache_sweep,
             },
             connections: self.gateway.connections.limits()?,
@@ -343,6 +348,35 @@ impl ServeArgs {
                 burst: self.user_send_burst,
             },
         })
+    }
+}
+
+/// The summary cache's size when none is given: a quarter of `limit` (the memory this
+/// process may use), from 16 to 256 MiB. 256 MiB holds about 200,000 polling users.
+pub fn default_summary_cache_mib(limit: Option<u64>) -> u64 {
+    const QUARTER_OF_UNKNOWN: u64 = 64;
+    limit
+        .map_or(QUARTER_OF_UNKNOWN, |bytes| (bytes / 4) >> 20)
+        .clamp(16, 256)
+}
+
+/// The memory this process may use: its cgroup's limit (v2, then v1), else the
+/// machine's memory; `None` when neither can be read.
+fn memory_limit_bytes() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    // cgroup v2 says "max" when unlimited; v1 gives a huge number instead.
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let machine = read("/proc/meminfo").and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    match (cgroup, machine) {
+        (Some(cgroup), Some(machine)) => Some(cgroup.min(machine)),
+        (cgroup, machine) => cgroup.or(machine),
     }
 }
 
@@ -498,5 +532,27 @@ impl BenchArgs {
             send_target: self.send_target.clone(),
             erase: self.erase,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_summary_cache_mib;
+
+    #[test]
+    fn the_cache_defaults_to_a_quarter_of_the_memory_allowed_within_bounds() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(
+            default_summary_cache_mib(Some(24 * GIB)),
+            256,
+            "a big machine"
+        );
+        assert_eq!(
+            default_summary_cache_mib(Some(GIB / 2)),
+            128,
+            "a 512 MiB pod"
+        );
+        assert_eq!(default_summary_cache_mib(Some(GIB / 32)), 16, "a tiny one");
+        assert_eq!(default_summary_cache_mib(None), 64, "unknown");
     }
 }

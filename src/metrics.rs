@@ -141,6 +141,7 @@ struct OutcomeLabel {
 pub struct CacheCounters {
     requests: Family<OutcomeLabel, Counter>,
     stale: Counter,
+    evictions: Counter,
 }
 
 /// The outcomes `CacheCounters` counts, as their label values.
@@ -163,6 +164,15 @@ impl CacheCounters {
 
     pub fn stale(&self) -> u64 {
         self.stale.get()
+    }
+
+    /// A summary evicted to keep the cache within its budget.
+    pub fn count_eviction(&self) {
+        self.evictions.inc();
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.get()
     }
 
     /// How many reads had `outcome` so far.
@@ -227,6 +237,7 @@ impl Metrics {
         let cache = CacheCounters {
             requests: Family::default(),
             stale: Counter::default(),
+            evictions: Counter::default(),
         };
         for outcome in cache_outcome::ALL {
             drop(cache.requests.get_or_create(&OutcomeLabel { outcome }));
@@ -241,6 +252,12 @@ impl Metrics {
             "Cached summaries the sweep found stale (a change no notification reported); \
              above 0, notifications are being lost",
             cache.stale.clone(),
+        );
+        registry.register(
+            "chatd_summary_cache_evictions",
+            "Summaries evicted to keep the cache within its budget; a steady rate means \
+             it holds fewer users than poll (raise --summary-cache-mib)",
+            cache.evictions.clone(),
         );
         Self {
             rpc,

@@ -116,9 +116,31 @@ pub struct FillToken {
     generation: u64,
 }
 
+/// Counts the entries the cache evicts to stay within its budget: a steady rate of
+/// them means the cache is smaller than the users it serves (README, "Sizing the
+/// summary cache").
+#[derive(Clone)]
+struct CountEvictions(CacheCounters);
+
+impl quick_cache::Lifecycle<SummaryKey, Arc<CachedSummary>> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: SummaryKey, _: Arc<CachedSummary>) {
+        self.0.count_eviction();
+    }
+}
+
+type Entries = quick_cache::sync::Cache<
+    SummaryKey,
+    Arc<CachedSummary>,
+    ByWeight,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
+
 /// The bounded cache of recently read summaries.
 struct SummaryCache {
-    entries: quick_cache::sync::Cache<SummaryKey, Arc<CachedSummary>, ByWeight>,
+    entries: Entries,
     /// False while the fan-out is down: the cache may have missed changes.
     trusted: AtomicBool,
     generations: Box<[AtomicU64]>,
@@ -126,15 +148,17 @@ struct SummaryCache {
 }
 
 impl SummaryCache {
-    fn new(budget_bytes: u64, trusted: bool) -> Self {
+    fn new(budget_bytes: u64, trusted: bool, counters: CacheCounters) -> Self {
         let estimated_items = usize::try_from(budget_bytes / 2048)
             .unwrap_or(usize::MAX)
             .max(16);
         Self {
-            entries: quick_cache::sync::Cache::with_weighter(
+            entries: Entries::with(
                 estimated_items,
                 budget_bytes,
                 ByWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                CountEvictions(counters),
             ),
             trusted: AtomicBool::new(trusted),
             generations: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -229,8 +253,13 @@ impl Summaries {
         trust: CacheTrust,
     ) -> Self {
         let trusted = trust == CacheTrust::FromStart;
-        let cache = (cache.budget_bytes > 0)
-            .then(|| Arc::new(SummaryCache::new(cache.budget_bytes, trusted)));
+        let cache = (cache.budget_bytes > 0).then(|| {
+            Arc::new(SummaryCache::new(
+                cache.budget_bytes,
+                trusted,
+                counters.clone(),
+            ))
+        });
         Self {
             cache,
             hub: SummaryHub::new(limits),
@@ -402,6 +431,27 @@ mod tests {
         user_id: 42,
         side: Side::Tutor,
     };
+
+    /// Past its budget the cache evicts, and says how often: the operator's sign that it
+    /// holds fewer users than poll.
+    #[test]
+    fn evictions_are_counted() {
+        let summaries = summaries(CacheTrust::FromStart);
+        let entry_bytes = summary(0).weight;
+        let fits = (1u64 << 20) / entry_bytes;
+        for user_id in 0..(fits as i64 * 2) {
+            let key = SummaryKey::new(user_id + 1, Side::Tutor);
+            let token = summaries.fill_token(&key).unwrap();
+            summaries.fill(key, token, summary(0));
+        }
+        let (held, _) = summaries.cache_usage();
+        assert!((held as u64) <= fits, "{held} held, {fits} fit");
+        assert!(
+            summaries.counters.evictions() >= fits / 2,
+            "{} evictions counted",
+            summaries.counters.evictions()
+        );
+    }
 
     #[test]
     fn a_fill_that_raced_an_invalidation_is_not_inserted() {
