@@ -2,7 +2,7 @@
 //! put in front of many replicas: with `--db-pooler transaction` every RPC works under
 //! a mixed load; without it, the failures are UNAVAILABLE with a hint, never INTERNAL.
 //! Each test starts a pgbouncer of its own (Debian's `pgbouncer`; it refuses to run as
-//! root, so as root it runs as `postgres`).
+//! root, so as root it runs as `postgres`, through util-linux's `setpriv`).
 
 use std::time::Duration;
 
@@ -65,8 +65,17 @@ impl Pgbouncer {
                 let mode = if path.is_dir() { 0o755 } else { 0o644 };
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             }
-            let mut command = tokio::process::Command::new("runuser");
-            command.args(["-u", "postgres", "--", program, &ini]);
+            // setpriv execs pgbouncer in its own place (runuser would fork and wait), so
+            // killing the child on drop kills pgbouncer, not a parent that leaves it.
+            let mut command = tokio::process::Command::new("setpriv");
+            command.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--clear-groups",
+                "--",
+                program,
+                &ini,
+            ]);
             command
         } else {
             let mut command = tokio::process::Command::new(program);
