@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use chatd::grpc::pb::WatchUnreadSummaryResponse;
 use chatd::storage::DatabaseUrl;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::health::wait_for;
 use crate::helpers::{Backend, ChatClientExt, TestApp};
+use crate::watch::next;
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
@@ -83,16 +83,6 @@ async fn replicas(nats: &NatsServer) -> (TestApp, TestApp) {
     wait_for(&a, "fanout", ServingStatus::Serving).await;
     wait_for(&b, "fanout", ServingStatus::Serving).await;
     (a, b)
-}
-
-async fn next(
-    stream: &mut tonic::Streaming<WatchUnreadSummaryResponse>,
-) -> WatchUnreadSummaryResponse {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("an update within 10 s")
-        .expect("the stream is healthy")
-        .expect("the stream is open")
 }
 
 /// Connections of the test database that LISTEN, as PostgreSQL reports them.

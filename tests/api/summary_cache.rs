@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use chatd::grpc::pb::{RelationStatus, WatchUnreadSummaryResponse};
+use chatd::grpc::pb::RelationStatus;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::{Proxy, Route};
 use crate::health::wait_for;
 use crate::helpers::{Backend, ChatClientExt, TestApp, mark_read};
+use crate::watch::next;
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
@@ -54,17 +55,6 @@ async fn cached_total(app: &TestApp) -> i64 {
     );
     assert_eq!(first, second);
     second
-}
-
-/// The next update of a watch stream, within 10 s.
-async fn next(
-    stream: &mut tonic::Streaming<WatchUnreadSummaryResponse>,
-) -> WatchUnreadSummaryResponse {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("an update within 10 s")
-        .expect("the stream is healthy")
-        .expect("the stream is open")
 }
 
 /// Every kind of write drops the entries it changed before it answers: the very next

@@ -13,7 +13,7 @@ const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
 
 /// The next update, which must come within 10 s (a bound, not a synchronization).
-async fn next(
+pub async fn next(
     stream: &mut tonic::Streaming<WatchUnreadSummaryResponse>,
 ) -> WatchUnreadSummaryResponse {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
