@@ -103,15 +103,35 @@ pub fn mute_state(state: domain::MuteState) -> pb::MuteThreadResponse {
     }
 }
 
+/// The first and last second a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z
+/// and 9999-12-31T23:59:59Z. Outside them a time has no RFC 3339 spelling, so chatd
+/// could not hand it back to anyone.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A time a request carries in `field`, within `google.protobuf.Timestamp`'s range.
+pub fn time_in(field: &'static str, at: Timestamp) -> Result<DateTime<Utc>, DomainError> {
+    if !TIMESTAMP_SECONDS.contains(&at.seconds) || !(0..1_000_000_000).contains(&at.nanos) {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "must be a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z \
+                 (seconds {}, nanos {})",
+                at.seconds, at.nanos
+            ),
+        ));
+    }
+    u32::try_from(at.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
+        .ok_or_else(|| DomainError::invalid(field, "must be a valid time"))
+}
+
 /// A mute's end: unset means until unmuted; a time must be a valid one, ahead.
 pub fn mute_until(until: Option<Timestamp>) -> Result<Option<DateTime<Utc>>, DomainError> {
     let Some(until) = until else {
         return Ok(None);
     };
-    let at = u32::try_from(until.nanos)
-        .ok()
-        .and_then(|nanos| DateTime::from_timestamp(until.seconds, nanos))
-        .ok_or_else(|| DomainError::invalid("until", "must be a valid time"))?;
+    let at = time_in("until", until)?;
     if at <= Utc::now() {
         return Err(DomainError::invalid(
             "until",

@@ -101,6 +101,17 @@ async fn a_mute_must_end_ahead_and_be_the_callers(app: TestApp) {
         .await;
     let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert!(status.message().starts_with("until:"), "{status:?}");
+    // google.protobuf.Timestamp ends with year 9999: later ones are refused, not stored
+    // (and then shown as a year no RFC 3339 reader takes).
+    for seconds in [253_402_300_800, 8_210_298_412_799] {
+        let beyond = Timestamp { seconds, nanos: 0 };
+        let result = app
+            .tutor(TUTOR)
+            .mute_thread(mute(thread.thread_id, Some(beyond)))
+            .await;
+        let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+        assert!(status.message().starts_with("until:"), "{status:?}");
+    }
     let result = app
         .tutor(TUTOR + 1)
         .mute_thread(mute(thread.thread_id, None))
