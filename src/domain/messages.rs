@@ -22,9 +22,16 @@ impl Chat {
         client_message_id: Option<String>,
     ) -> Result<Message, DomainError> {
         let side = caller_side(caller)?;
-        self.limits
-            .take(caller.user_id)
-            .map_err(|retry_after| DomainError::RateLimited { retry_after })?;
+        if let Err(retry_after) = self.limits.take(caller.user_id) {
+            // A retry of a message already stored adds nothing: it is answered whatever
+            // the limit, as it would be under it.
+            if let Some(key) = &client_message_id
+                && let Some(first) = self.stored_replay(caller, side, thread_id, key).await?
+            {
+                return Ok(first);
+            }
+            return Err(DomainError::RateLimited { retry_after });
+        }
         let request = NewMessage {
             thread_id,
             side,
@@ -66,6 +73,31 @@ impl Chat {
         Err(DomainError::Internal(format!(
             "message to thread {thread_id} neither appended nor refused"
         )))
+    }
+
+    /// The caller's message stored under `key` in a thread of theirs, if any: what a
+    /// replay answers (`rules::thread_for` first, as every send checks).
+    async fn stored_replay(
+        &self,
+        caller: Caller,
+        side: Side,
+        thread_id: i64,
+        key: &str,
+    ) -> Result<Option<Message>, DomainError> {
+        let member = self.store.horizons(thread_id).await?.is_some_and(|h| {
+            Participants {
+                tutor_id: h.tutor_id,
+                student_id: h.student_id,
+            }
+            .includes(caller.user_id, side)
+        });
+        if !member {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .message_by_key(thread_id, caller.user_id, key)
+            .await?)
     }
 
     /// Edits the caller's message: a new body (the rules of sending apply), `edited_at`

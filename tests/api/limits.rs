@@ -92,6 +92,58 @@ async fn postgres_a_flood_is_refused_with_when_to_retry() {
     a_flood_is_refused_with_when_to_retry(Backend::Postgres).await;
 }
 
+/// A retry of a message already stored answers that message whatever the limit: the
+/// limit is on what a user adds, and a replay adds nothing.
+async fn a_replay_over_the_limit_answers_the_stored_message(backend: Backend) {
+    let app = limited(backend).await;
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let mut student = app.student(STUDENT);
+    let keyed = |n: u32| chatd::grpc::pb::SendMessageRequest {
+        thread_id: thread.thread_id,
+        body: format!("m{n}"),
+        client_message_id: format!("key-{n}"),
+    };
+    let mut stored = Vec::new();
+    for n in 0..3 {
+        stored.push(student.send(keyed(n)).await);
+    }
+    // Over the limit: a new key is refused, the stored ones answer their message.
+    let refused = student.send_message(keyed(3)).await;
+    assert_error(refused, Code::ResourceExhausted, "RATE_LIMITED");
+    for (n, first) in stored.iter().enumerate() {
+        let replayed = student
+            .send_message(keyed(n as u32))
+            .await
+            .expect("a replay is answered over the limit")
+            .into_inner()
+            .message
+            .expect("a message");
+        assert_eq!(&replayed, first);
+    }
+    // The key is the sender's own: another participant over their own limit is refused.
+    let mut tutor = app.tutor(TUTOR);
+    for n in 0..3 {
+        tutor.say(thread.thread_id, &format!("t{n}")).await;
+    }
+    let foreign = tutor.send_message(keyed(0)).await;
+    assert_error(foreign, Code::ResourceExhausted, "RATE_LIMITED");
+    assert_eq!(
+        app.student(STUDENT).unread().await.total,
+        3,
+        "the tutor's three, nothing more was stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_replay_over_the_limit_answers_the_stored_message() {
+    a_replay_over_the_limit_answers_the_stored_message(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replay_over_the_limit_answers_the_stored_message() {
+    a_replay_over_the_limit_answers_the_stored_message(Backend::Postgres).await;
+}
+
 /// The REST routes of edit, delete, mark unread and mute, with their JSON.
 async fn rest_routes_of_the_marketplace(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
