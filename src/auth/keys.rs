@@ -57,8 +57,9 @@ impl AuthConfig {
     }
 
     /// The HS256 secret: from the environment, else from the secret file. The server
-    /// creates a missing file (32 random bytes, readable by the owner only); a signer
-    /// never does, since a token signed with a secret no server holds is refused with
+    /// creates a missing file (32 random bytes, readable by the owner only) for an
+    /// SQLite database, the one-process default; with PostgreSQL it refuses, since
+    /// each replica would make up its own. A signer never does, since a token signed with a secret no server holds is refused with
     /// TOKEN_INVALID, which says nothing of why.
     pub fn hmac_secret(
         &self,
@@ -73,6 +74,21 @@ impl AuthConfig {
             .clone()
             .unwrap_or_else(|| Self::default_secret_file(database));
         let secret = match missing {
+            // Replicas on one PostgreSQL database must verify with one key: a secret each
+            // made up for itself would let a token work on one replica only.
+            MissingSecret::Create
+                if matches!(database, DatabaseUrl::Postgres(_)) && !path.exists() =>
+            {
+                return Err(format!(
+                    "no JWT key configured: with PostgreSQL, every replica must verify \
+                     tokens with the same key, so chatd does not make one up. Set \
+                     --jwt-secret (CHATD_JWT_SECRET, at least {MIN_SECRET_BYTES} bytes), \
+                     --jwt-secret-file (CHATD_JWT_SECRET_FILE) naming a file every replica \
+                     reads ({} does not exist), or --jwt-public-key for tokens signed \
+                     elsewhere",
+                    path.display()
+                ));
+            }
             MissingSecret::Create => read_or_create_secret(&path)?,
             MissingSecret::Refuse if !path.exists() => {
                 return Err(format!(

@@ -48,6 +48,35 @@ async fn token_without_a_secret_refuses_and_creates_nothing() {
     assert_eq!(files_in(&dir), Vec::<String>::new(), "no key file made up");
 }
 
+/// With PostgreSQL, `serve` without a key refuses to start and says what to set: a
+/// secret of its own per replica would make a token work on one replica only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_postgresql_without_a_key_refuses_to_start() {
+    let database = crate::harness::TestDatabase::postgres().await;
+    let chatd::storage::DatabaseUrl::Postgres(url) = database.url() else {
+        unreachable!("a PostgreSQL database")
+    };
+    let dir = TempDir::new();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
+        .current_dir(&dir.0)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("DATABASE_URL", &url)
+        .kill_on_drop(true);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
+        .await
+        .expect("serve gives up at once instead of serving")
+        .expect("chatd runs");
+    let stderr = String::from_utf8_lossy(&answer.stderr);
+    assert!(!answer.status.success(), "refused: {stderr}");
+    for setting in ["--jwt-secret", "CHATD_JWT_SECRET", "--jwt-public-key"] {
+        assert!(stderr.contains(setting), "names {setting}: {stderr}");
+    }
+    assert_eq!(files_in(&dir), Vec::<String>::new(), "no key file made up");
+}
+
 /// Beside the server's secret file (where `serve` keeps it for an SQLite database), the
 /// token it prints is one the server honours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
