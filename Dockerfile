@@ -7,6 +7,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY migrations migrations
 COPY src src
+COPY vendor vendor
 RUN cargo build --release --locked --bin chatd
 
 # distroless/cc: glibc and libgcc only, no shell; "nonroot" runs as uid 65532.

@@ -99,6 +99,9 @@ impl Application {
     /// The same on a listener bound already (tests bind port 0 and keep it, so no other
     /// process can take the port between choosing and serving).
     pub async fn build_on(config: ServeConfig, listener: TcpListener) -> Result<Self, String> {
+        // Keys first: a configuration that cannot verify tokens fails before it
+        // touches the database.
+        let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
         let store = Store::connect(&config.database, &config.pool)?;
         let applied = migrator(&config, &store)?
             .migrate()
@@ -109,7 +112,6 @@ impl Application {
             applied = applied.len(),
             "database migrated"
         );
-        let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
         let metrics = Metrics::new();
         // Everything a scrape shows exists from here on, before the first call.
         let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone(), config.call_timeout);
@@ -471,7 +473,13 @@ async fn sweep_summaries(chat: Chat, every: Duration, mut stopping: watch::Recei
             _ = stopping.changed() => return,
         }
         if let Err(error) = chat.sweep_summaries().await {
-            tracing::debug!(%error, "summary cache sweep failed; the next one retries");
+            chat.summaries().counters().count_sweep_failure();
+            tracing::warn!(
+                %error,
+                every = ?every,
+                "summary cache sweep failed: an entry a lost notification left stale may \
+                 outlive the sweep interval until one succeeds; the next one retries"
+            );
         }
     }
 }
@@ -527,7 +535,7 @@ fn register_gauges(
     metrics.gauge(
         "chatd_storage_full",
         "1 while writes fail because the database has no room (STORAGE_FULL); reads still work",
-        move || i64::from(space.space().is_full()),
+        move || i64::from(space.episodes().is_full()),
     );
     let cache = summaries.clone();
     metrics.gauge(

@@ -64,6 +64,10 @@ impl From<StoreError> for DomainError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(detail) => DomainError::Unavailable(detail),
+            // Storage retried it already: to the client it is a busy database.
+            StoreError::Conflict(detail) => {
+                DomainError::Unavailable(format!("still conflicting after retries: {detail}"))
+            }
             StoreError::Full(detail) => DomainError::StorageFull(detail),
             StoreError::Query(error) => DomainError::Internal(error.to_string()),
         }
@@ -131,9 +135,11 @@ impl Chat {
         if cached.is_empty() {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         let keys: Vec<SummaryKey> = cached.iter().map(|(key, _)| *key).collect();
         let current = self.store.summary_versions(&keys).await?;
         let suspects = Summaries::suspects(cached, &current);
+        self.summaries.counters().observe_sweep(started.elapsed());
         if suspects.is_empty() {
             return Ok(0);
         }

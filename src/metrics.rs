@@ -142,6 +142,8 @@ pub struct CacheCounters {
     requests: Family<OutcomeLabel, Counter>,
     stale: Counter,
     evictions: Counter,
+    sweep: Histogram,
+    sweep_failures: Counter,
 }
 
 /// The outcomes `CacheCounters` counts, as their label values.
@@ -173,6 +175,17 @@ impl CacheCounters {
 
     pub fn evictions(&self) -> u64 {
         self.evictions.get()
+    }
+
+    /// One sweep compared the cached versions with the database's in `elapsed`.
+    pub fn observe_sweep(&self, elapsed: Duration) {
+        self.sweep.observe(elapsed.as_secs_f64());
+    }
+
+    /// A sweep failed (the database did not answer): entries may stay stale past the
+    /// sweep interval until one succeeds.
+    pub fn count_sweep_failure(&self) {
+        self.sweep_failures.inc();
     }
 
     /// How many reads had `outcome` so far.
@@ -238,6 +251,8 @@ impl Metrics {
             requests: Family::default(),
             stale: Counter::default(),
             evictions: Counter::default(),
+            sweep: latency_histogram(),
+            sweep_failures: Counter::default(),
         };
         for outcome in cache_outcome::ALL {
             drop(cache.requests.get_or_create(&OutcomeLabel { outcome }));
@@ -258,6 +273,19 @@ impl Metrics {
             "Summaries evicted to keep the cache within its budget; a steady rate means \
              it holds fewer users than poll (raise --summary-cache-mib)",
             cache.evictions.clone(),
+        );
+        registry.register_with_unit(
+            "chatd_summary_cache_sweep",
+            "How long one sweep took to compare every cached summary's version with the \
+             database's (the grace it then gives late notifications not included)",
+            Unit::Seconds,
+            cache.sweep.clone(),
+        );
+        registry.register(
+            "chatd_summary_cache_sweep_failures",
+            "Sweeps that failed; while they fail, an entry a lost notification left stale \
+             can outlive --summary-cache-sweep",
+            cache.sweep_failures.clone(),
         );
         Self {
             rpc,

@@ -15,16 +15,18 @@
 //! model-based test (`tests/api/model.rs`) holds the two equal. Concurrency is kept by
 //! the database, never by process memory, so it holds across replicas.
 
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::pooled_connection::deadpool::PoolError;
 use tracing::Instrument;
 
+mod episodes;
+mod errors;
 mod pool;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 mod upsert;
 
+pub use episodes::Episodes;
+pub use errors::{StoreError, StoreResult};
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler};
 pub use rows::{
     Deleter, ErasedBatch, Fact, Horizons, InboxCursor, InquiryTarget, MarkReadAttempt,
@@ -40,110 +42,16 @@ use crate::model::{
 use postgres::PgStore;
 use sqlite::SqliteStore;
 
-/// Why a storage call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot be reached (or is too busy): the caller may retry.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// The database has no room left for what a write adds: not transient, it lasts
-    /// until someone frees disk space.
-    #[error("database storage is full: {0}")]
-    Full(String),
-    /// Anything else: a bug, a violated invariant or corrupt data.
-    #[error("database error: {0}")]
-    Query(DieselError),
+/// The rows of `versions` whose key is one of `keys`, in linear time: the sweep asks
+/// about every cached user (100,000 and more), and a scan of `keys` per row made it
+/// quadratic (minutes of a core per sweep).
+fn only_asked<K: std::hash::Hash + Eq>(versions: Vec<(K, i64)>, keys: &[K]) -> Vec<(K, i64)> {
+    let asked: std::collections::HashSet<&K> = keys.iter().collect();
+    versions
+        .into_iter()
+        .filter(|(key, _)| asked.contains(key))
+        .collect()
 }
-
-/// Whether a database error says its storage is full: SQLite's SQLITE_FULL, or
-/// PostgreSQL's disk_full (53100) whose message carries the system's ENOSPC text.
-fn says_full(message: &str) -> bool {
-    message.contains("database or disk is full") || message.contains("No space left on device")
-}
-
-/// What PostgreSQL and pgbouncer say when the fault is the connection's or the server's
-/// state, not the statement's: a shutdown or restart, a terminated backend, a pooler
-/// that cannot reach the server or has no room. diesel does not pass SQLSTATE on, so
-/// these are read from the message; any of them is worth a retry (UNAVAILABLE), never
-/// a bug (INTERNAL).
-const CONNECTION_FAULTS: [&str; 13] = [
-    "terminating connection",
-    "the database system is",
-    "server closed the connection",
-    "connection to server",
-    "could not connect to server",
-    "cannot connect to server",
-    "no more connections allowed",
-    "sorry, too many clients",
-    "query_wait_timeout",
-    "server conn crashed",
-    "server login has been failing",
-    "pgbouncer cannot connect",
-    "canceling statement due to conflict with recovery",
-];
-
-fn says_connection_fault(message: &str) -> bool {
-    CONNECTION_FAULTS
-        .iter()
-        .any(|fault| message.contains(fault))
-}
-
-impl StoreError {
-    /// A failed commit: storage full when it says so, else the database unavailable.
-    pub fn of_commit(error: &DieselError) -> Self {
-        match error {
-            DieselError::DatabaseError(_, info) if says_full(info.message()) => {
-                StoreError::Full(info.message().to_owned())
-            }
-            _ => StoreError::Unavailable(format!("the commit failed: {error}")),
-        }
-    }
-}
-
-impl From<DieselError> for StoreError {
-    fn from(error: DieselError) -> Self {
-        match &error {
-            DieselError::DatabaseError(_, info) if says_full(info.message()) => {
-                StoreError::Full(info.message().to_owned())
-            }
-            DieselError::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                info,
-            ) => StoreError::Unavailable(info.message().to_owned()),
-            // SQLite's busy timeout ran out: another process held the lock too long.
-            DieselError::DatabaseError(_, info)
-                if info.message().contains("database is locked") =>
-            {
-                StoreError::Unavailable(info.message().to_owned())
-            }
-            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
-                StoreError::Unavailable(info.message().to_owned())
-            }
-            DieselError::DatabaseError(_, info)
-                if info.message().contains("prepared statement")
-                    && info.message().contains("does not exist") =>
-            {
-                StoreError::Unavailable(format!(
-                    "{}: is --database-url a pooler in transaction mode? Then start chatd \
-                     with --db-pooler transaction",
-                    info.message()
-                ))
-            }
-            DieselError::DatabaseError(_, info) if says_connection_fault(info.message()) => {
-                StoreError::Unavailable(info.message().to_owned())
-            }
-            _ => StoreError::Query(error),
-        }
-    }
-}
-
-impl From<PoolError> for StoreError {
-    fn from(error: PoolError) -> Self {
-        StoreError::Unavailable(error.to_string())
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The chatd database. Cloning is shallow.
 #[derive(Clone)]
@@ -172,8 +80,8 @@ async fn traced<T>(
 /// Runs the same read on whichever backend the store has, with a pooled connection.
 /// Each arm is type-checked against its backend's copy of the read.
 macro_rules! backend_read {
-    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {
-        traced($store.backend(), stringify!($function), async {
+    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {{
+        let read = traced($store.backend(), stringify!($function), async {
             match $store {
                 Store::Postgres(store) => {
                     let mut conn = store.session().await?;
@@ -188,57 +96,29 @@ macro_rules! backend_read {
                 }
             }
         })
-        .await
-    };
+        .await;
+        $store.episodes().note($store.backend(), &read);
+        read
+    }};
 }
 
-/// Runs a write that each backend implements its own way, and notes whether storage
-/// had room for it.
+/// Runs a write that each backend implements its own way (on PostgreSQL again after a
+/// conflict with another transaction, see `PgStore::retrying`), and notes whether
+/// storage had room for it.
 macro_rules! backend_write {
     ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {{
         let written = traced($store.backend(), stringify!($function), async {
             match $store {
-                Store::Postgres(store) => store.$function($($arg),*).await,
+                Store::Postgres(store) => {
+                    store.retrying(|| store.$function($(Clone::clone(&$arg)),*)).await
+                }
                 Store::Sqlite(store) => store.$function($($arg),*).await,
             }
         })
         .await;
-        $store.space().note($store.backend(), &written);
+        $store.episodes().note($store.backend(), &written);
         written
     }};
-}
-
-/// Whether writes are failing for want of space. An operator hears of it once per
-/// episode, not once per write: a log line when writes start failing and one when a
-/// write succeeds again, and the `chatd_storage_full` gauge meanwhile.
-#[derive(Debug, Default)]
-pub struct StorageSpace {
-    full: std::sync::atomic::AtomicBool,
-}
-
-impl StorageSpace {
-    /// Whether the last write that told failed for want of space.
-    pub fn is_full(&self) -> bool {
-        self.full.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn note<T>(&self, backend: &'static str, written: &StoreResult<T>) {
-        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
-        match written {
-            Err(StoreError::Full(detail)) if !self.full.swap(true, AcqRel) => {
-                tracing::error!(
-                    backend,
-                    %detail,
-                    "database storage is full: writes fail (RESOURCE_EXHAUSTED STORAGE_FULL) \
-                     until disk space is freed; reads still work"
-                );
-            }
-            Ok(_) if self.full.load(Relaxed) && self.full.swap(false, AcqRel) => {
-                tracing::warn!(backend, "database storage has room again: writes succeed");
-            }
-            _ => {}
-        }
-    }
 }
 
 impl Store {
@@ -260,11 +140,12 @@ impl Store {
         }
     }
 
-    /// Whether writes are failing for want of space.
-    pub fn space(&self) -> &StorageSpace {
+    /// Whether the database is failing calls now (no room, unreachable), said once per
+    /// episode.
+    pub fn episodes(&self) -> &Episodes {
         match self {
-            Store::Postgres(store) => &store.space,
-            Store::Sqlite(store) => &store.space,
+            Store::Postgres(store) => &store.episodes,
+            Store::Sqlite(store) => &store.episodes,
         }
     }
 
@@ -345,10 +226,7 @@ impl Store {
         users.sort_unstable();
         users.dedup();
         let versions = backend_read!(self, summary_versions_of(&users))?;
-        Ok(versions
-            .into_iter()
-            .filter(|(key, _)| keys.contains(key))
-            .collect())
+        Ok(only_asked(versions, keys))
     }
 
     pub async fn horizons(&self, thread_id: i64) -> StoreResult<Option<Horizons>> {
@@ -482,13 +360,14 @@ impl Store {
         backend_write!(self, erase_batch(thread_id, user_id, after_seq, batch))
     }
 
-    /// After an erasure: on SQLite, the WAL is checkpointed and truncated, so erased text
-    /// is in neither the database file nor the WAL. PostgreSQL has nothing to do here
-    /// (see the README on VACUUM).
+    /// After an erasure: on SQLite, the index of keys is rebuilt and the WAL
+    /// checkpointed and truncated, so erased text and keys are in neither the database
+    /// file nor the WAL (`SqliteStore::after_erasure`). PostgreSQL has nothing to do
+    /// here (see the docs on VACUUM).
     pub async fn after_erasure(&self) -> StoreResult<()> {
         match self {
             Store::Postgres(_) => Ok(()),
-            Store::Sqlite(store) => store.checkpoint().await,
+            Store::Sqlite(store) => store.after_erasure().await,
         }
     }
 
@@ -508,7 +387,7 @@ impl Store {
             self,
             upsert_fact(
                 &upsert::RELATIONS,
-                &ids,
+                &ids[..],
                 status,
                 fact.version,
                 Some(is_writable)
@@ -529,7 +408,7 @@ impl Store {
             self,
             upsert_fact(
                 &upsert::INQUIRIES,
-                &ids,
+                &ids[..],
                 status,
                 fact.version,
                 Some(is_writable)
@@ -549,8 +428,54 @@ impl Store {
         let ids = [tutor_id, student_id];
         let (applied, _) = backend_write!(
             self,
-            upsert_fact(&upsert::CONTACT_ACCESS, &ids, state.as_str(), version, None)
+            upsert_fact(
+                &upsert::CONTACT_ACCESS,
+                &ids[..],
+                state.as_str(),
+                version,
+                None
+            )
         )?;
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COMPARISONS: AtomicU64 = AtomicU64::new(0);
+
+    /// A key that counts how often it is compared.
+    #[derive(Debug)]
+    struct Counted(i64);
+
+    impl std::hash::Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Self) -> bool {
+            COMPARISONS.fetch_add(1, Ordering::Relaxed);
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted {}
+
+    #[test]
+    fn the_sweeps_filter_is_linear_in_the_cached_users() {
+        let users = 20_000;
+        let keys: Vec<Counted> = (0..users).map(Counted).collect();
+        let versions: Vec<(Counted, i64)> = (0..users * 2).map(|user| (Counted(user), 1)).collect();
+        let kept = only_asked(versions, &keys);
+        assert_eq!(kept.len(), users as usize);
+        let comparisons = COMPARISONS.load(Ordering::Relaxed);
+        assert!(
+            comparisons <= 4 * users as u64,
+            "{comparisons} key comparisons for {users} users"
+        );
     }
 }

@@ -183,6 +183,10 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         );
     }
     println!(
+        "summary cache sweep (chatd_summary_cache_sweep_seconds): {}",
+        before.sweeps_until(&after)
+    );
+    println!(
         "REST answers: {} 304 Not Modified, {} 200",
         statuses.not_modified.load(Ordering::Relaxed),
         statuses.ok.load(Ordering::Relaxed)
@@ -405,17 +409,24 @@ impl HttpTarget {
             return Err(format!("GET /metrics answered {status}"));
         }
         let text = String::from_utf8_lossy(&body);
-        let read = |outcome: &str| {
-            let series = format!("chatd_summary_cache_requests_total{{outcome=\"{outcome}\"}} ");
+        let value = |series: &str| {
             text.lines()
-                .find_map(|line| line.strip_prefix(&series))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .unwrap_or(0)
+                .find_map(|line| line.strip_prefix(series))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let read = |outcome: &str| {
+            value(&format!(
+                "chatd_summary_cache_requests_total{{outcome=\"{outcome}\"}} "
+            )) as u64
         };
         Ok(CacheReads {
             hit: read("hit"),
             miss: read("miss"),
             bypass: read("bypass"),
+            entries: value("chatd_summary_cache_entries ") as u64,
+            sweep_seconds: value("chatd_summary_cache_sweep_seconds_sum "),
+            sweeps: value("chatd_summary_cache_sweep_seconds_count ") as u64,
         })
     }
 }
@@ -425,9 +436,29 @@ struct CacheReads {
     hit: u64,
     miss: u64,
     bypass: u64,
+    /// Summaries cached.
+    entries: u64,
+    /// Sweeps so far, and the seconds they took together.
+    sweep_seconds: f64,
+    sweeps: u64,
 }
 
 impl CacheReads {
+    /// How long the sweeps between this reading and a later one took, with the
+    /// summaries cached at the later one.
+    fn sweeps_until(&self, later: &CacheReads) -> String {
+        let sweeps = later.sweeps.saturating_sub(self.sweeps);
+        if sweeps == 0 {
+            return format!("no sweep ran, {} summaries cached", later.entries);
+        }
+        let mean = (later.sweep_seconds - self.sweep_seconds) / sweeps as f64;
+        format!(
+            "{sweeps} sweeps over {} cached summaries, {:.2} ms each on average",
+            later.entries,
+            mean * 1000.0
+        )
+    }
+
     /// The hit ratio between this reading and a later one.
     fn ratio_until(&self, later: &CacheReads) -> String {
         let hit = later.hit - self.hit;

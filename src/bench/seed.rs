@@ -5,7 +5,9 @@
 //! (ACTIVE, contact access UNLOCKED) of tutor `1 + x % tutors` and student
 //! `tutors + 1 + (x / tutors) % students`, so every pair is distinct. Each thread holds
 //! M/T messages from its student; its tutor has read all but `x % 4` of them, so the
-//! counters agree with the messages exactly as the service would have kept them.
+//! counters agree with the messages exactly as the service would have kept them. Every
+//! user has a summary version row, as every user of a live deployment who ever received
+//! a message has.
 
 use std::time::Instant;
 
@@ -128,8 +130,8 @@ pub async fn seed(store: &Store, dataset: Dataset) -> Result<(), String> {
             "summary versions",
             format!(
                 "{} INSERT INTO summary_versions (user_id, side, version) \
-                 SELECT DISTINCT {tutor}, 'tutor', 1 FROM s WHERE {unread} > 0",
-                series(t)
+                 SELECT x, CASE WHEN x <= {tutors} THEN 'tutor' ELSE 'student' END, 1 FROM s",
+                series(dataset.users)
             ),
         ),
         (

@@ -322,6 +322,11 @@ impl Summaries {
         }
     }
 
+    /// What the cache counts (hits, staleness, sweeps).
+    pub fn counters(&self) -> &CacheCounters {
+        &self.counters
+    }
+
     /// How many summaries the cache holds, and their estimated bytes.
     pub fn cache_usage(&self) -> (usize, u64) {
         self.cache.as_ref().map_or((0, 0), |cache| {

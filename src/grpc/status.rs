@@ -10,12 +10,17 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::domain::DomainError;
 use crate::status::{self, ERROR_DOMAIN};
 
+/// When a client should try again after DATABASE_UNAVAILABLE (RetryInfo): about when a
+/// restarting database answers again; clients back off from it.
+const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<DomainError> for Status {
     fn from(error: DomainError) -> Self {
         // Internal details stay in the log: clients get the generic message only.
         match &error {
             DomainError::Internal(detail) => tracing::error!(%detail, "internal error"),
-            DomainError::Unavailable(detail) => tracing::warn!(%detail, "database unavailable"),
+            // Storage says it once per episode (`storage::Episodes`), not once per call.
+            DomainError::Unavailable(detail) => tracing::debug!(%detail, "database unavailable"),
             _ => {}
         }
         let row = status::of(error.reason());
@@ -28,8 +33,16 @@ impl From<DomainError> for Status {
         if let Some(field) = error.field() {
             details.add_bad_request_violation(field, error.to_string());
         }
-        if let DomainError::RateLimited { retry_after } = &error {
-            details.set_retry_info(Some(*retry_after));
+        match &error {
+            DomainError::RateLimited { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            // A database that restarts, or calls that conflicted past chatd's own
+            // retries: worth another try shortly, with backoff.
+            DomainError::Unavailable(_) => {
+                details.set_retry_info(Some(UNAVAILABLE_RETRY));
+            }
+            _ => {}
         }
         Status::with_error_details(row.grpc, error.to_string(), details)
     }

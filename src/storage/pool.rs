@@ -194,7 +194,13 @@ pub fn postgres_pool(url: &str, config: &PoolConfig) -> Result<Pool<PgConn>, Str
 /// commit: a statement prepared in one transaction would be gone in the next.
 async fn establish_behind_pooler(url: &str) -> diesel::ConnectionResult<PgConn> {
     use diesel_async::AsyncConnection;
-    let refused = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(e.to_string());
+    // The SQLSTATE first, as chatd's diesel-async writes it (`storage/errors.rs`).
+    let refused = |e: tokio_postgres::Error| {
+        diesel::ConnectionError::BadConnection(match e.code() {
+            Some(code) => format!("[{}] {e}", code.code()),
+            None => e.to_string(),
+        })
+    };
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(refused)?;

@@ -15,7 +15,7 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz, Untyped};
 use diesel::{QueryResult, QueryableByName};
-use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::pool::{self, PgConn, PoolConfig, PoolStatus};
@@ -31,7 +31,9 @@ use crate::model::{ContactAccessState, Message, Side, SummaryKey, Thread, Thread
 
 pub type Conn = PgConn;
 
+mod ceiling;
 mod session;
+pub use ceiling::PooledConn;
 pub use session::PgSession;
 
 pub mod schema {
@@ -619,21 +621,34 @@ where
     .await
 }
 
+/// How many times a write that conflicted with another transaction runs again.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// The first pause before a retry; each later one doubles, with as much again at random
+/// so that the two sides of a conflict do not meet again in step.
+const CONFLICT_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The PostgreSQL store: a pool, and the one-statement writes.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<Conn>,
+    /// How many connections calls may hold, lowered while the database refuses more.
+    ceiling: ceiling::Ceiling,
+    /// How long a call waits for a connection.
+    timeout: std::time::Duration,
     /// Behind a transaction-mode pooler: every call runs in a transaction of its own.
     pooled: bool,
-    pub(super) space: std::sync::Arc<super::StorageSpace>,
+    pub(super) episodes: std::sync::Arc<super::Episodes>,
 }
 
 impl PgStore {
     pub fn connect(url: &str, config: &PoolConfig) -> Result<Self, String> {
         Ok(Self {
             pool: pool::postgres_pool(url, config)?,
+            ceiling: ceiling::Ceiling::new(config.max_size),
+            timeout: config.timeout,
             pooled: config.pooler == pool::Pooler::Transaction,
-            space: Default::default(),
+            episodes: Default::default(),
         })
     }
 
@@ -641,13 +656,62 @@ impl PgStore {
         pool::migrate_postgres(&self.pool).await
     }
 
+    /// Runs `write`, and again after a conflict with another transaction (a deadlock,
+    /// a serialization failure: SQLSTATE 40P01, 40001, 55P03), up to `CONFLICT_RETRIES`
+    /// more times after short random pauses. Nothing of a failed attempt was kept: a
+    /// conflict aborts the statement (or transaction) it struck. One that still
+    /// conflicts reaches the caller as `StoreError::Conflict`, which clients see as
+    /// UNAVAILABLE with a time to retry, never INTERNAL.
+    pub async fn retrying<T, W>(&self, write: impl Fn() -> W) -> StoreResult<T>
+    where
+        W: Future<Output = StoreResult<T>>,
+    {
+        let mut pause = CONFLICT_PAUSE;
+        for retry in 1..=CONFLICT_RETRIES {
+            match write().await {
+                Err(error) if error.is_conflict() => {
+                    tracing::debug!(%error, retry, "write conflicted with another transaction; retrying");
+                    let jitter = fastrand::u64(..=pause.as_micros() as u64);
+                    tokio::time::sleep(pause + std::time::Duration::from_micros(jitter)).await;
+                    pause *= 2;
+                }
+                done => return done,
+            }
+        }
+        write().await
+    }
+
     pub fn pool_status(&self) -> PoolStatus {
         PoolStatus::of(self.pool.status())
     }
 
-    /// A pooled connection.
-    pub async fn conn(&self) -> StoreResult<Object<Conn>> {
-        Ok(self.pool.get().await?)
+    /// A pooled connection, within the pool's timeout. When PostgreSQL refuses a new
+    /// one because it has as many as it allows, the call waits for one of the open
+    /// connections instead, and the pool stops growing for a while (`ceiling.rs`).
+    pub async fn conn(&self) -> StoreResult<PooledConn> {
+        let waited = tokio::time::timeout(self.timeout, async {
+            loop {
+                let place = self.ceiling.place().await;
+                match self.pool.get().await {
+                    Ok(conn) => return Ok(PooledConn::new(conn, place)),
+                    Err(error) if super::errors::refused_for_too_many_connections(&error) => {
+                        let open = self.pool.status().size;
+                        if open == 0 {
+                            return Err(StoreError::from(error));
+                        }
+                        self.ceiling.hold_at(open);
+                    }
+                    Err(error) => return Err(StoreError::from(error)),
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no database connection within {:?} (--db-timeout)",
+                self.timeout
+            )))
+        })
     }
 
     /// A pooled connection for one call, ended by `PgSession::finish` (see `PgSession`).

@@ -327,7 +327,116 @@ async fn counters_hold_under_concurrent_edits_deletes_and_mark_unread(app: TestA
     }
 }
 
+/// Mutes and unmutes of both participants racing sends in the same thread: every call
+/// succeeds (no deadlock between a mute's locks and a send's, answered INTERNAL and
+/// losing the send), none waits a second for one, and every acknowledged send is stored.
+async fn mutes_racing_sends_neither_deadlock_nor_lose_a_send(app: TestApp) {
+    use chatd::grpc::pb::{MuteThreadRequest, UnmuteThreadRequest};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let thread = app.contact_thread(10, 42, 7).await;
+    let thread_id = thread.thread_id;
+    let sending = std::sync::Arc::new(AtomicBool::new(true));
+    let slowest = |calls: &[Duration]| calls.iter().max().copied().unwrap_or_default();
+    let senders = (0..4).map(|n| {
+        let mut client = if n % 2 == 0 {
+            app.tutor(42)
+        } else {
+            app.student(7)
+        };
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut took = Vec::new();
+            for m in 0..60 {
+                let started = Instant::now();
+                let sent = client
+                    .send_message(send(thread_id, &format!("sender {n} message {m}")))
+                    .await
+                    .unwrap_or_else(|status| panic!("send {n}/{m} failed: {status:?}"));
+                took.push(started.elapsed());
+                acknowledged.push(sent.into_inner().message.expect("a message").seq);
+            }
+            (acknowledged, took)
+        }
+    });
+    let muters = [(42, true), (7, false)].map(|(user, tutor)| {
+        let mut client = if tutor {
+            app.tutor(user)
+        } else {
+            app.student(user)
+        };
+        let sending = sending.clone();
+        async move {
+            let mut took = Vec::new();
+            while sending.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                client
+                    .mute_thread(MuteThreadRequest {
+                        thread_id,
+                        until: None,
+                    })
+                    .await
+                    .unwrap_or_else(|status| panic!("mute failed: {status:?}"));
+                client
+                    .unmute_thread(UnmuteThreadRequest { thread_id })
+                    .await
+                    .unwrap_or_else(|status| panic!("unmute failed: {status:?}"));
+                took.push(started.elapsed() / 2);
+            }
+            took
+        }
+    });
+    let sends = async {
+        let done = join_all(senders).await;
+        sending.store(false, Ordering::Relaxed);
+        done
+    };
+    let (sends, mutes) = tokio::join!(sends, join_all(muters));
+    let mut stored: Vec<i64> = sends.iter().flat_map(|(seqs, _)| seqs.clone()).collect();
+    stored.sort_unstable();
+    assert_eq!(
+        stored,
+        (1..=240).collect::<Vec<_>>(),
+        "every send acknowledged once"
+    );
+    let page = app
+        .tutor(42)
+        .list_messages(chatd::grpc::pb::ListMessagesRequest {
+            thread_id,
+            after_seq: Some(0),
+            limit: 200,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        page.has_more && page.messages.len() == 200,
+        "every acknowledged send stored"
+    );
+    let sends_slowest = sends
+        .iter()
+        .map(|(_, took)| slowest(took))
+        .max()
+        .unwrap_or_default();
+    let mutes_slowest = mutes
+        .iter()
+        .map(|took| slowest(took))
+        .max()
+        .unwrap_or_default();
+    assert!(
+        sends_slowest < Duration::from_secs(1) && mutes_slowest < Duration::from_secs(1),
+        "no call waits on a deadlock: slowest send {sends_slowest:?}, mute {mutes_slowest:?}"
+    );
+    assert!(
+        mutes.iter().all(|took| !took.is_empty()),
+        "both participants muted meanwhile"
+    );
+}
+
 backend_suite!(
+    mutes_racing_sends_neither_deadlock_nor_lose_a_send,
     counters_hold_under_concurrent_edits_deletes_and_mark_unread,
     no_message_is_accepted_after_the_archive,
     concurrent_ensure_creates_one_thread,

@@ -199,7 +199,51 @@ async fn erased_text_is_on_disk_nowhere(app: TestApp) {
     );
 }
 
+/// Many keyed messages of both participants, so that the index of keys holds the
+/// erased user's keys beside the peer's on shared pages: after erasure neither the
+/// file nor the WAL (nor PostgreSQL's dump) holds one of the erased user's keys or
+/// bodies, while every one of the peer's is still there.
+async fn erased_keys_are_on_disk_nowhere(app: TestApp) {
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let tag = std::process::id();
+    let key = |who: &str, n: usize| format!("{who}-key-{tag}-{n:04}");
+    let body = |who: &str, n: usize| format!("{who} says {tag}/{n:04}");
+    for n in 0..240 {
+        let (mut client, who) = if n % 3 == 0 {
+            (app.tutor(TUTOR), "tutor")
+        } else {
+            (app.student(STUDENT), "student")
+        };
+        client
+            .send(SendMessageRequest {
+                thread_id: thread.thread_id,
+                body: body(who, n),
+                client_message_id: key(who, n),
+            })
+            .await;
+    }
+    erase(&app, STUDENT).await;
+    let after = on_disk(&app).await;
+    let left: Vec<String> = (0..240)
+        .filter(|n| n % 3 != 0)
+        .flat_map(|n| [key("student", n), body("student", n)])
+        .filter(|erased| contains(&after, erased))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "erased keys and bodies found on disk: {left:?}"
+    );
+    let kept = (0..240)
+        .filter(|n| n % 3 == 0)
+        .all(|n| contains(&after, &key("tutor", n)));
+    assert!(
+        kept,
+        "the peer's keys are kept (else this test could not fail)"
+    );
+}
+
 backend_suite!(
+    erased_keys_are_on_disk_nowhere,
     an_erased_user_leaves_tombstones_and_exact_counts,
     erasure_goes_batch_by_batch,
     erased_text_is_on_disk_nowhere,

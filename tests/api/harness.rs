@@ -253,6 +253,49 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A PostgreSQL role of one test's own, with a connection limit, that may do in one
+/// test database all chatd does; dropped (after the database) when the test ends.
+pub struct TestRole {
+    pub name: String,
+}
+
+impl TestRole {
+    /// A role that may hold at most `limit` connections, with chatd's rights in
+    /// `database`.
+    pub async fn with_connection_limit(database: &TestDatabase, limit: u32) -> Self {
+        let name = format!("chatd_role_{}", unique_suffix());
+        admin_execute(format!("CREATE ROLE {name} LOGIN CONNECTION LIMIT {limit}"));
+        database
+            .execute_inside(&format!(
+                "GRANT ALL ON SCHEMA public TO {name}; \
+                 GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}; \
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name};"
+            ))
+            .await;
+        Self { name }
+    }
+
+    /// `database`'s URL, as this role.
+    pub fn url(&self, database: &TestDatabase) -> DatabaseUrl {
+        let DatabaseUrl::Postgres(url) = database.url() else {
+            panic!("roles are PostgreSQL's");
+        };
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (_, host) = rest.split_once('@').expect("a URL with a user");
+        DatabaseUrl::Postgres(format!("{scheme}://{}@{host}", self.name))
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let sql = format!("DROP ROLE IF EXISTS {}", self.name);
+        let dropped = as_admin(move |mut conn| async move { conn.batch_execute(&sql).await });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test role {}: {e}", self.name);
+        }
+    }
+}
+
 /// What a `Proxy` does with connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {

@@ -86,6 +86,18 @@ impl TestApp {
         Self::start(database, config).await
     }
 
+    /// Spawns chatd on a database the test made, with `adjust` applied.
+    pub async fn spawn_on(database: TestDatabase, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = Self::config(database.url());
+        adjust(&mut config);
+        Self::start(database, config).await
+    }
+
+    /// The URL of this app's database.
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.database.url()
+    }
+
     /// Another chatd on this one's database: a second replica.
     pub async fn replica(&self) -> TestApp {
         self.replica_with(|_| {}).await

@@ -30,6 +30,7 @@ mod helpers;
 
 mod alerts;
 mod auth;
+mod capacity;
 mod cli;
 mod concurrency;
 mod connections;

@@ -116,6 +116,111 @@ async fn sqlite_chatd_killed_mid_load_loses_nothing() {
     assert_eq!(integrity_check(&file), "ok");
 }
 
+/// EraseUser on SQLite killed with SIGKILL halfway through a user's 30,000 keyed
+/// messages (beside 10,000 of their peer's), then repeated on the restarted chatd: once
+/// it answers, neither the database file nor its WAL holds any of the erased user's
+/// bodies or keys, and the file passes `integrity_check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_erasure_killed_midway_then_repeated_leaves_nothing_on_disk() {
+    use diesel::{Connection, RunQueryDsl, connection::SimpleConnection};
+
+    let dir = TempDir::new();
+    let file = dir.join("chatd.db");
+    let url = format!("sqlite://{}", file.display());
+    let mut chatd = Chatd::start(&dir.0, &url, &["--call-timeout", "30s"], None).await;
+    let caller = Caller::new(chatd.grpc);
+    let pair = workload::pairs(&caller, 1).await[0];
+    let (thread, student, tutor) = (pair.thread_id, pair.student, pair.tutor);
+    // Keys in no particular order (as clients make them), interleaved with the peer's.
+    let mut side = diesel::SqliteConnection::establish(&file.display().to_string()).unwrap();
+    side.batch_execute(&format!(
+        "PRAGMA busy_timeout = 10000; \
+         WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 40000) \
+         INSERT INTO messages (thread_id, seq, sender_id, body, client_message_id, created_at) \
+         SELECT {thread}, x, CASE WHEN x % 4 = 0 THEN {tutor} ELSE {student} END, \
+                'body ' || hex(randomblob(12)), hex(randomblob(12)), '2026-12-01T00:00:00Z' FROM s; \
+         UPDATE threads SET last_seq = 40000, last_visible_seq = 40000 WHERE thread_id = {thread}; \
+         UPDATE thread_participants SET unread_count = CASE side WHEN 'tutor' THEN 30000 ELSE 10000 END \
+         WHERE thread_id = {thread};"
+    ))
+    .expect("bulk messages");
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        body: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        key: String,
+    }
+    let erased: Vec<Row> = diesel::sql_query(format!(
+        "SELECT body, client_message_id AS key FROM messages WHERE sender_id = {student}"
+    ))
+    .load(&mut side)
+    .unwrap();
+    assert_eq!(erased.len(), 30_000);
+
+    let mut sync = caller.sync();
+    let erasing = tokio::spawn(async move {
+        sync.erase_user(pb::EraseUserRequest { user_id: student })
+            .await
+    });
+    // Kill it once some batches have committed, and before all have.
+    loop {
+        let wiped: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "(SELECT count(*) FROM messages WHERE sender_id = {student} AND client_message_id IS NULL)"
+        )))
+        .get_result(&mut side)
+        .unwrap();
+        assert!(
+            wiped < 30_000,
+            "the erasure ended before it could be killed"
+        );
+        if wiped > 0 {
+            break;
+        }
+        assert!(
+            !erasing.is_finished(),
+            "the erasure answered before any batch was seen: {:?}",
+            erasing.await
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    chatd.kill().await;
+    assert!(erasing.await.unwrap().is_err(), "killed before it answered");
+    drop(side);
+    chatd.restart().await;
+    let erased_now = caller
+        .sync()
+        .erase_user(pb::EraseUserRequest { user_id: student })
+        .await
+        .expect("the repeat finishes the job")
+        .into_inner()
+        .messages_erased;
+    assert!(erased_now > 0 && erased_now < 30_000, "{erased_now}");
+    drop(chatd);
+
+    let mut on_disk = std::fs::read(&file).unwrap();
+    on_disk.extend(std::fs::read(format!("{}-wal", file.display())).unwrap_or_default());
+    // One pass over the file per length (keys and bodies have one length each).
+    let needles: std::collections::HashSet<&[u8]> = erased
+        .iter()
+        .flat_map(|row| [row.body.as_bytes(), row.key.as_bytes()])
+        .collect();
+    let lengths: std::collections::BTreeSet<usize> = needles.iter().map(|n| n.len()).collect();
+    let left: Vec<String> = lengths
+        .iter()
+        .flat_map(|length| on_disk.windows(*length))
+        .filter(|window| needles.contains(window))
+        .map(|window| String::from_utf8_lossy(window).into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} of the erased user's bodies and keys are on disk, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(5)]
+    );
+    assert_eq!(integrity_check(&file), "ok");
+}
+
 fn integrity_check(file: &std::path::Path) -> String {
     use diesel::{Connection, RunQueryDsl};
     let mut conn = diesel::SqliteConnection::establish(&file.display().to_string())

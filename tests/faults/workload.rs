@@ -69,7 +69,7 @@ impl Caller {
         ChatServiceClient::with_interceptor(self.channel.clone(), self.bearer(user, role))
     }
 
-    fn sync(&self) -> SyncServiceClient<InterceptedService<Channel, Bearer>> {
+    pub fn sync(&self) -> SyncServiceClient<InterceptedService<Channel, Bearer>> {
         SyncServiceClient::with_interceptor(self.channel.clone(), self.bearer(1, Role::Service))
     }
 }

@@ -49,10 +49,17 @@ allowed AS MATERIALIZED (
       AND (params.side <> 'tutor' OR t.kind <> 'contact'
            OR EXISTS (SELECT 1 FROM access WHERE access.state = ANY(params.unlocking)))
 ),
-sender AS MATERIALIZED (
-    SELECT p.unread_count FROM thread_participants p
-    WHERE p.thread_id = (SELECT thread_id FROM allowed) AND p.side = (SELECT side FROM params)
+parts AS MATERIALIZED (
+    -- The lock order (storage.rs): both participant rows, in side order, before any
+    -- summary version. `changed` reads this, so it runs before `bumped`; `counted`
+    -- (which PostgreSQL runs last) then updates rows already locked.
+    SELECT p.side, p.unread_count FROM thread_participants p
+    WHERE p.thread_id = (SELECT thread_id FROM allowed)
+    ORDER BY p.side
     FOR NO KEY UPDATE
+),
+sender AS (
+    SELECT parts.unread_count FROM parts, params WHERE parts.side = params.side
 ),
 m AS (
     INSERT INTO messages (thread_id, seq, sender_id, body, client_message_id, created_at)
@@ -86,6 +93,7 @@ changed AS (
     SELECT CASE WHEN params.side = 'tutor' THEN t.student_id ELSE t.tutor_id END AS user_id,
            CASE WHEN params.side = 'tutor' THEN 'student' ELSE 'tutor' END AS side
     FROM t, m, params
+    WHERE EXISTS (SELECT 1 FROM parts)
     UNION ALL
     SELECT params.sender_id, params.side FROM t, m, sender, params
     WHERE sender.unread_count > 0

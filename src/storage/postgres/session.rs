@@ -9,24 +9,24 @@
 //! the plain connection.
 
 use diesel::QueryResult;
-use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AsyncConnection, TransactionManager};
 
 use super::Conn;
+use super::ceiling::PooledConn;
 
 type Transactions = <Conn as AsyncConnection>::TransactionManager;
 
 /// A pooled connection for one call; `finish` ends it.
 pub struct PgSession {
     /// `None` once finished or given up.
-    conn: Option<Object<Conn>>,
+    conn: Option<PooledConn>,
     /// Whether a transaction was opened, to be committed or rolled back by `finish`.
     in_transaction: bool,
 }
 
 impl PgSession {
     /// Takes `conn` for one call, in a transaction when `transaction` says so.
-    pub async fn begin(mut conn: Object<Conn>, transaction: bool) -> QueryResult<Self> {
+    pub async fn begin(mut conn: PooledConn, transaction: bool) -> QueryResult<Self> {
         if transaction {
             Transactions::begin_transaction(&mut *conn).await?;
         }
@@ -50,7 +50,7 @@ impl PgSession {
                 let committed = Transactions::commit_transaction(&mut *conn).await;
                 if committed.is_err() {
                     // Its state is unknown: it does not go back to the pool.
-                    drop(Object::take(conn));
+                    conn.discard();
                 }
                 committed.map(|()| value)
             }
@@ -59,7 +59,7 @@ impl PgSession {
                     .await
                     .is_err()
                 {
-                    drop(Object::take(conn));
+                    conn.discard();
                 }
                 Err(error)
             }
@@ -74,7 +74,7 @@ impl Drop for PgSession {
         if let Some(conn) = self.conn.take()
             && self.in_transaction
         {
-            drop(Object::take(conn));
+            conn.discard();
         }
     }
 }

@@ -13,13 +13,17 @@ WITH params AS (
            CAST(:muted_until_ms AS bigint) AS muted_until_ms,
            CAST(:now_ms AS bigint) AS now_ms
 ),
-t AS (
+t AS MATERIALIZED (
+    -- The lock order (storage.rs): the thread row first, shared (a mute changes only the
+    -- caller's own row), then the participant row, then the summary version.
     SELECT thread_id, kind, tutor_id, student_id, is_writable FROM threads
     WHERE thread_id = (SELECT thread_id FROM params)
+    FOR SHARE
 ),
 cur AS MATERIALIZED (
     SELECT p.unread_count, p.muted_until_ms FROM thread_participants p, params
-    WHERE p.thread_id = params.thread_id AND p.side = params.side AND p.user_id = params.user_id
+    WHERE p.thread_id = (SELECT thread_id FROM t) AND p.side = params.side
+      AND p.user_id = params.user_id
     FOR NO KEY UPDATE OF p
 ),
 moved AS (
