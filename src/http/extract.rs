@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
@@ -83,12 +82,102 @@ where
         }
         // serde would read `[…]` into a struct too; the contract's bodies are objects.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::invalid("body", "must be a JSON object"));
+            return Err(ApiError::new(
+                crate::status::of(crate::domain::Reason::InvalidArgument),
+                "the body must be a JSON object, like {}",
+            ));
         }
-        Json::<T>::from_bytes(bytes)
-            .map(|Json(value)| JsonBody(value))
-            .map_err(|rejection| ApiError::invalid("body", rejection.body_text()))
+        read_json(bytes).map(JsonBody)
     }
+}
+
+/// Reads a JSON body into `T`. A value of the wrong type names its field by its JSON
+/// path (`up_to_seq`, `items[2].id`) and says what was wanted in JSON's words ("an
+/// integer", "a string"), never in Rust's (`i64`, "floating point"); a body that is not
+/// JSON at all says where it stops being JSON, and names no field.
+fn read_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let (path, error) = match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(value) => match deserializer.end() {
+            Ok(()) => return Ok(value),
+            Err(error) => (".".to_owned(), error),
+        },
+        Err(error) => (error.path().to_string(), error.into_inner()),
+    };
+    if !error.is_data() {
+        return Err(ApiError::new(
+            crate::status::of(crate::domain::Reason::InvalidArgument),
+            format!(
+                "the body is not valid JSON: {} (line {}, column {})",
+                json_problem(&error),
+                error.line(),
+                error.column()
+            ),
+        ));
+    }
+    let problem = json_problem(&error);
+    // A missing field is reported at its parent's path, with its name in the text.
+    if let Some(name) = problem
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        let field = match path.as_str() {
+            "." => name.to_owned(),
+            parent => format!("{parent}.{name}"),
+        };
+        return Err(ApiError::invalid(&field, "is required"));
+    }
+    let field = if path == "." { "(the body)" } else { &path };
+    Err(ApiError::invalid(field, in_json_terms(&problem)))
+}
+
+/// serde_json's message without its " at line L column C" (said separately).
+fn json_problem(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// Rewrites serde's "invalid type: floating point `1000.5`, expected i64" as a JSON
+/// client reads it: "must be an integer, got the number 1000.5".
+fn in_json_terms(problem: &str) -> String {
+    let Some((got, wanted)) = problem
+        .strip_prefix("invalid type: ")
+        .or_else(|| problem.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.rsplit_once(", expected "))
+    else {
+        return problem.to_owned();
+    };
+    let wanted = match wanted {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" => "an integer",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        other if other.starts_with("struct ") => "an object",
+        other => other,
+    };
+    let quoted = |text: &str| text.trim_matches('`').to_owned();
+    let got = if let Some(number) = got
+        .strip_prefix("floating point ")
+        .or_else(|| got.strip_prefix("integer "))
+    {
+        format!("the number {}", quoted(number))
+    } else if let Some(text) = got.strip_prefix("string ") {
+        format!("the string {text}")
+    } else if let Some(value) = got.strip_prefix("boolean ") {
+        quoted(value)
+    } else {
+        match got {
+            "null" | "unit value" => "null".to_owned(),
+            "sequence" => "an array".to_owned(),
+            "map" => "an object".to_owned(),
+            other => other.to_owned(),
+        }
+    };
+    format!("must be {wanted}, got {got}")
 }
 
 /// The `{thread_id}` of a path, refused with a JSON error naming it when not an integer.
@@ -197,4 +286,57 @@ pub(super) struct PageQuery {
     pub(super) before_seq: Option<String>,
     pub(super) after_seq: Option<String>,
     pub(super) page_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Body {
+        #[serde(default)]
+        #[expect(dead_code, reason = "read only to be refused")]
+        up_to_seq: Option<i64>,
+        #[expect(dead_code, reason = "read only to be refused")]
+        body: String,
+    }
+
+    fn refusal(json: &str) -> ApiError {
+        read_json::<Body>(json.as_bytes()).expect_err("refused")
+    }
+
+    #[test]
+    fn json_errors_name_the_json_field_in_json_terms() {
+        let error = refusal(r#"{"body": "hi", "up_to_seq": 1000.5}"#);
+        assert_eq!(error.field.as_deref(), Some("up_to_seq"));
+        assert_eq!(
+            error.message,
+            "up_to_seq: must be an integer, got the number 1000.5"
+        );
+        let error = refusal(r#"{"body": 5}"#);
+        assert_eq!(error.field.as_deref(), Some("body"));
+        assert_eq!(error.message, "body: must be a string, got the number 5");
+        let error = refusal(r#"{"up_to_seq": 3}"#);
+        assert_eq!(error.field.as_deref(), Some("body"));
+        assert_eq!(error.message, "body: is required");
+        let error = refusal(r#"{"body": "x", "up_to_seq": "3"}"#);
+        assert_eq!(
+            error.message,
+            "up_to_seq: must be an integer, got the string \"3\""
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_names_no_field() {
+        let error = refusal(r#"{"body": "x",}"#);
+        assert_eq!(error.field, None);
+        assert!(
+            error.message.starts_with("the body is not valid JSON:"),
+            "{}",
+            error.message
+        );
+        assert!(!error.message.contains("i64"), "{}", error.message);
+        let error = refusal(r#"{"body": "x"} trailing"#);
+        assert_eq!(error.field, None);
+    }
 }

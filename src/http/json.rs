@@ -79,7 +79,8 @@ pub struct ThreadUnreadJson {
     pub unread_count: i64,
     pub last_message_at: Option<String>,
     pub last_message_preview: String,
-    pub last_message_sender_id: i64,
+    /// Null, like `last_message_at`, when the thread shows no message.
+    pub last_message_sender_id: Option<i64>,
     pub is_writable: bool,
     pub muted: bool,
     pub muted_until: Option<String>,
@@ -151,7 +152,7 @@ pub struct MessageJson {
     pub seq: i64,
     pub sender_id: i64,
     pub body: String,
-    pub created_at: Option<String>,
+    pub created_at: String,
     pub client_message_id: Option<String>,
     pub edited_at: Option<String>,
     pub deleted: bool,
@@ -221,9 +222,9 @@ impl From<pb::ThreadUnread> for ThreadUnreadJson {
             tutor_id: t.tutor_id,
             student_id: t.student_id,
             unread_count: t.unread_count,
+            last_message_sender_id: t.last_message_at.map(|_| t.last_message_sender_id),
             last_message_at: rfc3339(t.last_message_at),
             last_message_preview: t.last_message_preview,
-            last_message_sender_id: t.last_message_sender_id,
             is_writable: t.is_writable,
             muted: t.muted,
             muted_until: rfc3339(t.muted_until),
@@ -284,31 +285,37 @@ impl From<pb::MarkReadResponse> for ReadStateJson {
     }
 }
 
-impl From<pb::Message> for MessageJson {
-    fn from(message: pb::Message) -> Self {
-        Self {
+impl MessageJson {
+    /// `None` when chatd's answer has no `created_at`, which chatd always sends.
+    pub fn new(message: pb::Message) -> Option<Self> {
+        Some(Self {
             message_id: message.message_id,
             thread_id: message.thread_id,
             seq: message.seq,
             sender_id: message.sender_id,
             body: message.body,
-            created_at: rfc3339(message.created_at),
+            created_at: rfc3339(message.created_at)?,
             client_message_id: Some(message.client_message_id).filter(|id| !id.is_empty()),
             edited_at: rfc3339(message.edited_at),
             deleted: message.deleted,
             deleted_at: rfc3339(message.deleted_at),
-        }
+        })
     }
 }
 
-impl From<pb::ListMessagesResponse> for MessagePageJson {
-    fn from(page: pb::ListMessagesResponse) -> Self {
-        Self {
-            messages: page.messages.into_iter().map(MessageJson::from).collect(),
+impl MessagePageJson {
+    /// `None` when a message of chatd's answer has no `created_at`.
+    pub fn new(page: pb::ListMessagesResponse) -> Option<Self> {
+        Some(Self {
+            messages: page
+                .messages
+                .into_iter()
+                .map(MessageJson::new)
+                .collect::<Option<_>>()?,
             last_read_seq: page.last_read_seq,
             peer_last_read_seq: page.peer_last_read_seq,
             has_more: page.has_more,
-        }
+        })
     }
 }
 

@@ -178,6 +178,7 @@ pub(super) fn cors(origins: &[String]) -> Result<CorsLayer, String> {
             HeaderName::from_static("traceparent"),
             HeaderName::from_static("tracestate"),
         ])
-        .expose_headers([header::ETAG])
+        // Every response header the docs tell a browser to read.
+        .expose_headers([header::ETAG, header::RETRY_AFTER])
         .max_age(Duration::from_secs(600)))
 }

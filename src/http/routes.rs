@@ -211,10 +211,7 @@ pub(super) async fn send_message(
         .send_message(chatd.request(request))
         .await?
         .into_inner();
-    let message = response
-        .message
-        .ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no message")))?;
-    Ok((StatusCode::CREATED, Json(MessageJson::from(message))).into_response())
+    Ok((StatusCode::CREATED, Json(answered(response.message)?)).into_response())
 }
 
 pub(super) async fn list_threads(
@@ -249,7 +246,11 @@ pub(super) async fn list_messages(
         .list_messages(chatd.request(request))
         .await?
         .into_inner();
-    Ok(Json(MessagePageJson::from(page)))
+    MessagePageJson::new(page).map(Json).ok_or_else(|| {
+        ApiError::from(tonic::Status::internal(
+            "chatd answered a message without created_at",
+        ))
+    })
 }
 
 pub(super) async fn edit_message(
@@ -267,7 +268,7 @@ pub(super) async fn edit_message(
         .edit_message(chatd.request(request))
         .await?
         .into_inner();
-    Ok(Json(MessageJson::from(answered(response.message)?)))
+    Ok(Json(answered(response.message)?))
 }
 
 pub(super) async fn delete_message(
@@ -280,7 +281,7 @@ pub(super) async fn delete_message(
         .delete_message(chatd.request(request))
         .await?
         .into_inner();
-    Ok(Json(MessageJson::from(answered(response.message)?)))
+    Ok(Json(answered(response.message)?))
 }
 
 pub(super) async fn mark_unread(
@@ -345,9 +346,13 @@ pub(super) async fn unmute_thread(
     Ok(Json(MuteJson::from(state)))
 }
 
-/// The message an answer must carry.
-fn answered(message: Option<pb::Message>) -> Result<pb::Message, ApiError> {
-    message.ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no message")))
+/// The message an answer must carry, as JSON.
+fn answered(message: Option<pb::Message>) -> Result<MessageJson, ApiError> {
+    message.and_then(MessageJson::new).ok_or_else(|| {
+        ApiError::from(tonic::Status::internal(
+            "chatd answered no message, or one without created_at",
+        ))
+    })
 }
 
 /// Liveness: the gateway process answers.

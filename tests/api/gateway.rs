@@ -309,6 +309,13 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     .await;
     assert_api_error(&malformed, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
 
+    assert_eq!(
+        malformed.1.get("field"),
+        None,
+        "a body that is not JSON is no one field's fault: {}",
+        malformed.1
+    );
+
     let wrong_type = call(
         client()
             .post(&ensure_url)
@@ -317,6 +324,21 @@ async fn bad_http_input_gets_json_errors(app: TestApp) {
     )
     .await;
     assert_api_error(&wrong_type, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(wrong_type.1["field"], "relation_id", "{}", wrong_type.1);
+    // The field by its JSON name, the problem in JSON's words, not Rust's.
+    let fraction = call(
+        client()
+            .post(app.url(&format!("/api/v1/chat/threads/{}/read/", thread.thread_id)))
+            .header("authorization", &tutor)
+            .json(&json!({ "up_to_seq": 1000.0 })),
+    )
+    .await;
+    assert_api_error(&fraction, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT");
+    assert_eq!(fraction.1["field"], "up_to_seq", "{}", fraction.1);
+    assert_eq!(
+        fraction.1["message"],
+        "up_to_seq: must be an integer, got the number 1000.0"
+    );
     assert!(
         wrong_type.1["message"]
             .as_str()
@@ -974,13 +996,15 @@ async fn cors_allows_only_configured_origins() {
         answered.headers()["access-control-allow-origin"],
         "https://app.example"
     );
-    assert!(
-        answered.headers()["access-control-expose-headers"]
-            .to_str()
-            .unwrap()
-            .to_ascii_lowercase()
-            .contains("etag")
-    );
+    // Every header the docs tell a browser to read: the ETag of a poll, the
+    // Retry-After of a 429.
+    let exposed = answered.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for header in ["etag", "retry-after"] {
+        assert!(exposed.contains(header), "{header} in {exposed}");
+    }
     let other = preflight(base, "https://evil.example")
         .send()
         .await

@@ -125,6 +125,12 @@ async fn the_inbox_lists_every_thread_newest_first(app: TestApp) {
         last["threads"][0]["last_message_at"],
         serde_json::Value::Null
     );
+    // No message shown: no sender either, null like its siblings (not a user id 0).
+    assert_eq!(
+        last["threads"][0]["last_message_sender_id"],
+        serde_json::Value::Null
+    );
+    assert_eq!(body["threads"][0]["last_message_sender_id"], 7);
     assert_eq!(last["next_page_token"], serde_json::Value::Null);
 }
 
