@@ -14,6 +14,25 @@
 //! statements apply them in SQL, each naming the function it implements, and the
 //! model-based test (`tests/api/model.rs`) holds the two equal. Concurrency is kept by
 //! the database, never by process memory, so it holds across replicas.
+//!
+//! # Lock order
+//! Every PostgreSQL write takes its row locks in this order, so that no two writes can
+//! wait on each other in a cycle (a deadlock, which PostgreSQL breaks by failing one
+//! of them):
+//! 1. the fact a thread is of (`relations`, `inquiries`): upserts, and EnsureThread's
+//!    create, which shares it;
+//! 2. thread rows, by id: every write of a thread takes its row first, NO KEY UPDATE
+//!    when it changes the thread's messages, horizons or line, SHARE when it changes
+//!    only its caller's own participant row (a mute);
+//! 3. the tutor's `contact_access` row (shared by a tutor's send or edit);
+//! 4. message rows;
+//! 5. both participant rows of the thread, by side, when the write changes either;
+//! 6. `summary_versions` rows, by (user, side).
+//!
+//! SQLite's single writer runs one write at a time, so nothing can wait on anything
+//! there; its writes touch rows in the same order, for one way of reading both. A
+//! conflict that still happens (with a client outside chatd, or a pooler's reconnect)
+//! is retried inside chatd (`PgStore::retrying`).
 
 use tracing::Instrument;
 
