@@ -27,7 +27,6 @@ mod inbox;
 mod limits;
 mod messages;
 mod reading;
-pub mod rules;
 mod summaries;
 mod threads;
 mod tickets;
@@ -55,7 +54,7 @@ use std::time::Duration;
 /// past the fan-out's latency (milliseconds), short beside the sweep's interval.
 pub const SWEEP_GRACE: Duration = Duration::from_secs(1);
 
-use rules::Refusal;
+use crate::rules::{self, Refusal};
 
 use crate::metrics::ChatCounters;
 use crate::storage::{Store, StoreError};
@@ -160,11 +159,6 @@ fn caller_side(caller: Caller) -> Result<Side, DomainError> {
         role: caller.role.as_str().to_owned(),
         service: "chat.v1.ChatService",
     })
-}
-
-/// The values of `all` that `rule` allows: how the domain hands a rule to storage as data.
-fn allowing<T: Copy>(all: &[T], rule: impl Fn(T) -> bool) -> Vec<T> {
-    all.iter().copied().filter(|value| rule(*value)).collect()
 }
 
 /// The error clients see for a refusal of an operation on a thread.

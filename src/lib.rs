@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod proto;
+pub mod rules;
 pub mod status;
 pub mod storage;
 pub mod telemetry;

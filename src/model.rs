@@ -3,7 +3,7 @@
 //! storage reads and the domain hands out (threads, summary lines, messages).
 //!
 //! Plain values with their stored names and nothing else. The rules about them (which
-//! status lets a thread take messages, who is a participant) live in `domain/rules.rs`;
+//! status lets a thread take messages, who is a participant) live in `rules.rs`;
 //! this module sits below every other, so storage can keep rows typed without naming
 //! the domain.
 
@@ -55,6 +55,36 @@ pub fn canonical_number<T: std::str::FromStr + ToString>(text: &str) -> Option<T
         .ok()
         .filter(|value| value.to_string() == text)
 }
+
+/// Declares a number that names one kind of thing, so that one cannot be passed where
+/// another is wanted: a call taking a thread, a user and a seq does not compile with two
+/// of them swapped. Records read from storage keep plain numbers; calls take these.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub i64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A thread's id.
+    ThreadId
+);
+id_type!(
+    /// A user's id: the `sub` of their tokens, the participant ids of facts.
+    UserId
+);
+id_type!(
+    /// A message's place in its thread: 1, 2, 3, … with no gaps.
+    Seq
+);
 
 named_enum!(
     /// The role claim of a token: tutors and students call ChatService, upstream

@@ -1,19 +1,24 @@
 //! Persistence on PostgreSQL or embedded SQLite, in rooms:
+//! - `writes/`: every write, one file each beside its PostgreSQL statement (`.sql`):
+//!   the request, the outcome, and each backend's way, under one `Write` trait.
+//! - `reads.rs`: every read, and the rows with one spelling (`MessageRow`, …), written
+//!   once and compiled for each backend.
 //! - `schema.rs`: the tables as diesel sees them (`migrations/` creates them).
-//! - `rows.rs`: what storage reads and writes, typed with `crate::model`'s enums.
+//! - `rows.rs`: the records reads return, typed with `crate::model`'s enums.
+//! - `postgres.rs`: the pool and its ceiling, a call's session, retries after a
+//!   conflict, and what the statements share.
+//! - `sqlite.rs`: readers in a pool and one writer on a thread of its own
+//!   (`sqlite/writer.rs`), with the steps its writes share (`sqlite/steps.rs`).
 //! - `pool.rs`: database URLs, connection pools and migrations.
-//! - `reads.rs`: every read, written once and compiled for each backend.
-//! - `upsert.rs`: the one versioned upsert of the facts upstream services push.
-//! - `postgres.rs`: writes as one statement each (one round trip, locks in one order),
-//!   read from the `.sql` files of `postgres/`.
-//! - `sqlite.rs`: writes queued for one writer connection on a thread of its own
-//!   (`sqlite/writer.rs`).
+//! - `errors.rs`: what a failed call means, by SQLSTATE; `episodes.rs`: telling
+//!   operators once per episode.
 //!
-//! `Store` is the one door: the domain calls it and never sees a backend. The rules
-//! the writes check are `domain/rules.rs`'s: SQLite's writer calls them; PostgreSQL's
-//! statements apply them in SQL, each naming the function it implements, and the
-//! model-based test (`tests/api/model.rs`) holds the two equal. Concurrency is kept by
-//! the database, never by process memory, so it holds across replicas.
+//! `Store` is the one door: the domain calls it and never sees a backend. Each write
+//! decides with `crate::rules` under its locks and says what it did (appended, replayed,
+//! refused by which rule); SQLite's writer calls the rules, PostgreSQL's statements
+//! apply them in SQL, each naming the function it implements, and the model-based test
+//! (`tests/api/model`) holds the two equal. Concurrency is kept by the database, never
+//! by process memory, so it holds across replicas.
 //!
 //! # Lock order
 //! Every PostgreSQL write takes its row locks in this order, so that no two writes can
@@ -42,21 +47,19 @@ mod pool;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
-mod upsert;
+pub mod writes;
 
 pub use episodes::Episodes;
 pub use errors::{StoreError, StoreResult};
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler};
 pub use rows::{
-    Deleter, ErasedBatch, Fact, Horizons, InboxCursor, InquiryTarget, MarkReadAttempt,
-    MarkUnreadAttempt, MessageAttempt, MessageEdit, MessagePageRows, MuteAttempt, MuteRow,
-    NewMessage, NewThread, NewTicket, ReadStateRow, RedeemedTicket, RelationTarget, SendAttempt,
-    ThreadFacts, UnreadPage,
+    Fact, Horizons, InboxCursor, InquiryTarget, MessagePageRows, NewTicket, RedeemedTicket,
+    RelationTarget, UnreadPage,
 };
+pub use writes::Write;
 
 use crate::model::{
-    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey,
-    Thread, ThreadUnread,
+    InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey, ThreadUnread,
 };
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -118,25 +121,6 @@ macro_rules! backend_read {
         .await;
         $store.episodes().note($store.backend(), &read);
         read
-    }};
-}
-
-/// Runs a write that each backend implements its own way (on PostgreSQL again after a
-/// conflict with another transaction, see `PgStore::retrying`), and notes whether
-/// storage had room for it.
-macro_rules! backend_write {
-    ($store:expr, $function:ident($($arg:expr),* $(,)?)) => {{
-        let written = traced($store.backend(), stringify!($function), async {
-            match $store {
-                Store::Postgres(store) => {
-                    store.retrying(|| store.$function($(Clone::clone(&$arg)),*)).await
-                }
-                Store::Sqlite(store) => store.$function($($arg),*).await,
-            }
-        })
-        .await;
-        $store.episodes().note($store.backend(), &written);
-        written
     }};
 }
 
@@ -286,97 +270,19 @@ impl Store {
         backend_read!(self, recount_unread(thread_id, side))
     }
 
-    /// Keeps a stream ticket's hash until its `expires_at`, forgetting expired ones.
-    pub async fn create_stream_ticket(&self, ticket: NewTicket, now: i64) -> StoreResult<()> {
-        backend_write!(self, create_stream_ticket(ticket, now))
-    }
-
-    /// Takes a live stream ticket, once: its user, role and access end.
-    pub async fn redeem_stream_ticket(
-        &self,
-        ticket_hash: &str,
-        now: i64,
-    ) -> StoreResult<Option<RedeemedTicket>> {
-        backend_write!(self, redeem_stream_ticket(ticket_hash, now))
-    }
-
-    /// Creates a thread (see `NewThread`); `None` when it exists already or its fact
-    /// does not.
-    pub async fn create_thread(&self, new: &NewThread) -> StoreResult<Option<Thread>> {
-        backend_write!(self, create_thread(new))
-    }
-
-    pub async fn send_message(&self, message: &NewMessage) -> StoreResult<SendAttempt> {
-        backend_write!(self, send_message(message))
-    }
-
-    /// MarkRead; totals as of `now_ms` (muted threads left out).
-    pub async fn mark_read(
-        &self,
-        thread_id: i64,
-        side: Side,
-        user_id: i64,
-        up_to_seq: Option<i64>,
-        now_ms: i64,
-    ) -> StoreResult<MarkReadAttempt> {
-        backend_write!(self, mark_read(thread_id, side, user_id, up_to_seq, now_ms))
-    }
-
-    /// MarkUnread; totals as of `now_ms`.
-    pub async fn mark_unread(
-        &self,
-        thread_id: i64,
-        side: Side,
-        user_id: i64,
-        from_seq: i64,
-        now_ms: i64,
-    ) -> StoreResult<MarkUnreadAttempt> {
-        backend_write!(
-            self,
-            mark_unread(thread_id, side, user_id, from_seq, now_ms)
-        )
-    }
-
-    pub async fn edit_message(&self, edit: &MessageEdit) -> StoreResult<MessageAttempt> {
-        backend_write!(self, edit_message(edit))
-    }
-
-    /// DeleteMessage (by its sender) or RemoveMessage (by a moderator).
-    pub async fn delete_message(
-        &self,
-        thread_id: i64,
-        seq: i64,
-        deleter: Deleter,
-    ) -> StoreResult<MessageAttempt> {
-        backend_write!(self, delete_message(thread_id, seq, deleter))
-    }
-
-    /// Mutes (`Some` time in Unix ms, or `rules::MUTED_FOREVER_MS`) or unmutes (`None`)
-    /// a thread for one participant; totals as of `now_ms`.
-    pub async fn set_mute(
-        &self,
-        thread_id: i64,
-        side: Side,
-        user_id: i64,
-        muted_until_ms: Option<i64>,
-        now_ms: i64,
-    ) -> StoreResult<MuteAttempt> {
-        backend_write!(
-            self,
-            set_mute(thread_id, side, user_id, muted_until_ms, now_ms)
-        )
-    }
-
-    /// One bounded transaction of EraseUser: up to `batch` of the user's messages in one
-    /// thread, after `after_seq`.
-    pub async fn erase_batch(
-        &self,
-        thread_id: i64,
-        user_id: i64,
-        after_seq: i64,
-        batch: i64,
-    ) -> StoreResult<ErasedBatch> {
-        backend_write!(self, erase_batch(thread_id, user_id, after_seq, batch))
+    /// Runs one write (`writes/`): on PostgreSQL in a session of its own, again after
+    /// a conflict with another transaction; on SQLite on the single writer. Traced, and
+    /// noted for the episodes operators hear of (a full disk, an outage).
+    pub async fn write<W: Write>(&self, write: W) -> StoreResult<W::Done> {
+        let written = traced(self.backend(), W::NAME, async {
+            match self {
+                Store::Postgres(store) => store.run(&write).await,
+                Store::Sqlite(store) => store.run(&write).await,
+            }
+        })
+        .await;
+        self.episodes().note(self.backend(), &written);
+        written
     }
 
     /// After an erasure: on SQLite, the index of keys is rebuilt and the WAL
@@ -388,74 +294,6 @@ impl Store {
             Store::Postgres(_) => Ok(()),
             Store::Sqlite(store) => store.after_erasure().await,
         }
-    }
-
-    /// Stores a relation if `rules::upsert_outcome` applies it (the upsert statement
-    /// decides that atomically); when it applies, the thread's writability becomes
-    /// `is_writable` in the same transaction. Returns whether it applied, and the
-    /// changed summaries (both participants', when writability changed).
-    pub async fn upsert_relation(
-        &self,
-        relation_id: i64,
-        fact: Fact<RelationStatus>,
-        is_writable: bool,
-    ) -> StoreResult<(bool, Vec<SummaryKey>)> {
-        let ids = [relation_id, fact.tutor_id, fact.student_id];
-        let status = fact.status.as_str();
-        backend_write!(
-            self,
-            upsert_fact(
-                &upsert::RELATIONS,
-                &ids[..],
-                status,
-                fact.version,
-                Some(is_writable)
-            )
-        )
-    }
-
-    /// Stores an inquiry; see `upsert_relation`.
-    pub async fn upsert_inquiry(
-        &self,
-        inquiry_id: i64,
-        fact: Fact<InquiryStatus>,
-        is_writable: bool,
-    ) -> StoreResult<(bool, Vec<SummaryKey>)> {
-        let ids = [inquiry_id, fact.tutor_id, fact.student_id];
-        let status = fact.status.as_str();
-        backend_write!(
-            self,
-            upsert_fact(
-                &upsert::INQUIRIES,
-                &ids[..],
-                status,
-                fact.version,
-                Some(is_writable)
-            )
-        )
-    }
-
-    /// Stores a tutor's contact access to a student if its version is newer. Returns
-    /// whether it applied.
-    pub async fn upsert_contact_access(
-        &self,
-        tutor_id: i64,
-        student_id: i64,
-        state: ContactAccessState,
-        version: i64,
-    ) -> StoreResult<bool> {
-        let ids = [tutor_id, student_id];
-        let (applied, _) = backend_write!(
-            self,
-            upsert_fact(
-                &upsert::CONTACT_ACCESS,
-                &ids[..],
-                state.as_str(),
-                version,
-                None
-            )
-        )?;
-        Ok(applied)
     }
 }
 

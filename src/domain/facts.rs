@@ -2,8 +2,9 @@
 //! that own them, applied by version (`rules::upsert_outcome`), with the threads'
 //! writability following.
 
-use super::rules::{self, Participants, UpsertOutcome};
 use super::{Chat, ContactAccessState, DomainError, InquiryStatus, RelationStatus, SummaryKey};
+use crate::rules::{self, Participants, UpsertOutcome};
+use crate::storage::writes::upsert_fact::{self, UpsertFact};
 use crate::storage::{Fact, StoreError};
 
 impl Chat {
@@ -17,15 +18,13 @@ impl Chat {
         version: i64,
     ) -> Result<bool, DomainError> {
         let pushed = distinct(tutor_id, student_id)?;
-        let fact = Fact {
-            tutor_id,
-            student_id,
-            status,
+        let written = self.store.write(UpsertFact {
+            table: &upsert_fact::RELATIONS,
+            ids: vec![relation_id, tutor_id, student_id],
+            status: status.as_str(),
             version,
-        };
-        let written = self
-            .store
-            .upsert_relation(relation_id, fact, status.allows_messages());
+            is_writable: Some(status.allows_messages()),
+        });
         let stored = async || self.store.find_relation(relation_id).await;
         self.upsert_with_participants("relation", relation_id, pushed, version, written, stored)
             .await
@@ -41,15 +40,13 @@ impl Chat {
         version: i64,
     ) -> Result<bool, DomainError> {
         let pushed = distinct(tutor_id, student_id)?;
-        let fact = Fact {
-            tutor_id,
-            student_id,
-            status,
+        let written = self.store.write(UpsertFact {
+            table: &upsert_fact::INQUIRIES,
+            ids: vec![inquiry_id, tutor_id, student_id],
+            status: status.as_str(),
             version,
-        };
-        let written = self
-            .store
-            .upsert_inquiry(inquiry_id, fact, status.allows_messages());
+            is_writable: Some(status.allows_messages()),
+        });
         let stored = async || self.store.find_inquiry(inquiry_id).await;
         self.upsert_with_participants("inquiry", inquiry_id, pushed, version, written, stored)
             .await
@@ -93,10 +90,18 @@ impl Chat {
         version: i64,
     ) -> Result<bool, DomainError> {
         distinct(tutor_id, student_id)?;
-        Ok(self
+        let (applied, changed) = self
             .store
-            .upsert_contact_access(tutor_id, student_id, state, version)
-            .await?)
+            .write(UpsertFact {
+                table: &upsert_fact::CONTACT_ACCESS,
+                ids: vec![tutor_id, student_id],
+                status: state.as_str(),
+                version,
+                is_writable: None,
+            })
+            .await?;
+        self.changed(&changed);
+        Ok(applied)
     }
 }
 

@@ -1,12 +1,17 @@
 //! Messages: sending, editing, deleting (by the sender, or removed by a moderation
 //! service), listing, and erasing every message of a user.
 
-use super::rules::{self, Participants, Refusal};
 use super::{
-    Caller, Chat, ContactAccessState, DomainError, Message, MessageBody, MessagePage, MessagesFrom,
-    Side, allowing, caller_side, thread_refused,
+    Caller, Chat, DomainError, Message, MessageBody, MessagePage, MessagesFrom, Side, caller_side,
+    thread_refused,
 };
-use crate::storage::{Deleter, MessageAttempt, MessageEdit, NewMessage};
+use crate::model::{Seq, ThreadId, UserId};
+use crate::rules::{self, Participants, Refusal};
+use crate::storage::writes::MessageChange;
+use crate::storage::writes::delete_message::{DeleteMessage, Deleter};
+use crate::storage::writes::edit_message::EditMessage;
+use crate::storage::writes::erase_batch::EraseBatch;
+use crate::storage::writes::send_message::{SendMessage, Sent};
 
 /// Most messages one transaction of EraseUser wipes: other writes wait for at most one
 /// such batch of a thread.
@@ -17,7 +22,7 @@ impl Chat {
     pub async fn send_message(
         &self,
         caller: Caller,
-        thread_id: i64,
+        thread_id: ThreadId,
         body: MessageBody,
         client_message_id: Option<String>,
     ) -> Result<Message, DomainError> {
@@ -32,47 +37,29 @@ impl Chat {
             }
             return Err(DomainError::RateLimited { retry_after });
         }
-        let request = NewMessage {
-            thread_id,
-            side,
-            sender_id: caller.user_id,
-            preview: rules::preview(body.as_str()),
-            body: body.into_string(),
-            client_message_id,
-            unlocking: allowing(ContactAccessState::ALL, |s| s.lets_tutor_contact()),
-        };
-        let attempt = self.store.send_message(&request).await?;
-        let thread = rules::thread_for(
-            caller.user_id,
-            side,
-            attempt.thread.map(|thread| thread.view()),
-        )
-        .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
-        if let Some(first) = attempt.replayed {
-            return Ok(first);
+        let sent = self
+            .store
+            .write(SendMessage {
+                thread_id,
+                side,
+                sender_id: UserId(caller.user_id),
+                preview: rules::preview(body.as_str()),
+                body: body.into_string(),
+                client_message_id,
+            })
+            .await?;
+        match sent {
+            Sent::Appended { message, changed } => {
+                self.changed(&changed);
+                self.counters.message_sent();
+                Ok(message)
+            }
+            Sent::Replayed(first) => Ok(first),
+            Sent::Refused {
+                refusal,
+                student_id,
+            } => Err(thread_refused(refusal, thread_id.0, Some(student_id))),
         }
-        if let Some(sent) = attempt.sent {
-            self.changed(&attempt.changed);
-            self.counters.message_sent();
-            return Ok(sent);
-        }
-        // Not appended: the rules say why, from what the write saw under its locks.
-        rules::may_write(side, &thread).map_err(|refusal| {
-            thread_refused(refusal, thread_id, Some(thread.participants.student_id))
-        })?;
-        // Allowed, yet not appended: a concurrent retry with the same key committed
-        // first, after this write's snapshot. Its message is the answer.
-        if let Some(key) = &request.client_message_id
-            && let Some(first) = self
-                .store
-                .message_by_key(thread_id, caller.user_id, key)
-                .await?
-        {
-            return Ok(first);
-        }
-        Err(DomainError::Internal(format!(
-            "message to thread {thread_id} neither appended nor refused"
-        )))
     }
 
     /// The caller's message stored under `key` in a thread of theirs, if any: what a
@@ -81,10 +68,10 @@ impl Chat {
         &self,
         caller: Caller,
         side: Side,
-        thread_id: i64,
+        thread_id: ThreadId,
         key: &str,
     ) -> Result<Option<Message>, DomainError> {
-        let member = self.store.horizons(thread_id).await?.is_some_and(|h| {
+        let member = self.store.horizons(thread_id.0).await?.is_some_and(|h| {
             Participants {
                 tutor_id: h.tutor_id,
                 student_id: h.student_id,
@@ -96,7 +83,7 @@ impl Chat {
         }
         Ok(self
             .store
-            .message_by_key(thread_id, caller.user_id, key)
+            .message_by_key(thread_id.0, caller.user_id, key)
             .await?)
     }
 
@@ -105,35 +92,26 @@ impl Chat {
     pub async fn edit_message(
         &self,
         caller: Caller,
-        thread_id: i64,
-        seq: i64,
+        thread_id: ThreadId,
+        seq: Seq,
         body: MessageBody,
     ) -> Result<Message, DomainError> {
         let side = caller_side(caller)?;
         self.limits
             .take(caller.user_id)
             .map_err(|retry_after| DomainError::RateLimited { retry_after })?;
-        let edit = MessageEdit {
-            thread_id,
-            seq,
-            side,
-            editor_id: caller.user_id,
-            preview: rules::preview(body.as_str()),
-            body: body.into_string(),
-            unlocking: allowing(ContactAccessState::ALL, |s| s.lets_tutor_contact()),
-        };
-        let attempt = self.store.edit_message(&edit).await?;
-        let thread = rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
-            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
-        rules::may_edit(caller.user_id, side, &thread, attempt.found).map_err(|refusal| {
-            message_refused(
-                refusal,
+        let change = self
+            .store
+            .write(EditMessage {
                 thread_id,
                 seq,
-                Some(thread.participants.student_id),
-            )
-        })?;
-        self.written(attempt, thread_id)
+                side,
+                editor_id: UserId(caller.user_id),
+                preview: rules::preview(body.as_str()),
+                body: body.into_string(),
+            })
+            .await?;
+        self.message_changed(change, thread_id, seq)
     }
 
     /// Deletes the caller's message: it stays as a tombstone (seq, sender, created_at),
@@ -141,45 +119,66 @@ impl Chat {
     pub async fn delete_message(
         &self,
         caller: Caller,
-        thread_id: i64,
-        seq: i64,
+        thread_id: ThreadId,
+        seq: Seq,
     ) -> Result<Message, DomainError> {
         let side = caller_side(caller)?;
         let deleter = Deleter::Sender {
-            user_id: caller.user_id,
+            user_id: UserId(caller.user_id),
             side,
         };
-        let attempt = self.store.delete_message(thread_id, seq, deleter).await?;
-        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
-            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
-        rules::may_delete(caller.user_id, attempt.found)
-            .map_err(|refusal| message_refused(refusal, thread_id, seq, None))?;
-        self.written(attempt, thread_id)
+        let change = self
+            .store
+            .write(DeleteMessage {
+                thread_id,
+                seq,
+                deleter,
+            })
+            .await?;
+        self.message_changed(change, thread_id, seq)
     }
 
     /// Removes any message (a moderation service's call), as DeleteMessage would.
-    pub async fn remove_message(&self, thread_id: i64, seq: i64) -> Result<Message, DomainError> {
-        let attempt = self
+    pub async fn remove_message(
+        &self,
+        thread_id: ThreadId,
+        seq: Seq,
+    ) -> Result<Message, DomainError> {
+        let change = self
             .store
-            .delete_message(thread_id, seq, Deleter::Moderator)
+            .write(DeleteMessage {
+                thread_id,
+                seq,
+                deleter: Deleter::Moderator,
+            })
             .await?;
-        if attempt.thread.is_none() {
-            return Err(DomainError::ThreadNotFound(thread_id));
-        }
-        if attempt.found.is_none() {
-            return Err(DomainError::MessageNotFound { thread_id, seq });
-        }
-        self.written(attempt, thread_id)
+        self.message_changed(change, thread_id, seq)
     }
 
-    /// After an allowed edit or delete: the changed summaries told, the message answered.
-    fn written(&self, attempt: MessageAttempt, thread_id: i64) -> Result<Message, DomainError> {
-        self.changed(&attempt.changed);
-        attempt.message.ok_or_else(|| {
-            DomainError::Internal(format!(
-                "thread {thread_id}: an allowed write left no message"
-            ))
-        })
+    /// After an edit or delete: the changed summaries told, the message answered, or the
+    /// refusal as clients see it.
+    fn message_changed(
+        &self,
+        change: MessageChange,
+        thread_id: ThreadId,
+        seq: Seq,
+    ) -> Result<Message, DomainError> {
+        match change {
+            MessageChange::Written { message, changed } => {
+                self.changed(&changed);
+                Ok(message)
+            }
+            MessageChange::Unchanged(message) => Ok(message),
+            MessageChange::Refused {
+                refusal,
+                student_id,
+            } => Err(message_refused(
+                refusal,
+                thread_id.0,
+                seq.0,
+                Some(student_id),
+            )),
+        }
     }
 
     /// Erases every message `user_id` sent: bodies and keys wiped, counts and previews
@@ -187,15 +186,20 @@ impl Chat {
     /// so that other writes keep flowing. What is done stays done when the call ends
     /// early (its deadline); a repeat finishes the job. Returns how many messages this
     /// call turned into tombstones (a repeat answers 0).
-    pub async fn erase_user(&self, user_id: i64) -> Result<i64, DomainError> {
+    pub async fn erase_user(&self, user_id: UserId) -> Result<i64, DomainError> {
         let started = std::time::Instant::now();
         let mut erased = 0;
-        for thread_id in self.store.threads_of_user(user_id).await? {
+        for thread_id in self.store.threads_of_user(user_id.0).await? {
             let mut after_seq = 0;
             loop {
                 let batch = self
                     .store
-                    .erase_batch(thread_id, user_id, after_seq, ERASE_BATCH)
+                    .write(EraseBatch {
+                        thread_id: ThreadId(thread_id),
+                        user_id,
+                        after_seq,
+                        batch: ERASE_BATCH,
+                    })
                     .await?;
                 self.changed(&batch.changed);
                 erased += batch.erased;
@@ -208,7 +212,7 @@ impl Chat {
         // On SQLite the erased text may still be in the WAL until it is checkpointed.
         self.store.after_erasure().await?;
         tracing::info!(
-            user_id,
+            user_id = user_id.0,
             erased,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "user erased"
@@ -221,14 +225,14 @@ impl Chat {
     pub async fn list_messages(
         &self,
         caller: Caller,
-        thread_id: i64,
+        thread_id: ThreadId,
         from: MessagesFrom,
         limit: i64,
     ) -> Result<MessagePage, DomainError> {
         let side = caller_side(caller)?;
         let horizons = self
             .store
-            .horizons(thread_id)
+            .horizons(thread_id.0)
             .await?
             .filter(|h| {
                 Participants {
@@ -237,8 +241,8 @@ impl Chat {
                 }
                 .includes(caller.user_id, side)
             })
-            .ok_or(DomainError::ThreadNotFound(thread_id))?;
-        let page = self.store.messages_page(thread_id, from, limit).await?;
+            .ok_or(DomainError::ThreadNotFound(thread_id.0))?;
+        let page = self.store.messages_page(thread_id.0, from, limit).await?;
         let (own, peer) = match side {
             Side::Tutor => (horizons.tutor_read_seq, horizons.student_read_seq),
             Side::Student => (horizons.student_read_seq, horizons.tutor_read_seq),

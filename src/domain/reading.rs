@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::rules::{self, Refusal};
 use super::watch::Subscription;
 use super::{
     AccessEnds, CachedSummary, Caller, Chat, DomainError, MAX_PAGE_LIMIT, MuteState, ReadState,
     Side, SummaryAnswer, SummaryKey, UnreadSummary, caller_side, now_ms, thread_refused,
 };
+use crate::model::{Seq, ThreadId, UserId};
+use crate::rules::{self, Refusal};
 use crate::storage::UnreadPage;
+use crate::storage::writes::mark_read::{MarkRead, Read};
+use crate::storage::writes::mark_unread::MarkUnread;
+use crate::storage::writes::set_mute::{Muted, SetMute};
 
 impl Chat {
     /// The caller's threads with unread messages (newest first) and their totals, or
@@ -114,21 +118,21 @@ impl Chat {
     pub async fn mark_read(
         &self,
         caller: Caller,
-        thread_id: i64,
-        up_to_seq: Option<i64>,
+        thread_id: ThreadId,
+        up_to_seq: Option<Seq>,
     ) -> Result<ReadState, DomainError> {
         let side = caller_side(caller)?;
-        let attempt = self
+        let read = self
             .store
-            .mark_read(thread_id, side, caller.user_id, up_to_seq, now_ms())
+            .write(MarkRead {
+                thread_id,
+                side,
+                user_id: UserId(caller.user_id),
+                up_to_seq,
+                now_ms: now_ms(),
+            })
             .await?;
-        // A thread the caller is not in does not exist for them.
-        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
-            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
-        let state = attempt
-            .state
-            .ok_or(DomainError::ThreadNotFound(thread_id))?;
-        self.read(caller.user_id, side, thread_id, state)
+        self.read(caller.user_id, side, thread_id, read, Seq(0))
     }
 
     /// Sets the caller's horizon just before `from_seq`, one of the thread's newest
@@ -136,46 +140,55 @@ impl Chat {
     pub async fn mark_unread(
         &self,
         caller: Caller,
-        thread_id: i64,
-        from_seq: i64,
+        thread_id: ThreadId,
+        from_seq: Seq,
     ) -> Result<ReadState, DomainError> {
         let side = caller_side(caller)?;
-        let attempt = self
+        let read = self
             .store
-            .mark_unread(thread_id, side, caller.user_id, from_seq, now_ms())
-            .await?;
-        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
-            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
-        rules::may_mark_unread(from_seq, attempt.last_seq).map_err(|refusal| match refusal {
-            Refusal::MessageNotFound => DomainError::MessageNotFound {
+            .write(MarkUnread {
                 thread_id,
-                seq: from_seq,
-            },
-            _ => DomainError::MarkUnreadTooFar {
+                side,
+                user_id: UserId(caller.user_id),
                 from_seq,
-                window: rules::MARK_UNREAD_WINDOW,
-                oldest_allowed: attempt.last_seq - rules::MARK_UNREAD_WINDOW,
-            },
-        })?;
-        let state = attempt
-            .state
-            .ok_or(DomainError::ThreadNotFound(thread_id))?;
-        self.read(caller.user_id, side, thread_id, state)
+                now_ms: now_ms(),
+            })
+            .await?;
+        self.read(caller.user_id, side, thread_id, read, from_seq)
     }
 
-    /// After a read: the reader's summary told when it changed, their state answered.
+    /// After a read: the reader's summary told when it changed, their state answered,
+    /// or the refusal as clients see it (`from_seq`: MarkUnread's).
     fn read(
         &self,
         user_id: i64,
         side: Side,
-        thread_id: i64,
-        state: crate::storage::ReadStateRow,
+        thread_id: ThreadId,
+        read: Read,
+        from_seq: Seq,
     ) -> Result<ReadState, DomainError> {
+        let state = match read {
+            Read::Moved(state) => state,
+            Read::Refused { refusal, last_seq } => {
+                return Err(match refusal {
+                    Refusal::MessageNotFound => DomainError::MessageNotFound {
+                        thread_id: thread_id.0,
+                        seq: from_seq.0,
+                    },
+                    Refusal::MarkUnreadTooFar => DomainError::MarkUnreadTooFar {
+                        from_seq: from_seq.0,
+                        window: rules::MARK_UNREAD_WINDOW,
+                        oldest_allowed: last_seq - rules::MARK_UNREAD_WINDOW,
+                    },
+                    other => thread_refused(other, thread_id.0, None),
+                });
+            }
+        };
         if state.changed {
             self.changed(&[SummaryKey::new(user_id, side)]);
         }
         Ok(ReadState {
-            thread_id,
+            thread_id: thread_id.0,
             last_read_seq: state.last_read_seq,
             unread_count: state.unread_count,
             total: state.total,
@@ -187,7 +200,7 @@ impl Chat {
     pub async fn mute_thread(
         &self,
         caller: Caller,
-        thread_id: i64,
+        thread_id: ThreadId,
         until: Option<DateTime<Utc>>,
     ) -> Result<MuteState, DomainError> {
         let until_ms = until.map_or(rules::MUTED_FOREVER_MS, |at| at.timestamp_millis());
@@ -198,7 +211,7 @@ impl Chat {
     pub async fn unmute_thread(
         &self,
         caller: Caller,
-        thread_id: i64,
+        thread_id: ThreadId,
     ) -> Result<MuteState, DomainError> {
         self.set_mute(caller, thread_id, None).await
     }
@@ -206,31 +219,33 @@ impl Chat {
     async fn set_mute(
         &self,
         caller: Caller,
-        thread_id: i64,
+        thread_id: ThreadId,
         muted_until_ms: Option<i64>,
     ) -> Result<MuteState, DomainError> {
         let side = caller_side(caller)?;
         let now = now_ms();
-        let attempt = self
+        let muted = self
             .store
-            .set_mute(thread_id, side, caller.user_id, muted_until_ms, now)
+            .write(SetMute {
+                thread_id,
+                side,
+                user_id: UserId(caller.user_id),
+                muted_until_ms,
+                now_ms: now,
+            })
             .await?;
-        rules::thread_for(caller.user_id, side, attempt.thread.map(|t| t.view()))
-            .map_err(|refusal| thread_refused(refusal, thread_id, None))?;
-        let state = attempt
-            .state
-            .ok_or(DomainError::ThreadNotFound(thread_id))?;
+        let state = match muted {
+            Muted::Set(state) => state,
+            Muted::Refused(refusal) => return Err(thread_refused(refusal, thread_id.0, None)),
+        };
         if state.changed {
             self.changed(&[SummaryKey::new(caller.user_id, side)]);
         }
-        let muted = rules::is_muted(state.muted_until_ms, now);
+        let shown = rules::mute_shown(state.muted_until_ms, now);
         Ok(MuteState {
-            thread_id,
-            muted,
-            muted_until: state
-                .muted_until_ms
-                .filter(|until| muted && *until != rules::MUTED_FOREVER_MS)
-                .and_then(DateTime::from_timestamp_millis),
+            thread_id: thread_id.0,
+            muted: shown.is_some(),
+            muted_until: shown.flatten().and_then(DateTime::from_timestamp_millis),
             total: state.total,
         })
     }

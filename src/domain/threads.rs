@@ -1,12 +1,10 @@
 //! EnsureThread: the thread of a relation or an inquiry, created on first use, for
 //! the participants the rules let open it.
 
-use super::rules::{self, Participants};
-use super::{
-    Caller, Chat, DomainError, InquiryStatus, RelationStatus, Thread, ThreadKind, ThreadTarget,
-    allowing, caller_side,
-};
-use crate::storage::{Fact, NewThread};
+use super::{Caller, Chat, DomainError, Thread, ThreadKind, ThreadTarget, caller_side};
+use crate::rules::{self, Participants};
+use crate::storage::Fact;
+use crate::storage::writes::create_thread::CreateThread;
 
 impl Chat {
     /// Returns the thread of a relation or inquiry, creating it on first use.
@@ -25,10 +23,7 @@ impl Chat {
                 let access = found.as_ref().and_then(|found| found.contact_access);
                 rules::may_open_relation_thread(caller.user_id, side, relation, access)
                     .map_err(|refusal| refused(refusal, target, relation.map(|r| r.0)))?;
-                let new = NewThread::Relation {
-                    relation_id: id,
-                    writable: allowing(RelationStatus::ALL, |s| s.allows_messages()),
-                };
+                let new = CreateThread::Relation { relation_id: id };
                 (
                     ThreadKind::Contact,
                     found.and_then(|found| found.thread),
@@ -40,10 +35,7 @@ impl Chat {
                 let inquiry = found.as_ref().map(|found| participants(&found.fact));
                 rules::may_open_inquiry_thread(caller.user_id, side, inquiry)
                     .map_err(|refusal| refused(refusal, target, inquiry))?;
-                let new = NewThread::Inquiry {
-                    inquiry_id: id,
-                    writable: allowing(InquiryStatus::ALL, |s| s.allows_messages()),
-                };
+                let new = CreateThread::Inquiry { inquiry_id: id };
                 (
                     ThreadKind::Negotiation,
                     found.and_then(|found| found.thread),
@@ -54,7 +46,7 @@ impl Chat {
         // Most calls find an existing thread: the read above found it, nothing is written.
         let (row, created) = match existing {
             Some(row) => (row, false),
-            None => match self.store.create_thread(&new).await? {
+            None => match self.store.write(new).await? {
                 Some(row) => (row, true),
                 // Another call created it in between: answer theirs.
                 None => (self.thread_of(target).await?, false),

@@ -7,6 +7,7 @@
 //! statement, so a ticket opens one stream, on whichever replica, and a leaked URL is
 //! worth nothing once used or after half a minute.
 
+use crate::storage::writes::stream_tickets::{CreateStreamTicket, RedeemStreamTicket};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -52,7 +53,12 @@ impl Chat {
             expires_at,
             access_ends_at: access_ends.0,
         };
-        self.store.create_stream_ticket(ticket_row, now).await?;
+        self.store
+            .write(CreateStreamTicket {
+                ticket: ticket_row,
+                now,
+            })
+            .await?;
         Ok(StreamTicket {
             ticket,
             expires_in: Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0)),
@@ -76,7 +82,10 @@ impl Chat {
         }
         let redeemed = self
             .store
-            .redeem_stream_ticket(&hash(&ticket.to_ascii_lowercase()), now_ms())
+            .write(RedeemStreamTicket {
+                ticket_hash: hash(&ticket.to_ascii_lowercase()),
+                now: now_ms(),
+            })
             .await?;
         let (user_id, role, access_ends) = redeemed.ok_or(invalid)?;
         let role = Role::parse(&role)

@@ -7,7 +7,7 @@
 use super::DomainError;
 use std::sync::Arc;
 
-use crate::model::{Message, Role, ThreadUnread};
+use crate::model::{Message, Role, Seq, ThreadId, ThreadUnread, UserId};
 
 /// Longest message body accepted, in characters (not bytes).
 pub const MAX_BODY_CHARS: usize = 4000;
@@ -37,6 +37,21 @@ pub fn positive_id(field: &'static str, value: i64) -> Result<i64, DomainError> 
         ));
     }
     Ok(value)
+}
+
+/// A thread id a request names in `thread_id` (see `positive_id`).
+pub fn thread_id(value: i64) -> Result<ThreadId, DomainError> {
+    positive_id("thread_id", value).map(ThreadId)
+}
+
+/// A message's place in its thread, named by a request's `field` (see `positive_id`).
+pub fn seq(field: &'static str, value: i64) -> Result<Seq, DomainError> {
+    positive_id(field, value).map(Seq)
+}
+
+/// A user id a request names in `field` (see `positive_id`).
+pub fn user_id(field: &'static str, value: i64) -> Result<UserId, DomainError> {
+    positive_id(field, value).map(UserId)
 }
 
 /// Who is calling, as proven by the bearer token.

@@ -128,8 +128,8 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
-        let up_to_seq = convert::seq("up_to_seq", request.up_to_seq)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
+        let up_to_seq = convert::seq("up_to_seq", request.up_to_seq)?.map(crate::model::Seq);
         let state = self.chat.mark_read(caller, thread_id, up_to_seq).await?;
         Ok(Response::new(pb::MarkReadResponse {
             thread_id: state.thread_id,
@@ -145,7 +145,7 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
         let body = MessageBody::parse(request.body)?;
         let client_message_id = domain::client_message_id(request.client_message_id)?;
         let message = self
@@ -180,7 +180,7 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
         let from = domain::messages_from(
             convert::seq("before_seq", request.before_seq)?,
             convert::seq("after_seq", request.after_seq)?,
@@ -204,8 +204,8 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::EditMessageResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
-        let seq = domain::positive_id("seq", request.seq)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
+        let seq = domain::seq("seq", request.seq)?;
         let body = MessageBody::parse(request.body)?;
         let message = self.chat.edit_message(caller, thread_id, seq, body).await?;
         Ok(Response::new(pb::EditMessageResponse {
@@ -219,8 +219,8 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
-        let seq = domain::positive_id("seq", request.seq)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
+        let seq = domain::seq("seq", request.seq)?;
         let message = self.chat.delete_message(caller, thread_id, seq).await?;
         Ok(Response::new(pb::DeleteMessageResponse {
             message: Some(convert::message(message)),
@@ -233,8 +233,8 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::MarkUnreadResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
-        let from_seq = domain::positive_id("from_seq", request.from_seq)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
+        let from_seq = domain::seq("from_seq", request.from_seq)?;
         let state = self.chat.mark_unread(caller, thread_id, from_seq).await?;
         Ok(Response::new(pb::MarkUnreadResponse {
             thread_id: state.thread_id,
@@ -250,7 +250,7 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::MuteThreadResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
-        let thread_id = domain::positive_id("thread_id", request.thread_id)?;
+        let thread_id = domain::thread_id(request.thread_id)?;
         let until = convert::mute_until(request.until)?;
         let state = self.chat.mute_thread(caller, thread_id, until).await?;
         Ok(Response::new(convert::mute_state(state)))
@@ -261,7 +261,7 @@ impl chat_service_server::ChatService for ChatService {
         request: Request<pb::UnmuteThreadRequest>,
     ) -> Result<Response<pb::MuteThreadResponse>, Status> {
         let caller = caller(&request)?;
-        let thread_id = domain::positive_id("thread_id", request.into_inner().thread_id)?;
+        let thread_id = domain::thread_id(request.into_inner().thread_id)?;
         let state = self.chat.unmute_thread(caller, thread_id).await?;
         Ok(Response::new(convert::mute_state(state)))
     }

@@ -80,10 +80,7 @@ impl sync_service_server::SyncService for SyncService {
         let r = request.into_inner();
         let message = self
             .chat
-            .remove_message(
-                domain::positive_id("thread_id", r.thread_id)?,
-                domain::positive_id("seq", r.seq)?,
-            )
+            .remove_message(domain::thread_id(r.thread_id)?, domain::seq("seq", r.seq)?)
             .await?;
         Ok(Response::new(pb::RemoveMessageResponse {
             message: Some(convert::message(message)),
@@ -94,7 +91,7 @@ impl sync_service_server::SyncService for SyncService {
         &self,
         request: Request<pb::EraseUserRequest>,
     ) -> Result<Response<pb::EraseUserResponse>, Status> {
-        let user_id = domain::positive_id("user_id", request.into_inner().user_id)?;
+        let user_id = domain::user_id("user_id", request.into_inner().user_id)?;
         let messages_erased = self.chat.erase_user(user_id).await?;
         Ok(Response::new(pb::EraseUserResponse { messages_erased }))
     }

@@ -1,33 +1,26 @@
-//! PostgreSQL: a pool of connections, where every write the users make is ONE statement.
+//! PostgreSQL: a pool of connections, and what every write's statement stands on.
 //!
-//! SendMessage, MarkRead and EnsureThread's create each reach PostgreSQL as a single
-//! data-modifying CTE, prepared once per connection: one round trip, instead of a
-//! conversation of 7–9 that holds row locks across the network the whole time. Each
-//! statement takes its locks in one order (the thread row, then its participant rows,
-//! then summary versions by key), checks the domain's rules (`domain/rules.rs`) on
-//! what it locked, and only then changes anything, so a concurrent change of those
-//! rows cannot slip between check and write. Nothing global happens inside: changed
-//! summaries are announced after commit (see `crate::fanout`).
+//! Each write the users make reaches PostgreSQL as ONE data-modifying CTE read from a
+//! `.sql` file beside its write (`writes/`), prepared once per connection: one round
+//! trip, instead of a conversation of 7–9 that holds row locks across the network the
+//! whole time. Each statement takes its locks in the one order (`storage.rs`), checks
+//! the rules (`crate::rules`) on what it locked, and only then changes anything, so a
+//! concurrent change of those rows cannot slip between check and write. Nothing global
+//! happens inside: changed summaries are announced after commit (see `crate::fanout`).
+//!
+//! Here: the pool and its ceiling, a call's session, the retry after a conflict, and
+//! the helpers statements share (`sql_file_statement!`, `committed_row`, `fresh_row`).
 
-use chrono::{DateTime, Utc};
-use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz, Untyped};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel::{QueryResult, QueryableByName};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::pool::{self, PgConn, PoolConfig, PoolStatus};
-use super::rows::{
-    Deleter, ErasedBatch, MarkReadAttempt, MarkUnreadAttempt, MessageAttempt, MessageEdit,
-    MuteAttempt, MuteRow, NewMessage, NewThread, NewTicket, ReadStateRow, RedeemedTicket,
-    SendAttempt, ThreadFacts,
-};
-use super::upsert::{self, FactTable};
+use super::writes::{ThreadFacts, Write};
 use super::{StoreError, StoreResult};
-use crate::domain::rules::MessageView;
-use crate::model::{ContactAccessState, Message, Side, SummaryKey, Thread, ThreadKind};
+use crate::model::{Side, SummaryKey, ThreadKind};
 
 pub type Conn = PgConn;
 
@@ -53,14 +46,14 @@ pub mod tickets {
 }
 
 /// The current time, in PostgreSQL's SQL.
-const NOW: &str = "now()";
+pub(super) const NOW: &str = "now()";
 
 /// Runs one statement outside a transaction and returns its single row once PostgreSQL
 /// has committed it. diesel-async's `get_result` hands back the first row as soon as it
 /// arrives, before the server's ReadyForQuery, which is sent after the implicit commit:
 /// an acknowledgement built on it can precede the commit, and a crash between the two
 /// loses an acknowledged write. `load` reads the whole response, commit included.
-async fn committed_row<'query, Q, U>(statement: Q, conn: &mut Conn) -> QueryResult<U>
+pub(super) async fn committed_row<'query, Q, U>(statement: Q, conn: &mut Conn) -> QueryResult<U>
 where
     Q: diesel_async::methods::LoadQuery<'query, Conn, U> + 'query,
     U: Send,
@@ -71,7 +64,7 @@ where
 
 /// A piece of a statement read from its `.sql` file: SQL text, or a named parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
+pub enum Piece {
     Sql(String),
     Param(String),
 }
@@ -79,7 +72,7 @@ enum Piece {
 /// Splits a statement file into SQL and its `:name` parameters (pgbench's syntax, so
 /// pgbench runs the same file). `--` comments are dropped, quoted text and `::` casts
 /// are left alone, and the closing `;` (which pgbench needs) is cut.
-fn split_named(file: &str) -> Vec<Piece> {
+pub fn split_named(file: &str) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut sql = String::new();
     let mut chars = file.chars().peekable();
@@ -128,15 +121,14 @@ fn split_named(file: &str) -> Vec<Piece> {
     pieces
 }
 
-/// Declares a statement whose SQL lives in `postgres/<file>.sql`: its `:name`
-/// parameters are bound from the fields of the same name. Its static query id lets the
-/// connection prepare it once and reuse the plan.
+/// Declares a statement whose SQL is a `.sql` file (`sql = include_str!("….sql")`):
+/// its `:name` parameters are bound from the fields of the same name. Its static query
+/// id lets the connection prepare it once and reuse the plan.
 macro_rules! sql_file_statement {
     (
         $(#[$doc:meta])*
         $name:ident { $($field:ident: $ty:ty => $sql_type:ty),+ $(,)? }
-        file = $file:literal;
-        returns = $returns:ty;
+        sql = $sql:expr;
     ) => {
         $(#[$doc])*
         #[derive(Debug)]
@@ -144,25 +136,29 @@ macro_rules! sql_file_statement {
 
         impl $name {
             /// The statement's file, as written.
-            pub const FILE: &'static str = include_str!(concat!("postgres/", $file));
+            pub const FILE: &'static str = $sql;
             /// The parameters the fields bind, by name.
             #[cfg(test)]
-            const PARAMS: &'static [&'static str] = &[$(stringify!($field)),+];
+            pub const PARAMS: &'static [&'static str] = &[$(stringify!($field)),+];
 
-            fn pieces() -> &'static [Piece] {
-                static PIECES: std::sync::LazyLock<Vec<Piece>> =
-                    std::sync::LazyLock::new(|| split_named($name::FILE));
+            fn pieces() -> &'static [$crate::storage::postgres::Piece] {
+                static PIECES: std::sync::LazyLock<Vec<$crate::storage::postgres::Piece>> =
+                    std::sync::LazyLock::new(|| $crate::storage::postgres::split_named($name::FILE));
                 &PIECES
             }
         }
 
-        impl QueryId for $name {
+        impl diesel::query_builder::QueryId for $name {
             type QueryId = $name;
             const HAS_STATIC_QUERY_ID: bool = true;
         }
 
-        impl QueryFragment<Pg> for $name {
-            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for $name {
+            fn walk_ast<'b>(
+                &'b self,
+                mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+            ) -> diesel::QueryResult<()> {
+                use $crate::storage::postgres::Piece;
                 for piece in Self::pieces() {
                     match piece {
                         Piece::Sql(sql) => out.push_sql(sql),
@@ -170,8 +166,8 @@ macro_rules! sql_file_statement {
                             out.push_bind_param::<$sql_type, _>(&self.$field)?
                         })+
                         Piece::Param(param) => {
-                            return Err(DieselError::QueryBuilderError(
-                                format!(concat!($file, " names an unknown parameter :{}"), param).into(),
+                            return Err(diesel::result::Error::QueryBuilderError(
+                                format!(concat!(stringify!($name), " names an unknown parameter :{}"), param).into(),
                             ));
                         }
                     }
@@ -180,168 +176,81 @@ macro_rules! sql_file_statement {
             }
         }
 
-        impl Query for $name {
-            type SqlType = $returns;
+        impl diesel::query_builder::Query for $name {
+            type SqlType = diesel::sql_types::Untyped;
         }
     };
 }
 
-sql_file_statement! {
-    /// SendMessage in one statement (see the file).
-    SendStatement {
-        thread_id: i64 => BigInt,
-        side: &'static str => Text,
-        sender_id: i64 => BigInt,
-        body: String => Text,
-        preview: String => Text,
-        client_message_id: Option<String> => Nullable<Text>,
-        unlocking: Vec<&'static str> => Array<Text>,
-    }
-    file = "send_message.sql";
-    returns = Untyped;
+/// The writes declare their statements with it.
+pub(crate) use sql_file_statement;
+
+/// How a retry under the lock takes the thread's row: as the statement itself does.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ThreadLock {
+    /// Reads that must not see the thread's messages change (MarkRead, MarkUnread).
+    Share,
+    /// Writes of its messages (DeleteMessage).
+    Update,
 }
 
-sql_file_statement! {
-    /// MarkRead in one statement (see the file).
-    MarkReadStatement {
-        thread_id: i64 => BigInt,
-        side: &'static str => Text,
-        user_id: i64 => BigInt,
-        up_to_seq: Option<i64> => Nullable<BigInt>,
-        now_ms: i64 => BigInt,
-    }
-    file = "mark_read.sql";
-    returns = Untyped;
+/// A statement's row that may say its snapshot was stale.
+pub(super) trait MaybeStale {
+    fn stale(&self) -> bool;
 }
 
-sql_file_statement! {
-    /// MarkUnread in one statement (see the file).
-    MarkUnreadStatement {
-        thread_id: i64 => BigInt,
-        side: &'static str => Text,
-        user_id: i64 => BigInt,
-        from_seq: i64 => BigInt,
-        now_ms: i64 => BigInt,
+/// Runs a statement that counts or reads messages other than the rows it locks: alone
+/// first (one round trip, committed before it answers); when it says its snapshot was
+/// stale (a write of the thread committed between the snapshot and the lock), again in
+/// a transaction right after taking the thread's lock, where no such write can commit
+/// in between, so its snapshot is current.
+pub(super) async fn fresh_row<'q, Q, U>(
+    conn: &mut Conn,
+    thread_id: i64,
+    lock: ThreadLock,
+    statement: impl Fn() -> Q + Send + Sync,
+) -> QueryResult<U>
+where
+    Q: diesel_async::methods::LoadQuery<'q, Conn, U> + Send + 'q,
+    U: MaybeStale + Send,
+{
+    let row: U = committed_row(statement(), conn).await?;
+    if !row.stale() {
+        return Ok(row);
     }
-    file = "mark_unread.sql";
-    returns = Untyped;
+    row_under_thread_lock(conn, thread_id, lock, statement()).await
 }
 
-sql_file_statement! {
-    /// EditMessage in one statement (see the file).
-    EditStatement {
-        thread_id: i64 => BigInt,
-        seq: i64 => BigInt,
-        side: &'static str => Text,
-        editor_id: i64 => BigInt,
-        body: String => Text,
-        preview: String => Text,
-        unlocking: Vec<&'static str> => Array<Text>,
-    }
-    file = "edit_message.sql";
-    returns = Untyped;
+/// Runs a statement in a transaction right after taking its thread's row (the lock
+/// order's first step), so the statement's snapshot is current; its one row.
+pub(super) async fn row_under_thread_lock<'q, Q, U>(
+    conn: &mut Conn,
+    thread_id: i64,
+    lock: ThreadLock,
+    statement: Q,
+) -> QueryResult<U>
+where
+    Q: diesel_async::methods::LoadQuery<'q, Conn, U> + Send + 'q,
+    U: Send,
+{
+    let sql = match lock {
+        ThreadLock::Share => "SELECT 1 FROM threads WHERE thread_id = $1 FOR SHARE",
+        ThreadLock::Update => "SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE",
+    };
+    conn.transaction(async |conn| {
+        diesel::sql_query(sql)
+            .bind::<BigInt, _>(thread_id)
+            .execute(conn)
+            .await?;
+        let rows: Vec<U> = statement.load(conn).await?;
+        rows.into_iter().next().ok_or(DieselError::NotFound)
+    })
+    .await
 }
 
-sql_file_statement! {
-    /// DeleteMessage and RemoveMessage in one statement (see the file).
-    DeleteStatement {
-        thread_id: i64 => BigInt,
-        seq: i64 => BigInt,
-        side: Option<&'static str> => Nullable<Text>,
-        deleter_id: Option<i64> => Nullable<BigInt>,
-    }
-    file = "delete_message.sql";
-    returns = Untyped;
-}
-
-sql_file_statement! {
-    /// MuteThread and UnmuteThread in one statement (see the file).
-    MuteStatement {
-        thread_id: i64 => BigInt,
-        side: &'static str => Text,
-        user_id: i64 => BigInt,
-        muted_until_ms: Option<i64> => Nullable<BigInt>,
-        now_ms: i64 => BigInt,
-    }
-    file = "set_mute.sql";
-    returns = Untyped;
-}
-
-sql_file_statement! {
-    /// One batch of EraseUser (see the file).
-    EraseBatchStatement {
-        thread_id: i64 => BigInt,
-        user_id: i64 => BigInt,
-        after_seq: i64 => BigInt,
-        batch: i64 => BigInt,
-    }
-    file = "erase_batch.sql";
-    returns = Untyped;
-}
-
-/// The columns of `Thread`, as the creates return them.
-type ThreadRow = (
-    BigInt,
-    Text,
-    Nullable<BigInt>,
-    Nullable<BigInt>,
-    BigInt,
-    BigInt,
-    Bool,
-    Timestamptz,
-);
-
-sql_file_statement! {
-    /// EnsureThread's create of the thread of a relation or an inquiry (see the file).
-    CreateThreadStatement {
-        relation_id: Option<i64> => Nullable<BigInt>,
-        inquiry_id: Option<i64> => Nullable<BigInt>,
-        writable: Vec<&'static str> => Array<Text>,
-    }
-    file = "create_thread.sql";
-    returns = ThreadRow;
-}
-
-/// The one row SendStatement answers.
+/// The thread columns every write's row begins with (NULL: no such thread).
 #[derive(Debug, QueryableByName)]
-struct SendRow {
-    #[diesel(sql_type = Nullable<Text>)]
-    kind: Option<ThreadKind>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    tutor_id: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    student_id: Option<i64>,
-    #[diesel(sql_type = Nullable<Bool>)]
-    is_writable: Option<bool>,
-    #[diesel(sql_type = Nullable<Text>)]
-    contact_access: Option<ContactAccessState>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    message_id: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    seq: Option<i64>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    created_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    prior_message_id: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    prior_seq: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    prior_body: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    prior_created_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    prior_edited_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    prior_deleted_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Array<BigInt>)]
-    changed_users: Vec<i64>,
-    #[diesel(sql_type = Array<Text>)]
-    changed_sides: Vec<String>,
-}
-
-/// The thread columns every write's row begins with.
-#[derive(Debug, QueryableByName)]
-struct ThreadColumns {
+pub(super) struct ThreadColumns {
     #[diesel(sql_type = Nullable<Text>)]
     kind: Option<ThreadKind>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -354,7 +263,10 @@ struct ThreadColumns {
 
 impl ThreadColumns {
     /// The thread as the write saw it; `None` when there is no such thread.
-    fn facts(&self, contact_access: Option<ContactAccessState>) -> Option<ThreadFacts> {
+    pub(super) fn facts(
+        &self,
+        contact_access: Option<crate::model::ContactAccessState>,
+    ) -> Option<ThreadFacts> {
         Some(ThreadFacts {
             kind: self.kind?,
             tutor_id: self.tutor_id?,
@@ -365,260 +277,29 @@ impl ThreadColumns {
     }
 }
 
-/// The one row MarkReadStatement and MarkUnreadStatement answer.
+/// The summaries a statement changed, which it reports as two arrays (users, sides).
 #[derive(Debug, QueryableByName)]
-struct ReadRow {
-    #[diesel(embed)]
-    thread: ThreadColumns,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    horizon: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    unread: Option<i64>,
-    #[diesel(sql_type = BigInt)]
-    total: i64,
-    #[diesel(sql_type = Bool)]
-    changed: bool,
-    #[diesel(sql_type = Bool)]
-    stale: bool,
-}
-
-impl ReadRow {
-    fn state(&self) -> Option<ReadStateRow> {
-        Some(ReadStateRow {
-            last_read_seq: self.horizon?,
-            unread_count: self.unread?,
-            total: self.total,
-            changed: self.changed,
-        })
-    }
-}
-
-/// The one row MarkUnreadStatement answers: a read's row, with the thread's last seq.
-#[derive(Debug, QueryableByName)]
-struct MarkUnreadRow {
-    #[diesel(embed)]
-    read: ReadRow,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    last_seq: Option<i64>,
-}
-
-/// The one row EditStatement and DeleteStatement answer.
-#[derive(Debug, QueryableByName)]
-struct MessageWriteRow {
-    #[diesel(embed)]
-    thread: ThreadColumns,
-    #[diesel(sql_type = Nullable<Text>)]
-    contact_access: Option<ContactAccessState>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    found_sender_id: Option<i64>,
-    #[diesel(sql_type = Nullable<Bool>)]
-    found_deleted: Option<bool>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    message_id: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    seq: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    sender_id: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    body: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    created_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Text>)]
-    client_message_id: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    edited_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    deleted_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Bool)]
-    changed_message: bool,
-    #[diesel(sql_type = Array<BigInt>)]
-    changed_users: Vec<i64>,
-    #[diesel(sql_type = Array<Text>)]
-    changed_sides: Vec<String>,
-    #[diesel(sql_type = Bool)]
-    stale: bool,
-}
-
-impl MessageWriteRow {
-    fn into_attempt(self, thread_id: i64) -> Result<MessageAttempt, DieselError> {
-        let found = match (self.found_sender_id, self.found_deleted) {
-            (Some(sender_id), Some(deleted)) => Some(MessageView { sender_id, deleted }),
-            _ => None,
-        };
-        let message = (|| {
-            Some(Message {
-                message_id: self.message_id?,
-                thread_id,
-                seq: self.seq?,
-                sender_id: self.sender_id?,
-                body: self.body?,
-                created_at: self.created_at?,
-                client_message_id: self.client_message_id,
-                edited_at: self.edited_at,
-                deleted_at: self.deleted_at,
-            })
-        })();
-        Ok(MessageAttempt {
-            thread: self.thread.facts(self.contact_access),
-            found,
-            message,
-            changed_message: self.changed_message,
-            changed: summary_keys(self.changed_users, self.changed_sides)?,
-        })
-    }
-}
-
-/// The one row MuteStatement answers.
-#[derive(Debug, QueryableByName)]
-struct MuteStatementRow {
-    #[diesel(embed)]
-    thread: ThreadColumns,
-    #[diesel(sql_type = Bool)]
-    member: bool,
-    #[diesel(sql_type = BigInt)]
-    total: i64,
-    #[diesel(sql_type = Bool)]
-    changed: bool,
-}
-
-/// The one row EraseBatchStatement answers.
-#[derive(Debug, QueryableByName)]
-struct EraseRow {
-    #[diesel(sql_type = BigInt)]
-    erased: i64,
-    #[diesel(sql_type = BigInt)]
-    wiped: i64,
-    #[diesel(sql_type = BigInt)]
-    last_seq: i64,
+pub(super) struct ChangedSummaries {
     #[diesel(sql_type = Array<BigInt>)]
     changed_users: Vec<i64>,
     #[diesel(sql_type = Array<Text>)]
     changed_sides: Vec<String>,
 }
 
-/// The summary keys a statement reports as two arrays (users, sides).
-fn summary_keys(users: Vec<i64>, sides: Vec<String>) -> Result<Vec<SummaryKey>, DieselError> {
-    users
-        .into_iter()
-        .zip(sides)
-        .map(|(user_id, side)| {
-            Side::parse(&side)
-                .map(|side| SummaryKey::new(user_id, side))
-                .ok_or_else(|| {
-                    DieselError::DeserializationError(format!("unknown side {side:?}").into())
-                })
-        })
-        .collect()
-}
-
-impl SendRow {
-    fn into_attempt(self, message: &NewMessage) -> Result<SendAttempt, DieselError> {
-        let thread = ThreadColumns {
-            kind: self.kind,
-            tutor_id: self.tutor_id,
-            student_id: self.student_id,
-            is_writable: self.is_writable,
-        }
-        .facts(self.contact_access);
-        let sent = (|| {
-            Some(Message {
-                message_id: self.message_id?,
-                thread_id: message.thread_id,
-                seq: self.seq?,
-                sender_id: message.sender_id,
-                body: message.body.clone(),
-                created_at: self.created_at?,
-                client_message_id: message.client_message_id.clone(),
-                edited_at: None,
-                deleted_at: None,
+impl ChangedSummaries {
+    pub(super) fn keys(self) -> QueryResult<Vec<SummaryKey>> {
+        self.changed_users
+            .into_iter()
+            .zip(self.changed_sides)
+            .map(|(user_id, side)| {
+                Side::parse(&side)
+                    .map(|side| SummaryKey::new(user_id, side))
+                    .ok_or_else(|| {
+                        DieselError::DeserializationError(format!("unknown side {side:?}").into())
+                    })
             })
-        })();
-        let replayed = (|| {
-            Some(Message {
-                message_id: self.prior_message_id?,
-                thread_id: message.thread_id,
-                seq: self.prior_seq?,
-                sender_id: message.sender_id,
-                body: self.prior_body.clone()?,
-                created_at: self.prior_created_at?,
-                client_message_id: message.client_message_id.clone(),
-                edited_at: self.prior_edited_at,
-                deleted_at: self.prior_deleted_at,
-            })
-        })();
-        Ok(SendAttempt {
-            thread,
-            sent,
-            replayed,
-            changed: summary_keys(self.changed_users, self.changed_sides)?,
-        })
+            .collect()
     }
-}
-
-/// How a retry under the lock takes the thread's row: as the statement itself does.
-#[derive(Debug, Clone, Copy)]
-enum ThreadLock {
-    /// Reads that must not see the thread's messages change (MarkRead, MarkUnread).
-    Share,
-    /// Writes of its messages (DeleteMessage).
-    Update,
-}
-
-/// A statement's row that may say its snapshot was stale.
-trait MaybeStale {
-    fn stale(&self) -> bool;
-}
-
-impl MaybeStale for ReadRow {
-    fn stale(&self) -> bool {
-        self.stale
-    }
-}
-
-impl MaybeStale for MarkUnreadRow {
-    fn stale(&self) -> bool {
-        self.read.stale
-    }
-}
-
-impl MaybeStale for MessageWriteRow {
-    fn stale(&self) -> bool {
-        self.stale
-    }
-}
-
-/// Runs a statement that counts or reads messages other than the rows it locks: alone
-/// first (one round trip, committed before it answers); when it says its snapshot was
-/// stale (a write of the thread committed between the snapshot and the lock), again in
-/// a transaction right after taking the thread's lock, where no such write can commit
-/// in between, so its snapshot is current.
-async fn fresh_row<'q, Q, U>(
-    conn: &mut Conn,
-    thread_id: i64,
-    lock: ThreadLock,
-    statement: impl Fn() -> Q + Send + Sync,
-) -> QueryResult<U>
-where
-    Q: diesel_async::methods::LoadQuery<'q, Conn, U> + 'q,
-    U: MaybeStale + Send,
-{
-    let row: U = committed_row(statement(), conn).await?;
-    if !row.stale() {
-        return Ok(row);
-    }
-    let sql = match lock {
-        ThreadLock::Share => "SELECT 1 FROM threads WHERE thread_id = $1 FOR SHARE",
-        ThreadLock::Update => "SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE",
-    };
-    conn.transaction(async |conn| {
-        diesel::sql_query(sql)
-            .bind::<BigInt, _>(thread_id)
-            .execute(conn)
-            .await?;
-        let rows: Vec<U> = statement().load(conn).await?;
-        rows.into_iter().next().ok_or(DieselError::NotFound)
-    })
-    .await
 }
 
 /// How many times a write that conflicted with another transaction runs again.
@@ -733,317 +414,21 @@ impl PgStore {
         conn.batch_execute(sql).await.map_err(|e| self.failed(e))
     }
 
-    /// Creates the thread of a relation or inquiry; `None` when it exists already (or
-    /// the fact does not), which the caller reads back.
-    pub async fn create_thread(&self, new: &NewThread) -> StoreResult<Option<Thread>> {
-        let mut conn = self.session().await?;
-        let statement = match new {
-            NewThread::Relation {
-                relation_id,
-                writable,
-            } => CreateThreadStatement {
-                relation_id: Some(*relation_id),
-                inquiry_id: None,
-                writable: writable.iter().map(|s| s.as_str()).collect(),
-            },
-            NewThread::Inquiry {
-                inquiry_id,
-                writable,
-            } => CreateThreadStatement {
-                relation_id: None,
-                inquiry_id: Some(*inquiry_id),
-                writable: writable.iter().map(|s| s.as_str()).collect(),
-            },
-        };
-        let loaded = statement.load::<Thread>(&mut conn).await;
-        let rows = conn.finish(loaded).await.map_err(|e| self.failed(e))?;
-        Ok(rows.into_iter().next())
-    }
-
-    pub async fn send_message(&self, message: &NewMessage) -> StoreResult<SendAttempt> {
-        let statement = SendStatement {
-            thread_id: message.thread_id,
-            side: message.side.as_str(),
-            sender_id: message.sender_id,
-            body: message.body.clone(),
-            preview: message.preview.clone(),
-            client_message_id: message.client_message_id.clone(),
-            unlocking: message.unlocking.iter().map(|s| s.as_str()).collect(),
-        };
-        let mut conn = self.session().await?;
-        let written = committed_row::<_, SendRow>(statement, &mut conn).await;
-        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
-        row.into_attempt(message).map_err(StoreError::Query)
-    }
-
-    /// Stores a stream ticket's hash, forgetting expired ones first.
-    pub async fn create_stream_ticket(&self, ticket: NewTicket, now: i64) -> StoreResult<()> {
-        let mut conn = self.session().await?;
-        let stored = async {
-            tickets::forget_expired(now).execute(&mut conn).await?;
-            tickets::store_ticket(ticket).execute(&mut conn).await
-        }
-        .await;
-        conn.finish(stored).await.map_err(|e| self.failed(e))?;
-        Ok(())
-    }
-
-    /// Takes a live stream ticket, once: its user, role and access end.
-    pub async fn redeem_stream_ticket(
-        &self,
-        ticket_hash: &str,
-        now: i64,
-    ) -> StoreResult<Option<RedeemedTicket>> {
-        let mut conn = self.session().await?;
-        let taken = tickets::take(ticket_hash.to_owned(), now).returning(tickets::REDEEMED);
-        let taken = committed_row(taken, &mut conn).await;
-        match conn.finish(taken).await {
-            Ok(row) => Ok(Some(row)),
-            Err(DieselError::NotFound) => Ok(None),
-            Err(error) => Err(self.failed(error)),
-        }
-    }
-
-    pub async fn mark_read(
-        &self,
-        thread_id: i64,
-        side: Side,
-        user_id: i64,
-        up_to_seq: Option<i64>,
-        now_ms: i64,
-    ) -> StoreResult<MarkReadAttempt> {
-        let statement = || MarkReadStatement {
-            thread_id,
-            side: side.as_str(),
-            user_id,
-            up_to_seq,
-            now_ms,
-        };
-        let mut conn = self.session().await?;
-        let written =
-            fresh_row::<_, ReadRow>(&mut conn, thread_id, ThreadLock::Share, statement).await;
-        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
-        Ok(MarkReadAttempt {
-            thread: row.thread.facts(None),
-            state: row.state(),
-        })
-    }
-
-    pub async fn mark_unread(
-        &self,
-        thread_id: i64,
-        side: Side,
-        user_id: i64,
-        from_seq: i64,
-        now_ms: i64,
-    ) -> StoreResult<MarkUnreadAttempt> {
-        let statement = || MarkUnreadStatement {
-            thread_id,
-            side: side.as_str(),
-            user_id,
-            from_seq,
-            now_ms,
-        };
-        let mut conn = self.session().await?;
-        let written =
-            fresh_row::<_, MarkUnreadRow>(&mut conn, thread_id, ThreadLock::Share, statement).await;
-        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
-        Ok(MarkUnreadAttempt {
-            thread: row.read.thread.facts(None),
-            last_seq: row.last_seq.unwrap_or(0),
-            state: row.read.state(),
-        })
-    }
-
-    pub async fn edit_message(&self, edit: &MessageEdit) -> StoreResult<MessageAttempt> {
-        let statement = EditStatement {
-            thread_id: edit.thread_id,
-            seq: edit.seq,
-            side: edit.side.as_str(),
-            editor_id: edit.editor_id,
-            body: edit.body.clone(),
-            preview: edit.preview.clone(),
-            unlocking: edit.unlocking.iter().map(|s| s.as_str()).collect(),
-        };
-        let mut conn = self.session().await?;
-        let written = committed_row::<_, MessageWriteRow>(statement, &mut conn).await;
-        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
-        row.into_attempt(edit.thread_id).map_err(StoreError::Query)
-    }
-
-    pub async fn delete_message(
-        &self,
-        thread_id: i64,
-        seq: i64,
-        deleter: Deleter,
-    ) -> StoreResult<MessageAttempt> {
-        let (side, deleter_id) = match deleter {
-            Deleter::Sender { user_id, side } => (Some(side.as_str()), Some(user_id)),
-            Deleter::Moderator => (None, None),
-        };
-        let statement = || DeleteStatement {
-            thread_id,
-            seq,
-            side,
-            deleter_id,
-        };
-        let mut conn = self.session().await?;
-        let written =
-            fresh_row::<_, MessageWriteRow>(&mut conn, thread_id, ThreadLock::Update, statement)
-                .await;
-        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
-        row.into_attempt(thread_id).map_err(StoreError::Query)
-    }
-
-    pub async fn set_mute(
-        &self,
-        thread_id: i64,
-        side: Side,
-        user_id: i64,
-        muted_until_ms: Option<i64>,
-        now_ms: i64,
-    ) -> StoreResult<MuteAttempt> {
-        let statement = MuteStatement {
-            thread_id,
-            side: side.as_str(),
-            user_id,
-            muted_until_ms,
-            now_ms,
-        };
-        let mut conn = self.session().await?;
-        let written = committed_row::<_, MuteStatementRow>(statement, &mut conn).await;
-        let row = conn.finish(written).await.map_err(|e| self.failed(e))?;
-        Ok(MuteAttempt {
-            thread: row.thread.facts(None),
-            state: row.member.then_some(MuteRow {
-                muted_until_ms,
-                total: row.total,
-                changed: row.changed,
-            }),
-        })
-    }
-
-    /// Erases one batch of the user's messages in one thread after `after_seq`, in a
-    /// transaction of its own that first locks the thread.
-    pub async fn erase_batch(
-        &self,
-        thread_id: i64,
-        user_id: i64,
-        after_seq: i64,
-        batch: i64,
-    ) -> StoreResult<ErasedBatch> {
-        let mut conn = self.session().await?;
-        let erased = conn
-            .transaction(async |conn| {
-                diesel::sql_query("SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE")
-                    .bind::<BigInt, _>(thread_id)
-                    .execute(conn)
-                    .await?;
-                let rows: Vec<EraseRow> = EraseBatchStatement {
-                    thread_id,
-                    user_id,
-                    after_seq,
-                    batch,
-                }
-                .load(conn)
-                .await?;
-                rows.into_iter().next().ok_or(DieselError::NotFound)
-            })
-            .await;
-        let row: EraseRow = conn.finish(erased).await.map_err(|e| self.failed(e))?;
-        Ok(ErasedBatch {
-            erased: row.erased,
-            wiped: row.wiped,
-            last_seq: row.last_seq,
-            changed: summary_keys(row.changed_users, row.changed_sides)
-                .map_err(StoreError::Query)?,
-        })
-    }
-
-    /// Upserts a fact and, when it applied to a relation or inquiry, makes its thread's
-    /// writability follow, all in one transaction (a crash cannot leave them apart).
-    pub async fn upsert_fact(
-        &self,
-        table: &'static FactTable,
-        ids: &[i64],
-        status: &'static str,
-        version: i64,
-        is_writable: Option<bool>,
-    ) -> StoreResult<(bool, Vec<SummaryKey>)> {
-        let mut pooled = self.conn().await?;
-        let conn: &mut Conn = &mut pooled;
-        let ids = ids.to_vec();
-        conn.transaction(async |conn: &mut Conn| {
-            let sql = upsert::versioned_upsert_sql(table, NOW);
-            let applied = upsert::bind_upsert::<Pg>(sql, &ids, status, version)
-                .execute(conn)
-                .await?;
-            if applied == 0 {
-                return Ok((false, Vec::new()));
-            }
-            let (Some(is_writable), Some(fact_column)) = (is_writable, table.key.first()) else {
-                return Ok((true, Vec::new()));
-            };
-            upsert::bind_writability::<Pg>(
-                upsert::thread_writability_sql(fact_column),
-                is_writable,
-                ids[0],
-            )
-            .execute(conn)
-            .await?;
-            let keys: Vec<SummaryKey> = upsert::bind_writability::<Pg>(
-                upsert::participants_writability_sql(fact_column),
-                is_writable,
-                ids[0],
-            )
-            .load::<upsert::ChangedParticipant>(conn)
-            .await?
-            .into_iter()
-            .map(SummaryKey::from)
-            .collect();
-            if let Some(bump) = upsert::bump_versions::<Pg>(&keys) {
-                bump.execute(conn).await?;
-            }
-            Ok((true, keys))
+    /// Runs one write: in a session (a transaction of its own behind a pooler), again
+    /// after a conflict (`retrying`).
+    pub async fn run<W: Write>(&self, write: &W) -> StoreResult<W::Done> {
+        self.retrying(|| async move {
+            let mut session = self.session().await?;
+            let done = write.postgres(&mut session).await;
+            session.finish(done).await.map_err(|e| self.failed(e))
         })
         .await
-        .map_err(|e: DieselError| self.failed(e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every statement file binds exactly the fields its statement declares, each once.
-    #[test]
-    fn statement_files_name_their_parameters_once() {
-        let statements: [(&str, &[&str]); 8] = [
-            (SendStatement::FILE, SendStatement::PARAMS),
-            (MarkReadStatement::FILE, MarkReadStatement::PARAMS),
-            (MarkUnreadStatement::FILE, MarkUnreadStatement::PARAMS),
-            (EditStatement::FILE, EditStatement::PARAMS),
-            (DeleteStatement::FILE, DeleteStatement::PARAMS),
-            (MuteStatement::FILE, MuteStatement::PARAMS),
-            (EraseBatchStatement::FILE, EraseBatchStatement::PARAMS),
-            (CreateThreadStatement::FILE, CreateThreadStatement::PARAMS),
-        ];
-        for (file, declared) in statements {
-            let named: Vec<String> = split_named(file)
-                .into_iter()
-                .filter_map(|piece| match piece {
-                    Piece::Param(name) => Some(name),
-                    Piece::Sql(_) => None,
-                })
-                .collect();
-            assert_eq!(
-                named,
-                declared,
-                "{}",
-                file.lines().next().unwrap_or_default()
-            );
-        }
-    }
 
     #[test]
     fn splitting_keeps_casts_quotes_and_drops_comments() {

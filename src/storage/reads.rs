@@ -14,84 +14,105 @@ use super::schema::{
     contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,
 };
 use crate::model::{
-    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey, Thread, ThreadUnread,
+    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey, Thread, ThreadKind,
+    ThreadUnread,
 };
-use crate::storage::rows::{
-    Fact, Horizons, InboxCursor, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage, UnreadRow,
-};
+use crate::storage::rows::{Fact, Horizons, InboxCursor, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage};
 
-/// The columns of `Thread`, in its field order.
-pub const THREAD_COLUMNS: (
-    threads::thread_id,
-    threads::kind,
-    threads::relation_id,
-    threads::inquiry_id,
-    threads::tutor_id,
-    threads::student_id,
-    threads::is_writable,
-    threads::created_at,
-) = (
-    threads::thread_id,
-    threads::kind,
-    threads::relation_id,
-    threads::inquiry_id,
-    threads::tutor_id,
-    threads::student_id,
-    threads::is_writable,
-    threads::created_at,
-);
+/// A thread as stored: the one spelling of its columns, read with `as_select()`, and by
+/// name from PostgreSQL's statements.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = threads)]
+pub struct ThreadRow {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub is_writable: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
 
-/// The columns of `Message`, in its field order.
-pub const MESSAGE_COLUMNS: (
-    messages::message_id,
-    messages::thread_id,
-    messages::seq,
-    messages::sender_id,
-    messages::body,
-    messages::created_at,
-    messages::client_message_id,
-    messages::edited_at,
-    messages::deleted_at,
-) = (
-    messages::message_id,
-    messages::thread_id,
-    messages::seq,
-    messages::sender_id,
-    messages::body,
-    messages::created_at,
-    messages::client_message_id,
-    messages::edited_at,
-    messages::deleted_at,
-);
+impl From<ThreadRow> for Thread {
+    fn from(row: ThreadRow) -> Self {
+        let ThreadRow { thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at } = row;
+        Thread { thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at }
+    }
+}
 
-/// The columns of `UnreadRow`, in its field order.
-pub const UNREAD_COLUMNS: (
-    thread_participants::thread_id,
-    thread_participants::kind,
-    thread_participants::relation_id,
-    thread_participants::inquiry_id,
-    thread_participants::tutor_id,
-    thread_participants::student_id,
-    thread_participants::unread_count,
-    thread_participants::last_message_at,
-    thread_participants::last_message_preview,
-    thread_participants::last_message_sender_id,
-    thread_participants::is_writable,
-    thread_participants::muted_until_ms,
-) = (
-    thread_participants::thread_id,
-    thread_participants::kind,
-    thread_participants::relation_id,
-    thread_participants::inquiry_id,
-    thread_participants::tutor_id,
-    thread_participants::student_id,
-    thread_participants::unread_count,
-    thread_participants::last_message_at,
-    thread_participants::last_message_preview,
-    thread_participants::last_message_sender_id,
-    thread_participants::is_writable,
-    thread_participants::muted_until_ms,
-);
+/// A message as stored: the one spelling of its columns, read with `as_select()`, and by
+/// name from PostgreSQL's statements (which return `messages.*`, so a new column needs
+/// no change there).
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub message_id: i64,
+    pub thread_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    pub body: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub client_message_id: Option<String>,
+    pub edited_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<MessageRow> for Message {
+    fn from(row: MessageRow) -> Self {
+        let MessageRow { message_id, thread_id, seq, sender_id, body, created_at, client_message_id, edited_at, deleted_at } = row;
+        Message { message_id, thread_id, seq, sender_id, body, created_at, client_message_id, edited_at, deleted_at }
+    }
+}
+
+/// A line of the unread summary as stored: the mute as its raw time (Unix ms), which
+/// only the time of reading turns into "muted" (`UnreadRow::line`).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = thread_participants)]
+pub struct UnreadRow {
+    pub thread_id: i64,
+    pub kind: ThreadKind,
+    pub relation_id: Option<i64>,
+    pub inquiry_id: Option<i64>,
+    pub tutor_id: i64,
+    pub student_id: i64,
+    pub unread_count: i64,
+    pub last_message_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_message_preview: String,
+    pub last_message_sender_id: i64,
+    pub is_writable: bool,
+    pub muted_until_ms: Option<i64>,
+}
+
+impl UnreadRow {
+    /// The line as the summary shows it at `now_ms` (`rules::mute_shown`).
+    pub fn line(self, now_ms: i64) -> ThreadUnread {
+        let mute = crate::rules::mute_shown(self.muted_until_ms, now_ms);
+        ThreadUnread {
+            thread_id: self.thread_id,
+            kind: self.kind,
+            relation_id: self.relation_id,
+            inquiry_id: self.inquiry_id,
+            tutor_id: self.tutor_id,
+            student_id: self.student_id,
+            unread_count: self.unread_count,
+            last_message_at: self.last_message_at,
+            last_message_preview: self.last_message_preview,
+            last_message_sender_id: self.last_message_sender_id,
+            is_writable: self.is_writable,
+            muted: mute.is_some(),
+            muted_until: mute.flatten().and_then(chrono::DateTime::from_timestamp_millis),
+        }
+    }
+}
+
+/// `rules::counts_as_unread` for `reader` at `horizon`, as the filter of a messages
+/// query: after the horizon, from someone else, not deleted. The one SQL spelling of
+/// the rule in diesel (SQLite's writes and the recount read both use it).
+#[diesel::dsl::auto_type(no_type_alias)]
+pub fn counts_as_unread(reader: i64, horizon: i64) -> _ {
+    messages::seq.gt(horizon).and(messages::sender_id.ne(reader)).and(messages::deleted_at.is_null())
+}
 
 /// rules::inbox_position, as the expression the index `thread_participants_inbox` is on.
 const INBOX_POSITION: &str = "COALESCE(thread_participants.last_message_at, thread_participants.thread_created_at)";
@@ -207,16 +228,16 @@ pub async fn relation_target(conn: &mut Conn, relation_id: i64) -> QueryResult<O
         .select((
             (relations::tutor_id, relations::student_id, relations::status, relations::version),
             contact_access::state.nullable(),
-            THREAD_COLUMNS.nullable(),
+            Option::<ThreadRow>::as_select(),
         ))
-        .first::<(Fact<RelationStatus>, Option<ContactAccessState>, Option<Thread>)>(conn)
+        .first::<(Fact<RelationStatus>, Option<ContactAccessState>, Option<ThreadRow>)>(conn)
         .await
         .optional()
         .map(|found| {
             found.map(|(fact, contact_access, thread)| RelationTarget {
                 fact,
                 contact_access,
-                thread,
+                thread: thread.map(Thread::from),
             })
         })
 }
@@ -228,12 +249,17 @@ pub async fn inquiry_target(conn: &mut Conn, inquiry_id: i64) -> QueryResult<Opt
         .filter(inquiries::inquiry_id.eq(inquiry_id))
         .select((
             (inquiries::tutor_id, inquiries::student_id, inquiries::status, inquiries::version),
-            THREAD_COLUMNS.nullable(),
+            Option::<ThreadRow>::as_select(),
         ))
-        .first::<(Fact<InquiryStatus>, Option<Thread>)>(conn)
+        .first::<(Fact<InquiryStatus>, Option<ThreadRow>)>(conn)
         .await
         .optional()
-        .map(|found| found.map(|(fact, thread)| InquiryTarget { fact, thread }))
+        .map(|found| {
+            found.map(|(fact, thread)| InquiryTarget {
+                fact,
+                thread: thread.map(Thread::from),
+            })
+        })
 }
 
 /// The version of a user's unread summary: 0 until it first changes.
@@ -276,7 +302,7 @@ pub async fn unread_summary(conn: &mut Conn, key: SummaryKey, limit: i64, now_ms
         ))
         .limit(limit)
         .select((
-            UNREAD_COLUMNS,
+            UnreadRow::as_select(),
             UnmutedUnreadAt { now_ms },
             MutedUnreadAt { now_ms },
             NextMuteEndAt { now_ms },
@@ -315,7 +341,7 @@ pub async fn inbox_page(
         .filter(thread_participants::side.eq(key.side.as_str()))
         .order((sql::<Ts>(INBOX_POSITION).desc(), thread_participants::thread_id.desc()))
         .limit(limit)
-        .select((UNREAD_COLUMNS, sql::<Ts>(INBOX_POSITION)))
+        .select((UnreadRow::as_select(), sql::<Ts>(INBOX_POSITION)))
         .into_boxed();
     if let Some(after) = after {
         query = query.filter(
@@ -382,7 +408,7 @@ pub async fn messages_page(
 ) -> QueryResult<MessagePageRows> {
     let mut query = messages::table
         .filter(messages::thread_id.eq(thread_id))
-        .select(MESSAGE_COLUMNS)
+        .select(MessageRow::as_select())
         .limit(limit + 1)
         .into_boxed();
     query = match from {
@@ -390,10 +416,13 @@ pub async fn messages_page(
         MessagesFrom::Before(seq) => query.filter(messages::seq.lt(seq)).order(messages::seq.desc()),
         MessagesFrom::After(seq) => query.filter(messages::seq.gt(seq)).order(messages::seq.asc()),
     };
-    let mut messages: Vec<Message> = query.load(conn).await?;
+    let mut messages: Vec<MessageRow> = query.load(conn).await?;
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
-    Ok(MessagePageRows { messages, has_more })
+    Ok(MessagePageRows {
+        messages: messages.into_iter().map(Message::from).collect(),
+        has_more,
+    })
 }
 
 /// The threads a user is in, on either side, in id order (EraseUser goes through them).
@@ -417,14 +446,15 @@ pub async fn message_by_key(
         .filter(messages::thread_id.eq(thread_id))
         .filter(messages::sender_id.eq(sender_id))
         .filter(messages::client_message_id.eq(key))
-        .select(MESSAGE_COLUMNS)
+        .select(MessageRow::as_select())
         .first(conn)
         .await
         .optional()
+        .map(|found| found.map(Message::from))
 }
 
 /// A side's maintained unread counter, and a recount from the messages by the
-/// definition in `domain/rules.rs` (`counts_as_unread`: after the horizon, not sent by
+/// definition in `rules.rs` (`counts_as_unread`: after the horizon, not sent by
 /// them, not deleted), for checks.
 pub async fn recount_unread(conn: &mut Conn, thread_id: i64, side: Side) -> QueryResult<(i64, i64)> {
     let (user_id, last_read_seq, counter): (i64, i64, i64) = thread_participants::table
@@ -438,9 +468,7 @@ pub async fn recount_unread(conn: &mut Conn, thread_id: i64, side: Side) -> Quer
         .await?;
     let recount: i64 = messages::table
         .filter(messages::thread_id.eq(thread_id))
-        .filter(messages::seq.gt(last_read_seq))
-        .filter(messages::sender_id.ne(user_id))
-        .filter(messages::deleted_at.is_null())
+        .filter(counts_as_unread(user_id, last_read_seq))
         .count()
         .get_result(conn)
         .await?;

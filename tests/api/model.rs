@@ -5,7 +5,7 @@
 //! the real server over gRPC, and after every step the answer (success, or code and
 //! reason), the messages of the thread it touched, and every user's summaries on both
 //! sides (lines, counts, totals, muted totals, order, previews, writability, mutes) are
-//! compared with a pure model built from `chatd::domain::rules` alone.
+//! compared with a pure model built from `chatd::rules` alone.
 //!
 //! Where SQL applies a rule (PostgreSQL's one-statement writes, SQLite's queries), this
 //! is what keeps it equal to the function it names. A failing case shrinks to a minimal
@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use chatd::domain::rules::{self, Participants, Refusal, ThreadView, UpsertOutcome};
 use chatd::domain::{ContactAccessState, InquiryStatus, RelationStatus, Role, Side, ThreadKind};
 use chatd::grpc::pb;
+use chatd::rules::{self, Participants, Refusal, ThreadView, UpsertOutcome};
 use futures::future::join_all;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs one of chatd's own PostgreSQL statement files (src/storage/postgres/*.sql) with
+# Runs one of chatd's own PostgreSQL statement files (src/storage/writes/*.sql) with
 # pgbench, on a database seeded by `chatd bench --seed`: the same SQL chatd sends, with
 # no chatd in between, so a chatd figure can be read as a ratio to it.
 #
@@ -16,7 +16,7 @@ statement=${1:?usage: pgbench.sh send_message|mark_read DB [pgbench options]}
 database=${2:?usage: pgbench.sh send_message|mark_read DB [pgbench options]}
 shift 2
 here=$(cd "$(dirname "$0")/../.." && pwd)
-file="$here/src/storage/postgres/$statement.sql"
+file="$here/src/storage/writes/$statement.sql"
 [ -f "$file" ] || { echo "no statement file $file" >&2; exit 2; }
 users=${USERS:-100000}
 threads=${THREADS:-1000000}

@@ -17,7 +17,8 @@ WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
            CAST(:seq AS bigint) AS seq,
            CAST(:side AS text) AS side,
-           CAST(:deleter_id AS bigint) AS deleter_id
+           CAST(:deleter_id AS bigint) AS deleter_id,
+           CAST(:preview_chars AS integer) AS preview_chars
 ),
 t AS MATERIALIZED (
     SELECT thread_id, kind, tutor_id, student_id, is_writable, last_visible_seq, revision
@@ -28,9 +29,7 @@ seen AS (
     SELECT revision FROM threads WHERE thread_id = (SELECT thread_id FROM params)
 ),
 target AS MATERIALIZED (
-    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id,
-           m.edited_at, m.deleted_at
-    FROM messages m, params
+    SELECT m.* FROM messages m, params
     WHERE m.thread_id = (SELECT thread_id FROM t) AND m.seq = params.seq
     FOR UPDATE OF m
 ),
@@ -47,7 +46,7 @@ allowed AS MATERIALIZED (
 ),
 fallback AS MATERIALIZED (
     -- rules::last_visible once this message is gone, when it was the one shown.
-    SELECT m.seq, m.created_at, left(m.body, 100) AS preview, m.sender_id
+    SELECT m.seq, m.created_at, left(m.body, (SELECT preview_chars FROM params)) AS preview, m.sender_id
     FROM messages m, allowed, t
     WHERE allowed.seq = t.last_visible_seq AND m.thread_id = t.thread_id
       AND m.seq < allowed.seq AND m.deleted_at IS NULL
@@ -60,8 +59,7 @@ gone AS (
     UPDATE messages m SET body = '', deleted_at = now()
     FROM allowed
     WHERE m.message_id = allowed.message_id
-    RETURNING m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id,
-              m.edited_at, m.deleted_at
+    RETURNING m.*
 ),
 moved AS (
     UPDATE threads SET revision = threads.revision + 1,
@@ -100,19 +98,17 @@ bumped AS (
     ORDER BY user_id, side = 'student'
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING user_id, side
+),
+answered AS (
+    -- The message as this write leaves it: changed by it, or as it was. Returned as
+    -- `messages.*`, so a new column of messages needs no change here.
+    SELECT * FROM gone UNION ALL SELECT * FROM target WHERE NOT EXISTS (SELECT 1 FROM gone)
 )
 SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, CAST(NULL AS text) AS contact_access,
        target.sender_id AS found_sender_id, target.deleted_at IS NOT NULL AS found_deleted,
-       COALESCE(gone.message_id, target.message_id) AS message_id,
-       COALESCE(gone.seq, target.seq) AS seq,
-       COALESCE(gone.sender_id, target.sender_id) AS sender_id,
-       COALESCE(gone.body, target.body) AS body,
-       COALESCE(gone.created_at, target.created_at) AS created_at,
-       COALESCE(gone.client_message_id, target.client_message_id) AS client_message_id,
-       COALESCE(gone.edited_at, target.edited_at) AS edited_at,
-       COALESCE(gone.deleted_at, target.deleted_at) AS deleted_at,
-       gone.message_id IS NOT NULL AS changed_message,
+       EXISTS (SELECT 1 FROM gone) AS changed_message,
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
        (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
-       COALESCE((SELECT stale FROM stale), FALSE) AS stale
-FROM params LEFT JOIN t ON TRUE LEFT JOIN target ON TRUE LEFT JOIN gone ON TRUE;
+       COALESCE((SELECT stale FROM stale), FALSE) AS stale,
+       answered.*
+FROM params LEFT JOIN t ON TRUE LEFT JOIN target ON TRUE LEFT JOIN answered ON TRUE;

@@ -2,7 +2,7 @@
 --
 -- Under a share lock on the thread and the reader's row lock: when rules::may_mark_unread
 -- allows params.from_seq (a message of the thread, among its newest
--- rules::MARK_UNREAD_WINDOW = 100), sets the horizon to rules::horizon_after_mark_unread
+-- rules::MARK_UNREAD_WINDOW, bound as a parameter), sets the horizon to rules::horizon_after_mark_unread
 -- and the unread count to what rules::counts_as_unread counts after it (a bounded
 -- recount: at most 100 messages), bumps the reader's summary version when that count
 -- changed (rules::read_changes), and answers the reader's new total
@@ -14,7 +14,8 @@ WITH params AS (
            CAST(:side AS text) AS side,
            CAST(:user_id AS bigint) AS user_id,
            CAST(:from_seq AS bigint) AS from_seq,
-           CAST(:now_ms AS bigint) AS now_ms
+           CAST(:now_ms AS bigint) AS now_ms,
+           CAST(:mark_unread_window AS bigint) AS mark_unread_window
 ),
 t AS MATERIALIZED (
     SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable, revision FROM threads
@@ -39,7 +40,8 @@ next AS MATERIALIZED (
               AND m.sender_id <> params.user_id AND m.deleted_at IS NULL) AS unread
     FROM t, cur, params
     -- rules::may_mark_unread.
-    WHERE params.from_seq <= t.last_seq AND params.from_seq > t.last_seq - 100
+    WHERE params.from_seq <= t.last_seq
+      AND params.from_seq > t.last_seq - params.mark_unread_window
 ),
 moved AS (
     UPDATE thread_participants p SET last_read_seq = next.horizon, unread_count = next.unread

@@ -1,16 +1,26 @@
 //! The one versioned upsert of the facts upstream services push (relations, inquiries,
-//! contact access), and the statements that follow a fact's change to its thread.
-//! Plain SQL text that PostgreSQL and SQLite both run: `$N` parameters are numbered
-//! on PostgreSQL and, because each first appears in order, numbered alike by SQLite.
+//! contact access; `rules::upsert_outcome` decided in one atomic statement), and, when
+//! a relation's or inquiry's status changed, its thread's writability following it in
+//! the same transaction (a crash cannot leave them apart). Whose summaries that
+//! changes: `rules::writability_changes`.
+//!
+//! Plain SQL text that PostgreSQL and SQLite both run: `$N` parameters are numbered on
+//! PostgreSQL and, because each first appears in order, numbered alike by SQLite.
 
 use diesel::backend::Backend;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::serialize::ToSql;
 use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::{QueryResult, SqliteConnection};
+use diesel_async::AsyncConnection;
 
+use super::Write;
 use crate::model::{Side, SummaryKey};
+use crate::rules;
+use crate::storage::postgres;
 
 /// A table of facts: its key, the columns an upsert may never change, and the status.
+#[derive(Debug)]
 pub struct FactTable {
     pub table: &'static str,
     pub key: &'static [&'static str],
@@ -103,12 +113,13 @@ pub fn thread_writability_sql(fact_column: &str) -> String {
     format!("UPDATE threads SET is_writable = $1 WHERE {fact_column} = $2 AND is_writable <> $1")
 }
 
-/// The participant rows' half of `thread_writability_sql`: returns whose summaries
-/// changed (participant rows carry their thread's relation or inquiry id).
+/// The participant rows' half of `thread_writability_sql`: returns whose rows changed,
+/// with their unread counts (participant rows carry their thread's relation or
+/// inquiry id).
 pub fn participants_writability_sql(fact_column: &str) -> String {
     format!(
         "UPDATE thread_participants SET is_writable = $1 WHERE {fact_column} = $2 \
-         AND is_writable <> $1 RETURNING user_id, side"
+         AND is_writable <> $1 RETURNING user_id, side, unread_count"
     )
 }
 
@@ -128,19 +139,24 @@ where
         .bind::<BigInt, _>(fact_id)
 }
 
-/// A participant whose summary changed.
+/// A participant row whose writability changed.
 #[derive(Debug, diesel::QueryableByName)]
 pub struct ChangedParticipant {
     #[diesel(sql_type = BigInt)]
     user_id: i64,
     #[diesel(sql_type = Text)]
     side: Side,
+    #[diesel(sql_type = BigInt)]
+    unread_count: i64,
 }
 
-impl From<ChangedParticipant> for SummaryKey {
-    fn from(participant: ChangedParticipant) -> Self {
-        SummaryKey::new(participant.user_id, participant.side)
-    }
+/// Of the participant rows whose writability changed, the summaries that show it
+/// (`rules::writability_changes`: those with a line, that is unread messages).
+fn summaries_changed(rows: Vec<ChangedParticipant>) -> Vec<SummaryKey> {
+    rows.into_iter()
+        .filter(|row| rules::writability_changes(row.unread_count))
+        .map(|row| SummaryKey::new(row.user_id, row.side))
+        .collect()
 }
 
 /// Bumps the versions of `keys`' summaries, creating them at 1, in key order (every
@@ -172,6 +188,92 @@ where
             .bind::<Text, _>(key.side.as_str());
     }
     Some(query)
+}
+
+/// An upsert of a fact: `ids` are its key and immutable columns, in order, and
+/// `is_writable`, for a relation or an inquiry, what its thread's writability becomes
+/// when it applies.
+#[derive(Debug, Clone)]
+pub struct UpsertFact {
+    pub table: &'static FactTable,
+    pub ids: Vec<i64>,
+    pub status: &'static str,
+    pub version: i64,
+    pub is_writable: Option<bool>,
+}
+
+impl Write for UpsertFact {
+    /// Whether it applied, and the summaries it changed.
+    type Done = (bool, Vec<SummaryKey>);
+    const NAME: &'static str = "upsert_fact";
+
+    async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<Self::Done> {
+        use diesel::pg::Pg;
+        use diesel_async::RunQueryDsl;
+        conn.transaction(async |conn: &mut postgres::Conn| {
+            let sql = versioned_upsert_sql(self.table, postgres::NOW);
+            let applied = bind_upsert::<Pg>(sql, &self.ids, self.status, self.version)
+                .execute(conn)
+                .await?;
+            if applied == 0 {
+                return Ok((false, Vec::new()));
+            }
+            let (Some(is_writable), Some(fact_column)) = (self.is_writable, self.table.key.first())
+            else {
+                return Ok((true, Vec::new()));
+            };
+            bind_writability::<Pg>(
+                thread_writability_sql(fact_column),
+                is_writable,
+                self.ids[0],
+            )
+            .execute(conn)
+            .await?;
+            let rows: Vec<ChangedParticipant> = bind_writability::<Pg>(
+                participants_writability_sql(fact_column),
+                is_writable,
+                self.ids[0],
+            )
+            .load(conn)
+            .await?;
+            let keys = summaries_changed(rows);
+            if let Some(bump) = bump_versions::<Pg>(&keys) {
+                bump.execute(conn).await?;
+            }
+            Ok((true, keys))
+        })
+        .await
+    }
+
+    fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<Self::Done> {
+        use diesel::RunQueryDsl;
+        use diesel::sqlite::Sqlite;
+        let sql = versioned_upsert_sql(self.table, crate::storage::sqlite::steps::NOW);
+        let applied =
+            bind_upsert::<Sqlite>(sql, &self.ids, self.status, self.version).execute(conn)?;
+        if applied == 0 {
+            return Ok((false, Vec::new()));
+        }
+        let (Some(is_writable), Some(fact_column)) = (self.is_writable, self.table.key.first())
+        else {
+            return Ok((true, Vec::new()));
+        };
+        bind_writability::<Sqlite>(
+            thread_writability_sql(fact_column),
+            is_writable,
+            self.ids[0],
+        )
+        .execute(conn)?;
+        let rows: Vec<ChangedParticipant> = bind_writability::<Sqlite>(
+            participants_writability_sql(fact_column),
+            is_writable,
+            self.ids[0],
+        )
+        .load(conn)?;
+        let keys = summaries_changed(rows);
+        crate::storage::sqlite::steps::bump_versions(conn, &keys)?;
+        Ok((true, keys))
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ ins AS (
            fact.status = ANY(params.writable), now()
     FROM fact, params
     ON CONFLICT DO NOTHING
-    RETURNING thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at
+    RETURNING *
 ),
 parts AS (
     INSERT INTO thread_participants (thread_id, side, user_id, kind, relation_id, inquiry_id,
@@ -40,4 +40,4 @@ parts AS (
            ins.created_at
     FROM ins CROSS JOIN (VALUES ('tutor'), ('student')) AS s(side)
 )
-SELECT thread_id, kind, relation_id, inquiry_id, tutor_id, student_id, is_writable, created_at FROM ins;
+SELECT * FROM ins;

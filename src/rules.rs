@@ -1,12 +1,13 @@
-//! Every rule of chatd, stated once, as plain functions over `crate::model`'s nouns.
+//! Every rule of chatd, stated once, as plain functions over `crate::model`'s nouns: the
+//! ground floor of the house, beside `model`. It names nothing else of chatd, so every
+//! layer above (storage, the domain, the transports) may call it.
 //!
-//! This module is the specification the rest is checked against. The domain applies
-//! these functions; SQLite's writer calls them; and where a rule must run inside one
-//! PostgreSQL statement (so that a concurrent change cannot slip between check and
-//! write, in one round trip), the statement says which function it implements and the
-//! model-based test (`tests/api/model.rs`) drives random operations through the real
-//! server on both backends, comparing every answer and summary with a model built from
-//! these functions alone. It names nothing but `crate::model`, so storage may call it.
+//! This module is the specification the rest is checked against. Storage decides each
+//! write with these functions (SQLite's writer calls them; each PostgreSQL statement
+//! says which one it implements in SQL, so that a concurrent change cannot slip between
+//! check and write, in one round trip), and the model-based test (`tests/api/model`)
+//! drives random operations through the real server on both backends, comparing every
+//! answer and summary with a model built from these functions alone.
 //!
 //! - Membership: a user is in a thread, relation or inquiry on one side when that
 //!   side's participant id is theirs. Anything else does not exist for them. The two
@@ -152,6 +153,20 @@ impl ContactAccessState {
     }
 }
 
+/// The values of `all` that `rule` allows: how a rule over a few states is handed to
+/// SQL as data (`= ANY(:unlocking)`).
+pub fn allowing<T: Copy>(all: &[T], rule: impl Fn(T) -> bool) -> Vec<T> {
+    all.iter().copied().filter(|value| rule(*value)).collect()
+}
+
+/// The contact access states that let a tutor write (`lets_tutor_contact`).
+pub fn unlocking_states() -> Vec<ContactAccessState> {
+    allowing(
+        ContactAccessState::ALL,
+        ContactAccessState::lets_tutor_contact,
+    )
+}
+
 /// Whether a participant on `side` needs the tutor's contact access to a thread of
 /// `kind`: tutors on contact threads do; students and negotiation threads do not.
 pub fn needs_contact_access(side: Side, kind: ThreadKind) -> bool {
@@ -255,6 +270,36 @@ pub fn may_edit(
     may_write(side, thread)
 }
 
+/// What SendMessage does for a participant: a key seen before answers the first
+/// message (even where the thread no longer takes messages, so a retry of what was
+/// sent is never refused); anything else is appended, if the caller may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendDecision {
+    Replay,
+    Append,
+}
+
+/// SendMessage, in order: the thread exists for the caller (`thread_for`), a key seen
+/// before is a replay, then `may_write`.
+pub fn send_decision(
+    caller: i64,
+    side: Side,
+    thread: Option<ThreadView>,
+    key_seen_before: bool,
+) -> Result<SendDecision, Refusal> {
+    let thread = thread_for(caller, side, thread)?;
+    if key_seen_before {
+        return Ok(SendDecision::Replay);
+    }
+    may_write(side, &thread)?;
+    Ok(SendDecision::Append)
+}
+
+/// RemoveMessage (a moderation service): any message that exists, deleted or not.
+pub fn may_remove(message: Option<MessageView>) -> Result<(), Refusal> {
+    message.map(|_| ()).ok_or(Refusal::MessageNotFound)
+}
+
 /// DeleteMessage: the message exists and the caller sent it; writable or not, deleted
 /// already or not (deleting again answers the same tombstone).
 pub fn may_delete(caller: i64, message: Option<MessageView>) -> Result<(), Refusal> {
@@ -313,6 +358,26 @@ pub fn counts_as_unread(
 /// ended. A mute ends by itself at its time, with no write.
 pub fn is_muted(muted_until_ms: Option<i64>, now_ms: i64) -> bool {
     muted_until_ms.is_some_and(|until| until > now_ms)
+}
+
+/// How a participant's mute shows at `now_ms`: `None` when not muted (never muted, or
+/// its time has passed), `Some(None)` muted until unmuted, `Some(Some(ms))` muted until
+/// that time. Summaries, MuteThread's answer and whose summary a mute changes all read
+/// it from here.
+pub fn mute_shown(muted_until_ms: Option<i64>, now_ms: i64) -> Option<Option<i64>> {
+    muted_until_ms
+        .filter(|_| is_muted(muted_until_ms, now_ms))
+        .map(|until| (until != MUTED_FOREVER_MS).then_some(until))
+}
+
+/// Whether a mute or unmute changed the participant's summary: the thread has a line
+/// there and its mute shows differently.
+pub fn mute_changes(unread: i64, before: Option<i64>, after: Option<i64>, now_ms: i64) -> bool {
+    participant_changed(
+        unread,
+        unread,
+        mute_shown(before, now_ms) != mute_shown(after, now_ms),
+    )
 }
 
 /// When a summary's mutes next end by themselves (Unix ms): the earliest mute time
@@ -402,6 +467,12 @@ pub fn send_changes(sender_unread_before: i64) -> SendChanges {
         peer: true,
         sender: participant_changed(sender_unread_before, 0, true),
     }
+}
+
+/// Whether a thread's writability changing (its relation or inquiry moved) changed a
+/// participant's summary: only where the thread has a line, as for any change of it.
+pub fn writability_changes(unread: i64) -> bool {
+    participant_changed(unread, unread, true)
 }
 
 /// Whether a read (MarkRead, MarkUnread) changed the reader's summary: only their

@@ -1,14 +1,16 @@
 -- SendMessage, as ONE statement (one round trip). chatd runs this file as it is
--- (src/storage/postgres.rs binds its named parameters); tests/bench/pgbench.sh runs
--- it with pgbench, the write's ceiling.
+-- (send_message.rs binds its named parameters); tests/bench/pgbench.sh runs it with
+-- pgbench, the write's ceiling.
 --
 -- Locks the thread row (which orders every write of the thread), reads the tutor's
 -- contact access under a share lock when the rules need it, and appends only when the
 -- caller is the thread's participant on params.side, the thread is writable and contact
 -- access allows it (rules::contact_allowed; params.unlocking lists the states
 -- ContactAccessState::lets_tutor_contact allows).
--- A key seen before returns the first message; a concurrent retry that commits first
--- makes the insert do nothing (the unique key), and the caller reads the winner's message.
+-- A key seen before returns the first message (rules::send_decision: the replay comes
+-- before writability); a concurrent retry that commits first makes the insert do
+-- nothing (the unique key), and chatd reads the winner's message. The message answered
+-- is returned as `messages.*`, so a new column of messages needs no change here.
 WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
            CAST(:side AS text) AS side,
@@ -31,9 +33,7 @@ access AS MATERIALIZED (
 ),
 prior AS MATERIALIZED (
     -- A retry of this key: the first message, as it is now (edited, or a tombstone).
-    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id,
-           m.edited_at, m.deleted_at
-    FROM messages m, params
+    SELECT m.* FROM messages m, params
     WHERE m.thread_id = params.thread_id AND m.sender_id = params.sender_id
       AND m.client_message_id = params.client_message_id
 ),
@@ -67,7 +67,7 @@ m AS (
            params.client_message_id, now()
     FROM allowed, params
     ON CONFLICT (thread_id, sender_id, client_message_id) DO NOTHING
-    RETURNING message_id, thread_id, seq, sender_id, body, created_at, client_message_id
+    RETURNING *
 ),
 moved AS (
     -- The new message is the newest not deleted (rules::last_visible).
@@ -103,13 +103,15 @@ bumped AS (
     SELECT user_id, side, 1 FROM changed ORDER BY user_id, side = 'student'
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING user_id, side
+),
+answered AS (
+    -- The message this call answers: the new one, or the first one of its key.
+    SELECT * FROM m UNION ALL SELECT * FROM prior
 )
 SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM access) AS contact_access,
-       m.message_id, m.thread_id AS message_thread_id, m.seq, m.sender_id, m.body, m.created_at,
-       m.client_message_id,
-       prior.message_id AS prior_message_id, prior.seq AS prior_seq, prior.body AS prior_body,
-       prior.created_at AS prior_created_at, prior.edited_at AS prior_edited_at,
-       prior.deleted_at AS prior_deleted_at,
+       EXISTS (SELECT 1 FROM prior) AS key_seen_before,
+       EXISTS (SELECT 1 FROM m) AS appended,
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
-       (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides
-FROM params LEFT JOIN t ON TRUE LEFT JOIN m ON TRUE LEFT JOIN prior ON TRUE;
+       (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
+       answered.*
+FROM params LEFT JOIN t ON TRUE LEFT JOIN answered ON TRUE;

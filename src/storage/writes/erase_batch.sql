@@ -13,7 +13,8 @@ WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
            CAST(:user_id AS bigint) AS user_id,
            CAST(:after_seq AS bigint) AS after_seq,
-           CAST(:batch AS bigint) AS batch
+           CAST(:batch AS bigint) AS batch,
+           CAST(:preview_chars AS integer) AS preview_chars
 ),
 t AS MATERIALIZED (
     SELECT thread_id, last_visible_seq FROM threads WHERE thread_id = (SELECT thread_id FROM params)
@@ -38,7 +39,7 @@ shown AS (
     SELECT EXISTS (SELECT 1 FROM batch, t WHERE batch.visible AND batch.seq = t.last_visible_seq) AS changed
 ),
 fallback AS MATERIALIZED (
-    SELECT m.seq, m.created_at, left(m.body, 100) AS preview, m.sender_id
+    SELECT m.seq, m.created_at, left(m.body, (SELECT preview_chars FROM params)) AS preview, m.sender_id
     FROM messages m, t, shown
     WHERE shown.changed AND m.thread_id = t.thread_id AND m.deleted_at IS NULL
       AND m.seq NOT IN (SELECT seq FROM batch)

@@ -29,9 +29,7 @@ access AS MATERIALIZED (
     FOR SHARE OF ca
 ),
 target AS MATERIALIZED (
-    SELECT m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id,
-           m.edited_at, m.deleted_at
-    FROM messages m, params
+    SELECT m.* FROM messages m, params
     WHERE m.thread_id = (SELECT thread_id FROM t) AND m.seq = params.seq
     FOR UPDATE OF m
 ),
@@ -48,8 +46,7 @@ edited AS (
     UPDATE messages m SET body = params.body, edited_at = now()
     FROM allowed, params
     WHERE m.message_id = allowed.message_id
-    RETURNING m.message_id, m.thread_id, m.seq, m.sender_id, m.body, m.created_at, m.client_message_id,
-              m.edited_at, m.deleted_at
+    RETURNING m.*
 ),
 moved AS (
     UPDATE threads SET revision = threads.revision + 1,
@@ -70,19 +67,17 @@ bumped AS (
     ORDER BY user_id, side = 'student'
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING user_id, side
+),
+answered AS (
+    -- The message as this write leaves it: changed by it, or as it was. Returned as
+    -- `messages.*`, so a new column of messages needs no change here.
+    SELECT * FROM edited UNION ALL SELECT * FROM target WHERE NOT EXISTS (SELECT 1 FROM edited)
 )
 SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM access) AS contact_access,
        target.sender_id AS found_sender_id, target.deleted_at IS NOT NULL AS found_deleted,
-       COALESCE(edited.message_id, target.message_id) AS message_id,
-       COALESCE(edited.seq, target.seq) AS seq,
-       COALESCE(edited.sender_id, target.sender_id) AS sender_id,
-       COALESCE(edited.body, target.body) AS body,
-       COALESCE(edited.created_at, target.created_at) AS created_at,
-       COALESCE(edited.client_message_id, target.client_message_id) AS client_message_id,
-       COALESCE(edited.edited_at, target.edited_at) AS edited_at,
-       COALESCE(edited.deleted_at, target.deleted_at) AS deleted_at,
-       edited.message_id IS NOT NULL AS changed_message,
+       EXISTS (SELECT 1 FROM edited) AS changed_message,
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
        (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
-       FALSE AS stale
-FROM params LEFT JOIN t ON TRUE LEFT JOIN target ON TRUE LEFT JOIN edited ON TRUE;
+       FALSE AS stale,
+       answered.*
+FROM params LEFT JOIN t ON TRUE LEFT JOIN target ON TRUE LEFT JOIN answered ON TRUE;
