@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -16,56 +15,25 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_layer::Layer;
 
-use crate::auth::{AuthConfig, TokenVerifier};
-use crate::domain::{
-    CacheConfig, CacheTrust, Chat, Role, SendLimit, SendLimits, Summaries, SummaryKey, WatchLimits,
-};
-use crate::fanout::nats::{NatsConfig, NatsFanout};
-use crate::fanout::postgres::{FanoutConfig, PgFanout};
-use crate::fanout::{ChangeSink, Local, Publisher, Queued, QueuedPublisher};
+use crate::auth::TokenVerifier;
+use crate::domain::{Chat, Role};
+use crate::fanout::{Fanout, Local, Publisher, Queued, QueuedPublisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
 use crate::http::{Gateway, GatewayConfig};
+use crate::limits::SendLimits;
 use crate::metrics::Metrics;
-use crate::net::{self, ConnectionLimits, Protocol};
+use crate::net::{self, Protocol};
 use crate::proto::chat_service_server::ChatServiceServer;
 use crate::proto::sync_service_server::SyncServiceServer;
 use crate::storage::{DatabaseUrl, PoolConfig, Pooler, Store};
+use crate::summaries::{CacheTrust, Summaries};
 
-/// Everything `chatd serve` needs to know.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    pub listen: SocketAddr,
-    pub database: DatabaseUrl,
-    pub pool: PoolConfig,
-    pub auth: AuthConfig,
-    /// How often health re-checks that the database answers.
-    pub health_interval: Duration,
-    /// The in-process REST gateway's address; `None` serves gRPC only.
-    pub http: Option<SocketAddr>,
-    /// CORS origins and upstream timeout of the in-process gateway.
-    pub cors_allowed_origins: Vec<String>,
-    pub upstream_timeout: Duration,
-    /// Limits on WatchUnreadSummary streams.
-    pub watch_limits: WatchLimits,
-    /// How long a watcher lets a burst of changes gather before it sends.
-    pub watch_coalesce: Duration,
-    /// A listener serving only Prometheus `/metrics`; `None` for none (the REST port
-    /// serves `/metrics` too).
-    pub metrics: Option<SocketAddr>,
-    /// Where the PostgreSQL change fan-out connects (default: the database URL).
-    pub fanout_url: Option<String>,
-    /// How often the fan-out proves it is alive.
-    pub fanout_heartbeat: Duration,
-    /// The size of the summary cache (0 turns it off) and how often it is swept.
-    pub summary_cache: CacheConfig,
-    /// How every listener treats its connections (cap, handshake and idle timeouts).
-    pub connections: ConnectionLimits,
-    /// The longest a chat.v1 call may run before it answers DEADLINE_EXCEEDED; the
-    /// client's `grpc-timeout` shortens it. PostgreSQL statements get the same bound.
-    pub call_timeout: Duration,
-    /// How fast each user may send and edit messages, on this replica.
-    pub send_limit: SendLimit,
-}
+mod background;
+mod health;
+
+pub use crate::config::ServeConfig;
+pub use health::{FANOUT_SERVICE, LIVENESS_SERVICE};
+use health::{FanoutHealth, follow_fanout, monitor_database, set_fanout_health, set_health};
 
 /// A built server: migrated database, bound listeners, services assembled, ready to `run`.
 pub struct Application {
@@ -99,6 +67,7 @@ impl Application {
     /// The same on a listener bound already (tests bind port 0 and keep it, so no other
     /// process can take the port between choosing and serving).
     pub async fn build_on(config: ServeConfig, listener: TcpListener) -> Result<Self, String> {
+        config.validate()?;
         // Keys first: a configuration that cannot verify tokens fails before it
         // touches the database.
         let verifier = Arc::new(TokenVerifier::new(&config.auth, &config.database)?);
@@ -245,38 +214,29 @@ impl Application {
                     inner: chat.summaries().clone(),
                     state: fanout_state,
                 });
-                Some(match config.fanout_url.as_deref() {
-                    Some(nats) if is_nats(nats) => Fanout::Nats(
-                        NatsFanout::start(
-                            NatsConfig {
-                                url: nats.to_owned(),
-                                heartbeat: config.fanout_heartbeat,
-                            },
-                            queued,
-                            sink,
-                            stopping_rx.clone(),
-                        )
-                        .await?,
-                    ),
-                    direct => Fanout::Postgres(PgFanout::start(
-                        FanoutConfig {
-                            url: direct.unwrap_or(url).to_owned(),
-                            heartbeat: config.fanout_heartbeat,
-                        },
+                Some(
+                    Fanout::start(
+                        url,
+                        config.fanout_url.as_deref(),
+                        config.fanout_heartbeat,
                         queued,
                         sink,
                         stopping_rx.clone(),
-                    )),
-                })
+                    )
+                    .await?,
+                )
             }
             _ => None,
         };
-        let sweeper = tokio::spawn(sweep_summaries(
+        let sweeper = tokio::spawn(background::sweep_summaries(
             chat.clone(),
             config.summary_cache.sweep,
             stopping_rx.clone(),
         ));
-        let limits = tokio::spawn(forget_idle_senders(chat.clone(), stopping_rx.clone()));
+        let limits = tokio::spawn(background::forget_idle_senders(
+            chat.clone(),
+            stopping_rx.clone(),
+        ));
         let fanout_health = tokio::spawn(follow_fanout(health.clone(), fanout_followed));
         let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
@@ -402,56 +362,15 @@ async fn services(
     Ok((health, routes))
 }
 
-/// How replicas hear each other's changes.
-enum Fanout {
-    Postgres(PgFanout),
-    Nats(NatsFanout),
-}
-
-impl Fanout {
-    fn abort(&self) {
-        match self {
-            Fanout::Postgres(fanout) => fanout.abort(),
-            Fanout::Nats(fanout) => fanout.abort(),
-        }
-    }
-}
-
-/// Whether a `--fanout-url` names NATS (else it is PostgreSQL's NOTIFY).
-fn is_nats(url: &str) -> bool {
-    url.starts_with("nats://")
-}
-
 /// The store migrations run on: the server's own, or, behind a transaction-mode pooler
 /// (where the migration lock, a session's advisory lock, would not hold), a connection
 /// to the direct URL the fan-out uses.
 fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
-    if let (DatabaseUrl::Sqlite(_), Some(_)) = (&config.database, &config.fanout_url) {
-        return Err(
-            "--fanout-url is for PostgreSQL replicas: one SQLite process has no \
-                    other replica to hear"
-                .into(),
-        );
-    }
-    if config.pool.pooler == Pooler::None {
+    let (DatabaseUrl::Postgres(_), Pooler::Transaction, Some(direct)) =
+        (&config.database, config.pool.pooler, &config.fanout_url)
+    else {
         return Ok(store.clone());
-    }
-    let (DatabaseUrl::Postgres(_), Some(direct)) = (&config.database, &config.fanout_url) else {
-        return Err(
-            "--db-pooler transaction needs PostgreSQL and --fanout-url set to the \
-                    database's direct URL: LISTEN and the migration lock need a session, \
-                    which a transaction-mode pooler does not keep"
-                .into(),
-        );
     };
-    if is_nats(direct) {
-        return Err(
-            "--db-pooler transaction with a NATS fan-out: run `chatd migrate` \
-                    against the database's direct URL, and give this server a direct \
-                    PostgreSQL --fanout-url, or no pooler"
-                .into(),
-        );
-    }
     Store::connect(
         &DatabaseUrl::Postgres(direct.clone()),
         &PoolConfig {
@@ -461,42 +380,6 @@ fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
             pooler: Pooler::None,
         },
     )
-}
-
-/// Sweeps the summary cache every `every` (see `Chat::sweep_summaries`).
-async fn sweep_summaries(chat: Chat, every: Duration, mut stopping: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.changed() => return,
-        }
-        if let Err(error) = chat.sweep_summaries().await {
-            chat.summaries().counters().count_sweep_failure();
-            tracing::warn!(
-                %error,
-                every = ?every,
-                "summary cache sweep failed: an entry a lost notification left stale may \
-                 outlive the sweep interval until one succeeds; the next one retries"
-            );
-        }
-    }
-}
-
-/// How often the send limits forget users whose bucket is full again (their memory).
-const FORGET_IDLE_SENDERS: Duration = Duration::from_secs(10);
-
-/// Keeps the send limits' memory to the users writing now (see `SendLimits`).
-async fn forget_idle_senders(chat: Chat, mut stopping: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(FORGET_IDLE_SENDERS);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => chat.limits().forget_idle(),
-            _ = stopping.changed() => return,
-        }
-    }
 }
 
 /// The gauges read from their owners at scrape time.
@@ -566,112 +449,6 @@ fn register_gauges(
         "1 while this replica hears other replicas' changes (always 1 on SQLite)",
         move || i64::from(*fanout_up.borrow()),
     );
-}
-
-/// The health service name that only says the process is alive.
-pub const LIVENESS_SERVICE: &str = "liveness";
-
-/// The health service name that says whether this replica hears other replicas'
-/// changes (PostgreSQL's fan-out). Calls are served either way; while it is
-/// NOT_SERVING, summaries are read from the database.
-pub const FANOUT_SERVICE: &str = "fanout";
-
-/// The services whose health follows the database ("" is the whole server).
-const HEALTH_SERVICES: [&str; 3] = [
-    "",
-    ChatServiceServer::<grpc::ChatService>::NAME,
-    SyncServiceServer::<grpc::SyncService>::NAME,
-];
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        health.set_service_status(service, status).await;
-    }
-}
-
-/// Passes the fan-out's news to the domain and keeps the `fanout` health state.
-struct FanoutHealth {
-    inner: Summaries,
-    state: watch::Sender<bool>,
-}
-
-impl ChangeSink for FanoutHealth {
-    fn changed(&self, keys: &[SummaryKey]) {
-        self.inner.changed(keys);
-    }
-
-    fn connected(&self) {
-        self.inner.connected();
-        self.state.send_replace(true);
-    }
-
-    fn disconnected(&self) {
-        self.inner.disconnected();
-        self.state.send_replace(false);
-    }
-}
-
-async fn set_fanout_health(health: &HealthReporter, up: bool) {
-    let status = if up {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    };
-    health.set_service_status(FANOUT_SERVICE, status).await;
-}
-
-/// Mirrors the fan-out's state into health, in order.
-async fn follow_fanout(health: HealthReporter, mut fanout_up: watch::Receiver<bool>) {
-    loop {
-        let up = *fanout_up.borrow_and_update();
-        set_fanout_health(&health, up).await;
-        if fanout_up.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Pings the database every `interval`: SERVING while it answers, NOT_SERVING while it
-/// does not. One task for the whole server; stops when shutdown begins.
-async fn monitor_database(
-    store: Store,
-    health: HealthReporter,
-    interval: Duration,
-    ping_timeout: Duration,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serving = Some(true);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.changed() => return,
-        }
-        // A database that stops answering (frozen, partitioned) must turn health
-        // NOT_SERVING, not hang the monitor: the ping has the pool's timeout.
-        let reachable = match tokio::time::timeout(ping_timeout, store.ping()).await {
-            Ok(answered) => answered.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {ping_timeout:?}")),
-        };
-        if *stopping.borrow() {
-            return;
-        }
-        let now_serving = reachable.is_ok();
-        if serving != Some(now_serving) {
-            match &reachable {
-                Ok(()) => tracing::info!("database reachable: serving"),
-                Err(e) => tracing::warn!(error = %e, "database unreachable: not serving"),
-            }
-            let status = if now_serving {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_health(&health, status).await;
-            serving = Some(now_serving);
-        }
-    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

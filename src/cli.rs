@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::app::ServeConfig;
 use crate::auth::AuthConfig;
 use crate::bench::{BenchConfig, Dataset, Rpc};
-use crate::domain::{CacheConfig, Role, SendLimit, WatchLimits};
+use crate::domain::Role;
 use crate::http::GatewayConfig;
+use crate::limits::SendLimit;
 use crate::net::ConnectionLimits;
 use crate::storage::{DatabaseUrl, PoolConfig, Pooler};
+use crate::summaries::{CacheConfig, WatchLimits};
 use crate::telemetry::LogFormat;
 
 /// chatd: chat threads between tutors and students, and their unread counts, over gRPC.
@@ -287,25 +289,14 @@ impl GatewayArgs {
 }
 
 impl ServeArgs {
+    /// The configuration these flags give, checked (`ServeConfig::validate`).
     pub fn config(&self) -> Result<ServeConfig, String> {
-        if self.db_pool_size == 0 {
-            return Err("--db-pool-size must be at least 1".into());
-        }
-        if self.summary_cache_sweep.is_zero() {
-            return Err("--summary-cache-sweep must be more than 0s".into());
-        }
-        if self.fanout_heartbeat.is_zero() {
-            return Err("--fanout-heartbeat must be more than 0s".into());
-        }
-        if self.call_timeout.is_zero() {
-            return Err("--call-timeout must be more than 0s".into());
-        }
-        if !(self.user_send_rate.is_finite() && self.user_send_rate >= 0.0) {
-            return Err("--user-send-rate must be 0 (off) or a positive number per second".into());
-        }
-        if self.user_send_rate > 0.0 && self.user_send_burst == 0 {
-            return Err("--user-send-burst must be at least 1 while --user-send-rate is on".into());
-        }
+        let config = self.unchecked()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn unchecked(&self) -> Result<ServeConfig, String> {
         Ok(ServeConfig {
             listen: self.listen,
             database: self.database.parse_url()?,

@@ -2,46 +2,38 @@
 //! facts are accepted. Transport-free: no tonic, axum or diesel types cross this
 //! boundary.
 //!
-//! - `rules.rs`: every rule, stated once, as functions (a leaf: storage calls them too).
 //! - `threads.rs`: EnsureThread.
 //! - `inbox.rs`: ListThreads, the caller's inbox.
 //! - `messages.rs`: sending, editing, deleting and removing messages, listing them,
 //!   erasing a user.
-//! - `reading.rs`: the unread summary and its etag, MarkRead, MarkUnread, mutes, and
-//!   the stream of summary changes.
+//! - `reading.rs`: the unread summary, MarkRead, MarkUnread, mutes, and the stream of
+//!   summary changes.
 //! - `facts.rs`: SyncService's upserts of relations, inquiries and contact access.
+//! - `tickets.rs`: minting and redeeming one-use stream tickets.
 //! - `values.rs`: validated request values, and the records handed to transports.
 //! - `error.rs`: the one error type and the reasons clients see.
-//! - `limits.rs`: the send rate per user.
-//! - `watch.rs`: who watches which unread summary, and waking them on change.
-//! - `summaries.rs`: the cache of recently read summaries, kept in step with this
-//!   replica's writes, the other replicas' (through the fan-out) and the watchers.
-//! - `tickets.rs`: one-use stream tickets, for browsers that cannot send a token.
 //!
-//! Each operation asks storage once where it can: writes check the rules under the
-//! rows' locks and report what they saw, and `Chat` reads the rules' answer from that.
+//! Each operation asks storage once where it can: a write decides with `crate::rules`
+//! under its rows' locks and says what it did, and `Chat` turns a refusal into the
+//! error clients see. What the domain keeps in memory (the summary cache and its
+//! watchers, the send rate, stream tickets' secrets) are infrastructure modules of
+//! their own (`crate::summaries`, `crate::limits`, `crate::tickets`).
 
 mod error;
 mod facts;
 mod inbox;
-mod limits;
 mod messages;
 mod reading;
-mod summaries;
 mod threads;
 mod tickets;
 mod values;
-mod watch;
 
 pub use error::{DomainError, Reason};
 pub use inbox::InboxPage;
-pub use limits::{SendLimit, SendLimits};
 pub use messages::ERASE_BATCH;
-pub use reading::{Etag, SummaryWatch};
-pub use summaries::{CacheConfig, CacheTrust, CachedSummary, Summaries};
+pub use reading::SummaryWatch;
 pub use tickets::{STREAM_TICKET_TTL, StreamTicket};
 pub use values::*;
-pub use watch::{SummaryHub, WatchLimits};
 
 pub use crate::model::{
     ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Role, Side,
@@ -56,8 +48,23 @@ pub const SWEEP_GRACE: Duration = Duration::from_secs(1);
 
 use crate::rules::{self, Refusal};
 
+use crate::limits::SendLimits;
 use crate::metrics::ChatCounters;
 use crate::storage::{Store, StoreError};
+use crate::summaries::{StreamRefusal, Summaries};
+
+pub use crate::summaries::UnreadSummary;
+
+impl From<StreamRefusal> for DomainError {
+    fn from(refusal: StreamRefusal) -> Self {
+        match refusal {
+            StreamRefusal::TooMany { limit, scope } => DomainError::TooManyStreams { limit, scope },
+            StreamRefusal::ShuttingDown => {
+                DomainError::Unavailable("the server is shutting down".into())
+            }
+        }
+    }
+}
 
 impl From<StoreError> for DomainError {
     fn from(error: StoreError) -> Self {

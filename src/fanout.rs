@@ -17,6 +17,63 @@ use tokio::sync::mpsc;
 
 use crate::model::{Side, SummaryKey};
 
+/// How replicas hear each other's changes: PostgreSQL's NOTIFY, or NATS.
+pub enum Fanout {
+    Postgres(postgres::PgFanout),
+    Nats(nats::NatsFanout),
+}
+
+impl Fanout {
+    /// Starts the fan-out `fanout_url` names (NATS when it is `nats://…`, else NOTIFY on
+    /// it, or on `database_url` when none is given), sending what is `queued` and
+    /// handing what other replicas publish to `sink`.
+    pub async fn start(
+        database_url: &str,
+        fanout_url: Option<&str>,
+        heartbeat: std::time::Duration,
+        queued: Queued,
+        sink: std::sync::Arc<dyn ChangeSink>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, String> {
+        Ok(match fanout_url {
+            Some(url) if is_nats(url) => Fanout::Nats(
+                nats::NatsFanout::start(
+                    nats::NatsConfig {
+                        url: url.to_owned(),
+                        heartbeat,
+                    },
+                    queued,
+                    sink,
+                    stopping,
+                )
+                .await?,
+            ),
+            direct => Fanout::Postgres(postgres::PgFanout::start(
+                postgres::FanoutConfig {
+                    url: direct.unwrap_or(database_url).to_owned(),
+                    heartbeat,
+                },
+                queued,
+                sink,
+                stopping,
+            )),
+        })
+    }
+
+    /// Stops its tasks now (shutdown, after `stopping` was sent).
+    pub fn abort(&self) {
+        match self {
+            Fanout::Postgres(fanout) => fanout.abort(),
+            Fanout::Nats(fanout) => fanout.abort(),
+        }
+    }
+}
+
+/// Whether a `--fanout-url` names NATS (else it is PostgreSQL's NOTIFY).
+pub fn is_nats(url: &str) -> bool {
+    url.starts_with("nats://")
+}
+
 /// Sends changed summaries to the other replicas, after commit. Never blocks and never
 /// fails the write: a key that cannot be sent is covered by the listeners' resync.
 pub trait Publisher: Send + Sync + 'static {

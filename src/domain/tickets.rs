@@ -7,25 +7,19 @@
 //! statement, so a ticket opens one stream, on whichever replica, and a leaked URL is
 //! worth nothing once used or after half a minute.
 
+use crate::storage::NewTicket;
 use crate::storage::writes::stream_tickets::{CreateStreamTicket, RedeemStreamTicket};
-use std::time::Duration;
-
-use sha2::{Digest, Sha256};
+use crate::tickets;
 
 use super::{AccessEnds, Caller, Chat, DomainError, Role, caller_side, now_ms};
-use crate::storage::NewTicket;
 
-/// How long a minted ticket may wait before it opens its stream.
-pub const STREAM_TICKET_TTL: Duration = Duration::from_secs(30);
-
-/// Random bytes in a ticket: 256 bits, beyond guessing.
-const TICKET_BYTES: usize = 32;
+pub use crate::tickets::STREAM_TICKET_TTL;
 
 /// A minted ticket: the secret to hand the browser, and how long it stays good.
 #[derive(Debug, Clone)]
 pub struct StreamTicket {
     pub ticket: String,
-    pub expires_in: Duration,
+    pub expires_in: std::time::Duration,
 }
 
 impl Chat {
@@ -39,15 +33,12 @@ impl Chat {
         let key = super::SummaryKey::new(caller.user_id, caller_side(caller)?);
         // A ticket for a stream that could not open now would be spent for nothing.
         self.summaries.hub().room_for(key)?;
-        let mut secret = [0u8; TICKET_BYTES];
-        getrandom::fill(&mut secret)
-            .map_err(|e| DomainError::Internal(format!("no randomness for a ticket: {e}")))?;
-        let ticket = hex::encode(secret);
+        let (ticket, ticket_hash) = tickets::mint().map_err(DomainError::Internal)?;
         let now = now_ms();
         // A ticket does not outlive the access it stands for.
         let expires_at = (now + STREAM_TICKET_TTL.as_millis() as i64).min(access_ends.0);
         let ticket_row = NewTicket {
-            ticket_hash: hash(&ticket),
+            ticket_hash,
             user_id: caller.user_id,
             role: caller.role.as_str(),
             expires_at,
@@ -61,7 +52,9 @@ impl Chat {
             .await?;
         Ok(StreamTicket {
             ticket,
-            expires_in: Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0)),
+            expires_in: std::time::Duration::from_millis(
+                u64::try_from(expires_at - now).unwrap_or(0),
+            ),
         })
     }
 
@@ -77,13 +70,13 @@ impl Chat {
             ttl_seconds: STREAM_TICKET_TTL.as_secs(),
         };
         // Not one of ours: refused without a database round trip.
-        if ticket.len() != TICKET_BYTES * 2 || !ticket.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let Some(ticket_hash) = tickets::hash_of(ticket) else {
             return Err(invalid);
-        }
+        };
         let redeemed = self
             .store
             .write(RedeemStreamTicket {
-                ticket_hash: hash(&ticket.to_ascii_lowercase()),
+                ticket_hash,
                 now: now_ms(),
             })
             .await?;
@@ -92,8 +85,4 @@ impl Chat {
             .ok_or_else(|| DomainError::Internal(format!("a ticket stored role {role:?}")))?;
         Ok((Caller { user_id, role }, AccessEnds(access_ends)))
     }
-}
-
-fn hash(ticket: &str) -> String {
-    hex::encode(Sha256::digest(ticket.as_bytes()))
 }

@@ -5,9 +5,9 @@
 //! id of 0.
 
 use super::DomainError;
-use std::sync::Arc;
 
-use crate::model::{Message, Role, Seq, ThreadId, ThreadUnread, UserId};
+use crate::model::{Message, Role, Seq, ThreadId, UserId};
+use crate::summaries::UnreadSummary;
 
 /// Longest message body accepted, in characters (not bytes).
 pub const MAX_BODY_CHARS: usize = 4000;
@@ -211,62 +211,6 @@ pub fn messages_from(
         (Some(before), None) => Ok(MessagesFrom::Before(before)),
         (None, Some(after)) => Ok(MessagesFrom::After(after)),
         (None, None) => Ok(MessagesFrom::Newest),
-    }
-}
-
-/// The caller's unread summary: a page of its lines (newest first) and the totals. The
-/// lines are shared, not copied, with the cached summary they come from.
-#[derive(Debug, Clone)]
-pub struct UnreadSummary {
-    lines: Arc<[ThreadUnread]>,
-    shown: usize,
-    /// All unread messages of the caller's threads not muted, not only the page's.
-    pub total: i64,
-    /// All unread messages of the caller's muted threads.
-    pub muted_total: i64,
-    /// When it changes by itself (a mute ends; Unix ms).
-    pub changes_at: Option<i64>,
-}
-
-impl UnreadSummary {
-    /// The first `shown` of `lines` (all of them if fewer), with the caller's totals.
-    pub fn new(
-        lines: Arc<[ThreadUnread]>,
-        shown: usize,
-        total: i64,
-        muted_total: i64,
-        changes_at: Option<i64>,
-    ) -> Self {
-        let shown = shown.min(lines.len());
-        Self {
-            lines,
-            shown,
-            total,
-            muted_total,
-            changes_at,
-        }
-    }
-
-    /// The page's lines, newest last message first.
-    pub fn threads(&self) -> &[ThreadUnread] {
-        &self.lines[..self.shown]
-    }
-}
-
-impl PartialEq for UnreadSummary {
-    fn eq(&self, other: &Self) -> bool {
-        (self.total, self.muted_total) == (other.total, other.muted_total)
-            && self.threads() == other.threads()
-    }
-}
-
-impl Eq for UnreadSummary {}
-
-impl std::hash::Hash for UnreadSummary {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.total.hash(state);
-        self.muted_total.hash(state);
-        self.threads().hash(state);
     }
 }
 

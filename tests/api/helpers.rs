@@ -6,11 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use chatd::app::{Application, ServeConfig};
 use chatd::auth::{AuthConfig, TokenSigner};
-use chatd::domain::{Role, WatchLimits};
+use chatd::domain::Role;
 use chatd::grpc::pb;
 use chatd::grpc::pb::chat_service_client::ChatServiceClient;
 use chatd::grpc::pb::sync_service_client::SyncServiceClient;
 use chatd::storage::{DatabaseUrl, PoolConfig, Store};
+use chatd::summaries::WatchLimits;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::Interceptor;
@@ -135,14 +136,14 @@ impl TestApp {
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             fanout_url: None,
             fanout_heartbeat: Duration::from_millis(200),
-            summary_cache: chatd::domain::CacheConfig {
+            summary_cache: chatd::summaries::CacheConfig {
                 budget_bytes: 8 << 20,
                 sweep: Duration::from_millis(200),
             },
             connections: chatd::net::ConnectionLimits::default(),
             call_timeout: Duration::from_secs(15),
             // Tests send as fast as they can; the limit has tests of its own.
-            send_limit: chatd::domain::SendLimit::OFF,
+            send_limit: chatd::limits::SendLimit::OFF,
         }
     }
 

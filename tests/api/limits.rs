@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use chatd::domain::{Role, SendLimit};
+use chatd::domain::Role;
 use chatd::grpc::pb::EditMessageRequest;
+use chatd::limits::SendLimit;
 use reqwest::StatusCode;
 use tonic::Code;
 use tonic_types::StatusExt;

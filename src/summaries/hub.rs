@@ -11,7 +11,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::{DomainError, SummaryKey};
+use crate::model::SummaryKey;
+
+/// Why a stream cannot open: too many open for the user (or on the server), or the
+/// server is shutting down. The domain says it to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRefusal {
+    TooMany { limit: usize, scope: &'static str },
+    ShuttingDown,
+}
 
 /// How many summary streams may be open, per user (and side) and in total.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +96,7 @@ impl SummaryHub {
     /// Whether `key` could open one more stream now: the refusal `subscribe` would give,
     /// told before a stream ticket is minted, so a browser learns the reason in JSON (an
     /// EventSource that fails to open learns nothing) and does not retry in a loop.
-    pub fn room_for(&self, key: SummaryKey) -> Result<(), DomainError> {
+    pub fn room_for(&self, key: SummaryKey) -> Result<(), StreamRefusal> {
         self.refusal(self.keys().get(&key).map_or(0, |entry| entry.watchers))?;
         if self.0.total.load(Ordering::Acquire) >= self.0.limits.total {
             return Err(self.server_full());
@@ -96,14 +104,12 @@ impl SummaryHub {
         Ok(())
     }
 
-    fn refusal(&self, watchers: usize) -> Result<(), DomainError> {
+    fn refusal(&self, watchers: usize) -> Result<(), StreamRefusal> {
         if *self.0.closed.borrow() {
-            return Err(DomainError::Unavailable(
-                "the server is shutting down".into(),
-            ));
+            return Err(StreamRefusal::ShuttingDown);
         }
         if watchers >= self.0.limits.per_user {
-            return Err(DomainError::TooManyStreams {
+            return Err(StreamRefusal::TooMany {
                 limit: self.0.limits.per_user,
                 scope: "for this user",
             });
@@ -111,15 +117,15 @@ impl SummaryHub {
         Ok(())
     }
 
-    fn server_full(&self) -> DomainError {
-        DomainError::TooManyStreams {
+    fn server_full(&self) -> StreamRefusal {
+        StreamRefusal::TooMany {
             limit: self.0.limits.total,
             scope: "on this server",
         }
     }
 
     /// Registers a watcher of `key`'s summary, within the limits.
-    pub fn subscribe(&self, key: SummaryKey) -> Result<Subscription, DomainError> {
+    pub fn subscribe(&self, key: SummaryKey) -> Result<Subscription, StreamRefusal> {
         let limits = self.0.limits;
         let mut keys = self.keys();
         self.refusal(keys.get(&key).map_or(0, |entry| entry.watchers))?;
@@ -222,12 +228,12 @@ mod tests {
         let _b = hub.subscribe(key(1, Side::Tutor)).unwrap();
         assert!(matches!(
             hub.subscribe(key(1, Side::Tutor)),
-            Err(DomainError::TooManyStreams { .. })
+            Err(StreamRefusal::TooMany { .. })
         ));
         let _c = hub.subscribe(key(2, Side::Student)).unwrap();
         assert!(matches!(
             hub.subscribe(key(3, Side::Student)),
-            Err(DomainError::TooManyStreams { .. })
+            Err(StreamRefusal::TooMany { .. })
         ));
         assert_eq!(hub.open_streams(), 3);
         drop(a);

@@ -19,11 +19,16 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::watch::SummaryHub;
-use super::{ThreadUnread, UnreadSummary, WatchLimits};
+pub mod etag;
+pub mod hub;
+
+pub use etag::{Etag, IfNoneMatch};
+pub use hub::{StreamRefusal, Subscription, SummaryHub, WatchLimits};
+
 use crate::fanout::{ChangeSink, Publisher};
 use crate::metrics::{CacheCounters, cache_outcome};
 use crate::model::SummaryKey;
+use crate::model::ThreadUnread;
 use crate::storage::UnreadPage;
 
 /// How the cache is bounded and how often it is swept.
@@ -33,6 +38,62 @@ pub struct CacheConfig {
     pub budget_bytes: u64,
     /// How often cached versions are compared with the database's.
     pub sweep: std::time::Duration,
+}
+
+/// The caller's unread summary: a page of its lines (newest first) and the totals. The
+/// lines are shared, not copied, with the cached summary they come from.
+#[derive(Debug, Clone)]
+pub struct UnreadSummary {
+    lines: Arc<[ThreadUnread]>,
+    shown: usize,
+    /// All unread messages of the caller's threads not muted, not only the page's.
+    pub total: i64,
+    /// All unread messages of the caller's muted threads.
+    pub muted_total: i64,
+    /// When it changes by itself (a mute ends; Unix ms).
+    pub changes_at: Option<i64>,
+}
+
+impl UnreadSummary {
+    /// The first `shown` of `lines` (all of them if fewer), with the caller's totals.
+    pub fn new(
+        lines: Arc<[ThreadUnread]>,
+        shown: usize,
+        total: i64,
+        muted_total: i64,
+        changes_at: Option<i64>,
+    ) -> Self {
+        let shown = shown.min(lines.len());
+        Self {
+            lines,
+            shown,
+            total,
+            muted_total,
+            changes_at,
+        }
+    }
+
+    /// The page's lines, newest last message first.
+    pub fn threads(&self) -> &[ThreadUnread] {
+        &self.lines[..self.shown]
+    }
+}
+
+impl PartialEq for UnreadSummary {
+    fn eq(&self, other: &Self) -> bool {
+        (self.total, self.muted_total) == (other.total, other.muted_total)
+            && self.threads() == other.threads()
+    }
+}
+
+impl Eq for UnreadSummary {}
+
+impl std::hash::Hash for UnreadSummary {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.total.hash(state);
+        self.muted_total.hash(state);
+        self.threads().hash(state);
+    }
 }
 
 /// A summary as read, deep enough for any page size, with the version it was read at.
