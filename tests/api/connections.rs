@@ -30,10 +30,14 @@ async fn burst(addr: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connects_waits_in_the_backlog() {
     let somaxconn = chatd::net::listen_backlog() as usize;
-    assert!(
-        somaxconn > BURST,
-        "this test needs net.core.somaxconn above {BURST}, not {somaxconn}"
-    );
+    if somaxconn <= BURST {
+        crate::require::skip(
+            "connections::a_burst_of_connects_waits_in_the_backlog",
+            &format!("net.core.somaxconn above {BURST} (it is {somaxconn})"),
+            &format!("sysctl -w net.core.somaxconn={}", BURST * 4),
+        );
+        return;
+    }
     chatd::net::raise_open_files_limit().expect("a higher open-file limit");
     let app = TestApp::spawn_with(Backend::Sqlite, |config| {
         config.connections.max_connections = 1;

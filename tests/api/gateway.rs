@@ -272,21 +272,7 @@ async fn unread_summary_etag_and_304(app: TestApp) {
 }
 
 /// The same without the summary cache: conditions checked against the stored version.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_etag_and_304_without_the_cache() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
-        config.summary_cache.budget_bytes = 0;
-    })
-    .await;
-    unread_summary_etag_and_304(app).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_etag_and_304_without_the_cache() {
-    let app = TestApp::spawn_with(Backend::Postgres, |config| {
-        config.summary_cache.budget_bytes = 0;
-    })
-    .await;
+async fn etag_and_304_without_the_cache(app: TestApp) {
     unread_summary_etag_and_304(app).await;
 }
 
@@ -824,6 +810,7 @@ backend_suite!(
     chatd_errors_map_to_http,
     paths_work_without_trailing_slash,
     health_readiness_and_openapi,
+    etag_and_304_without_the_cache with |config| config.summary_cache.budget_bytes = 0,
 );
 
 /// chatd down → 503 with the JSON error; chatd back → the gateway recovers by itself.

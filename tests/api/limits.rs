@@ -11,23 +11,20 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::gateway::{assert_api_error, call, client};
-use crate::helpers::{Backend, ChatClientExt, TestApp, assert_error, send};
+use crate::helpers::{ChatClientExt, TestApp, assert_error, send};
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
 
-async fn limited(backend: Backend) -> TestApp {
-    TestApp::spawn_with(backend, |config| {
-        config.send_limit = SendLimit {
-            per_second: 1.0,
-            burst: 3,
-        };
-    })
-    .await
+/// One message a second, three at once.
+fn limited(config: &mut chatd::config::ServeConfig) {
+    config.send_limit = SendLimit {
+        per_second: 1.0,
+        burst: 3,
+    };
 }
 
-async fn a_flood_is_refused_with_when_to_retry(backend: Backend) {
-    let app = limited(backend).await;
+async fn a_flood_is_refused_with_when_to_retry(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let mut student = app.student(STUDENT);
     for n in 0..3 {
@@ -83,20 +80,9 @@ async fn a_flood_is_refused_with_when_to_retry(backend: Backend) {
     assert_eq!(body["grpc_status"], "RESOURCE_EXHAUSTED");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_flood_is_refused_with_when_to_retry() {
-    a_flood_is_refused_with_when_to_retry(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_flood_is_refused_with_when_to_retry() {
-    a_flood_is_refused_with_when_to_retry(Backend::Postgres).await;
-}
-
 /// A retry of a message already stored answers that message whatever the limit: the
 /// limit is on what a user adds, and a replay adds nothing.
-async fn a_replay_over_the_limit_answers_the_stored_message(backend: Backend) {
-    let app = limited(backend).await;
+async fn a_replay_over_the_limit_answers_the_stored_message(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let mut student = app.student(STUDENT);
     let keyed = |n: u32| chatd::grpc::pb::SendMessageRequest {
@@ -133,16 +119,6 @@ async fn a_replay_over_the_limit_answers_the_stored_message(backend: Backend) {
         3,
         "the tutor's three, nothing more was stored"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_replay_over_the_limit_answers_the_stored_message() {
-    a_replay_over_the_limit_answers_the_stored_message(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_replay_over_the_limit_answers_the_stored_message() {
-    a_replay_over_the_limit_answers_the_stored_message(Backend::Postgres).await;
 }
 
 /// The REST routes of edit, delete, mark unread and mute, with their JSON.
@@ -264,4 +240,8 @@ async fn rest_routes_of_the_marketplace(app: TestApp) {
     );
 }
 
-backend_suite!(rest_routes_of_the_marketplace);
+backend_suite!(
+    rest_routes_of_the_marketplace,
+    a_flood_is_refused_with_when_to_retry with limited,
+    a_replay_over_the_limit_answers_the_stored_message with limited,
+);

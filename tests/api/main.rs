@@ -3,14 +3,20 @@
 //! database of its own (`TEST_LOG=1` shows the server's logs).
 
 /// Instantiates each listed case for both backends: `<file>::sqlite::<case>` and
-/// `<file>::postgres::<case>`.
+/// `<file>::postgres::<case>`, each on a server of its own. `case with |config| …`
+/// adjusts that server's configuration first.
 macro_rules! backend_suite {
-    ($($case:ident),* $(,)?) => {
+    ($($case:ident $(with $adjust:expr)?),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await).await
+                    let app = crate::helpers::TestApp::spawn_with(
+                        crate::helpers::Backend::Sqlite,
+                        backend_suite!(@adjust $($adjust)?),
+                    )
+                    .await;
+                    super::$case(app).await
                 }
             )*
         }
@@ -18,15 +24,31 @@ macro_rules! backend_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(crate::helpers::TestApp::spawn(crate::helpers::Backend::Postgres).await).await
+                    let app = crate::helpers::TestApp::spawn_with(
+                        crate::helpers::Backend::Postgres,
+                        backend_suite!(@adjust $($adjust)?),
+                    )
+                    .await;
+                    super::$case(app).await
                 }
             )*
         }
+    };
+    (@adjust $adjust:expr) => {{
+        // The closure is written in the test file's scope.
+        #[allow(unused_imports)]
+        use super::*;
+        $adjust
+    }};
+    (@adjust) => {
+        |_: &mut chatd::config::ServeConfig| {}
     };
 }
 
 mod harness;
 mod helpers;
+#[path = "../common/require.rs"]
+mod require;
 
 mod alerts;
 mod auth;

@@ -217,8 +217,7 @@ async fn grpc_takes_a_ticket_in_place_of_the_token(app: TestApp) {
 /// A stream a ticket opened ends when the token that minted the ticket expires, as one
 /// opened with that token would (read exactly here: no leeway), and the ticket says it
 /// lives no longer than that token.
-async fn a_ticket_stream_ends_with_its_minters_token(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |config| config.auth.leeway = Duration::ZERO).await;
+async fn a_ticket_stream_ends_with_its_minters_token(app: TestApp) {
     let exp = whole_seconds_ahead(4);
     let minted = call(
         client()
@@ -244,21 +243,14 @@ async fn a_ticket_stream_ends_with_its_minters_token(backend: Backend) {
     assert!(matches!(end, Ok(None)), "{end:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_ticket_stream_ends_with_its_minters_token() {
-    a_ticket_stream_ends_with_its_minters_token(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_ticket_stream_ends_with_its_minters_token() {
-    a_ticket_stream_ends_with_its_minters_token(Backend::Postgres).await;
-}
-
 backend_suite!(
     a_ticket_opens_one_stream_as_its_minter,
     stale_and_unknown_tickets_are_refused,
     minting_at_the_stream_limit_says_too_many_streams,
     grpc_takes_a_ticket_in_place_of_the_token,
+    a_ticket_stream_ends_with_its_minters_token with |config| {
+        config.auth.leeway = Duration::ZERO
+    },
 );
 
 /// Tickets live in the shared database: minted on replica A, good once on replica B,

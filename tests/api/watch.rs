@@ -53,12 +53,7 @@ async fn snapshot_first_then_each_change(app: TestApp) {
 /// message is read and sent as it comes, and this fails.) The test waits for the first
 /// update before the burst: a watcher that reads a little late would otherwise see two
 /// messages in its "first" update, which is correct and not what this checks.
-async fn a_burst_is_coalesced_into_one_update(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |config| {
-        // Far longer than twenty sends take, far shorter than `next`'s bound.
-        config.watch_coalesce = Duration::from_secs(4);
-    })
-    .await;
+async fn a_burst_is_coalesced_into_one_update(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
     assert_eq!(next(&mut updates).await.total, 0);
@@ -73,39 +68,15 @@ async fn a_burst_is_coalesced_into_one_update(backend: Backend) {
     assert_eq!(rest.total, 20, "the other nineteen make one update");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_burst_is_coalesced_into_one_update() {
-    a_burst_is_coalesced_into_one_update(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_burst_is_coalesced_into_one_update() {
-    a_burst_is_coalesced_into_one_update(Backend::Postgres).await;
-}
-
 /// The first change after a quiet spell is sent at once, whatever the coalescing
 /// window: with a 30 s window, waiting it out would miss the 10 s bound of `next`.
 /// What follows within the window after a send still gathers into one update.
-async fn the_first_change_is_sent_without_waiting_out_the_window(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |config| {
-        config.watch_coalesce = Duration::from_secs(30);
-    })
-    .await;
+async fn the_first_change_is_sent_without_waiting_out_the_window(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let mut updates = TestApp::watch(&mut app.tutor(TUTOR)).await;
     assert_eq!(next(&mut updates).await.total, 0);
     app.student(STUDENT).say(thread.thread_id, "now").await;
     assert_eq!(next(&mut updates).await.total, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_first_change_is_sent_at_once() {
-    the_first_change_is_sent_without_waiting_out_the_window(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_the_first_change_is_sent_at_once() {
-    the_first_change_is_sent_without_waiting_out_the_window(Backend::Postgres).await;
 }
 
 async fn a_thread_becoming_unwritable_is_sent(app: TestApp) {
@@ -160,8 +131,7 @@ pub fn whole_seconds_ahead(seconds: u64) -> SystemTime {
 
 /// A stream lasts as long as its token: live until `exp` (read exactly, with no
 /// leeway here), then ended with UNAUTHENTICATED TOKEN_EXPIRED though nothing changed.
-async fn a_stream_ends_when_its_token_expires(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |config| config.auth.leeway = Duration::ZERO).await;
+async fn a_stream_ends_when_its_token_expires(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let exp = whole_seconds_ahead(4);
     let mut tutor = app.chat_with_header(Some(app.bearer_until(TUTOR, Role::Tutor, exp)));
@@ -179,21 +149,19 @@ async fn a_stream_ends_when_its_token_expires(backend: Backend) {
     assert_error(ended, Code::Unauthenticated, "TOKEN_EXPIRED");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_stream_ends_when_its_token_expires() {
-    a_stream_ends_when_its_token_expires(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_stream_ends_when_its_token_expires() {
-    a_stream_ends_when_its_token_expires(Backend::Postgres).await;
-}
-
 backend_suite!(
     snapshot_first_then_each_change,
     a_thread_becoming_unwritable_is_sent,
     streams_per_user_are_limited,
     streams_end_cleanly_on_shutdown,
+    // Far longer than twenty sends take, far shorter than `next`'s bound.
+    a_burst_is_coalesced_into_one_update with |config| {
+        config.watch_coalesce = Duration::from_secs(4)
+    },
+    the_first_change_is_sent_without_waiting_out_the_window with |config| {
+        config.watch_coalesce = Duration::from_secs(30)
+    },
+    a_stream_ends_when_its_token_expires with |config| config.auth.leeway = Duration::ZERO,
 );
 
 /// Two replicas on one PostgreSQL database: a watcher on B sees a message accepted by A,

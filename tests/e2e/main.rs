@@ -13,6 +13,9 @@
     reason = "shared with the fault tests; this binary uses a part"
 )]
 mod processes;
+#[path = "../common/require.rs"]
+#[expect(dead_code, reason = "shared; this binary uses a part")]
+mod require;
 mod webdriver;
 
 use std::net::SocketAddr;

@@ -10,6 +10,9 @@
     reason = "shared with the browser tests; this binary uses a part"
 )]
 mod processes;
+#[path = "../common/require.rs"]
+#[expect(dead_code, reason = "shared; this binary uses a part")]
+mod require;
 mod workload;
 
 use std::time::{Duration, Instant};
@@ -30,7 +33,12 @@ const MESSAGES: usize = 120;
 /// and sends succeed again soon after the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_immediately_mid_load_loses_nothing() {
-    let postgres = ThrowawayPostgres::start().await;
+    let Some(postgres) =
+        ThrowawayPostgres::start("faults::postgres_stopped_immediately_mid_load_loses_nothing")
+            .await
+    else {
+        return;
+    };
     let dir = TempDir::new();
     let chatd = Chatd::start(
         &dir.0,
