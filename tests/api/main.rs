@@ -60,6 +60,8 @@ mod contact_threads;
 mod edits;
 mod erasure;
 mod gateway;
+mod gateway_edge;
+mod gateway_errors;
 mod guards;
 mod health;
 mod inbox;
