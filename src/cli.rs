@@ -66,13 +66,15 @@ impl DatabaseArgs {
 
 #[derive(Debug, Args)]
 pub struct AuthArgs {
-    /// HS256 secret for bearer tokens (at least 32 bytes). Unset: a random secret kept in
-    /// --jwt-secret-file.
+    /// HS256 secret for bearer tokens (at least 32 bytes). Unset with SQLite: a random
+    /// secret kept in --jwt-secret-file. With PostgreSQL, every replica must be given the
+    /// same key: this, --jwt-secret-file or --jwt-public-key (serve refuses to start
+    /// without one).
     #[arg(long, env = "CHATD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// File holding the HS256 secret, created by `serve` when missing (`token` and `bench`
-    /// only read it) [default: <sqlite path>.jwt-secret,
-    /// or ./chatd.jwt-secret with PostgreSQL].
+    /// File holding the HS256 secret; with SQLite, `serve` creates it when missing
+    /// (`token` and `bench` only read it) [default: <sqlite path>.jwt-secret, or
+    /// ./chatd.jwt-secret with PostgreSQL, which must exist].
     #[arg(long, env = "CHATD_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
     /// PEM public key (RSA or EC) to verify RS256/ES256 tokens instead of HS256.
@@ -159,7 +161,7 @@ pub struct ServeArgs {
     pub fanout_heartbeat: Duration,
     /// Memory for the cache of recently read unread summaries, in MiB; 0 turns it
     /// off. A hit costs no database round trip. Size it to the users who poll: about
-    /// 1.2 KiB a user with a few unread threads (README, "Sizing the summary cache").
+    /// 1.2 KiB a user with a few unread threads (docs/performance.md, "Sizing the summary cache").
     /// [default: a quarter of the memory this process may use (its cgroup's limit, else
     /// the machine's), from 16 to 256 MiB]
     #[arg(long, env = "CHATD_SUMMARY_CACHE_MIB")]

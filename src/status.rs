@@ -243,15 +243,15 @@ mod tests {
                 .map(|name| name.as_str().unwrap())
                 .collect();
         assert_eq!(openapi, table, "OpenAPI Error.code");
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/errors.md");
         for row in all_rows() {
             let line = readme
                 .lines()
                 .find(|line| line.starts_with(&format!("| `{}` |", row.reason)))
-                .unwrap_or_else(|| panic!("README's table of reasons lacks {}", row.reason));
+                .unwrap_or_else(|| panic!("docs/errors.md's table of reasons lacks {}", row.reason));
             assert!(
                 line.contains(code_name(row.grpc)) && line.contains(&row.http.as_u16().to_string()),
-                "README's row of {} gives its gRPC code {} and HTTP status {}: {line}",
+                "docs/errors.md's row of {} gives its gRPC code {} and HTTP status {}: {line}",
                 row.reason,
                 code_name(row.grpc),
                 row.http.as_u16()

@@ -108,3 +108,41 @@ async fn token_refuses_an_id_a_browser_would_round() {
         "{stderr}"
     );
 }
+
+/// docs/configuration.md shows each command's `--help` exactly as this build prints it:
+/// a flag added, renamed or redescribed without the doc fails here.
+/// `CHATD_WRITE_DOCS=1` writes the blocks anew instead.
+#[tokio::test]
+async fn the_configuration_doc_is_the_cli_help() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let mut doc = std::fs::read_to_string(path).expect("docs/configuration.md");
+    let mut stale = Vec::new();
+    for command in ["serve", "gateway", "migrate", "token", "bench"] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args([command, "--help"])
+            .env_clear()
+            .output()
+            .await
+            .expect("chatd runs");
+        let help = String::from_utf8(output.stdout).expect("UTF-8 help");
+        let (start, end) = (
+            format!("<!-- help:{command}:start -->\n"),
+            format!("<!-- help:{command}:end -->"),
+        );
+        let from = doc.find(&start).expect("a start marker") + start.len();
+        let to = doc[from..].find(&end).expect("an end marker") + from;
+        let block = format!("```text\n{}\n```\n", help.trim_end());
+        if doc[from..to] != block {
+            stale.push(command);
+            doc.replace_range(from..to, &block);
+        }
+    }
+    if std::env::var_os("CHATD_WRITE_DOCS").is_some() {
+        std::fs::write(path, doc).expect("docs/configuration.md written");
+        return;
+    }
+    assert!(
+        stale.is_empty(),
+        "docs/configuration.md differs from --help of {stale:?}: rerun with CHATD_WRITE_DOCS=1"
+    );
+}
