@@ -248,7 +248,9 @@ mod tests {
             let line = readme
                 .lines()
                 .find(|line| line.starts_with(&format!("| `{}` |", row.reason)))
-                .unwrap_or_else(|| panic!("docs/errors.md's table of reasons lacks {}", row.reason));
+                .unwrap_or_else(|| {
+                    panic!("docs/errors.md's table of reasons lacks {}", row.reason)
+                });
             assert!(
                 line.contains(code_name(row.grpc)) && line.contains(&row.http.as_u16().to_string()),
                 "docs/errors.md's row of {} gives its gRPC code {} and HTTP status {}: {line}",

@@ -90,20 +90,10 @@ impl Write for DeleteMessage {
 
     fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<MessageChange> {
         let (thread_id, seq) = (self.thread_id.0, self.seq.0);
-        let mut written = MessageWrite {
-            thread: None,
-            found: None,
-            message: None,
-            changed_message: false,
-            changed: Vec::new(),
-        };
         let Some((facts, _)) = steps::thread_facts(conn, thread_id)? else {
-            return written.outcome(self.allowed(None, None), "delete");
+            return MessageWrite::default().outcome(self.allowed(None, None), "delete");
         };
-        written.thread = Some(facts);
-        let found = steps::message_at(conn, thread_id, seq)?;
-        written.found = found.as_ref().map(steps::message_view);
-        written.message = found;
+        let mut written = MessageWrite::seen(conn, facts, thread_id, seq)?;
         let allowed = self.allowed(written.thread, written.found);
         let Some(found) = written
             .found

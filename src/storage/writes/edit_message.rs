@@ -64,6 +64,7 @@ pub(super) struct MessageWriteRow {
 }
 
 /// What a write to one message saw and did, as both backends report it.
+#[derive(Default)]
 pub(super) struct MessageWrite {
     pub thread: Option<ThreadFacts>,
     /// The message as the write found it (`None`: no message with that seq).
@@ -98,6 +99,22 @@ impl MaybeStale for MessageWriteRow {
 }
 
 impl MessageWrite {
+    /// SQLite: what a write to `seq` of a thread finds, with the thread as `thread` saw it.
+    pub(super) fn seen(
+        conn: &mut SqliteConnection,
+        thread: ThreadFacts,
+        thread_id: i64,
+        seq: i64,
+    ) -> QueryResult<MessageWrite> {
+        let found = steps::message_at(conn, thread_id, seq)?;
+        Ok(MessageWrite {
+            thread: Some(thread),
+            found: found.as_ref().map(steps::message_view),
+            message: found,
+            ..MessageWrite::default()
+        })
+    }
+
     /// What the write did, given what the rules say of it (`allowed`, read from what it
     /// saw). A change the rules refuse is a bug, never answered as a refusal.
     pub(super) fn outcome(
@@ -161,23 +178,13 @@ impl Write for EditMessage {
 
     fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<MessageChange> {
         let (thread_id, seq) = (self.thread_id.0, self.seq.0);
-        let mut written = MessageWrite {
-            thread: None,
-            found: None,
-            message: None,
-            changed_message: false,
-            changed: Vec::new(),
-        };
         let Some((mut facts, _)) = steps::thread_facts(conn, thread_id)? else {
-            return written.outcome(self.allowed(None, None), "edit");
+            return MessageWrite::default().outcome(self.allowed(None, None), "edit");
         };
         if rules::needs_contact_access(self.side, facts.kind) {
             facts.contact_access = steps::contact_access_of(conn, &facts)?;
         }
-        written.thread = Some(facts);
-        let found = steps::message_at(conn, thread_id, seq)?;
-        written.found = found.as_ref().map(steps::message_view);
-        written.message = found;
+        let mut written = MessageWrite::seen(conn, facts, thread_id, seq)?;
         let allowed = self.allowed(written.thread, written.found);
         if allowed.is_err() {
             return written.outcome(allowed, "edit");

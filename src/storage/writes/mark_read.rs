@@ -98,6 +98,27 @@ pub(super) struct ReadRow {
     stale: bool,
 }
 
+impl ReaderState {
+    /// SQLite: sets a reader's horizon and unread count (`reader`: thread, side, user,
+    /// and the time totals are read at), bumps their summary when the count moved
+    /// (`rules::read_changes`), and reads their new total.
+    pub(super) fn moved(
+        conn: &mut SqliteConnection,
+        (thread_id, side, user_id, now_ms): (i64, Side, i64, i64),
+        before: (i64, i64),
+        (horizon, unread): (i64, i64),
+    ) -> QueryResult<ReaderState> {
+        let changed =
+            steps::set_horizon(conn, thread_id, side, user_id, before, (horizon, unread))?;
+        Ok(ReaderState {
+            last_read_seq: horizon,
+            unread_count: unread,
+            total: steps::total_of(conn, user_id, side, now_ms)?,
+            changed,
+        })
+    }
+}
+
 impl ReadRow {
     pub(super) fn state(&self) -> Option<ReaderState> {
         Some(ReaderState {
@@ -162,20 +183,13 @@ impl Write for MarkRead {
             true => 0,
             false => steps::count_unread(conn, thread_id, user_id, horizon)?,
         };
-        let changed = steps::set_horizon(
+        let reader = (thread_id, self.side, user_id, self.now_ms);
+        let state = ReaderState::moved(
             conn,
-            thread_id,
-            self.side,
-            user_id,
+            reader,
             (horizon_before, unread_before),
             (horizon, unread),
         )?;
-        let state = ReaderState {
-            last_read_seq: horizon,
-            unread_count: unread,
-            total: steps::total_of(conn, user_id, self.side, self.now_ms)?,
-            changed,
-        };
         Ok(Read::of(
             self.user_id,
             self.side,

@@ -116,20 +116,13 @@ impl Write for MarkUnread {
         }
         let horizon = rules::horizon_after_mark_unread(self.from_seq.0);
         let unread = steps::count_unread(conn, thread_id, user_id, horizon)?;
-        let changed = steps::set_horizon(
+        let reader = (thread_id, self.side, user_id, self.now_ms);
+        let state = ReaderState::moved(
             conn,
-            thread_id,
-            self.side,
-            user_id,
+            reader,
             (horizon_before, unread_before),
             (horizon, unread),
         )?;
-        let state = ReaderState {
-            last_read_seq: horizon,
-            unread_count: unread,
-            total: steps::total_of(conn, user_id, self.side, self.now_ms)?,
-            changed,
-        };
         self.outcome(Some(facts), last_seq, Some(state))
     }
 }
