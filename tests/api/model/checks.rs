@@ -128,7 +128,7 @@ impl Case<'_> {
     /// Every user's inbox on both sides, against the model, in two pages when it has
     /// more than one thread (so the page token is exercised too).
     pub(super) async fn inboxes_agree(&self, step: usize, op: &Op) -> Result<(), TestCaseError> {
-        self.clear_of_mute_ends().await;
+        let at = self.clear_of_mute_ends().await;
         let keys = Self::keys();
         let answers = join_all(keys.iter().map(|(user, role)| {
             let mut client = self.client(self.base + *user, *role);
@@ -155,7 +155,7 @@ impl Case<'_> {
         for ((user, role), answer) in keys.into_iter().zip(answers) {
             let side = Self::side(role);
             let got = answer.map_err(|status| TestCaseError::fail(format!("inbox: {status:?}")))?;
-            let expected = self.model.inbox(self.base + user, side);
+            let expected = self.model.inbox(self.base + user, side, at);
             if got != expected {
                 return Err(TestCaseError::fail(format!(
                     "after step {step} {op:?}: user {user}'s inbox as {side}:\n  server {got:?}\n  rules  {expected:?}"
@@ -180,7 +180,7 @@ impl Case<'_> {
         step: usize,
         op: &Op,
     ) -> Result<(), TestCaseError> {
-        self.clear_of_mute_ends().await;
+        let at = self.clear_of_mute_ends().await;
         let keys = Self::keys();
         let answers = join_all(keys.iter().map(|(user, role)| {
             let mut client = self.client(self.base + *user, *role);
@@ -230,7 +230,7 @@ impl Case<'_> {
                 got.total,
                 got.muted_total,
             );
-            let expected = self.model.summary(self.base + user, side);
+            let expected = self.model.summary(self.base + user, side, at);
             if got != expected {
                 return fail(format!(
                     "user {user}'s summary as {side}:\n  server {got:?}\n  rules  {expected:?}"
@@ -290,8 +290,9 @@ impl Case<'_> {
 
     /// Waits until no mute of the case ends within the next 1.5 s or ended in the last
     /// 150 ms: a comparison made right at an end could see the server on one side of it
-    /// and the model on the other. (Time passing, not waiting for the server.)
-    pub(super) async fn clear_of_mute_ends(&self) {
+    /// and the model on the other. (Time passing, not waiting for the server.) Returns
+    /// the time the model reads the case at: the server answers within the next 1.5 s.
+    pub(super) async fn clear_of_mute_ends(&self) -> i64 {
         loop {
             let now = now_ms();
             let near = self
@@ -307,7 +308,7 @@ impl Case<'_> {
                     tokio::time::sleep(std::time::Duration::from_millis((end + 150 - now) as u64))
                         .await
                 }
-                None => return,
+                None => return now,
             }
         }
     }

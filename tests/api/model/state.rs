@@ -165,8 +165,8 @@ impl Model {
     }
 
     /// The summary `user` sees on `side`: its lines in order, the total and the muted total.
-    pub(super) fn summary(&self, user: i64, side: Side) -> (Vec<Line>, i64, i64) {
-        let now = now_ms();
+    /// At `now` (Unix ms): whether each mute is in force.
+    pub(super) fn summary(&self, user: i64, side: Side, now: i64) -> (Vec<Line>, i64, i64) {
         let mut lines: Vec<(usize, Line)> = self
             .threads
             .iter()
@@ -212,8 +212,7 @@ impl Model {
 
     /// The inbox `user` sees on `side`: every thread of theirs, at
     /// `rules::inbox_position`, in `rules::summary_order`.
-    pub(super) fn inbox(&self, user: i64, side: Side) -> Vec<Line> {
-        let now = now_ms();
+    pub(super) fn inbox(&self, user: i64, side: Side, now: i64) -> Vec<Line> {
         let mut lines: Vec<(usize, Line)> = self
             .threads
             .iter()
@@ -244,7 +243,7 @@ impl Model {
 
     /// The user's total on a side (muted threads left out).
     pub(super) fn total(&self, user: i64, side: Side) -> i64 {
-        self.summary(user, side).1
+        self.summary(user, side, now_ms()).1
     }
 
     pub(super) fn upsert<S: Copy>(
