@@ -21,6 +21,7 @@ use crate::fanout::{Fanout, Local, Publisher, Queued, QueuedPublisher};
 use crate::grpc::{self, Authenticate, RpcTraceLayer};
 use crate::http::{Gateway, GatewayConfig};
 use crate::limits::SendLimits;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::net::{self, Protocol};
 use crate::proto::chat_service_server::ChatServiceServer;
@@ -97,6 +98,7 @@ impl Application {
             mib = config.summary_cache.budget_bytes >> 20,
             "summary cache budget (--summary-cache-mib)"
         );
+        let live = Live::new(publisher.clone(), config.watch_stall_timeout);
         let summaries = Summaries::new(
             config.summary_cache,
             config.watch_limits,
@@ -109,10 +111,15 @@ impl Application {
             },
         );
         let fanout_up = watch::channel(one_process);
-        register_gauges(&metrics, &store, &summaries, fanout_up.1.clone());
+        register_gauges(
+            &metrics,
+            &store,
+            (&summaries, live.clone()),
+            fanout_up.1.clone(),
+        );
         let chat = Chat::new(
             store.clone(),
-            summaries,
+            (summaries, live),
             metrics.chat.clone(),
             config.watch_coalesce,
             SendLimits::new(config.send_limit)?,
@@ -211,7 +218,8 @@ impl Application {
         let fanout = match (&config.database, self.queued) {
             (DatabaseUrl::Postgres(url), Some(queued)) => {
                 let sink = Arc::new(FanoutHealth {
-                    inner: chat.summaries().clone(),
+                    summaries: chat.summaries().clone(),
+                    live: chat.live().clone(),
                     state: fanout_state,
                 });
                 Some(
@@ -386,7 +394,7 @@ fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
 fn register_gauges(
     metrics: &Metrics,
     store: &Store,
-    summaries: &Summaries,
+    (summaries, live): (&Summaries, Live),
     fanout_up: watch::Receiver<bool>,
 ) {
     let pool = store.clone();
@@ -435,8 +443,13 @@ fn register_gauges(
     let streams = summaries.hub().clone();
     metrics.gauge(
         "chatd_watch_streams",
-        "Open WatchUnreadSummary and SSE streams",
+        "Open streams, summary and thread, gRPC and SSE",
         move || streams.open_streams() as i64,
+    );
+    metrics.gauge(
+        "chatd_watched_threads",
+        "Threads with an open window (WatchThread) on this replica",
+        move || live.watched_threads() as i64,
     );
     let streams = summaries.hub().clone();
     metrics.gauge(

@@ -133,15 +133,21 @@ pub struct ServeArgs {
     /// How often health checks that the database answers.
     #[arg(long, env = "CHATD_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
-    /// Most WatchUnreadSummary streams one user may hold open (per role).
+    /// Most streams one user may hold open (per role): WatchUnreadSummary and
+    /// WatchThread, gRPC and SSE, together.
     #[arg(long, env = "CHATD_WATCH_MAX_PER_USER", default_value_t = 8)]
     pub watch_max_per_user: usize,
-    /// Most WatchUnreadSummary streams open on this server.
+    /// Most streams open on this server (summary and thread streams together).
     #[arg(long, env = "CHATD_WATCH_MAX_TOTAL", default_value_t = 20_000)]
     pub watch_max_total: usize,
     /// How long a watcher lets a burst of changes gather into one update.
     #[arg(long, env = "CHATD_WATCH_COALESCE", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub watch_coalesce: Duration,
+    /// How long a thread stream (WatchThread) waits for its reader while its buffer of
+    /// 256 events is full; then it ends with STREAM_TOO_SLOW and the client resumes
+    /// from its last version.
+    #[arg(long, env = "CHATD_WATCH_STALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub watch_stall_timeout: Duration,
     /// Address of the in-process REST gateway, or `off` to serve gRPC only.
     #[arg(long, env = "CHATD_HTTP", default_value = "127.0.0.1:8080")]
     pub http: HttpListen,
@@ -321,6 +327,7 @@ impl ServeArgs {
                 total: self.watch_max_total,
             },
             watch_coalesce: self.watch_coalesce,
+            watch_stall_timeout: self.watch_stall_timeout,
             metrics: match self.metrics {
                 HttpListen::Off => None,
                 HttpListen::On(addr) => Some(addr),

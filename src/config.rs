@@ -29,6 +29,9 @@ pub struct ServeConfig {
     pub watch_limits: WatchLimits,
     /// How long a watcher lets a burst of changes gather before it sends.
     pub watch_coalesce: Duration,
+    /// How long a thread stream waits for its reader to make room in its buffer before
+    /// it ends the stream with STREAM_TOO_SLOW.
+    pub watch_stall_timeout: Duration,
     /// A listener serving only Prometheus `/metrics`; `None` for none (the REST port
     /// serves `/metrics` too).
     pub metrics: Option<SocketAddr>,
@@ -55,6 +58,9 @@ impl ServeConfig {
         }
         if self.summary_cache.sweep.is_zero() {
             return Err("--summary-cache-sweep must be more than 0s".into());
+        }
+        if self.watch_stall_timeout.is_zero() {
+            return Err("--watch-stall-timeout must be more than 0s".into());
         }
         if self.fanout_heartbeat.is_zero() {
             return Err("--fanout-heartbeat must be more than 0s".into());
@@ -123,6 +129,7 @@ mod tests {
                 total: 1,
             },
             watch_coalesce: Duration::ZERO,
+            watch_stall_timeout: Duration::from_secs(1),
             metrics: None,
             fanout_url: None,
             fanout_heartbeat: Duration::from_secs(1),

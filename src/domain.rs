@@ -9,6 +9,8 @@
 //! - `reading.rs`: the unread summary, MarkRead, MarkUnread, mutes, and the stream of
 //!   summary changes.
 //! - `facts.rs`: SyncService's upserts of relations, inquiries and contact access.
+//! - `window.rs`: the open chat window: WatchThread (the thread's log, then its changes
+//!   as they commit) and SetTyping.
 //! - `tickets.rs`: minting and redeeming one-use stream tickets.
 //! - `values.rs`: validated request values, and the records handed to transports.
 //! - `error.rs`: the one error type and the reasons clients see.
@@ -16,8 +18,9 @@
 //! Each operation asks storage once where it can: a write decides with `crate::rules`
 //! under its rows' locks and says what it did, and `Chat` turns a refusal into the
 //! error clients see. What the domain keeps in memory (the summary cache and its
-//! watchers, the send rate, stream tickets' secrets) are infrastructure modules of
-//! their own (`crate::summaries`, `crate::limits`, `crate::tickets`).
+//! watchers, the thread watchers, the send rate, stream tickets' secrets) are
+//! infrastructure modules of their own (`crate::summaries`, `crate::live`,
+//! `crate::limits`, `crate::tickets`).
 
 mod error;
 mod facts;
@@ -27,6 +30,7 @@ mod reading;
 mod threads;
 mod tickets;
 mod values;
+mod window;
 
 pub use error::{DomainError, Reason};
 pub use inbox::InboxPage;
@@ -34,6 +38,9 @@ pub use messages::ERASE_BATCH;
 pub use reading::SummaryWatch;
 pub use tickets::{STREAM_TICKET_TTL, StreamTicket};
 pub use values::*;
+pub use window::{
+    ThreadChange, ThreadEvent, ThreadSnapshot, ThreadStream, WATCH_BUFFER, after_version,
+};
 
 pub use crate::model::{
     ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Role, Side,
@@ -49,7 +56,9 @@ pub const SWEEP_GRACE: Duration = Duration::from_secs(1);
 use crate::rules::{self, Refusal};
 
 use crate::limits::SendLimits;
+use crate::live::Live;
 use crate::metrics::ChatCounters;
+use crate::storage::writes::Logged;
 use crate::storage::{Store, StoreError};
 use crate::summaries::{StreamRefusal, Summaries};
 
@@ -86,6 +95,9 @@ pub struct Chat {
     store: Store,
     /// The cache, the watchers and the other replicas, told of every committed change.
     summaries: Summaries,
+    /// The open windows on this replica, and the other replicas, told of every change
+    /// committed to a thread's log.
+    live: Live,
     counters: ChatCounters,
     /// How long a watcher lets a burst of changes gather before it re-reads its summary.
     coalesce: Duration,
@@ -96,7 +108,7 @@ pub struct Chat {
 impl Chat {
     pub fn new(
         store: Store,
-        summaries: Summaries,
+        (summaries, live): (Summaries, Live),
         counters: ChatCounters,
         coalesce: Duration,
         limits: SendLimits,
@@ -104,6 +116,7 @@ impl Chat {
         Self {
             store,
             summaries,
+            live,
             counters,
             coalesce,
             limits,
@@ -124,9 +137,17 @@ impl Chat {
         &self.limits
     }
 
-    /// After a write committed, before it answers: see `Summaries::committed`.
-    fn changed(&self, keys: &[SummaryKey]) {
+    /// Where open windows are woken: this replica's thread watchers.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// After a write committed, before it answers: the summaries it changed and the
+    /// threads whose log it wrote to, told to this replica's caches and watchers and to
+    /// the other replicas (`Summaries::committed`, `Live::committed`).
+    fn committed(&self, keys: &[SummaryKey], logged: &[Logged]) {
         self.summaries.committed(keys);
+        self.live.committed(logged);
     }
 
     /// Compares every cached summary's version with the database's, in one query, and

@@ -43,7 +43,8 @@ use middleware::{
 use routes::{
     create_stream_ticket, delete_message, edit_message, ensure_thread, healthz, list_messages,
     list_threads, mark_read, mark_unread, method_not_allowed, metrics_endpoint, mute_thread,
-    not_found, readyz, send_message, unmute_thread, unread_summary, unread_summary_stream,
+    not_found, readyz, send_message, set_typing, thread_events, unmute_thread, unread_summary,
+    unread_summary_stream,
 };
 
 /// Largest request body accepted: larger ones get 413.
@@ -142,7 +143,7 @@ impl Gateway {
 
 /// The REST routes that answer a successful call, as metrics label them: each series
 /// exists from the start.
-const API_ROUTES: [(&str, &str, u16); 13] = [
+const API_ROUTES: [(&str, &str, u16); 14] = [
     ("POST", "/api/v1/chat/threads/negotiation/", 201),
     ("GET", "/api/v1/chat/threads/", 200),
     ("GET", "/api/v1/chat/unread-summary/", 200),
@@ -164,6 +165,7 @@ const API_ROUTES: [(&str, &str, u16); 13] = [
     ("POST", "/api/v1/chat/threads/{thread_id}/unread/", 200),
     ("PUT", "/api/v1/chat/threads/{thread_id}/mute/", 200),
     ("DELETE", "/api/v1/chat/threads/{thread_id}/mute/", 200),
+    ("POST", "/api/v1/chat/threads/{thread_id}/typing/", 200),
 ];
 
 /// The REST routes, each path with and without its trailing slash.
@@ -210,6 +212,11 @@ pub fn router(
             "/api/v1/chat/threads/{thread_id}/mute/",
             put(mute_thread).delete(unmute_thread),
         ),
+        (
+            "/api/v1/chat/threads/{thread_id}/events",
+            get(thread_events),
+        ),
+        ("/api/v1/chat/threads/{thread_id}/typing/", post(set_typing)),
     ] {
         // The same route with and without the trailing slash.
         let twin = match path.strip_suffix('/') {

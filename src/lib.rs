@@ -11,8 +11,9 @@
 //!   conversion, the one `DomainError` → `Status` mapping); `proto` (the generated code).
 //! - `domain`: the operations, transport-free.
 //! - Infrastructure the domain keeps in memory: `summaries` (the cache of unread
-//!   summaries, their watchers, etags), `limits` (the send rate per user), `tickets`
-//!   (stream tickets' secrets), and `fanout` (telling other replicas, after commit).
+//!   summaries, their watchers, etags), `live` (the open windows' watchers and
+//!   typing), `limits` (the send rate per user), `tickets` (stream tickets' secrets),
+//!   and `fanout` (telling other replicas, after commit).
 //! - `storage`: schema, migrations, and every read and write on PostgreSQL or embedded
 //!   SQLite, each write deciding with the rules under its locks.
 //! - Beside the transports, for both of them: `auth` (JWT verification into the
@@ -34,6 +35,7 @@ pub mod fanout;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -106,6 +106,7 @@ struct CreatedLabel {
 #[derive(Clone, Debug)]
 pub struct ChatCounters {
     messages_sent: Counter,
+    streams_too_slow: Counter,
     threads_created: Family<KindLabel, Counter>,
     thread_ensured: Family<CreatedLabel, Counter>,
 }
@@ -114,6 +115,11 @@ impl ChatCounters {
     /// A message was stored (a retry that returned the first message is not counted).
     pub fn message_sent(&self) {
         self.messages_sent.inc();
+    }
+
+    /// A thread stream was ended because its reader left its buffer full too long.
+    pub fn stream_too_slow(&self) {
+        self.streams_too_slow.inc();
     }
 
     /// EnsureThread answered a thread of `kind`, created by this call or not: the
@@ -223,6 +229,7 @@ impl Metrics {
         http.register(&mut registry, "chatd_http_requests", "REST requests");
         let chat = ChatCounters {
             messages_sent: Counter::default(),
+            streams_too_slow: Counter::default(),
             threads_created: Family::default(),
             thread_ensured: Family::default(),
         };
@@ -236,6 +243,12 @@ impl Metrics {
             "chatd_messages_sent",
             "Messages stored (retries returning the first message excluded)",
             chat.messages_sent.clone(),
+        );
+        registry.register(
+            "chatd_thread_streams_too_slow",
+            "Thread streams ended with STREAM_TOO_SLOW: their reader left the buffer full for \
+             --watch-stall-timeout",
+            chat.streams_too_slow.clone(),
         );
         registry.register(
             "chatd_threads_created",

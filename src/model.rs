@@ -125,6 +125,24 @@ named_enum!(
     InquiryStatus { Open => "OPEN", Accepted => "ACCEPTED", Declined => "DECLINED", Closed => "CLOSED" }
 );
 
+named_enum!(
+    /// What a change of a thread was, as its log (`events`) stores it: the names the
+    /// services around chatd receive.
+    EventKind {
+        MessageCreated => "chat.message.created",
+        MessageEdited => "chat.message.edited",
+        /// Deleted by its sender, removed by moderation, or erased with its sender.
+        MessageDeleted => "chat.message.deleted",
+        /// A participant's horizon moved forward (MarkRead, or their own send).
+        ThreadRead => "chat.thread.read",
+        /// A participant's horizon moved back (MarkUnread).
+        ThreadMarkedUnread => "chat.thread.marked_unread",
+        /// Whether a participant may write changed (a relation's or inquiry's status,
+        /// or the tutor's contact access).
+        WritabilityChanged => "chat.thread.writability_changed"
+    }
+);
+
 /// Whose unread summary: one user on one side. Writes report the keys they changed;
 /// caches, watchers and other replicas are told by key. Keys sort by user, then side:
 /// writes that bump several summary versions take their rows in that order, so no two

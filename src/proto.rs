@@ -123,7 +123,10 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|name| name["method"] == "WatchUnreadSummary");
+                .any(|name| {
+                    ["WatchUnreadSummary", "WatchThread"]
+                        .contains(&name["method"].as_str().unwrap_or_default())
+                });
             // A deadline would end the stream; a send without a key is not safe to repeat.
             let send = method_config["name"]
                 .as_array()

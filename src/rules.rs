@@ -39,10 +39,18 @@
 //!   the line their summary shows for the thread changes, which is when their unread
 //!   count changes, or the thread's last message or writability changes while they
 //!   have unread messages there.
+//! - The thread's log: every committed change a participant's window shows gets the
+//!   thread's next version, in the same write: a message sent (and its sender's
+//!   horizon moving to it), edited or deleted; a horizon moved by MarkRead or
+//!   MarkUnread; a side's writability changing. A write that changes none of these
+//!   (a read that leaves the horizon where it was, a delete of a tombstone, a mute)
+//!   logs nothing.
 
 use std::cmp::Ordering;
 
-use crate::model::{ContactAccessState, InquiryStatus, RelationStatus, Role, Side, ThreadKind};
+use crate::model::{
+    ContactAccessState, EventKind, InquiryStatus, RelationStatus, Role, Side, ThreadKind,
+};
 
 /// How much of a message the unread summary shows, in characters.
 pub const PREVIEW_CHARS: usize = 100;
@@ -479,6 +487,37 @@ pub fn writability_changes(unread: i64) -> bool {
 /// unread count in the thread moves.
 pub fn read_changes(unread_before: i64, unread_after: i64) -> bool {
     participant_changed(unread_before, unread_after, false)
+}
+
+/// What a send adds to its thread's log, in order: the message, then its sender's
+/// horizon moving to it (`horizon_after_send`), which always moves, since a new
+/// message is after every horizon.
+pub const SEND_LOGS: [EventKind; 2] = [EventKind::MessageCreated, EventKind::ThreadRead];
+
+/// What a read that moved a horizon from `before` to `after` logs: nothing when it did
+/// not move, `chat.thread.read` forward, `chat.thread.marked_unread` back.
+pub fn read_logs(before: i64, after: i64) -> Option<EventKind> {
+    match after.cmp(&before) {
+        Ordering::Equal => None,
+        Ordering::Greater => Some(EventKind::ThreadRead),
+        Ordering::Less => Some(EventKind::ThreadMarkedUnread),
+    }
+}
+
+/// Whether a participant on `side` may write in the thread (`may_write`), as their
+/// window shows it: the composer is enabled exactly when a send would be allowed.
+pub fn writable_for(side: Side, thread: &ThreadView) -> bool {
+    may_write(side, thread).is_ok()
+}
+
+/// Whether a change of the tutor's contact access changes what a contact thread lets
+/// its tutor do (`lets_tutor_contact`), and so is logged in each of their contact
+/// threads (`None`: no access stored, which locks).
+pub fn contact_access_logs(
+    before: Option<ContactAccessState>,
+    after: Option<ContactAccessState>,
+) -> bool {
+    contact_allowed(before) != contact_allowed(after)
 }
 
 #[cfg(test)]

@@ -49,9 +49,10 @@ pub fn of(reason: Reason) -> ErrorCode {
         | Reason::MarkUnreadTooFar => (Code::FailedPrecondition, H::BAD_REQUEST),
         // A full disk too: RESOURCE_EXHAUSTED, and its HTTP status by the standard
         // mapping; the reason says which resource, and that waiting will not help.
-        Reason::TooManyStreams | Reason::RateLimited | Reason::StorageFull => {
-            (Code::ResourceExhausted, H::TOO_MANY_REQUESTS)
-        }
+        Reason::TooManyStreams
+        | Reason::StreamTooSlow
+        | Reason::RateLimited
+        | Reason::StorageFull => (Code::ResourceExhausted, H::TOO_MANY_REQUESTS),
         Reason::DatabaseUnavailable => (Code::Unavailable, H::SERVICE_UNAVAILABLE),
         Reason::Internal => (Code::Internal, H::INTERNAL_SERVER_ERROR),
     };
@@ -284,6 +285,7 @@ mod tests {
             ("MARK_UNREAD_TOO_FAR", Code::FailedPrecondition, 400),
             ("RATE_LIMITED", Code::ResourceExhausted, 429),
             ("TOO_MANY_STREAMS", Code::ResourceExhausted, 429),
+            ("STREAM_TOO_SLOW", Code::ResourceExhausted, 429),
             ("DATABASE_UNAVAILABLE", Code::Unavailable, 503),
             ("STORAGE_FULL", Code::ResourceExhausted, 429),
             ("INTERNAL", Code::Internal, 500),

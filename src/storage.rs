@@ -27,12 +27,17 @@
 //! 1. the fact a thread is of (`relations`, `inquiries`): upserts, and EnsureThread's
 //!    create, which shares it;
 //! 2. thread rows, by id: every write of a thread takes its row first, NO KEY UPDATE
-//!    when it changes the thread's messages, horizons or line, SHARE when it changes
-//!    only its caller's own participant row (a mute);
-//! 3. the tutor's `contact_access` row (shared by a tutor's send or edit);
+//!    when it changes the thread's messages, horizons, line or writability (each such
+//!    change takes the thread's next log version there), SHARE when it changes only
+//!    its caller's own participant row (a mute);
+//! 3. the tutor's `contact_access` row (shared by a tutor's send or edit; its upsert
+//!    takes the pair's contact threads first);
 //! 4. message rows;
 //! 5. both participant rows of the thread, by side, when the write changes either;
 //! 6. `summary_versions` rows, by (user, side).
+//!
+//! The log's rows (`events`) are only ever inserted, at versions taken under the
+//! thread's lock: no write waits on another there.
 //!
 //! SQLite's single writer runs one write at a time, so nothing can wait on anything
 //! there; its writes touch rows in the same order, for one way of reading both. A
@@ -53,8 +58,8 @@ pub use episodes::Episodes;
 pub use errors::{StoreError, StoreResult};
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler};
 pub use rows::{
-    Fact, Horizons, InboxCursor, InquiryTarget, MessagePageRows, NewTicket, RedeemedTicket,
-    RelationTarget, UnreadPage,
+    Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows, NewTicket,
+    RedeemedTicket, RelationTarget, ThreadWindow, UnreadPage,
 };
 pub use writes::Write;
 
@@ -234,6 +239,21 @@ impl Store {
 
     pub async fn horizons(&self, thread_id: i64) -> StoreResult<Option<Horizons>> {
         backend_read!(self, horizons(thread_id))
+    }
+
+    /// A thread as a window opening on it shows it, exactly at one version.
+    pub async fn thread_window(&self, thread_id: i64) -> StoreResult<Option<ThreadWindow>> {
+        backend_read!(self, thread_window(thread_id))
+    }
+
+    /// Up to `limit` changes of a thread's log after `after_version`, in order.
+    pub async fn thread_log(
+        &self,
+        thread_id: i64,
+        after_version: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<LoggedChange>> {
+        backend_read!(self, thread_log(thread_id, after_version, limit))
     }
 
     pub async fn messages_page(

@@ -25,7 +25,7 @@ pub mod hub;
 pub use etag::{Etag, IfNoneMatch};
 pub use hub::{StreamRefusal, Subscription, SummaryHub, WatchLimits};
 
-use crate::fanout::{ChangeSink, Publisher};
+use crate::fanout::{Change, Publisher};
 use crate::metrics::{CacheCounters, cache_outcome};
 use crate::model::SummaryKey;
 use crate::model::ThreadUnread;
@@ -368,7 +368,8 @@ impl Summaries {
             return;
         }
         self.forget(keys);
-        self.publisher.publish(keys);
+        let changes: Vec<Change> = keys.iter().copied().map(Change::Summary).collect();
+        self.publisher.publish(&changes);
     }
 
     /// Drops keys from the cache, then wakes their watchers (who read them again).
@@ -446,12 +447,16 @@ impl Summaries {
     }
 }
 
-impl ChangeSink for Summaries {
-    fn changed(&self, keys: &[SummaryKey]) {
+/// What the fan-out tells the summaries (`crate::fanout::ChangeSink`, through the
+/// replica's sink).
+impl Summaries {
+    /// These summaries changed on another replica.
+    pub fn changed(&self, keys: &[SummaryKey]) {
         self.forget(keys);
     }
 
-    fn connected(&self) {
+    /// The fan-out is connected again (or for the first time).
+    pub fn connected(&self) {
         if let Some(cache) = &self.cache {
             cache.clear();
             cache.trusted.store(true, Ordering::SeqCst);
@@ -460,7 +465,8 @@ impl ChangeSink for Summaries {
         self.hub.notify_all();
     }
 
-    fn disconnected(&self) {
+    /// The fan-out is down.
+    pub fn disconnected(&self) {
         if let Some(cache) = &self.cache {
             cache.trusted.store(false, Ordering::SeqCst);
         }

@@ -10,8 +10,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::domain::SummaryKey;
-use crate::fanout::ChangeSink;
+use crate::fanout::{Change, ChangeSink};
 use crate::grpc;
+use crate::live::{Live, Typing};
 use crate::proto::chat_service_server::ChatServiceServer;
 use crate::proto::sync_service_server::SyncServiceServer;
 use crate::storage::Store;
@@ -38,24 +39,40 @@ pub(super) async fn set_health(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Passes the fan-out's news to the domain and keeps the `fanout` health state.
+/// Passes the fan-out's news to the summaries and the open windows, and keeps the
+/// `fanout` health state.
 pub(super) struct FanoutHealth {
-    pub(super) inner: Summaries,
+    pub(super) summaries: Summaries,
+    pub(super) live: Live,
     pub(super) state: watch::Sender<bool>,
 }
 
 impl ChangeSink for FanoutHealth {
-    fn changed(&self, keys: &[SummaryKey]) {
-        self.inner.changed(keys);
+    fn changed(&self, changes: &[Change]) {
+        let mut keys: Vec<SummaryKey> = Vec::new();
+        for change in changes {
+            match *change {
+                Change::Summary(key) => keys.push(key),
+                Change::Thread { thread_id, version } => self.live.heard(thread_id, version),
+                Change::Typing {
+                    thread_id,
+                    side,
+                    until_ms,
+                } => self.live.heard_typing(thread_id, Typing { side, until_ms }),
+            }
+        }
+        self.summaries.changed(&keys);
     }
 
     fn connected(&self) {
-        self.inner.connected();
+        self.summaries.connected();
+        // Windows too may have missed changes: each reads its thread's log again.
+        self.live.wake_all();
         self.state.send_replace(true);
     }
 
     fn disconnected(&self) {
-        self.inner.disconnected();
+        self.summaries.disconnected();
         self.state.send_replace(false);
     }
 }

@@ -23,6 +23,7 @@ crate::model::named_enum!(
         MarkUnreadTooFar => "MARK_UNREAD_TOO_FAR",
         RateLimited => "RATE_LIMITED",
         TooManyStreams => "TOO_MANY_STREAMS",
+        StreamTooSlow => "STREAM_TOO_SLOW",
         DatabaseUnavailable => "DATABASE_UNAVAILABLE",
         StorageFull => "STORAGE_FULL",
         Internal => "INTERNAL",
@@ -103,10 +104,18 @@ pub enum DomainError {
     /// `retry_after`.
     #[error("too many messages too fast: retry in {} ms", retry_after.as_millis().max(1))]
     RateLimited { retry_after: std::time::Duration },
-    /// `TOO_MANY_STREAMS`: the caller (or the server) has as many summary streams open
-    /// as allowed.
-    #[error("too many unread summary streams {scope} (at most {limit}): close one and retry")]
+    /// `TOO_MANY_STREAMS`: the caller (or the server) has as many streams open (summary
+    /// and thread streams together) as allowed.
+    #[error("too many streams {scope} (at most {limit}): close one and retry")]
     TooManyStreams { limit: usize, scope: &'static str },
+    /// `STREAM_TOO_SLOW`: a thread stream's reader left its buffer full for
+    /// `--watch-stall-timeout`; it resumes with the last version it received.
+    #[error(
+        "this stream's reader left {buffered} events untaken for too long and the stream \
+         was ended: reconnect with after_version set to the last version received \
+         (nothing is lost)"
+    )]
+    StreamTooSlow { buffered: usize },
     /// `DATABASE_UNAVAILABLE`: the database cannot be reached; retry later.
     #[error("the database is unavailable, retry later")]
     Unavailable(String),
@@ -152,6 +161,7 @@ impl DomainError {
             Self::MarkUnreadTooFar { .. } => Reason::MarkUnreadTooFar,
             Self::RateLimited { .. } => Reason::RateLimited,
             Self::TooManyStreams { .. } => Reason::TooManyStreams,
+            Self::StreamTooSlow { .. } => Reason::StreamTooSlow,
             Self::Unavailable(_) => Reason::DatabaseUnavailable,
             Self::StorageFull(_) => Reason::StorageFull,
             Self::Internal(_) => Reason::Internal,

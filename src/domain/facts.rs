@@ -2,9 +2,9 @@
 //! that own them, applied by version (`rules::upsert_outcome`), with the threads'
 //! writability following.
 
-use super::{Chat, ContactAccessState, DomainError, InquiryStatus, RelationStatus, SummaryKey};
+use super::{Chat, ContactAccessState, DomainError, InquiryStatus, RelationStatus};
 use crate::rules::{self, Participants, UpsertOutcome};
-use crate::storage::writes::upsert_fact::{self, UpsertFact};
+use crate::storage::writes::upsert_fact::{self, UpsertFact, Upserted};
 use crate::storage::{Fact, StoreError};
 
 impl Chat {
@@ -62,11 +62,15 @@ impl Chat {
         id: i64,
         pushed: Participants,
         version: i64,
-        written: impl Future<Output = Result<(bool, Vec<SummaryKey>), StoreError>>,
+        written: impl Future<Output = Result<Upserted, StoreError>>,
         stored: impl AsyncFnOnce() -> Result<Option<Fact<S>>, StoreError>,
     ) -> Result<bool, DomainError> {
-        let (applied, changed) = written.await?;
-        self.changed(&changed);
+        let Upserted {
+            applied,
+            changed,
+            logged,
+        } = written.await?;
+        self.committed(&changed, &logged);
         if applied {
             return Ok(true);
         }
@@ -90,7 +94,11 @@ impl Chat {
         version: i64,
     ) -> Result<bool, DomainError> {
         distinct(tutor_id, student_id)?;
-        let (applied, changed) = self
+        let Upserted {
+            applied,
+            changed,
+            logged,
+        } = self
             .store
             .write(UpsertFact {
                 table: &upsert_fact::CONTACT_ACCESS,
@@ -100,7 +108,7 @@ impl Chat {
                 is_writable: None,
             })
             .await?;
-        self.changed(&changed);
+        self.committed(&changed, &logged);
         Ok(applied)
     }
 }

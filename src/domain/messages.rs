@@ -7,11 +7,11 @@ use super::{
 };
 use crate::model::{Seq, ThreadId, UserId};
 use crate::rules::{self, Participants, Refusal};
-use crate::storage::writes::MessageChange;
 use crate::storage::writes::delete_message::{DeleteMessage, Deleter};
 use crate::storage::writes::edit_message::EditMessage;
 use crate::storage::writes::erase_batch::EraseBatch;
 use crate::storage::writes::send_message::{SendMessage, Sent};
+use crate::storage::writes::{Logged, MessageChange};
 
 /// Most messages one transaction of EraseUser wipes: other writes wait for at most one
 /// such batch of a thread.
@@ -49,8 +49,12 @@ impl Chat {
             })
             .await?;
         match sent {
-            Sent::Appended { message, changed } => {
-                self.changed(&changed);
+            Sent::Appended {
+                message,
+                changed,
+                version,
+            } => {
+                self.committed(&changed, &[Logged::at(thread_id, version)]);
                 self.counters.message_sent();
                 Ok(message)
             }
@@ -164,8 +168,12 @@ impl Chat {
         seq: Seq,
     ) -> Result<Message, DomainError> {
         match change {
-            MessageChange::Written { message, changed } => {
-                self.changed(&changed);
+            MessageChange::Written {
+                message,
+                changed,
+                version,
+            } => {
+                self.committed(&changed, &[Logged::at(thread_id, version)]);
                 Ok(message)
             }
             MessageChange::Unchanged(message) => Ok(message),
@@ -201,7 +209,12 @@ impl Chat {
                         batch: ERASE_BATCH,
                     })
                     .await?;
-                self.changed(&batch.changed);
+                let logged: Vec<Logged> = batch
+                    .version
+                    .map(|version| Logged::at(ThreadId(thread_id), version))
+                    .into_iter()
+                    .collect();
+                self.committed(&batch.changed, &logged);
                 erased += batch.erased;
                 if batch.wiped < ERASE_BATCH {
                     break;

@@ -13,6 +13,7 @@ use super::{
 use crate::model::{Seq, ThreadId, UserId};
 use crate::rules::{self, Refusal};
 use crate::storage::UnreadPage;
+use crate::storage::writes::Logged;
 use crate::storage::writes::mark_read::{MarkRead, Read};
 use crate::storage::writes::mark_unread::MarkUnread;
 use crate::storage::writes::set_mute::{Muted, SetMute};
@@ -184,9 +185,12 @@ impl Chat {
                 });
             }
         };
-        if state.changed {
-            self.changed(&[SummaryKey::new(user_id, side)]);
-        }
+        let changed = [SummaryKey::new(user_id, side)];
+        let logged = state.version.map(|version| Logged::at(thread_id, version));
+        self.committed(
+            if state.changed { &changed } else { &[] },
+            logged.as_slice(),
+        );
         Ok(ReadState {
             thread_id: thread_id.0,
             last_read_seq: state.last_read_seq,
@@ -239,7 +243,7 @@ impl Chat {
             Muted::Refused(refusal) => return Err(thread_refused(refusal, thread_id.0, None)),
         };
         if state.changed {
-            self.changed(&[SummaryKey::new(caller.user_id, side)]);
+            self.committed(&[SummaryKey::new(caller.user_id, side)], &[]);
         }
         let shown = rules::mute_shown(state.muted_until_ms, now);
         Ok(MuteState {
@@ -421,6 +425,7 @@ mod tests {
             },
         )
         .expect("a store");
+        let live = crate::live::Live::new(Arc::new(crate::fanout::Local), Duration::from_secs(1));
         let summaries = Summaries::new(
             CacheConfig {
                 budget_bytes: 0,
@@ -436,7 +441,7 @@ mod tests {
         );
         let chat = Chat::new(
             store,
-            summaries,
+            (summaries, live),
             crate::metrics::Metrics::new().chat,
             Duration::ZERO,
             SendLimits::new(SendLimit::OFF).expect("no limit"),

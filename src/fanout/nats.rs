@@ -1,5 +1,6 @@
-//! The fan-out over NATS (`--fanout-url nats://host:port`): after commit, changed keys
-//! are published in batches on the subject `chatd.summary`; every replica subscribes.
+//! The fan-out over NATS (`--fanout-url nats://host:port`): after commit, changes
+//! (summaries, threads, typing) are published in batches on the subject
+//! `chatd.summary`; every replica subscribes.
 //!
 //! Core NATS delivers at most once, and that is enough: the database is the truth, a
 //! replica that loses its connection stops trusting its cache until it is back (and
@@ -138,7 +139,7 @@ async fn follow_connection(
     }
 }
 
-/// Publishes queued keys in batches. After a lost connection it publishes a resync
+/// Publishes queued changes in batches. After a lost connection it publishes a resync
 /// first, so every replica drops what its cache holds rather than miss a change.
 async fn publish(
     client: async_nats::Client,
@@ -197,7 +198,7 @@ async fn receive(
         match decode(payload) {
             Message::Heartbeat => {}
             Message::Resync => sink.connected(),
-            Message::Changed(keys) => sink.changed(&keys),
+            Message::Changed(changes) => sink.changed(&changes),
         }
     }
 }

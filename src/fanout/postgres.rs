@@ -1,6 +1,6 @@
-//! The fan-out over PostgreSQL NOTIFY: after commit, changed keys are sent in batches on
-//! the channel `chatd_summary` from a connection of the publisher's own, and every
-//! replica LISTENs on another.
+//! The fan-out over PostgreSQL NOTIFY: after commit, changes (summaries, threads,
+//! typing) are sent in batches on the channel `chatd_summary` from a connection of the
+//! publisher's own, and every replica LISTENs on another.
 //!
 //! Nothing of this runs inside a write: a `pg_notify` in a transaction takes a
 //! database-wide lock held through the commit's flush, which serializes every writer
@@ -21,8 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{ChangeSink, HEARTBEAT, MAX_BATCH, Message, Queued, RESYNC, decode, encode};
-use crate::model::SummaryKey;
+use super::{Change, ChangeSink, HEARTBEAT, MAX_BATCH, Message, Queued, RESYNC, decode, encode};
 
 /// The NOTIFY channel that carries changed summaries.
 pub const CHANNEL: &str = "chatd_summary";
@@ -106,12 +105,12 @@ struct BackendPid {
     pid: i32,
 }
 
-/// Sends queued keys in batches, and a heartbeat every `heartbeat`. Keys it could not
-/// send are not retried: it sends a resync instead, once it can, so every listener
+/// Sends queued changes in batches, and a heartbeat every `heartbeat`. Changes it could
+/// not send are not retried: it sends a resync instead, once it can, so every listener
 /// treats everything as changed.
 async fn notify(
     config: FanoutConfig,
-    mut queued: mpsc::UnboundedReceiver<SummaryKey>,
+    mut queued: mpsc::UnboundedReceiver<Change>,
     own_pid: Arc<AtomicI32>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -229,7 +228,7 @@ async fn listen(
                         Message::Resync => sink.connected(),
                         // This replica's own writes reached its caches before they answered.
                         Message::Changed(_) if notification.process_id == AtomicI32::load(&own_pid, Ordering::Relaxed) => {}
-                        Message::Changed(keys) => sink.changed(&keys),
+                        Message::Changed(changes) => sink.changed(&changes),
                     },
                     Ok(Some(Err(error))) => {
                         tracing::warn!(%error, "summary listener lost its connection; reconnecting");

@@ -20,32 +20,80 @@ impl ChatService {
     pub fn new(chat: Chat) -> Self {
         Self { chat }
     }
+
+    /// Who opens a stream, and until when: by bearer token, or (browsers) by a ticket.
+    async fn stream_caller<T>(
+        &self,
+        request: &Request<T>,
+        ticket: &str,
+    ) -> Result<(domain::Caller, domain::AccessEnds), DomainError> {
+        match (token_caller(request), ticket.is_empty()) {
+            (caller, true) => caller.ok_or(DomainError::TokenMissing),
+            (None, false) => self.chat.redeem_stream_ticket(ticket).await,
+            (Some(_), false) => Err(DomainError::invalid(
+                "ticket",
+                "send either a bearer token or a stream ticket, not both",
+            )),
+        }
+    }
 }
 
 /// The stream WatchUnreadSummary answers with.
 pub type SummaryStream =
     Pin<Box<dyn Stream<Item = Result<pb::WatchUnreadSummaryResponse, Status>> + Send + 'static>>;
 
+/// The stream WatchThread answers with.
+pub type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ThreadEvent, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl chat_service_server::ChatService for ChatService {
     type WatchUnreadSummaryStream = SummaryStream;
+    type WatchThreadStream = EventStream;
+
+    async fn watch_thread(
+        &self,
+        request: Request<pb::WatchThreadRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let (caller, access_ends) = self
+            .stream_caller(&request, &request.get_ref().ticket)
+            .await?;
+        let thread_id = domain::thread_id(request.get_ref().thread_id)?;
+        let after_version = domain::after_version(request.get_ref().after_version)?;
+        let events = self
+            .chat
+            .watch_thread(caller, access_ends, thread_id, after_version)
+            .await?;
+        // After an error the stream ends (the client resumes from its last version).
+        let stream = futures_util::stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            match events.next().await? {
+                Ok(event) => Some((Ok(convert::thread_event(event)), Some(events))),
+                Err(error) => Some((Err(Status::from(error)), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn set_typing(
+        &self,
+        request: Request<pb::SetTypingRequest>,
+    ) -> Result<Response<pb::SetTypingResponse>, Status> {
+        let caller = caller(&request)?;
+        let thread_id = domain::thread_id(request.into_inner().thread_id)?;
+        let until = self.chat.set_typing(caller, thread_id).await?;
+        Ok(Response::new(pb::SetTypingResponse {
+            until: Some(convert::timestamp(until)),
+        }))
+    }
 
     async fn watch_unread_summary(
         &self,
         request: Request<pb::WatchUnreadSummaryRequest>,
     ) -> Result<Response<SummaryStream>, Status> {
-        let ticket = request.get_ref().ticket.as_str();
-        let (caller, access_ends) = match (token_caller(&request), ticket.is_empty()) {
-            (caller, true) => caller.ok_or(DomainError::TokenMissing)?,
-            (None, false) => self.chat.redeem_stream_ticket(ticket).await?,
-            (Some(_), false) => {
-                return Err(DomainError::invalid(
-                    "ticket",
-                    "send either a bearer token or a stream ticket, not both",
-                )
-                .into());
-            }
-        };
+        let (caller, access_ends) = self
+            .stream_caller(&request, &request.get_ref().ticket)
+            .await?;
         let limit = domain::page_limit("limit", request.get_ref().limit)?;
         let watch = self.chat.watch_unread_summary(caller, access_ends, limit)?;
         // After an error the stream ends (the client reconnects and gets a snapshot).

@@ -203,3 +203,48 @@ pub fn contact_access_state(raw: i32) -> Result<ContactAccessState, DomainError>
         pb::ContactAccessState::Unspecified => None,
     })
 }
+
+pub fn side(side: domain::Side) -> pb::Side {
+    match side {
+        domain::Side::Tutor => pb::Side::Tutor,
+        domain::Side::Student => pb::Side::Student,
+    }
+}
+
+/// One event of a thread's stream (WatchThread).
+pub fn thread_event(event: domain::ThreadEvent) -> pb::ThreadEvent {
+    use domain::ThreadChange;
+    use pb::thread_event::Event;
+    let shown = match event.change {
+        ThreadChange::Snapshot(snapshot) => Event::Snapshot(pb::ThreadSnapshot {
+            last_seq: snapshot.last_seq,
+            my_last_read_seq: snapshot.my_last_read_seq,
+            peer_last_read_seq: snapshot.peer_last_read_seq,
+            writable: snapshot.writable,
+            reset: snapshot.reset,
+        }),
+        ThreadChange::MessageCreated(created) => Event::MessageCreated(message(created)),
+        ThreadChange::MessageEdited(edited) => Event::MessageEdited(message(edited)),
+        ThreadChange::MessageDeleted(tombstone) => Event::MessageDeleted(message(tombstone)),
+        ThreadChange::ReadMoved {
+            side: moved,
+            last_read_seq,
+        } => Event::ReadMoved(pb::ReadMoved {
+            side: side(moved).into(),
+            last_read_seq,
+        }),
+        ThreadChange::Typing {
+            side: typing,
+            until,
+        } => Event::Typing(pb::Typing {
+            side: side(typing).into(),
+            until: Some(timestamp(until)),
+        }),
+        ThreadChange::State { writable } => Event::ThreadState(pb::ThreadState { writable }),
+    };
+    pb::ThreadEvent {
+        thread_id: event.thread_id,
+        version: event.version,
+        event: Some(shown),
+    }
+}

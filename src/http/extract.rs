@@ -261,6 +261,8 @@ pub(super) struct StreamCaller {
 pub(super) struct StreamQuery {
     pub(super) limit: Option<String>,
     pub(super) ticket: Option<String>,
+    /// The thread stream's resume point (`Last-Event-ID`, when sent, wins).
+    pub(super) after_version: Option<String>,
 }
 
 impl FromRequestParts<GatewayState> for StreamCaller {

@@ -334,3 +334,128 @@ impl From<pb::CreateStreamTicketResponse> for StreamTicketJson {
         }
     }
 }
+
+/// One `thread-event` of the thread's SSE stream: the ThreadEvent as JSON, exactly one
+/// of its event fields set (as protobuf's JSON mapping writes a oneof).
+#[derive(Debug, Serialize)]
+pub struct ThreadEventJson {
+    pub thread_id: i64,
+    pub version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<ThreadSnapshotJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_created: Option<MessageJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_edited: Option<MessageJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_deleted: Option<MessageJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_moved: Option<ReadMovedJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typing: Option<TypingJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_state: Option<ThreadStateJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadSnapshotJson {
+    pub last_seq: i64,
+    pub my_last_read_seq: i64,
+    pub peer_last_read_seq: i64,
+    pub writable: bool,
+    pub reset: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadMovedJson {
+    pub side: &'static str,
+    pub last_read_seq: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TypingJson {
+    pub side: &'static str,
+    pub until: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadStateJson {
+    pub writable: bool,
+}
+
+/// POST /threads/{id}/typing/: when the announcement ends by itself.
+#[derive(Debug, Serialize)]
+pub struct TypingUntilJson {
+    pub until: String,
+}
+
+fn side(side: i32) -> &'static str {
+    match pb::Side::try_from(side) {
+        Ok(pb::Side::Tutor) => "tutor",
+        Ok(pb::Side::Student) => "student",
+        _ => "unspecified",
+    }
+}
+
+impl ThreadEventJson {
+    /// `None` when chatd's event lacks what it always sends (the event, a time).
+    pub fn new(event: pb::ThreadEvent) -> Option<Self> {
+        use pb::thread_event::Event;
+        let mut json = Self {
+            thread_id: event.thread_id,
+            version: event.version,
+            snapshot: None,
+            message_created: None,
+            message_edited: None,
+            message_deleted: None,
+            read_moved: None,
+            typing: None,
+            thread_state: None,
+        };
+        match event.event? {
+            Event::Snapshot(snapshot) => {
+                json.snapshot = Some(ThreadSnapshotJson {
+                    last_seq: snapshot.last_seq,
+                    my_last_read_seq: snapshot.my_last_read_seq,
+                    peer_last_read_seq: snapshot.peer_last_read_seq,
+                    writable: snapshot.writable,
+                    reset: snapshot.reset,
+                })
+            }
+            Event::MessageCreated(message) => {
+                json.message_created = Some(MessageJson::new(message)?)
+            }
+            Event::MessageEdited(message) => json.message_edited = Some(MessageJson::new(message)?),
+            Event::MessageDeleted(message) => {
+                json.message_deleted = Some(MessageJson::new(message)?)
+            }
+            Event::ReadMoved(moved) => {
+                json.read_moved = Some(ReadMovedJson {
+                    side: side(moved.side),
+                    last_read_seq: moved.last_read_seq,
+                })
+            }
+            Event::Typing(typing) => {
+                json.typing = Some(TypingJson {
+                    side: side(typing.side),
+                    until: rfc3339(typing.until)?,
+                })
+            }
+            Event::ThreadState(state) => {
+                json.thread_state = Some(ThreadStateJson {
+                    writable: state.writable,
+                })
+            }
+        }
+        Some(json)
+    }
+}
+
+impl TypingUntilJson {
+    /// `None` when chatd's answer has no `until`, which chatd always sends.
+    pub fn new(response: pb::SetTypingResponse) -> Option<Self> {
+        Some(Self {
+            until: rfc3339(response.until)?,
+        })
+    }
+}

@@ -21,7 +21,7 @@ use super::extract::{
 use super::json::{
     EditMessageBody, EnsureThreadBody, MarkReadBody, MarkUnreadBody, MessageJson, MessagePageJson,
     MuteBody, MuteJson, ReadStateJson, SendMessageBody, StreamTicketJson, SummaryEventJson,
-    ThreadJson, ThreadListJson, UnreadSummaryJson, quoted_etag,
+    ThreadEventJson, ThreadJson, ThreadListJson, TypingUntilJson, UnreadSummaryJson, quoted_etag,
 };
 use super::{ApiError, GatewayState};
 use crate::metrics::Metrics;
@@ -165,6 +165,77 @@ pub(super) async fn unread_summary_stream(
         Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE).text("keepalive"));
     // Tell buffering proxies (nginx) to pass events through as they come.
     Ok(([(HeaderName::from_static("x-accel-buffering"), "no")], sse).into_response())
+}
+
+/// The SSE event name of a thread's changes.
+pub(crate) const SSE_THREAD_EVENT: &str = "thread-event";
+
+/// Server-Sent Events of a thread's changes (WatchThread): one `thread-event` per change,
+/// its JSON the ThreadEvent's, its SSE `id` the version, so a client that reconnects with
+/// `Last-Event-ID` (or `?after_version=`) resumes with nothing missed or repeated. Ends
+/// as the summary stream does: one `stream-error` with the JSON error.
+pub(super) async fn thread_events(
+    StreamCaller {
+        call: mut chatd,
+        ticket,
+    }: StreamCaller,
+    ThreadPath(thread_id): ThreadPath,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or("not text"));
+    let after_version = match last_event_id {
+        Some(id) => query_int::<i64>("Last-Event-ID", Some(id))?,
+        None => query_int::<i64>("after_version", query.after_version.as_deref())?,
+    }
+    .unwrap_or(0);
+    let request = chatd.request(pb::WatchThreadRequest {
+        thread_id,
+        after_version,
+        ticket,
+    });
+    let updates = chatd.chat.watch_thread(request).await?.into_inner();
+    let events = updates.map(|update| {
+        let event = match update {
+            Ok(event) => {
+                let version = event.version;
+                match ThreadEventJson::new(event) {
+                    Some(json) => Event::default()
+                        .event(SSE_THREAD_EVENT)
+                        .id(version.to_string())
+                        .json_data(json),
+                    None => Event::default()
+                        .event(SSE_STREAM_ERROR)
+                        .json_data(ApiError::from(tonic::Status::internal(
+                            "chatd sent an empty event",
+                        ))),
+                }
+            }
+            Err(status) => Event::default()
+                .event(SSE_STREAM_ERROR)
+                .json_data(ApiError::from(status)),
+        };
+        Ok::<_, std::convert::Infallible>(
+            event.unwrap_or_else(|_| Event::default().event(SSE_STREAM_ERROR)),
+        )
+    });
+    let sse =
+        Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE).text("keepalive"));
+    Ok(([(HeaderName::from_static("x-accel-buffering"), "no")], sse).into_response())
+}
+
+/// Announces the caller typing (SetTyping): `{"until": …}`. Send no body (or `{}`).
+pub(super) async fn set_typing(
+    mut chatd: ChatdCall,
+    ThreadPath(thread_id): ThreadPath,
+) -> Result<Json<TypingUntilJson>, ApiError> {
+    let request = chatd.request(pb::SetTypingRequest { thread_id });
+    let response = chatd.chat.set_typing(request).await?.into_inner();
+    TypingUntilJson::new(response)
+        .map(Json)
+        .ok_or_else(|| ApiError::from(tonic::Status::internal("chatd answered no until")))
 }
 
 /// Mints a ticket for `GET …/unread-summary/stream?ticket=`: one stream, within

@@ -284,3 +284,20 @@ fn writability_changes_summaries_with_a_line_only() {
     assert!(writability_changes(1));
     assert!(!writability_changes(0));
 }
+
+#[test]
+fn a_read_logs_only_a_horizon_that_moved_and_says_which_way() {
+    assert_eq!(read_logs(4, 4), None);
+    assert_eq!(read_logs(4, 7), Some(EventKind::ThreadRead));
+    assert_eq!(read_logs(7, 4), Some(EventKind::ThreadMarkedUnread));
+    assert_eq!(SEND_LOGS[0], EventKind::MessageCreated);
+}
+
+#[test]
+fn contact_access_logs_when_what_it_lets_the_tutor_do_changes() {
+    use ContactAccessState::*;
+    assert!(contact_access_logs(None, Some(Unlocked)));
+    assert!(contact_access_logs(Some(Unlocked), Some(Revoked)));
+    assert!(!contact_access_logs(Some(Locked), Some(Revoked)));
+    assert!(!contact_access_logs(None, Some(Locked)));
+}

@@ -186,11 +186,9 @@ macro_rules! sql_file_statement {
 pub(crate) use sql_file_statement;
 
 /// How a retry under the lock takes the thread's row: as the statement itself does.
+/// Every write that changes a thread takes it to update (its log's version is there).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ThreadLock {
-    /// Reads that must not see the thread's messages change (MarkRead, MarkUnread).
-    Share,
-    /// Writes of its messages (DeleteMessage).
     Update,
 }
 
@@ -234,7 +232,6 @@ where
     U: Send,
 {
     let sql = match lock {
-        ThreadLock::Share => "SELECT 1 FROM threads WHERE thread_id = $1 FOR SHARE",
         ThreadLock::Update => "SELECT 1 FROM threads WHERE thread_id = $1 FOR NO KEY UPDATE",
     };
     conn.transaction(async |conn| {

@@ -11,13 +11,17 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use super::Conn;
 use super::schema::Ts;
 use super::schema::{
-    contact_access, inquiries, messages, relations, summary_versions, thread_participants, threads,
+    contact_access, events, inquiries, messages, relations, summary_versions, thread_participants, threads,
 };
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey, Thread, ThreadKind,
     ThreadUnread,
 };
-use crate::storage::rows::{Fact, Horizons, InboxCursor, InquiryTarget, MessagePageRows, RelationTarget, UnreadPage};
+use crate::model::EventKind;
+use crate::storage::rows::{
+    Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows, RelationTarget, ThreadWindow, UnreadPage,
+};
+use crate::storage::writes::ThreadFacts;
 
 /// A thread as stored: the one spelling of its columns, read with `as_select()`, and by
 /// name from PostgreSQL's statements.
@@ -473,4 +477,104 @@ pub async fn recount_unread(conn: &mut Conn, thread_id: i64, side: Side) -> Quer
         .get_result(conn)
         .await?;
     Ok((counter, recount))
+}
+
+/// A thread as a window opening on it shows it, in one statement: its version, last
+/// seq, both horizons, what decides each side's writability, and the oldest version its
+/// log holds. `None` for no such thread.
+pub async fn thread_window(conn: &mut Conn, thread_id: i64) -> QueryResult<Option<ThreadWindow>> {
+    use diesel::sql_types::{Bool, Nullable, Text};
+    #[derive(QueryableByName)]
+    struct WindowRow {
+        #[diesel(sql_type = BigInt)]
+        version: i64,
+        #[diesel(sql_type = BigInt)]
+        last_seq: i64,
+        #[diesel(sql_type = Text)]
+        kind: ThreadKind,
+        #[diesel(sql_type = BigInt)]
+        tutor_id: i64,
+        #[diesel(sql_type = BigInt)]
+        student_id: i64,
+        #[diesel(sql_type = Bool)]
+        is_writable: bool,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        tutor_read_seq: Option<i64>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        student_read_seq: Option<i64>,
+        #[diesel(sql_type = Nullable<Text>)]
+        contact_access: Option<ContactAccessState>,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        oldest_logged: Option<i64>,
+    }
+    let row: Option<WindowRow> = diesel::sql_query(
+        "SELECT t.version, t.last_seq, t.kind, t.tutor_id, t.student_id, t.is_writable, \
+         (SELECT p.last_read_seq FROM thread_participants p \
+          WHERE p.thread_id = t.thread_id AND p.side = 'tutor') AS tutor_read_seq, \
+         (SELECT p.last_read_seq FROM thread_participants p \
+          WHERE p.thread_id = t.thread_id AND p.side = 'student') AS student_read_seq, \
+         (SELECT ca.state FROM contact_access ca \
+          WHERE ca.tutor_id = t.tutor_id AND ca.student_id = t.student_id) AS contact_access, \
+         (SELECT MIN(e.thread_version) FROM events e WHERE e.thread_id = t.thread_id) AS oldest_logged \
+         FROM threads t WHERE t.thread_id = $1",
+    )
+    .bind::<BigInt, _>(thread_id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.map(|row| ThreadWindow {
+        facts: ThreadFacts {
+            kind: row.kind,
+            tutor_id: row.tutor_id,
+            student_id: row.student_id,
+            is_writable: row.is_writable,
+            contact_access: row.contact_access,
+        },
+        version: row.version,
+        last_seq: row.last_seq,
+        tutor_read_seq: row.tutor_read_seq.unwrap_or(0),
+        student_read_seq: row.student_read_seq.unwrap_or(0),
+        oldest_logged: row.oldest_logged,
+    }))
+}
+
+/// Up to `limit` changes of a thread's log after `after_version`, in order, each
+/// message change with its message as it is now.
+pub async fn thread_log(conn: &mut Conn, thread_id: i64, after_version: i64, limit: i64) -> QueryResult<Vec<LoggedChange>> {
+    type Row = (i64, EventKind, Option<Side>, i64, bool, Option<ContactAccessState>, Option<MessageRow>);
+    let message_kinds = [EventKind::MessageCreated, EventKind::MessageEdited, EventKind::MessageDeleted].map(EventKind::as_str);
+    let rows: Vec<Row> = events::table
+        .left_join(
+            messages::table.on(messages::thread_id
+                .eq(events::thread_id)
+                .and(messages::seq.eq(events::seq))
+                .and(events::kind.eq_any(message_kinds))),
+        )
+        .filter(events::thread_id.eq(thread_id))
+        .filter(events::thread_version.gt(after_version))
+        .order(events::thread_version.asc())
+        .limit(limit)
+        .select((
+            events::thread_version,
+            events::kind,
+            events::side,
+            events::seq,
+            events::flag,
+            events::contact_access,
+            Option::<MessageRow>::as_select(),
+        ))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, kind, side, seq, flag, contact_access, message)| LoggedChange {
+            version,
+            kind,
+            side,
+            seq,
+            flag,
+            contact_access,
+            message: message.map(Message::from),
+        })
+        .collect())
 }

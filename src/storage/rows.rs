@@ -9,9 +9,10 @@ use diesel::deserialize::{self, FromSql, Queryable};
 use diesel::sql_types::Text;
 
 use crate::model::{
-    ContactAccessState, InquiryStatus, Message, RelationStatus, Side, Thread, ThreadKind,
-    ThreadUnread,
+    ContactAccessState, EventKind, InquiryStatus, Message, RelationStatus, Side, Thread,
+    ThreadKind, ThreadUnread,
 };
+use crate::storage::writes::ThreadFacts;
 
 /// Reads the model's enums from their stored names, on either backend.
 macro_rules! stored_as_text {
@@ -48,8 +49,40 @@ stored_as_text!(
     ThreadKind,
     RelationStatus,
     InquiryStatus,
-    ContactAccessState
+    ContactAccessState,
+    EventKind
 );
+
+/// A thread as a window opening on it first shows it (read in one statement, so it is
+/// exactly the thread at `version`), and how far back its log reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadWindow {
+    /// With the tutor's contact access, whichever side reads it.
+    pub facts: ThreadFacts,
+    pub version: i64,
+    pub last_seq: i64,
+    pub tutor_read_seq: i64,
+    pub student_read_seq: i64,
+    /// The oldest version the log still holds (`None`: it holds none).
+    pub oldest_logged: Option<i64>,
+}
+
+/// One change of a thread, as its log keeps it: a message change carries the message
+/// as it is now (a log keeps no text of its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedChange {
+    pub version: i64,
+    pub kind: EventKind,
+    /// Horizon changes: whose.
+    pub side: Option<Side>,
+    /// Message changes: the message's seq; horizon changes: the horizon.
+    pub seq: i64,
+    /// Deletions: by moderation; writability changes: the thread's own writability.
+    pub flag: bool,
+    /// Writability changes: the tutor's contact access then.
+    pub contact_access: Option<ContactAccessState>,
+    pub message: Option<Message>,
+}
 
 /// A page of a user's unread summary.
 #[derive(Debug, Clone, PartialEq, Default)]

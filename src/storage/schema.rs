@@ -58,6 +58,7 @@ diesel::table! {
         created_at -> Ts,
         last_visible_seq -> BigInt,
         revision -> BigInt,
+        version -> BigInt,
     }
 }
 
@@ -118,7 +119,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::Ts;
+    events (event_id) {
+        event_id -> BigInt,
+        kind -> Text,
+        thread_id -> BigInt,
+        thread_version -> BigInt,
+        side -> Nullable<Text>,
+        seq -> BigInt,
+        flag -> Bool,
+        contact_access -> Nullable<Text>,
+        created_at -> Ts,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    events,
     summary_versions,
     relations,
     contact_access,

@@ -50,16 +50,35 @@ pub trait Write: Clone + Send + Sync + 'static {
 /// What a write to one message did (EditMessage, DeleteMessage, RemoveMessage).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MessageChange {
-    /// Changed by this write, which changed these summaries.
+    /// Changed by this write, which changed these summaries and left the thread's log
+    /// at `version`.
     Written {
         message: Message,
         changed: Vec<SummaryKey>,
+        version: i64,
     },
     /// Allowed, and nothing to do: a tombstone deleted again answers as it is.
     Unchanged(Message),
     /// The rules refused it, reading the thread and message under their locks
     /// (`student_id` names the student a locked contact access is about).
     Refused { refusal: Refusal, student_id: i64 },
+}
+
+/// Where a write left a thread's log: the thread, and its version after the write
+/// (what watchers of the thread are told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    pub thread_id: i64,
+    pub version: i64,
+}
+
+impl Logged {
+    pub fn at(thread_id: crate::model::ThreadId, version: i64) -> Self {
+        Self {
+            thread_id: thread_id.0,
+            version,
+        }
+    }
 }
 
 /// What a thread looked like to a write, under its lock.

@@ -179,6 +179,16 @@ impl Subscription {
         }
     }
 
+    /// Waits until the hub closes (shutdown): what a stream that only holds a place
+    /// (a thread stream) waits on.
+    pub async fn closed(&mut self) {
+        while !*self.closed.borrow_and_update() {
+            if self.closed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Marks every change so far as seen: the summary about to be read includes them.
     pub fn mark_seen(&mut self) {
         self.changes.borrow_and_update();

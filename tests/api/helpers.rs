@@ -133,6 +133,7 @@ impl TestApp {
             upstream_timeout: Duration::from_secs(10),
             watch_limits: WATCH_LIMITS,
             watch_coalesce: Duration::from_millis(20),
+            watch_stall_timeout: Duration::from_secs(10),
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             fanout_url: None,
             fanout_heartbeat: Duration::from_millis(200),
@@ -318,6 +319,21 @@ impl TestApp {
             .await
             .expect("watch opens")
             .into_inner()
+    }
+
+    /// The value of one series of this app's /metrics, as an operator reads it.
+    pub async fn series(&self, name: &str) -> u64 {
+        let text = reqwest::get(&self.metrics)
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     }
 
     /// Stops the server gracefully and returns what `run` returned.

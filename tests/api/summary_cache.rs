@@ -28,17 +28,7 @@ async fn cache_reads(app: &TestApp, outcome: &str) -> u64 {
 
 /// The value of one series of `app`'s /metrics.
 async fn series(app: &TestApp, name: &str) -> u64 {
-    let text = reqwest::get(&app.metrics)
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    app.series(name).await
 }
 
 const STALE: &str = "chatd_summary_cache_stale_total";

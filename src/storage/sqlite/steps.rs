@@ -8,8 +8,10 @@ use diesel::prelude::*;
 use diesel::{RunQueryDsl, SqliteConnection};
 
 use super::reads::{MessageRow, counts_as_unread};
-use super::schema::{contact_access, messages, summary_versions, thread_participants, threads};
-use crate::model::{ContactAccessState, Message, Side, SummaryKey, ThreadKind};
+use super::schema::{
+    contact_access, events, messages, summary_versions, thread_participants, threads,
+};
+use crate::model::{ContactAccessState, EventKind, Message, Side, SummaryKey, ThreadKind};
 use crate::rules::{self, MessageView};
 use crate::storage::writes::ThreadFacts;
 
@@ -186,6 +188,73 @@ pub(in crate::storage) fn bump_versions(
             .execute(conn)?;
     }
     Ok(())
+}
+
+/// One change of a thread's messages or horizons, as its log keeps it (see the
+/// migration `thread_log`; writability changes are logged by `upsert_fact`'s SQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::storage) struct LogEntry {
+    pub kind: EventKind,
+    pub side: Option<Side>,
+    pub seq: i64,
+    pub flag: bool,
+}
+
+impl LogEntry {
+    /// A change of the message at `seq`.
+    pub(in crate::storage) fn message(kind: EventKind, seq: i64) -> Self {
+        Self {
+            kind,
+            side: None,
+            seq,
+            flag: false,
+        }
+    }
+
+    /// A deletion, by moderation or not.
+    pub(in crate::storage) fn deleted(seq: i64, by_moderation: bool) -> Self {
+        Self {
+            flag: by_moderation,
+            ..Self::message(EventKind::MessageDeleted, seq)
+        }
+    }
+
+    /// `side`'s horizon moved to `horizon`.
+    pub(in crate::storage) fn horizon(kind: EventKind, side: Side, horizon: i64) -> Self {
+        Self {
+            side: Some(side),
+            ..Self::message(kind, horizon)
+        }
+    }
+}
+
+/// Appends `entries` to a thread's log as its next versions, in order, and returns the
+/// version the thread is at after them.
+pub(in crate::storage) fn log(
+    conn: &mut SqliteConnection,
+    thread_id: i64,
+    entries: &[LogEntry],
+) -> QueryResult<i64> {
+    let count = entries.len() as i64;
+    let version: i64 = diesel::update(threads::table.find(thread_id))
+        .set(threads::version.eq(threads::version + count))
+        .returning(threads::version)
+        .get_result(conn)?;
+    let now = now_micros();
+    for (at, entry) in (version - count + 1..).zip(entries) {
+        diesel::insert_into(events::table)
+            .values((
+                events::kind.eq(entry.kind.as_str()),
+                events::thread_id.eq(thread_id),
+                events::thread_version.eq(at),
+                events::side.eq(entry.side.map(Side::as_str)),
+                events::seq.eq(entry.seq),
+                events::flag.eq(entry.flag),
+                events::created_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(version)
 }
 
 pub(in crate::storage) fn bump_revision(

@@ -125,6 +125,14 @@ impl Write for DeleteMessage {
         }
         written.changed =
             steps::follow_messages(conn, thread_id, found.sender_id, &[seq], line_changed)?;
+        written.version = Some(steps::log(
+            conn,
+            thread_id,
+            &[steps::LogEntry::deleted(
+                seq,
+                self.deleter == Deleter::Moderator,
+            )],
+        )?);
         written.message = Some(tombstone);
         written.changed_message = true;
         written.outcome(allowed, "delete")

@@ -70,9 +70,18 @@ moved AS (
         last_message_preview = CASE WHEN shown.changed THEN COALESCE((SELECT preview FROM fallback), '')
                                     ELSE threads.last_message_preview END,
         last_message_sender_id = CASE WHEN shown.changed THEN COALESCE((SELECT sender_id FROM fallback), 0)
-                                      ELSE threads.last_message_sender_id END
+                                      ELSE threads.last_message_sender_id END,
+        version = threads.version + 1
     FROM t, gone, shown
     WHERE threads.thread_id = t.thread_id
+    RETURNING threads.version
+),
+logged AS (
+    -- A removal by moderation (no deleter) says so.
+    INSERT INTO events (kind, thread_id, thread_version, seq, flag, created_at)
+    SELECT 'chat.message.deleted', gone.thread_id, moved.version, gone.seq,
+           params.deleter_id IS NULL, gone.deleted_at
+    FROM gone, moved, params
 ),
 counted AS (
     UPDATE thread_participants p SET
@@ -110,5 +119,6 @@ SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, CAST(NULL AS text) AS co
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
        (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
        COALESCE((SELECT stale FROM stale), FALSE) AS stale,
+       (SELECT version FROM moved) AS thread_version,
        answered.*
 FROM params LEFT JOIN t ON TRUE LEFT JOIN target ON TRUE LEFT JOIN answered ON TRUE;

@@ -9,7 +9,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 
 use super::{MessageChange, ThreadFacts, Write, viewed};
-use crate::model::{ContactAccessState, Message, Seq, Side, SummaryKey, ThreadId, UserId};
+use crate::model::{
+    ContactAccessState, EventKind, Message, Seq, Side, SummaryKey, ThreadId, UserId,
+};
 use crate::rules::{self, MessageView, Refusal};
 use crate::storage::postgres::{self, ChangedSummaries, MaybeStale, ThreadColumns, committed_row};
 use crate::storage::sqlite::reads::MessageRow;
@@ -59,6 +61,8 @@ pub(super) struct MessageWriteRow {
     changed: ChangedSummaries,
     #[diesel(sql_type = Bool)]
     stale: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    thread_version: Option<i64>,
     #[diesel(embed)]
     message: Option<postgres::reads::MessageRow>,
 }
@@ -74,6 +78,8 @@ pub(super) struct MessageWrite {
     /// Whether this write changed it.
     pub changed_message: bool,
     pub changed: Vec<SummaryKey>,
+    /// The thread's version after this write logged its change.
+    pub version: Option<i64>,
 }
 
 impl MessageWriteRow {
@@ -88,6 +94,7 @@ impl MessageWriteRow {
             message: self.message.map(Message::from),
             changed_message: self.changed_message,
             changed: self.changed.keys()?,
+            version: self.thread_version,
         })
     }
 }
@@ -123,20 +130,22 @@ impl MessageWrite {
         what: &str,
     ) -> QueryResult<MessageChange> {
         let student_id = self.thread.map_or(0, |thread| thread.student_id);
-        match (allowed, self.changed_message, self.message) {
-            (Err(refusal), false, _) => Ok(MessageChange::Refused {
+        match (allowed, self.changed_message, self.message, self.version) {
+            (Err(refusal), false, _, _) => Ok(MessageChange::Refused {
                 refusal,
                 student_id,
             }),
-            (Ok(()), true, Some(message)) => Ok(MessageChange::Written {
+            (Ok(()), true, Some(message), Some(version)) => Ok(MessageChange::Written {
                 message,
                 changed: self.changed,
+                version,
             }),
-            (Ok(()), false, Some(message)) if message.deleted() => {
+            (Ok(()), false, Some(message), _) if message.deleted() => {
                 Ok(MessageChange::Unchanged(message))
             }
-            (allowed, changed, message) => Err(super::inconsistent(format!(
-                "{what}: the rules say {allowed:?}, storage changed it: {changed}, answered {message:?}"
+            (allowed, changed, message, version) => Err(super::inconsistent(format!(
+                "{what}: the rules say {allowed:?}, storage changed it: {changed}, answered \
+                 {message:?}, logged at version {version:?}"
             ))),
         }
     }
@@ -215,6 +224,11 @@ impl Write for EditMessage {
             .execute(conn)?;
             written.changed = steps::follow_messages(conn, thread_id, edited.sender_id, &[], true)?;
         }
+        written.version = Some(steps::log(
+            conn,
+            thread_id,
+            &[steps::LogEntry::message(EventKind::MessageEdited, seq)],
+        )?);
         written.message = Some(edited);
         written.changed_message = true;
         written.outcome(allowed, "edit")

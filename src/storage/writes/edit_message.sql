@@ -49,11 +49,17 @@ edited AS (
     RETURNING m.*
 ),
 moved AS (
-    UPDATE threads SET revision = threads.revision + 1,
+    UPDATE threads SET revision = threads.revision + 1, version = threads.version + 1,
         last_message_preview = CASE WHEN t.last_visible_seq = edited.seq THEN params.preview
                                     ELSE threads.last_message_preview END
     FROM t, edited, params
     WHERE threads.thread_id = t.thread_id
+    RETURNING threads.version
+),
+logged AS (
+    INSERT INTO events (kind, thread_id, thread_version, seq, created_at)
+    SELECT 'chat.message.edited', edited.thread_id, moved.version, edited.seq, edited.edited_at
+    FROM edited, moved
 ),
 parts AS (
     UPDATE thread_participants p SET last_message_preview = params.preview
@@ -79,5 +85,6 @@ SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM acces
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
        (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
        FALSE AS stale,
+       (SELECT version FROM moved) AS thread_version,
        answered.*
 FROM params LEFT JOIN t ON TRUE LEFT JOIN target ON TRUE LEFT JOIN answered ON TRUE;

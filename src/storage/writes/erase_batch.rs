@@ -6,7 +6,7 @@
 use diesel::QueryableByName;
 use diesel::SqliteConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer};
+use diesel::sql_types::{BigInt, Integer, Nullable};
 
 use super::Write;
 use crate::model::{SummaryKey, ThreadId, UserId};
@@ -36,6 +36,8 @@ pub struct ErasedBatch {
     pub last_seq: i64,
     /// The summaries this batch changed.
     pub changed: Vec<SummaryKey>,
+    /// The thread's version after this batch, when it logged a message erased.
+    pub version: Option<i64>,
 }
 
 postgres::sql_file_statement! {
@@ -61,6 +63,8 @@ struct EraseRow {
     last_seq: i64,
     #[diesel(embed)]
     changed: ChangedSummaries,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    thread_version: Option<i64>,
 }
 
 impl Write for EraseBatch {
@@ -84,6 +88,7 @@ impl Write for EraseBatch {
             wiped: row.wiped,
             last_seq: row.last_seq,
             changed: row.changed.keys()?,
+            version: row.thread_version.filter(|_| row.erased > 0),
         })
     }
 
@@ -143,11 +148,20 @@ impl Write for EraseBatch {
             steps::show(conn, thread_id, &fallback)?;
         }
         let changed = steps::follow_messages(conn, thread_id, user_id, &erased, line_changed)?;
+        let logged: Vec<steps::LogEntry> = erased
+            .iter()
+            .map(|seq| steps::LogEntry::deleted(*seq, false))
+            .collect();
+        let version = match logged.is_empty() {
+            true => None,
+            false => Some(steps::log(conn, thread_id, &logged)?),
+        };
         Ok(ErasedBatch {
             erased: erased.len() as i64,
             wiped: wiped.len() as i64,
             last_seq,
             changed,
+            version,
         })
     }
 }

@@ -54,9 +54,20 @@ moved AS (
         last_message_preview = CASE WHEN shown.changed THEN COALESCE((SELECT preview FROM fallback), '')
                                     ELSE threads.last_message_preview END,
         last_message_sender_id = CASE WHEN shown.changed THEN COALESCE((SELECT sender_id FROM fallback), 0)
-                                      ELSE threads.last_message_sender_id END
+                                      ELSE threads.last_message_sender_id END,
+        version = threads.version + (SELECT count(*) FROM batch WHERE visible)
     FROM t, shown
     WHERE threads.thread_id = t.thread_id AND EXISTS (SELECT 1 FROM batch)
+    RETURNING threads.version
+),
+logged AS (
+    -- Each message erased, in seq order, as its own change (a tombstone wiped again
+    -- was logged when it was deleted).
+    INSERT INTO events (kind, thread_id, thread_version, seq, created_at)
+    SELECT 'chat.message.deleted', params.thread_id,
+           moved.version - erased.n + erased.k, erased.seq, now()
+    FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS k, count(*) OVER () AS n
+          FROM batch WHERE visible) erased, moved, params
 ),
 counted AS (
     -- The recipient loses the erased messages after their horizon.
@@ -91,4 +102,5 @@ SELECT CAST((SELECT count(*) FROM batch WHERE visible) AS BIGINT) AS erased,
        CAST((SELECT count(*) FROM batch) AS BIGINT) AS wiped,
        CAST(COALESCE((SELECT max(seq) FROM batch), (SELECT after_seq FROM params)) AS BIGINT) AS last_seq,
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
-       (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides;
+       (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
+       (SELECT version FROM moved) AS thread_version;

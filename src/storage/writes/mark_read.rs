@@ -35,6 +35,8 @@ pub struct ReaderState {
     pub total: i64,
     /// Whether the reader's summary changed (their unread count here did).
     pub changed: bool,
+    /// The thread's version after this write, when the horizon moved (`rules::read_logs`).
+    pub version: Option<i64>,
 }
 
 /// What MarkRead (and MarkUnread) did.
@@ -96,12 +98,15 @@ pub(super) struct ReadRow {
     changed: bool,
     #[diesel(sql_type = Bool)]
     stale: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    thread_version: Option<i64>,
 }
 
 impl ReaderState {
     /// SQLite: sets a reader's horizon and unread count (`reader`: thread, side, user,
     /// and the time totals are read at), bumps their summary when the count moved
-    /// (`rules::read_changes`), and reads their new total.
+    /// (`rules::read_changes`), logs the horizon when it moved (`rules::read_logs`), and
+    /// reads their new total.
     pub(super) fn moved(
         conn: &mut SqliteConnection,
         (thread_id, side, user_id, now_ms): (i64, Side, i64, i64),
@@ -110,11 +115,20 @@ impl ReaderState {
     ) -> QueryResult<ReaderState> {
         let changed =
             steps::set_horizon(conn, thread_id, side, user_id, before, (horizon, unread))?;
+        let version = match rules::read_logs(before.0, horizon) {
+            Some(kind) => Some(steps::log(
+                conn,
+                thread_id,
+                &[steps::LogEntry::horizon(kind, side, horizon)],
+            )?),
+            None => None,
+        };
         Ok(ReaderState {
             last_read_seq: horizon,
             unread_count: unread,
             total: steps::total_of(conn, user_id, side, now_ms)?,
             changed,
+            version,
         })
     }
 }
@@ -126,6 +140,7 @@ impl ReadRow {
             unread_count: self.unread?,
             total: self.total,
             changed: self.changed,
+            version: self.thread_version,
         })
     }
 }
@@ -148,7 +163,7 @@ impl Write for MarkRead {
             up_to_seq: self.up_to_seq.map(|seq| seq.0),
             now_ms: self.now_ms,
         };
-        let row: ReadRow = fresh_row(conn, self.thread_id.0, ThreadLock::Share, statement).await?;
+        let row: ReadRow = fresh_row(conn, self.thread_id.0, ThreadLock::Update, statement).await?;
         Ok(Read::of(
             self.user_id,
             self.side,

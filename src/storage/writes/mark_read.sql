@@ -1,7 +1,7 @@
 -- MarkRead, as ONE statement (one round trip); chatd runs this file as it is.
 --
--- Under a share lock on the thread (so no message can be appended, edited or deleted
--- meanwhile) and the reader's row lock, moves the horizon as
+-- Under the thread's lock (so no message can be appended, edited or deleted meanwhile,
+-- and the thread's log takes its next version) and the reader's row lock, moves the horizon as
 -- rules::horizon_after_mark_read says (forward to the requested seq, clamped to the
 -- last seq, never back), sets the unread count to what rules::counts_as_unread counts
 -- after it, bumps the reader's summary version when that count changed
@@ -23,7 +23,7 @@ WITH params AS (
 t AS MATERIALIZED (
     SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable, revision FROM threads
     WHERE thread_id = (SELECT thread_id FROM params)
-    FOR SHARE
+    FOR NO KEY UPDATE
 ),
 seen AS (
     SELECT revision FROM threads WHERE thread_id = (SELECT thread_id FROM params)
@@ -39,13 +39,14 @@ h AS MATERIALIZED (
     -- rules::horizon_after_mark_read.
     SELECT GREATEST(cur.last_read_seq,
                     LEAST(COALESCE(params.up_to_seq, t.last_seq), t.last_seq)) AS horizon,
-           cur.unread_count AS unread_before, cur.muted_until_ms, t.last_seq, t.revision
+           cur.last_read_seq AS horizon_before, cur.unread_count AS unread_before,
+           cur.muted_until_ms, t.last_seq, t.revision
     FROM t, cur, params
 ),
 next AS MATERIALIZED (
     -- rules::counts_as_unread after the horizon: after it, from the peer, not deleted.
     -- Reading everything counts nothing, so only a partial read looks at the snapshot.
-    SELECT h.horizon, h.unread_before, h.muted_until_ms,
+    SELECT h.horizon, h.horizon_before, h.unread_before, h.muted_until_ms,
            CASE WHEN h.horizon < h.last_seq THEN h.revision <> (SELECT revision FROM seen)
                 ELSE FALSE END AS stale,
            CASE WHEN h.horizon >= h.last_seq THEN 0
@@ -68,6 +69,20 @@ bumped AS (
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING version
 ),
+versioned AS (
+    -- rules::read_logs: a horizon that moved is the thread's next change.
+    UPDATE threads SET version = threads.version + 1
+    FROM next, params
+    WHERE threads.thread_id = params.thread_id AND NOT next.stale
+      AND next.horizon <> next.horizon_before
+    RETURNING threads.version
+),
+logged AS (
+    INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at)
+    SELECT 'chat.thread.read',
+           params.thread_id, versioned.version, params.side, next.horizon, now()
+    FROM versioned, next, params
+),
 elsewhere AS (
     SELECT CAST(COALESCE(SUM(p.unread_count), 0) AS BIGINT) AS unread
     FROM thread_participants p, params
@@ -80,5 +95,6 @@ SELECT t.kind, t.tutor_id, t.student_id, t.is_writable,
        elsewhere.unread + CASE WHEN COALESCE(next.muted_until_ms, 0) > params.now_ms THEN 0
                                ELSE COALESCE(next.unread, 0) END AS total,
        EXISTS (SELECT 1 FROM bumped) AS changed,
-       COALESCE(next.stale, FALSE) AS stale
+       COALESCE(next.stale, FALSE) AS stale,
+       (SELECT version FROM versioned) AS thread_version
 FROM params CROSS JOIN elsewhere LEFT JOIN t ON TRUE LEFT JOIN next ON TRUE;

@@ -93,7 +93,7 @@ impl Write for MarkUnread {
             mark_unread_window: rules::MARK_UNREAD_WINDOW,
         };
         let row: MarkUnreadRow =
-            fresh_row(conn, self.thread_id.0, ThreadLock::Share, statement).await?;
+            fresh_row(conn, self.thread_id.0, ThreadLock::Update, statement).await?;
         self.outcome(
             row.read.thread.facts(None),
             row.last_seq.unwrap_or(0),

@@ -1,6 +1,6 @@
 -- MarkUnread, as ONE statement; chatd runs this file as it is.
 --
--- Under a share lock on the thread and the reader's row lock: when rules::may_mark_unread
+-- Under the thread's lock (the log takes its next version there) and the reader's row lock: when rules::may_mark_unread
 -- allows params.from_seq (a message of the thread, among its newest
 -- rules::MARK_UNREAD_WINDOW, bound as a parameter), sets the horizon to rules::horizon_after_mark_unread
 -- and the unread count to what rules::counts_as_unread counts after it (a bounded
@@ -20,7 +20,7 @@ WITH params AS (
 t AS MATERIALIZED (
     SELECT thread_id, last_seq, kind, tutor_id, student_id, is_writable, revision FROM threads
     WHERE thread_id = (SELECT thread_id FROM params)
-    FOR SHARE
+    FOR NO KEY UPDATE
 ),
 seen AS (
     SELECT revision FROM threads WHERE thread_id = (SELECT thread_id FROM params)
@@ -33,7 +33,8 @@ cur AS MATERIALIZED (
     FOR NO KEY UPDATE OF p
 ),
 next AS MATERIALIZED (
-    SELECT params.from_seq - 1 AS horizon, cur.unread_count AS unread_before, cur.muted_until_ms,
+    SELECT params.from_seq - 1 AS horizon, cur.last_read_seq AS horizon_before,
+           cur.unread_count AS unread_before, cur.muted_until_ms,
            t.revision <> (SELECT revision FROM seen) AS stale,
            (SELECT count(*) FROM messages m
             WHERE m.thread_id = params.thread_id AND m.seq >= params.from_seq
@@ -56,6 +57,20 @@ bumped AS (
     ON CONFLICT (user_id, side) DO UPDATE SET version = summary_versions.version + 1
     RETURNING version
 ),
+versioned AS (
+    -- rules::read_logs: a horizon that moved is the thread's next change.
+    UPDATE threads SET version = threads.version + 1
+    FROM next, params
+    WHERE threads.thread_id = params.thread_id AND NOT next.stale
+      AND next.horizon <> next.horizon_before
+    RETURNING threads.version
+),
+logged AS (
+    INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at)
+    SELECT CASE WHEN next.horizon > next.horizon_before THEN 'chat.thread.read' ELSE 'chat.thread.marked_unread' END,
+           params.thread_id, versioned.version, params.side, next.horizon, now()
+    FROM versioned, next, params
+),
 elsewhere AS (
     SELECT CAST(COALESCE(SUM(p.unread_count), 0) AS BIGINT) AS unread
     FROM thread_participants p, params
@@ -68,5 +83,6 @@ SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, t.last_seq,
        elsewhere.unread + CASE WHEN COALESCE(next.muted_until_ms, 0) > params.now_ms THEN 0
                                ELSE COALESCE(next.unread, 0) END AS total,
        EXISTS (SELECT 1 FROM bumped) AS changed,
-       COALESCE(next.stale, FALSE) AS stale
+       COALESCE(next.stale, FALSE) AS stale,
+       (SELECT version FROM versioned) AS thread_version
 FROM params CROSS JOIN elsewhere LEFT JOIN t ON TRUE LEFT JOIN next ON TRUE;

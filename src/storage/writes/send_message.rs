@@ -30,10 +30,12 @@ pub struct SendMessage {
 /// What SendMessage did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sent {
-    /// Appended by this write, which changed these summaries.
+    /// Appended by this write, which changed these summaries and left the thread's
+    /// log at `version`.
     Appended {
         message: Message,
         changed: Vec<SummaryKey>,
+        version: i64,
     },
     /// A retry: the first message sent with this key, as it is now.
     Replayed(Message),
@@ -69,6 +71,8 @@ struct SendRow {
     appended: bool,
     #[diesel(embed)]
     changed: ChangedSummaries,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    thread_version: Option<i64>,
     #[diesel(embed)]
     message: Option<postgres::reads::MessageRow>,
 }
@@ -82,22 +86,26 @@ impl SendMessage {
         key_seen_before: bool,
         appended: bool,
         answered: Option<Message>,
-        changed: Vec<SummaryKey>,
+        (changed, version): (Vec<SummaryKey>, Option<i64>),
     ) -> QueryResult<Sent> {
         let student_id = facts.map_or(0, |facts| facts.student_id);
         let decision =
             rules::send_decision(self.sender_id.0, self.side, viewed(facts), key_seen_before);
-        Ok(match (decision, appended, answered) {
-            (Err(refusal), false, _) => Sent::Refused {
+        Ok(match (decision, appended, answered, version) {
+            (Err(refusal), false, _, _) => Sent::Refused {
                 refusal,
                 student_id,
             },
-            (Ok(SendDecision::Replay), false, Some(first)) => Sent::Replayed(first),
-            (Ok(SendDecision::Append), true, Some(message)) => Sent::Appended { message, changed },
-            (decision, appended, answered) => {
+            (Ok(SendDecision::Replay), false, Some(first), _) => Sent::Replayed(first),
+            (Ok(SendDecision::Append), true, Some(message), Some(version)) => Sent::Appended {
+                message,
+                changed,
+                version,
+            },
+            (decision, appended, answered, version) => {
                 return Err(super::inconsistent(format!(
                     "send to thread {}: the rules say {decision:?}, storage appended: \
-                     {appended}, answered {answered:?}",
+                     {appended}, answered {answered:?}, logged at version {version:?}",
                     self.thread_id
                 )));
             }
@@ -144,14 +152,14 @@ impl Write for SendMessage {
             key_seen_before,
             row.appended,
             answered,
-            row.changed.keys()?,
+            (row.changed.keys()?, row.thread_version),
         )
     }
 
     fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<Sent> {
         let thread_id = self.thread_id.0;
         let Some((mut facts, last_seq)) = steps::thread_facts(conn, thread_id)? else {
-            return self.outcome(None, false, false, None, Vec::new());
+            return self.outcome(None, false, false, None, (Vec::new(), None));
         };
         if rules::needs_contact_access(self.side, facts.kind) {
             facts.contact_access = steps::contact_access_of(conn, &facts)?;
@@ -167,11 +175,31 @@ impl Write for SendMessage {
             first.is_some(),
         );
         if decision != Ok(SendDecision::Append) {
-            return self.outcome(Some(facts), first.is_some(), false, first, Vec::new());
+            return self.outcome(
+                Some(facts),
+                first.is_some(),
+                false,
+                first,
+                (Vec::new(), None),
+            );
         }
         let seq = Seq(last_seq + 1);
         let (message, changed) = self.append(conn, &facts, seq)?;
-        self.outcome(Some(facts), false, true, Some(message), changed)
+        let version = steps::log(
+            conn,
+            thread_id,
+            &[
+                steps::LogEntry::message(rules::SEND_LOGS[0], seq.0),
+                steps::LogEntry::horizon(rules::SEND_LOGS[1], self.side, seq.0),
+            ],
+        )?;
+        self.outcome(
+            Some(facts),
+            false,
+            true,
+            Some(message),
+            (changed, Some(version)),
+        )
     }
 }
 

@@ -70,12 +70,24 @@ m AS (
     RETURNING *
 ),
 moved AS (
-    -- The new message is the newest not deleted (rules::last_visible).
+    -- The new message is the newest not deleted (rules::last_visible). The thread's log
+    -- takes two versions (rules::SEND_LOGS).
     UPDATE threads SET last_seq = m.seq, last_visible_seq = m.seq, revision = threads.revision + 1,
         last_message_at = m.created_at,
-        last_message_preview = params.preview, last_message_sender_id = params.sender_id
+        last_message_preview = params.preview, last_message_sender_id = params.sender_id,
+        version = threads.version + 2
     FROM m, params
     WHERE threads.thread_id = m.thread_id
+    RETURNING threads.version
+),
+logged AS (
+    -- rules::SEND_LOGS: the message, then its sender's horizon moving to it.
+    INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at)
+    SELECT 'chat.message.created', m.thread_id, moved.version - 1, NULL, m.seq, m.created_at
+    FROM m, moved
+    UNION ALL
+    SELECT 'chat.thread.read', m.thread_id, moved.version, params.side, m.seq, m.created_at
+    FROM m, moved, params
 ),
 counted AS (
     -- rules::horizon_after_send for the sender, one more unread message for the peer.
@@ -113,5 +125,6 @@ SELECT t.kind, t.tutor_id, t.student_id, t.is_writable, (SELECT state FROM acces
        EXISTS (SELECT 1 FROM m) AS appended,
        (SELECT COALESCE(array_agg(user_id), '{}') FROM bumped) AS changed_users,
        (SELECT COALESCE(array_agg(side), '{}') FROM bumped) AS changed_sides,
+       (SELECT version FROM moved) AS thread_version,
        answered.*
 FROM params LEFT JOIN t ON TRUE LEFT JOIN answered ON TRUE;

@@ -14,8 +14,8 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{QueryResult, SqliteConnection};
 use diesel_async::AsyncConnection;
 
-use super::Write;
-use crate::model::{Side, SummaryKey};
+use super::{Logged, Write};
+use crate::model::{ContactAccessState, EventKind, Side, SummaryKey, ThreadKind};
 use crate::rules;
 use crate::storage::postgres;
 
@@ -105,13 +105,57 @@ where
 }
 
 /// After a relation's or inquiry's status changed, its thread's writability follows:
-/// first on the thread row (under its lock, which orders the change with sends), then
-/// on both participant rows (what summaries show). Only a real change is written.
+/// first on the thread row (under its lock, which orders the change with sends; the
+/// change is the thread's next log version), then on both participant rows (what
+/// summaries show). Only a real change is written. Returns the thread changed, with
+/// its new version.
 ///
 /// Binds, for both statements: the writability, the fact's id.
 pub fn thread_writability_sql(fact_column: &str) -> String {
-    format!("UPDATE threads SET is_writable = $1 WHERE {fact_column} = $2 AND is_writable <> $1")
+    format!(
+        "UPDATE threads SET is_writable = $1, version = version + 1 \
+         WHERE {fact_column} = $2 AND is_writable <> $1 RETURNING thread_id, version"
+    )
 }
+
+/// Logs a change of writability at the thread's current version, with the facts each
+/// side's writability follows from (`rules::writable_for`): the thread's own, and the
+/// tutor's contact access. `now` is the backend's SQL for the current time.
+///
+/// Binds: the thread's id.
+pub fn log_writability_sql(now: &str) -> String {
+    format!(
+        "INSERT INTO events (kind, thread_id, thread_version, flag, contact_access, created_at) \
+         SELECT '{kind}', t.thread_id, t.version, t.is_writable, \
+         (SELECT ca.state FROM contact_access ca \
+          WHERE ca.tutor_id = t.tutor_id AND ca.student_id = t.student_id), {now} \
+         FROM threads t WHERE t.thread_id = $1",
+        kind = EventKind::WritabilityChanged.as_str()
+    )
+}
+
+/// The contact threads of a tutor and a student, in id order: a contact-access upsert
+/// takes them first (`lock`: PostgreSQL's row-lock clause, the lock order's step 2).
+///
+/// Binds: the tutor, the student.
+pub fn contact_threads_sql(lock: &str) -> String {
+    format!(
+        "SELECT thread_id FROM threads WHERE kind = '{contact}' AND tutor_id = $1 \
+         AND student_id = $2 ORDER BY thread_id{lock}",
+        contact = ThreadKind::Contact.as_str()
+    )
+}
+
+/// The stored contact access of a tutor to a student, before an upsert.
+///
+/// Binds: the tutor, the student.
+pub const CONTACT_ACCESS_SQL: &str =
+    "SELECT state FROM contact_access WHERE tutor_id = $1 AND student_id = $2";
+
+/// A thread's next log version, for a change that touches nothing else of the thread
+/// row (a contact-access change). Binds: the thread's id.
+pub const NEXT_VERSION_SQL: &str =
+    "UPDATE threads SET version = version + 1 WHERE thread_id = $1 RETURNING thread_id, version";
 
 /// The participant rows' half of `thread_writability_sql`: returns whose rows changed,
 /// with their unread counts (participant rows carry their thread's relation or
@@ -202,77 +246,219 @@ pub struct UpsertFact {
     pub is_writable: Option<bool>,
 }
 
+/// What an upsert did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Upserted {
+    /// Whether it applied (its version was newer, its participants the same).
+    pub applied: bool,
+    /// The summaries it changed.
+    pub changed: Vec<SummaryKey>,
+    /// The threads whose log it wrote to, each with its version after.
+    pub logged: Vec<Logged>,
+}
+
+/// A thread and its version, as an UPDATE … RETURNING answers them.
+#[derive(Debug, diesel::QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = BigInt)]
+    thread_id: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+impl From<VersionRow> for Logged {
+    fn from(row: VersionRow) -> Self {
+        Logged {
+            thread_id: row.thread_id,
+            version: row.version,
+        }
+    }
+}
+
+/// A thread id, as the contact threads' query answers it.
+#[derive(Debug, diesel::QueryableByName)]
+struct ThreadIdRow {
+    #[diesel(sql_type = BigInt)]
+    thread_id: i64,
+}
+
+/// A contact access state, as stored.
+#[derive(Debug, diesel::QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = Text)]
+    state: ContactAccessState,
+}
+
+impl UpsertFact {
+    fn is_contact_access(&self) -> bool {
+        self.table.table == CONTACT_ACCESS.table
+    }
+
+    /// Whether what a contact-access upsert applied changes what the tutor may do
+    /// (`rules::contact_access_logs`), from the state stored before it.
+    fn contact_logs(&self, before: Option<ContactAccessState>) -> bool {
+        rules::contact_access_logs(before, ContactAccessState::parse(self.status))
+    }
+}
+
+/// Binds the (tutor, student) pair of a contact-access upsert to `sql`.
+fn pair_query<DB>(sql: String, ids: &[i64]) -> BoxedSqlQuery<'static, DB, SqlQuery>
+where
+    DB: Backend + diesel::sql_types::HasSqlType<BigInt>,
+    i64: ToSql<BigInt, DB>,
+{
+    let mut query = diesel::sql_query(sql).into_boxed::<DB>();
+    for id in ids.iter().take(2) {
+        query = query.bind::<BigInt, _>(*id);
+    }
+    query
+}
+
+/// Binds a thread's id to `sql`.
+fn thread_query<DB>(sql: String, thread_id: i64) -> BoxedSqlQuery<'static, DB, SqlQuery>
+where
+    DB: Backend + diesel::sql_types::HasSqlType<BigInt>,
+    i64: ToSql<BigInt, DB>,
+{
+    diesel::sql_query(sql)
+        .into_boxed::<DB>()
+        .bind::<BigInt, _>(thread_id)
+}
+
 impl Write for UpsertFact {
-    /// Whether it applied, and the summaries it changed.
-    type Done = (bool, Vec<SummaryKey>);
+    type Done = Upserted;
     const NAME: &'static str = "upsert_fact";
 
-    async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<Self::Done> {
+    async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<Upserted> {
         use diesel::pg::Pg;
         use diesel_async::RunQueryDsl;
         conn.transaction(async |conn: &mut postgres::Conn| {
+            let mut contact = None;
+            if self.is_contact_access() {
+                let threads: Vec<ThreadIdRow> =
+                    pair_query::<Pg>(contact_threads_sql(" FOR NO KEY UPDATE"), &self.ids)
+                        .load(conn)
+                        .await?;
+                let before: Vec<StateRow> = pair_query::<Pg>(CONTACT_ACCESS_SQL.into(), &self.ids)
+                    .load(conn)
+                    .await?;
+                contact = Some((threads, before.into_iter().next().map(|row| row.state)));
+            }
             let sql = versioned_upsert_sql(self.table, postgres::NOW);
             let applied = bind_upsert::<Pg>(sql, &self.ids, self.status, self.version)
                 .execute(conn)
                 .await?;
             if applied == 0 {
-                return Ok((false, Vec::new()));
+                return Ok(Upserted::default());
             }
-            let (Some(is_writable), Some(fact_column)) = (self.is_writable, self.table.key.first())
-            else {
-                return Ok((true, Vec::new()));
+            let mut done = Upserted {
+                applied: true,
+                ..Upserted::default()
             };
-            bind_writability::<Pg>(
-                thread_writability_sql(fact_column),
-                is_writable,
-                self.ids[0],
-            )
-            .execute(conn)
-            .await?;
-            let rows: Vec<ChangedParticipant> = bind_writability::<Pg>(
-                participants_writability_sql(fact_column),
-                is_writable,
-                self.ids[0],
-            )
-            .load(conn)
-            .await?;
-            let keys = summaries_changed(rows);
-            if let Some(bump) = bump_versions::<Pg>(&keys) {
-                bump.execute(conn).await?;
+            let versions: Vec<VersionRow> =
+                match (contact, self.is_writable, self.table.key.first()) {
+                    (Some((threads, before)), _, _) if self.contact_logs(before) => {
+                        let mut versions = Vec::new();
+                        for thread in threads {
+                            versions.extend(
+                                thread_query::<Pg>(NEXT_VERSION_SQL.into(), thread.thread_id)
+                                    .load::<VersionRow>(conn)
+                                    .await?,
+                            );
+                        }
+                        versions
+                    }
+                    (None, Some(is_writable), Some(fact_column)) => {
+                        let versions = bind_writability::<Pg>(
+                            thread_writability_sql(fact_column),
+                            is_writable,
+                            self.ids[0],
+                        )
+                        .load(conn)
+                        .await?;
+                        let rows: Vec<ChangedParticipant> = bind_writability::<Pg>(
+                            participants_writability_sql(fact_column),
+                            is_writable,
+                            self.ids[0],
+                        )
+                        .load(conn)
+                        .await?;
+                        done.changed = summaries_changed(rows);
+                        if let Some(bump) = bump_versions::<Pg>(&done.changed) {
+                            bump.execute(conn).await?;
+                        }
+                        versions
+                    }
+                    _ => Vec::new(),
+                };
+            for version in versions {
+                thread_query::<Pg>(log_writability_sql(postgres::NOW), version.thread_id)
+                    .execute(conn)
+                    .await?;
+                done.logged.push(version.into());
             }
-            Ok((true, keys))
+            Ok(done)
         })
         .await
     }
 
-    fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<Self::Done> {
+    fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<Upserted> {
         use diesel::RunQueryDsl;
         use diesel::sqlite::Sqlite;
-        let sql = versioned_upsert_sql(self.table, crate::storage::sqlite::steps::NOW);
+        let now = crate::storage::sqlite::steps::NOW;
+        let mut contact = None;
+        if self.is_contact_access() {
+            let threads: Vec<ThreadIdRow> =
+                pair_query::<Sqlite>(contact_threads_sql(""), &self.ids).load(conn)?;
+            let before: Vec<StateRow> =
+                pair_query::<Sqlite>(CONTACT_ACCESS_SQL.into(), &self.ids).load(conn)?;
+            contact = Some((threads, before.into_iter().next().map(|row| row.state)));
+        }
+        let sql = versioned_upsert_sql(self.table, now);
         let applied =
             bind_upsert::<Sqlite>(sql, &self.ids, self.status, self.version).execute(conn)?;
         if applied == 0 {
-            return Ok((false, Vec::new()));
+            return Ok(Upserted::default());
         }
-        let (Some(is_writable), Some(fact_column)) = (self.is_writable, self.table.key.first())
-        else {
-            return Ok((true, Vec::new()));
+        let mut done = Upserted {
+            applied: true,
+            ..Upserted::default()
         };
-        bind_writability::<Sqlite>(
-            thread_writability_sql(fact_column),
-            is_writable,
-            self.ids[0],
-        )
-        .execute(conn)?;
-        let rows: Vec<ChangedParticipant> = bind_writability::<Sqlite>(
-            participants_writability_sql(fact_column),
-            is_writable,
-            self.ids[0],
-        )
-        .load(conn)?;
-        let keys = summaries_changed(rows);
-        crate::storage::sqlite::steps::bump_versions(conn, &keys)?;
-        Ok((true, keys))
+        let versions: Vec<VersionRow> = match (contact, self.is_writable, self.table.key.first()) {
+            (Some((threads, before)), _, _) if self.contact_logs(before) => {
+                let mut versions = Vec::new();
+                for thread in threads {
+                    versions.extend(
+                        thread_query::<Sqlite>(NEXT_VERSION_SQL.into(), thread.thread_id)
+                            .load::<VersionRow>(conn)?,
+                    );
+                }
+                versions
+            }
+            (None, Some(is_writable), Some(fact_column)) => {
+                let versions = bind_writability::<Sqlite>(
+                    thread_writability_sql(fact_column),
+                    is_writable,
+                    self.ids[0],
+                )
+                .load(conn)?;
+                let rows: Vec<ChangedParticipant> = bind_writability::<Sqlite>(
+                    participants_writability_sql(fact_column),
+                    is_writable,
+                    self.ids[0],
+                )
+                .load(conn)?;
+                done.changed = summaries_changed(rows);
+                crate::storage::sqlite::steps::bump_versions(conn, &done.changed)?;
+                versions
+            }
+            _ => Vec::new(),
+        };
+        for version in versions {
+            thread_query::<Sqlite>(log_writability_sql(now), version.thread_id).execute(conn)?;
+            done.logged.push(version.into());
+        }
+        Ok(done)
     }
 }
 

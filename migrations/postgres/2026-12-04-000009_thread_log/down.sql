@@ -1,0 +1,2 @@
+DROP TABLE events;
+ALTER TABLE threads DROP COLUMN version;
