@@ -300,19 +300,31 @@ pub struct EventReader {
 impl EventReader {
     /// The next event's (name, data), within 10 s; comments (keepalives) are skipped.
     pub async fn next(&mut self) -> (String, Value) {
+        let (name, _, data) = self.next_with_id().await;
+        (name, data)
+    }
+
+    /// The next event's (name, SSE id, data), within 10 s.
+    pub async fn next_with_id(&mut self) -> (String, Option<String>, Value) {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut name, mut data) = (String::new(), String::new());
+                let (mut name, mut id, mut data) = (String::new(), None, String::new());
                 for line in block.lines() {
                     if let Some(value) = line.strip_prefix("event:") {
                         name = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("id:") {
+                        id = Some(value.trim().to_owned());
                     } else if let Some(value) = line.strip_prefix("data:") {
                         data.push_str(value.trim());
                     }
                 }
                 if !data.is_empty() {
-                    return (name, serde_json::from_str(&data).expect("JSON event data"));
+                    return (
+                        name,
+                        id,
+                        serde_json::from_str(&data).expect("JSON event data"),
+                    );
                 }
                 continue;
             }

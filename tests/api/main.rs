@@ -62,6 +62,7 @@ mod erasure;
 mod gateway;
 mod gateway_edge;
 mod gateway_errors;
+mod gateway_live;
 mod guards;
 mod health;
 mod inbox;

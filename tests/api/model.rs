@@ -7,6 +7,9 @@
 //! every thread's horizons, and every user's summaries and inboxes on both sides are
 //! compared with a pure model built from `chatd::rules` alone, and checked against what
 //! holds without any rule (totals add up, etags change exactly with what they name).
+//! Both participants watch every thread from its creation (WatchThread): at the end
+//! each window, built from its events alone, must equal ListMessages, both horizons and
+//! the writability the rules give its side, and so must one resumed from mid-log.
 //!
 //! Where SQL applies a rule (PostgreSQL's one-statement writes, SQLite's queries), this
 //! is what keeps it equal to the function it names. Picks lean on the rules' edges (a
@@ -22,6 +25,7 @@ mod expect;
 mod ops;
 mod regressions;
 mod state;
+mod watchers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -85,14 +89,19 @@ async fn run_case(app: &TestApp, base: i64, ops: &[Op]) -> Result<(), TestCaseEr
         seen: HashMap::new(),
         horizons: HashMap::new(),
     };
+    let mut watchers = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         case.clear_of_mute_ends().await;
+        let threads = case.model.threads.len();
         case.step(step, op).await?;
+        for created in threads..case.model.threads.len() {
+            watchers.extend(case.open_windows(created).await);
+        }
         case.summaries_agree(step, op).await?;
         case.inboxes_agree(step, op).await?;
         case.horizons_agree(step, op).await?;
     }
-    Ok(())
+    case.windows_agree(watchers).await
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -107,7 +116,11 @@ fn the_rules_hold_for_random_operations(backend: Backend) {
         .enable_all()
         .build()
         .expect("a runtime");
-    let app = runtime.block_on(TestApp::spawn(backend));
+    // Every thread of a case is watched by both participants: room for their streams.
+    let app = runtime.block_on(TestApp::spawn_with(backend, |config| {
+        config.watch_limits.per_user = 64;
+        config.watch_limits.total = 1024;
+    }));
     let next_case = AtomicI64::new(1);
     // Each run, shrinking runs included, gets users, facts and threads of its own.
     let base = || next_case.fetch_add(1, Ordering::Relaxed) * 10;

@@ -19,7 +19,7 @@ const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
 
 /// POST …/stream-ticket as `user`: the minted ticket.
-async fn mint(app: &TestApp, user: i64, role: Role) -> String {
+pub async fn mint(app: &TestApp, user: i64, role: Role) -> String {
     let response = client()
         .post(app.url("/api/v1/chat/unread-summary/stream-ticket"))
         .header("authorization", app.bearer(user, role))
