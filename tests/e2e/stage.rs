@@ -27,12 +27,18 @@ pub(crate) const CHAT_REASON: &str = "const r = document.getElementById('chat-re
 pub(crate) const MESSAGES: &str =
     "return [...document.querySelectorAll('#messages li')].map((li) => li.textContent);";
 pub(crate) const CHAT_OPEN: &str = "return !document.getElementById('chat-window').hidden;";
-pub(crate) const SEND_ERROR: &str = "const e = document.getElementById('send-error'); \
-     return e.hidden ? null : e.dataset.code;";
 pub(crate) const STREAMS_OPENED: &str =
     "return Number(document.getElementById('streams-opened').textContent);";
 pub(crate) const POLLS: &str = "return Number(document.getElementById('poll-count').textContent);";
 pub(crate) const TRANSPORT: &str = "return document.getElementById('transport-state').textContent;";
+pub(crate) const COMPOSER_DISABLED: &str = "return document.getElementById('compose').disabled;";
+pub(crate) const TYPING: &str = "return !document.getElementById('typing').hidden;";
+pub(crate) const SEEN: &str =
+    "return [...document.querySelectorAll('#messages li.seen')].map((li) => li.textContent);";
+pub(crate) const WINDOW_STREAMS: &str =
+    "return Number(document.getElementById('window-streams').textContent);";
+pub(crate) const LIST_FETCHES: &str =
+    "return Number(document.getElementById('list-fetches').textContent);";
 pub(crate) const BELL_ITEMS: &str = "return [...document.querySelectorAll('#bell-menu li[data-thread-id]')]\
      .map((li) => (li.classList.contains('muted') ? 'muted:' : '') + li.textContent);";
 

@@ -9,7 +9,11 @@
 //   If-None-Match, so an unchanged summary costs a 304 and no body;
 // - mark read while the chat window is open and the page has focus;
 // - delete one's own message (a tombstone stays in place) and mute a thread from the
-//   bell: the badge shows `total`, which leaves muted threads out.
+//   bell: the badge shows `total`, which leaves muted threads out;
+// - the open window, live: the thread's events over EventSource (new, edited and
+//   deleted messages, "seen" when the peer reads, "typing…", the composer enabled or
+//   disabled as the thread allows), resumed after a drop from the last version shown,
+//   so nothing is missed or shown twice; typing announced at most every 2 s.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -36,6 +40,15 @@ let openThreadId = null;
 const shownSeqs = new Set();
 let pollCount = 0;
 let streamsOpened = 0;
+// The open window's stream: the last version shown, and whether it is live.
+let windowEvents = null;
+let windowVersion = 0;
+let windowLive = false;
+let windowStreams = 0;
+let listFetches = 0;
+let peerReadSeq = 0;
+let typingTimer = null;
+let typingSentAt = 0;
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -98,31 +111,34 @@ function disableChat(error) {
 // ---- the chat window ---------------------------------------------------------------
 
 async function openChat(threadId) {
+  if (openThreadId !== threadId) closeWindowStream();
   openThreadId = threadId;
   shownSeqs.clear();
   $('messages').replaceChildren();
   $('chat-window').hidden = false;
   $('chat-title').textContent = `Thread ${threadId}`;
   $('send-error').hidden = true;
-  await refreshMessages();
   $('compose').focus();
-  await markReadIfFocused();
+  // The window starts from the stream's snapshot, which loads the messages.
+  openWindowStream(0);
 }
 
 async function refreshMessages() {
   if (openThreadId === null) return;
   const page = await api('GET', `/threads/${openThreadId}/messages/?limit=50`);
-  const me = userId();
-  const fresh = page.messages
-    .filter((m) => !shownSeqs.has(m.seq) || m.deleted)
-    .sort((a, b) => a.seq - b.seq);
-  for (const message of fresh) showMessage(message, message.sender_id === me);
+  listFetches += 1;
+  $('list-fetches').textContent = listFetches;
+  peerReadSeq = Math.max(peerReadSeq, page.peer_last_read_seq);
+  for (const message of page.messages.sort((a, b) => a.seq - b.seq)) showMessage(message);
+  showSeen();
 }
 
-function showMessage(message, mine) {
+// Shows a message as it is now (new, edited, or a tombstone), in seq order.
+function showMessage(message) {
+  const mine = message.sender_id === userId();
   const list = $('messages');
   const existing = list.querySelector(`li[data-seq="${message.seq}"]`);
-  if (existing && !(message.deleted && !existing.classList.contains('deleted'))) return;
+  if (existing?.classList.contains('deleted')) return;
   shownSeqs.add(message.seq);
   const item = existing ?? document.createElement('li');
   item.className = mine ? 'message mine' : 'message';
@@ -132,6 +148,7 @@ function showMessage(message, mine) {
     item.textContent = '(deleted)';
   } else {
     item.textContent = message.body;
+    if (message.edited_at) item.classList.add('edited');
     if (mine) {
       const remove = document.createElement('button');
       remove.type = 'button';
@@ -146,13 +163,122 @@ function showMessage(message, mine) {
     list.insertBefore(item, after ?? null);
     list.scrollTop = list.scrollHeight;
   }
+  showSeen();
 }
 
 // Deleting one's message: the answer is its tombstone, shown in its place.
 async function deleteMessage(seq) {
   if (openThreadId === null) return;
   const tombstone = await api('DELETE', `/threads/${openThreadId}/messages/${seq}/`);
-  showMessage(tombstone, true);
+  showMessage(tombstone);
+}
+
+// "Seen": one's own messages up to the peer's horizon.
+function showSeen() {
+  for (const item of $('messages').querySelectorAll('li.mine')) {
+    item.classList.toggle('seen', Number(item.dataset.seq) <= peerReadSeq);
+  }
+}
+
+function showTyping(until) {
+  const shown = $('typing');
+  clearTimeout(typingTimer);
+  const left = new Date(until).getTime() - Date.now();
+  shown.hidden = left <= 0;
+  if (left > 0) typingTimer = setTimeout(() => { shown.hidden = true; }, left);
+}
+
+// The composer follows what the thread allows now; the button says why when it does not.
+function showWritable(writable) {
+  $('compose').disabled = !writable;
+  $('send').disabled = !writable;
+  checkChatButton().catch(() => {});
+}
+
+// ---- the open window's stream ------------------------------------------------------
+
+function closeWindowStream() {
+  windowEvents?.close();
+  windowEvents = null;
+  windowLive = false;
+}
+
+// One change of the thread, in version order; a snapshot (re)loads the messages.
+function onThreadEvent(event) {
+  windowVersion = event.version;
+  const me = config.role;
+  if (event.snapshot) {
+    peerReadSeq = event.snapshot.peer_last_read_seq;
+    showWritable(event.snapshot.writable);
+    if (event.snapshot.reset) $('messages').replaceChildren();
+    refreshMessages().then(markReadIfFocused).catch(() => {});
+  } else if (event.message_created) {
+    showMessage(event.message_created);
+    $('typing').hidden = true;
+    if (event.message_created.sender_id !== userId()) markReadIfFocused().catch(() => {});
+  } else if (event.message_edited) {
+    showMessage(event.message_edited);
+  } else if (event.message_deleted) {
+    showMessage(event.message_deleted);
+  } else if (event.read_moved) {
+    if (event.read_moved.side !== me) {
+      peerReadSeq = event.read_moved.last_read_seq;
+      showSeen();
+    }
+  } else if (event.typing) {
+    if (event.typing.side !== me) showTyping(event.typing.until);
+  } else if (event.thread_state) {
+    showWritable(event.thread_state.writable);
+  }
+}
+
+// Opens the window's stream after `after` (0: a snapshot first) with a fresh ticket;
+// after a drop, again from the last version shown, after a growing delay.
+async function openWindowStream(after, retryMs = RETRY_FIRST_MS) {
+  const threadId = openThreadId;
+  const retry = () => {
+    windowLive = false;
+    setTimeout(() => {
+      if (openThreadId === threadId) openWindowStream(windowVersion, Math.min(retryMs * 2, RETRY_MAX_MS));
+    }, retryMs);
+  };
+  let ticket;
+  try {
+    ({ ticket } = await api('POST', '/unread-summary/stream-ticket'));
+  } catch (error) {
+    if (!(error instanceof ApiError) || streamFailure(error.code) === 'retry') retry();
+    return;
+  }
+  if (openThreadId !== threadId) return;
+  const events = new EventSource(
+    `${config.api}/threads/${threadId}/events?ticket=${ticket}&after_version=${after}`,
+  );
+  windowEvents = events;
+  events.addEventListener('open', () => {
+    windowStreams += 1;
+    $('window-streams').textContent = windowStreams;
+  });
+  events.addEventListener('thread-event', (event) => {
+    retryMs = RETRY_FIRST_MS;
+    windowLive = true;
+    onThreadEvent(JSON.parse(event.data));
+  });
+  events.addEventListener('stream-error', (event) => {
+    events.close();
+    const error = new ApiError(0, JSON.parse(event.data));
+    if (streamFailure(error.code) === 'retry') retry();
+  });
+  events.addEventListener('error', () => {
+    events.close();
+    retry();
+  });
+}
+
+// Typing: announced on input, at most every 2 s (the server would send nothing more).
+function announceTyping() {
+  if (openThreadId === null || Date.now() - typingSentAt < 2000) return;
+  typingSentAt = Date.now();
+  api('POST', `/threads/${openThreadId}/typing/`).catch(() => {});
 }
 
 // Reading happens where a person can see it: the window is open and the page has focus.
@@ -173,7 +299,7 @@ async function send() {
       client_message_id: clientMessageId,
     });
     compose.value = '';
-    showMessage(message, true);
+    showMessage(message);
   } catch (error) {
     const shown = $('send-error');
     shown.hidden = false;
@@ -228,8 +354,9 @@ function onSummary(summary) {
     items.push(empty);
   }
   menu.replaceChildren(...items);
-  // New messages in the open thread: show them, and read them if the page has focus.
-  if (summary.threads.some((thread) => thread.thread_id === openThreadId)) {
+  // New messages in the open thread, when its own stream is not live: show them, and
+  // read them if the page has focus.
+  if (!windowLive && summary.threads.some((thread) => thread.thread_id === openThreadId)) {
     refreshMessages().then(markReadIfFocused).catch(() => {});
   }
 }
@@ -369,6 +496,7 @@ $('sign-in').addEventListener('submit', (event) => {
 });
 $('chat-button').addEventListener('click', () => chatThread && openChat(chatThread.thread_id));
 $('send').addEventListener('click', send);
+$('compose').addEventListener('input', announceTyping);
 $('bell').addEventListener('click', () => {
   $('bell-menu').hidden = !$('bell-menu').hidden;
 });

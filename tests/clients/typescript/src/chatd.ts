@@ -35,6 +35,7 @@ export const REMEDY: Record<ErrorCode, Remedy> = {
   MARK_UNREAD_TOO_FAR: 'tell-user',
   RATE_LIMITED: 'retry',
   TOO_MANY_STREAMS: 'fall-back',
+  STREAM_TOO_SLOW: 'retry',
   DATABASE_UNAVAILABLE: 'retry',
   STORAGE_FULL: 'tell-user',
   INTERNAL: 'tell-user',
