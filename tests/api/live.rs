@@ -406,3 +406,42 @@ async fn postgres_a_window_on_one_replica_follows_another() {
     window.follow_to(&mut on_a, 4).await;
     window.assert_matches(&mut a.tutor(TUTOR), id).await;
 }
+
+/// A notification that never came (here: a change made behind chatd's back, so none was
+/// sent) is made up for when the replica's listener reconnects: every window on it
+/// reads its thread's log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_windows_reread_the_log_when_the_listener_reconnects() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let thread = app.contact_thread(10, TUTOR, STUDENT).await;
+    let id = thread.thread_id;
+    app.student(STUDENT).say(id, "one").await;
+    let mut events = watch_thread(&mut app.tutor(TUTOR), id, 0).await;
+    assert_eq!(next_event(&mut events).await.version, 2);
+    let database = app.database();
+    database
+        .execute_inside(&format!(
+            "UPDATE threads SET version = 3 WHERE thread_id = {id}; \
+             INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at) \
+             VALUES ('chat.thread.read', {id}, 3, 'tutor', 1, now())"
+        ))
+        .await;
+    database
+        .execute_inside(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .await;
+    let caught_up = next_event(&mut events).await;
+    assert_eq!(
+        caught_up.version, 3,
+        "read from the log after the reconnect"
+    );
+    assert_eq!(
+        caught_up.event,
+        Some(Event::ReadMoved(pb::ReadMoved {
+            side: Side::Tutor.into(),
+            last_read_seq: 1
+        }))
+    );
+}

@@ -1,6 +1,7 @@
 //! Replicas that hear each other over NATS (`--fanout-url nats://…`) instead of
 //! PostgreSQL NOTIFY: they agree, hold no LISTEN connection, serve from the database
-//! while the NATS server is down, and trust their caches again once it is back. Each
+//! while the NATS server is down, and trust their caches again once it is back; open
+//! windows follow across replicas, through an outage. Each
 //! test starts a `nats-server` of its own on a free port (Debian's `nats-server`).
 
 use std::time::Duration;
@@ -172,4 +173,41 @@ async fn a_replica_reads_the_database_while_nats_is_down() {
         .say(thread.thread_id, "heard again")
         .await;
     assert_eq!(next(&mut on_b).await.total, 2, "B hears A again");
+}
+
+/// Windows across replicas over NATS: B's window gets A's message and typing, and a
+/// message committed on A while NATS is down reaches B's window once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_follow_over_nats_and_through_its_outage() {
+    use chatd::grpc::pb::{self, thread_event::Event};
+
+    use crate::window::{Window, next_event, watch_thread};
+
+    let Some(mut nats) =
+        NatsServer::start("nats::windows_follow_over_nats_and_through_its_outage").await
+    else {
+        return;
+    };
+    let (a, b) = replicas(&nats).await;
+    let thread = a.contact_thread(10, TUTOR, STUDENT).await;
+    let id = thread.thread_id;
+    let mut on_b = watch_thread(&mut b.tutor(TUTOR), id, 0).await;
+    let mut window = Window::new(pb::Side::Tutor);
+    window.apply(next_event(&mut on_b).await);
+    a.student(STUDENT).say(id, "via A").await;
+    window.follow_to(&mut on_b, 2).await;
+    a.student(STUDENT)
+        .set_typing(pb::SetTypingRequest { thread_id: id })
+        .await
+        .unwrap();
+    let typing = next_event(&mut on_b).await;
+    assert!(matches!(typing.event, Some(Event::Typing(_))), "{typing:?}");
+
+    nats.stop().await;
+    wait_for(&b, "fanout", ServingStatus::NotServing).await;
+    a.student(STUDENT).say(id, "unheard by B").await;
+    nats.restart().await;
+    wait_for(&b, "fanout", ServingStatus::Serving).await;
+    window.follow_to(&mut on_b, 4).await;
+    window.assert_matches(&mut b.tutor(TUTOR), id).await;
 }

@@ -1,16 +1,13 @@
-//! A chat window as a client builds it from WatchThread's events alone, and the checks
-//! that it is what ListMessages says: the live-thread tests and the model-based test
-//! read their watchers through it.
+//! The live-thread tests' way to a window: WatchThread opened by a test client, and a
+//! window (`tests/common/window.rs`) checked against ListMessages as its owner reads it.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use chatd::grpc::pb::{self, Side, thread_event::Event};
+use chatd::grpc::pb::{self, thread_event::Event};
 
 use crate::helpers::ChatClient;
 
-/// A WatchThread stream.
-pub type Events = tonic::Streaming<pb::ThreadEvent>;
+#[path = "../common/window.rs"]
+mod shared;
+pub use shared::{Events, Window, next_event};
 
 /// Opens a WatchThread stream as `client`'s caller.
 pub async fn watch_thread(client: &mut ChatClient, thread_id: i64, after_version: i64) -> Events {
@@ -25,15 +22,6 @@ pub async fn watch_thread(client: &mut ChatClient, thread_id: i64, after_version
         .into_inner()
 }
 
-/// The next event, which must come within 10 s (a bound, not a synchronization).
-pub async fn next_event(events: &mut Events) -> pb::ThreadEvent {
-    tokio::time::timeout(Duration::from_secs(10), events.message())
-        .await
-        .expect("an event within 10 s")
-        .expect("the stream is healthy")
-        .expect("the stream is open")
-}
-
 /// The thread's version now, as a new window's snapshot says it.
 pub async fn current_version(client: &mut ChatClient, thread_id: i64) -> i64 {
     let mut events = watch_thread(client, thread_id, 0).await;
@@ -42,106 +30,7 @@ pub async fn current_version(client: &mut ChatClient, thread_id: i64) -> i64 {
     first.version
 }
 
-/// A window: what its events say, and nothing else.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Window {
-    /// Whose window: the side `my_read` belongs to.
-    pub me: Side,
-    pub version: i64,
-    pub messages: BTreeMap<i64, pb::Message>,
-    pub my_read: i64,
-    pub peer_read: i64,
-    pub writable: bool,
-    /// Typing seen, in order (never stored, so only a live window has it).
-    pub typing: Vec<pb::Typing>,
-    /// Each stored change's kind, in order: what a test asserts the log said.
-    pub kinds: Vec<&'static str>,
-}
-
 impl Window {
-    pub fn new(me: Side) -> Self {
-        Self {
-            me,
-            version: 0,
-            messages: BTreeMap::new(),
-            my_read: 0,
-            peer_read: 0,
-            writable: false,
-            typing: Vec::new(),
-            kinds: Vec::new(),
-        }
-    }
-
-    /// Applies one event. A stored change must be the next version: a gap or a repeat
-    /// fails the test.
-    pub fn apply(&mut self, event: pb::ThreadEvent) {
-        let Some(shown) = event.event else {
-            panic!("an event without a change: {event:?}")
-        };
-        match shown {
-            Event::Snapshot(snapshot) => {
-                self.version = event.version;
-                self.my_read = snapshot.my_last_read_seq;
-                self.peer_read = snapshot.peer_last_read_seq;
-                self.writable = snapshot.writable;
-                self.kinds.push("snapshot");
-                return;
-            }
-            Event::Typing(typing) => {
-                assert_eq!(event.version, self.version, "typing carries the version");
-                self.typing.push(typing);
-                return;
-            }
-            _ => {}
-        }
-        assert_eq!(
-            event.version,
-            self.version + 1,
-            "a stored change follows the last one, with no gap and no repeat: {shown:?}"
-        );
-        self.version = event.version;
-        let kind = match shown {
-            Event::MessageCreated(message) => {
-                assert!(
-                    self.messages.insert(message.seq, message).is_none(),
-                    "a message is created once"
-                );
-                "created"
-            }
-            Event::MessageEdited(message) => {
-                self.messages.insert(message.seq, message);
-                "edited"
-            }
-            Event::MessageDeleted(message) => {
-                assert!(message.deleted, "a deletion carries the tombstone");
-                self.messages.insert(message.seq, message);
-                "deleted"
-            }
-            Event::ReadMoved(moved) => {
-                if moved.side() == self.me {
-                    self.my_read = moved.last_read_seq;
-                } else {
-                    self.peer_read = moved.last_read_seq;
-                }
-                "read"
-            }
-            Event::ThreadState(state) => {
-                self.writable = state.writable;
-                "state"
-            }
-            Event::Snapshot(_) | Event::Typing(_) => unreachable!("handled above"),
-        };
-        self.kinds.push(kind);
-    }
-
-    /// Applies events from `events` until the window is at `version`.
-    pub async fn follow_to(&mut self, events: &mut Events, version: i64) {
-        while self.version < version {
-            self.apply(next_event(events).await);
-        }
-        assert_eq!(self.version, version, "no event past the thread's version");
-    }
-
     /// What the window shows equals what ListMessages answers `client` (the window's
     /// owner) now: every message as it is, both horizons.
     pub async fn assert_matches(&self, client: &mut ChatClient, thread_id: i64) {
@@ -155,19 +44,6 @@ impl Window {
             .await
             .expect("list messages")
             .into_inner();
-        let listed: BTreeMap<i64, pb::Message> = page
-            .messages
-            .into_iter()
-            .map(|message| (message.seq, message))
-            .collect();
-        assert_eq!(
-            self.messages, listed,
-            "the window's messages are ListMessages'"
-        );
-        assert_eq!(self.my_read, page.last_read_seq, "my horizon");
-        assert_eq!(
-            self.peer_read, page.peer_last_read_seq,
-            "the peer's horizon"
-        );
+        self.assert_matches_page(page);
     }
 }

@@ -1,7 +1,8 @@
 //! Fault tests: chatd as an operator runs it (the built binary, in a process of its
 //! own) while the test breaks things under load. A PostgreSQL of the test's own is
-//! stopped with `-m immediate` mid-load; a SQLite chatd is killed with SIGKILL; and
-//! thousands of idle connections try to starve the server. Each asserts what users
+//! stopped with `-m immediate` mid-load; a SQLite chatd is killed with SIGKILL; a
+//! replica holding open windows is killed (`windows.rs`); and thousands of idle
+//! connections try to starve the server. Each asserts what users
 //! would notice: nothing acknowledged lost, nothing doubled, counters exact, service
 //! back within a bound, health answering throughout.
 
@@ -13,6 +14,13 @@ mod processes;
 #[path = "../common/require.rs"]
 #[expect(dead_code, reason = "shared; this binary uses a part")]
 mod require;
+#[path = "../common/window.rs"]
+#[expect(
+    dead_code,
+    reason = "shared with the API tests; this binary uses a part"
+)]
+mod window;
+mod windows;
 mod workload;
 
 use std::time::{Duration, Instant};
