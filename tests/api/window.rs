@@ -34,16 +34,20 @@ impl Window {
     /// What the window shows equals what ListMessages answers `client` (the window's
     /// owner) now: every message as it is, both horizons.
     pub async fn assert_matches(&self, client: &mut ChatClient, thread_id: i64) {
-        let page = client
-            .list_messages(pb::ListMessagesRequest {
-                thread_id,
-                before_seq: None,
-                limit: 200,
-                after_seq: Some(0),
-            })
-            .await
-            .expect("list messages")
-            .into_inner();
+        let page = shared::whole_thread(|request| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .list_messages(pb::ListMessagesRequest {
+                        thread_id,
+                        ..request
+                    })
+                    .await
+                    .expect("list messages")
+                    .into_inner()
+            }
+        })
+        .await;
         self.assert_matches_page(page);
     }
 }

@@ -19,6 +19,32 @@ pub async fn next_event(events: &mut Events) -> pb::ThreadEvent {
         .expect("the stream is open")
 }
 
+/// The whole thread as ListMessages answers, oldest first, a page at a time (a thread
+/// may hold more than one page): `list` answers the page after a seq. The horizons are
+/// the last page's.
+pub async fn whole_thread<F, Fut>(mut list: F) -> pb::ListMessagesResponse
+where
+    F: FnMut(pb::ListMessagesRequest) -> Fut,
+    Fut: std::future::Future<Output = pb::ListMessagesResponse>,
+{
+    let mut messages = Vec::new();
+    loop {
+        let after_seq = messages
+            .last()
+            .map_or(0, |message: &pb::Message| message.seq);
+        let page = list(pb::ListMessagesRequest {
+            after_seq: Some(after_seq),
+            limit: 200,
+            ..Default::default()
+        })
+        .await;
+        messages.extend(page.messages);
+        if !page.has_more {
+            return pb::ListMessagesResponse { messages, ..page };
+        }
+    }
+}
+
 /// A window: what its events say, and nothing else.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
@@ -119,8 +145,8 @@ impl Window {
         assert_eq!(self.version, version, "no event past the thread's version");
     }
 
-    /// What the window shows equals `page`, a ListMessages answer to its owner from
-    /// the first message: every message as it is, both horizons.
+    /// What the window shows equals `page`, the whole thread as ListMessages answers
+    /// its owner (see [`whole_thread`]): every message as it is, both horizons.
     pub fn assert_matches_page(&self, page: pb::ListMessagesResponse) {
         assert!(!page.has_more, "the page holds the whole thread");
         let listed: BTreeMap<i64, pb::Message> = page

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
 use crate::processes::{Chatd, SECRET, TempDir, ThrowawayPostgres};
-use crate::window::Window;
+use crate::window::{Window, whole_thread};
 use crate::workload::{self, Caller};
 
 /// Keeps a tutor's window on a thread open, on `replicas[0]` first and on the other one
@@ -156,17 +156,21 @@ async fn postgres_windows_survive_their_replica_killed() {
             "thread {}: reconnected after the kill",
             pair.thread_id
         );
-        let page = writer
-            .chat(pair.tutor, Role::Tutor)
-            .list_messages(pb::ListMessagesRequest {
-                thread_id: pair.thread_id,
-                before_seq: None,
-                limit: 200,
-                after_seq: Some(0),
-            })
-            .await
-            .expect("list messages")
-            .into_inner();
+        let client = writer.chat(pair.tutor, Role::Tutor);
+        let page = whole_thread(|request| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .list_messages(pb::ListMessagesRequest {
+                        thread_id: pair.thread_id,
+                        ..request
+                    })
+                    .await
+                    .expect("list messages")
+                    .into_inner()
+            }
+        })
+        .await;
         window.assert_matches_page(page);
     }
     drop(b);

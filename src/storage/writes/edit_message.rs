@@ -209,11 +209,11 @@ impl Write for EditMessage {
         .get_result::<MessageRow>(conn)?
         .into();
         steps::bump_revision(conn, thread_id)?;
-        let shown_seq: i64 = threads::table
+        let (shown_seq, shown_preview): (i64, String) = threads::table
             .find(thread_id)
-            .select(threads::last_visible_seq)
+            .select((threads::last_visible_seq, threads::last_message_preview))
             .first(conn)?;
-        if shown_seq == seq {
+        if shown_seq == seq && shown_preview != self.preview {
             diesel::update(threads::table.find(thread_id))
                 .set(threads::last_message_preview.eq(&self.preview))
                 .execute(conn)?;

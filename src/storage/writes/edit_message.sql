@@ -6,7 +6,7 @@
 -- write now (rules::may_write, as in send_message.sql). An edit sets edited_at and
 -- changes no count, seq, created_at or last_message_at; when the message is the
 -- thread's newest not deleted (rules::last_visible), the previews follow it, and the
--- summaries of participants with unread messages there change
+-- summaries of participants with unread messages there change when the preview does
 -- (rules::participant_changed).
 WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
@@ -62,9 +62,12 @@ logged AS (
     FROM edited, moved
 ),
 parts AS (
+    -- An edit that leaves the preview as it was (the same start of a body) changes no
+    -- line: rules::participant_changed with line_changed = the preview changed.
     UPDATE thread_participants p SET last_message_preview = params.preview
     FROM t, edited, params
     WHERE p.thread_id = t.thread_id AND t.last_visible_seq = edited.seq
+      AND p.last_message_preview IS DISTINCT FROM params.preview
     RETURNING p.user_id, p.side, p.unread_count
 ),
 bumped AS (

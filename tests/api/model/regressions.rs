@@ -110,5 +110,29 @@ pub(super) fn sequences() -> Vec<Vec<Op>> {
             status: Status::Relation(RelationStatus::Archived),
             version: 2,
         }]),
+        // An edit to the body it had: the line shows the same preview, so no etag may
+        // change. And a thread past one ListMessages page, which the windows read whole.
+        after_setup(vec![
+            Op::Send {
+                actor: Actor::Member(Side::Student),
+                thread: 1,
+                key: None,
+                body: "c".into(),
+            },
+            Op::Edit {
+                actor: Actor::Member(Side::Student),
+                thread: 1,
+                message: Pick::Horizon {
+                    peer: true,
+                    offset: 1,
+                },
+                body: "c".into(),
+            },
+            Op::Burst {
+                side: Side::Tutor,
+                thread: 0,
+                count: 201,
+            },
+        ]),
     ]
 }
