@@ -3,7 +3,8 @@
 //! - `rpcs.rs` (default): N clients call one RPC at a time for T seconds each.
 //! - `poll.rs` (`--poll`): the load chatd exists for, online users polling their unread
 //!   summary over gRPC and REST while their peers write.
-//! - `watchers.rs` (`--watchers N`): N summary streams, delivery latency and memory.
+//! - `watchers.rs` (`--watchers N`, `--windows N`): N summary streams or N open chat
+//!   windows (thread streams), delivery latency and memory.
 //! - `erase.rs` (`--erase N`): a user with N messages erased while others write.
 //! - `seed.rs` (`--seed`): the synthetic dataset all of them run against.
 //!
@@ -46,6 +47,8 @@ pub struct BenchConfig {
     pub http_target: String,
     /// Watcher mode: open this many WatchUnreadSummary streams instead of driving RPCs.
     pub watchers: usize,
+    /// Window mode: open this many WatchThread streams instead of driving RPCs.
+    pub windows: usize,
     /// Polling and watcher modes: messages sent per second.
     pub send_rate: u32,
     /// Watcher mode: the server process whose memory is reported.
@@ -82,7 +85,10 @@ pub async fn run(
         return erase::run(&config, &store, &signer, messages).await;
     }
     if config.watchers > 0 {
-        return watchers::run(&config, &signer).await;
+        return watchers::run(&config, &signer, watchers::Watched::Summary).await;
+    }
+    if config.windows > 0 {
+        return watchers::run(&config, &signer, watchers::Watched::Thread).await;
     }
     if config.poll {
         return poll::run(&config, &signer).await;

@@ -47,7 +47,8 @@ pub enum Command {
     /// Run the REST/JSON gateway alone, translating the web API into gRPC calls to chatd.
     Gateway(GatewayArgs),
     /// Seed a synthetic dataset and load-test a running chatd: per RPC, the polling mix
-    /// (--poll) or summary streams (--watchers); prints rates and latency beside Check.
+    /// (--poll), summary streams (--watchers) or open chat windows (--windows); prints
+    /// rates and latency beside Check.
     Bench(BenchArgs),
 }
 
@@ -469,15 +470,21 @@ pub struct BenchArgs {
     /// messages to them at --send-rate, and report delivery latency and server RSS.
     #[arg(long, default_value_t = 0)]
     pub watchers: usize,
-    /// Polling and watcher modes: messages per second (in watcher mode each watcher
-    /// receives at most one).
+    /// Window mode: open this many WatchThread streams (one per thread, each watched by
+    /// its tutor: open chat windows), send messages into them at --send-rate, and report
+    /// delivery latency and server RSS per stream.
+    #[arg(long, default_value_t = 0)]
+    pub windows: usize,
+    /// Polling, watcher and window modes: messages per second (in watcher and window
+    /// modes each stream receives at most one).
     #[arg(long, default_value_t = 200)]
     pub send_rate: u32,
-    /// Watcher mode: pid of the chatd under test, to report its resident memory.
+    /// Watcher and window modes: pid of the chatd under test, to report its resident
+    /// memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Watcher mode: send messages through this replica instead of --target, to measure
-    /// delivery across replicas (PostgreSQL NOTIFY).
+    /// Watcher and window modes: send messages through this replica instead of --target,
+    /// to measure delivery across replicas (the fan-out).
     #[arg(long)]
     pub send_target: Option<String>,
     /// Erasure mode: insert this many messages of a new user into --database-url, then
@@ -499,9 +506,14 @@ impl BenchArgs {
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
         }
-        let modes = [self.poll, self.watchers > 0, self.erase.is_some()];
+        let modes = [
+            self.poll,
+            self.watchers > 0,
+            self.windows > 0,
+            self.erase.is_some(),
+        ];
         if modes.iter().filter(|on| **on).count() > 1 {
-            return Err("choose one mode: --poll, --watchers or --erase".into());
+            return Err("choose one mode: --poll, --watchers, --windows or --erase".into());
         }
         if self.erase.is_some_and(|n| n < 1) {
             return Err("--erase takes how many messages to erase: at least 1".into());
@@ -527,6 +539,7 @@ impl BenchArgs {
             online_users: self.online_users,
             http_target: self.http_target.clone(),
             watchers: self.watchers,
+            windows: self.windows,
             send_rate: self.send_rate,
             server_pid: self.server_pid,
             send_target: self.send_target.clone(),

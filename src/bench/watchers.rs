@@ -1,7 +1,8 @@
-//! The watcher mode: N tutors each watch their unread summary; messages from their
-//! students arrive at a steady rate (each watcher gets at most one). It reports the
-//! delivery latency (SendMessage accepted → the watcher's update received) and the
-//! server's resident memory with the streams open.
+//! The watcher modes: N tutors each watch their unread summary (`--watchers`) or their
+//! thread, an open chat window (`--windows`); messages from their students arrive at a
+//! steady rate (each watcher gets at most one). It reports the delivery latency
+//! (SendMessage accepted → the watcher's update or event received) and the server's
+//! resident memory with the streams open, per stream.
 
 use std::time::{Duration, Instant};
 
@@ -55,12 +56,85 @@ fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
 
-pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), String> {
+/// What each watcher holds open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// WatchUnreadSummary: its tutor's unread summary.
+    Summary,
+    /// WatchThread: its thread, as an open chat window.
+    Thread,
+}
+
+/// Opens one watcher's stream and reports its first message on `ready`; then, each
+/// time something arrives while `expecting` is set, notes when in `received`.
+async fn watch(
+    mut chat: ChatServiceClient<tonic::transport::Channel>,
+    header: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    (watched, thread): (Watched, i64),
+    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
+    arrived: impl Fn(),
+) {
+    let failed = |status: tonic::Status| format!("{:?}: {}", status.code(), status.message());
+    match watched {
+        Watched::Summary => {
+            let request = authed(
+                pb::WatchUnreadSummaryRequest {
+                    limit: 50,
+                    ..Default::default()
+                },
+                &header,
+            );
+            let mut stream = match chat.watch_unread_summary(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return drop(ready.send(Err(failed(status))).await),
+            };
+            let first = stream.message().await;
+            let _ = ready.send(first.map(drop).map_err(failed)).await;
+            while let Ok(Some(_)) = stream.message().await {
+                arrived();
+            }
+        }
+        Watched::Thread => {
+            let request = authed(
+                pb::WatchThreadRequest {
+                    thread_id: thread,
+                    after_version: 0,
+                    ticket: String::new(),
+                },
+                &header,
+            );
+            let mut stream = match chat.watch_thread(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return drop(ready.send(Err(failed(status))).await),
+            };
+            let first = stream.message().await;
+            let _ = ready.send(first.map(drop).map_err(failed)).await;
+            while let Ok(Some(event)) = stream.message().await {
+                if matches!(
+                    event.event,
+                    Some(pb::thread_event::Event::MessageCreated(_))
+                ) {
+                    arrived();
+                }
+            }
+        }
+    }
+}
+
+pub async fn run(
+    config: &BenchConfig,
+    signer: &TokenSigner,
+    watched: Watched,
+) -> Result<(), String> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let dataset = config.dataset;
-    let watchers = config.watchers.min(dataset.threads as usize);
+    let watchers = match watched {
+        Watched::Summary => config.watchers,
+        Watched::Thread => config.windows,
+    }
+    .min(dataset.threads as usize);
     let rss_before = rss_mib(config.server_pid);
     let origin = Instant::now();
     let accepted: Arc<Vec<AtomicU64>> =
@@ -83,45 +157,31 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     let opening = Instant::now();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(watchers);
     let mut open = 0;
+    // The memory of the first half's streams includes what the server allocates once
+    // (pool buffers, the runtime's growth); the second half's is what a stream costs.
+    let half = (watchers / 2).div_ceil(OPENING_WAVE) * OPENING_WAVE;
+    let mut rss_half = None;
     for i in 0..watchers {
         // Streams open in waves, each after the previous one got its snapshots, as
         // clients arrive over time; not 100,000 snapshot reads at the same instant.
         if i > 0 && i % OPENING_WAVE == 0 {
-            open += await_ready(&mut ready_rx, OPENING_WAVE).await?;
+            open += await_ready(&mut ready_rx, i - open).await?;
+            if i == half {
+                rss_half = rss_mib(config.server_pid).map(|rss| (i, rss));
+            }
         }
         // Thread n + 1 belongs to a distinct tutor for n < tutors; past that, tutors
         // watch a second time (a second device), within the per-user stream limit.
         let thread = (i as i64 % dataset.tutors().min(dataset.threads)) + 1;
         let header = bearer(signer, dataset.tutor_of(thread), Role::Tutor)?;
-        let mut chat = ChatServiceClient::new(channels[i / WATCHERS_PER_CONNECTION].clone());
+        let chat = ChatServiceClient::new(channels[i / WATCHERS_PER_CONNECTION].clone());
         let (received, expecting, ready) = (received.clone(), expecting.clone(), ready_tx.clone());
-        tokio::spawn(async move {
-            let request = authed(
-                pb::WatchUnreadSummaryRequest {
-                    limit: 50,
-                    ..Default::default()
-                },
-                &header,
-            );
-            let mut stream = match chat.watch_unread_summary(request).await {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    let _ = ready
-                        .send(Err(format!("{:?}: {}", status.code(), status.message())))
-                        .await;
-                    return;
-                }
-            };
-            let first = stream.message().await;
-            let _ = ready
-                .send(first.map(drop).map_err(|s| s.message().to_owned()))
-                .await;
-            while let Ok(Some(_)) = stream.message().await {
-                if expecting[i].swap(0, Ordering::AcqRel) == 1 {
-                    received[i].store(now_ns(origin), Ordering::Release);
-                }
+        let arrived = move || {
+            if expecting[i].swap(0, Ordering::AcqRel) == 1 {
+                received[i].store(now_ns(origin), Ordering::Release);
             }
-        });
+        };
+        tokio::spawn(watch(chat, header, (watched, thread), ready, arrived));
     }
     drop(ready_tx);
     open += await_ready(&mut ready_rx, watchers - open).await?;
@@ -193,14 +253,31 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         latencies.record(latency);
     }
     let mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} MiB"));
+    let mode = match watched {
+        Watched::Summary => "--watchers (WatchUnreadSummary)",
+        Watched::Thread => "--windows (WatchThread)",
+    };
     println!(
-        "chatd bench --watchers: {watchers} streams on {} connections to {}, opened in {opened_in:.1?}; messages sent to {}",
+        "chatd bench {mode}: {watchers} streams on {} connections to {}, opened in {opened_in:.1?}; messages sent to {}",
         channels.len(),
         config.target,
         config.send_target.as_deref().unwrap_or(&config.target)
     );
+    let per_stream = match (rss_before, rss_half, rss_open) {
+        (Some(before), Some((opened, half)), Some(open)) => format!(
+            "{:.1} KiB a stream on average, {:.1} KiB each of the last {}",
+            (open - before) * 1024.0 / watchers as f64,
+            (open - half) * 1024.0 / (watchers - opened) as f64,
+            watchers - opened
+        ),
+        (Some(before), None, Some(open)) => format!(
+            "{:.1} KiB a stream",
+            (open - before) * 1024.0 / watchers.max(1) as f64
+        ),
+        _ => "-".to_owned(),
+    };
     println!(
-        "server RSS: before {}, with streams open {}, after sending {}",
+        "server RSS: before {}, with streams open {} ({per_stream}), after sending {}",
         mib(rss_before),
         mib(rss_open),
         mib(rss_after)

@@ -2,11 +2,13 @@
 # Three replicas of chatd on one PostgreSQL database, first with the fan-out over NOTIFY,
 # then over NATS, measured in one run:
 #   - SendMessage across the three at once (one `chatd bench` per replica, with Check),
-#   - delivery latency to 2,000 watchers on replica 2 of messages sent through replica 1.
+#   - delivery latency to 2,000 watchers on replica 2 of messages sent through replica 1,
+#   - and to WINDOWS (10,000) open chat windows (WatchThread) on replica 2.
 #
 #   tests/bench/replicas.sh DATABASE [NATS_URL] [-- chatd bench dataset flags]
 #   tests/bench/replicas.sh chatd_bench nats://127.0.0.1:4222 -- --users 20000 --threads 200000 --messages 2000000
 #
+# CHATD_BIN picks another binary (default ./target/release/chatd).
 # DATABASE must be seeded with `chatd bench --seed` (the same dataset flags). Build first:
 # cargo build --release.
 set -euo pipefail
@@ -16,7 +18,8 @@ nats=${2:-nats://127.0.0.1:4222}
 shift $(( $# >= 2 ? 2 : 1 ))
 [ "${1:-}" = "--" ] && shift
 dataset=("$@")
-chatd=./target/release/chatd
+chatd=${CHATD_BIN:-./target/release/chatd}
+windows=${WINDOWS:-10000}
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$database
 export CHATD_JWT_SECRET=${CHATD_JWT_SECRET:-bench-secret-bench-secret-bench-secret}
 work=$(mktemp -d)
@@ -66,6 +69,9 @@ measure() {
   echo "== $label: 2000 watchers on replica 2, 200 messages/s sent through replica 1"
   "$chatd" bench "${dataset[@]}" --watchers 2000 --send-rate 200 \
     --target http://127.0.0.1:51082 --send-target http://127.0.0.1:51081 2>&1 | tail -n 6
+  echo "== $label: ${windows} open chat windows on replica 2, 200 messages/s sent through replica 1"
+  "$chatd" bench "${dataset[@]}" --windows "$windows" --send-rate 200 --server-pid "${replicas[1]}" \
+    --target http://127.0.0.1:51082 --send-target http://127.0.0.1:51081 2>&1 | tail -n 3
 }
 
 start_replicas
