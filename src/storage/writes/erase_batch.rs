@@ -88,7 +88,7 @@ impl Write for EraseBatch {
             wiped: row.wiped,
             last_seq: row.last_seq,
             changed: row.changed.keys()?,
-            version: row.thread_version.filter(|_| row.erased > 0),
+            version: row.thread_version.filter(|_| row.wiped > 0),
         })
     }
 
@@ -148,9 +148,10 @@ impl Write for EraseBatch {
             steps::show(conn, thread_id, &fallback)?;
         }
         let changed = steps::follow_messages(conn, thread_id, user_id, &erased, line_changed)?;
-        let logged: Vec<steps::LogEntry> = erased
+        // Every message changed, tombstones wiped again too: they lose their key.
+        let logged: Vec<steps::LogEntry> = wiped
             .iter()
-            .map(|seq| steps::LogEntry::deleted(*seq, false))
+            .map(|(seq, _)| steps::LogEntry::deleted(*seq, false))
             .collect();
         let version = match logged.is_empty() {
             true => None,

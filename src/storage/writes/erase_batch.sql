@@ -8,7 +8,7 @@
 -- message not deleted is among them, the thread's line falls back to the newest one
 -- left (rules::last_visible), or to none; summaries whose line changed are bumped
 -- (rules::participant_changed). Tombstones deleted before lose their key too, but are
--- not counted as erased again.
+-- not counted as erased again; every message changed is logged, tombstones too.
 WITH params AS (
     SELECT CAST(:thread_id AS bigint) AS thread_id,
            CAST(:user_id AS bigint) AS user_id,
@@ -55,19 +55,19 @@ moved AS (
                                     ELSE threads.last_message_preview END,
         last_message_sender_id = CASE WHEN shown.changed THEN COALESCE((SELECT sender_id FROM fallback), 0)
                                       ELSE threads.last_message_sender_id END,
-        version = threads.version + (SELECT count(*) FROM batch WHERE visible)
+        version = threads.version + (SELECT count(*) FROM batch)
     FROM t, shown
     WHERE threads.thread_id = t.thread_id AND EXISTS (SELECT 1 FROM batch)
     RETURNING threads.version
 ),
 logged AS (
-    -- Each message erased, in seq order, as its own change (a tombstone wiped again
-    -- was logged when it was deleted).
+    -- Each message this batch changed, in seq order, as its own change: a tombstone
+    -- wiped again loses its key, which a window showing it must hear of too.
     INSERT INTO events (kind, thread_id, thread_version, seq, created_at)
     SELECT 'chat.message.deleted', params.thread_id,
            moved.version - erased.n + erased.k, erased.seq, now()
     FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS k, count(*) OVER () AS n
-          FROM batch WHERE visible) erased, moved, params
+          FROM batch) erased, moved, params
 ),
 counted AS (
     -- The recipient loses the erased messages after their horizon.

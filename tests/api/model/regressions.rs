@@ -134,5 +134,22 @@ pub(super) fn sequences() -> Vec<Vec<Op>> {
                 count: 201,
             },
         ]),
+        // A removed message erased: the tombstone loses its key, and the window hears.
+        after_setup(vec![
+            Op::Send {
+                actor: Actor::Member(Side::Tutor),
+                thread: 0,
+                key: Some(0),
+                body: "a".into(),
+            },
+            Op::Remove {
+                thread: 0,
+                message: Pick::Horizon {
+                    peer: false,
+                    offset: 0,
+                },
+            },
+            Op::Erase { user: 1 },
+        ]),
     ]
 }
