@@ -14,7 +14,7 @@ use crate::helpers::{
     Backend, Bearer, ChatClient, ChatClientExt, TestApp, WATCH_LIMITS, assert_error, mark_read,
 };
 use crate::watch::whole_seconds_ahead;
-use crate::window::{Window, current_version, next_event, watch_thread};
+use crate::window::{Window, current_version, next_event, watch_request, watch_thread};
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;
@@ -122,11 +122,7 @@ async fn versions_of(events: &mut crate::window::Events, count: usize) -> Vec<i6
 async fn strangers_and_bad_versions_are_refused(app: TestApp) {
     let thread = app.contact_thread(10, TUTOR, STUDENT).await;
     let id = thread.thread_id;
-    let request = |thread_id, after_version| pb::WatchThreadRequest {
-        thread_id,
-        after_version,
-        ticket: String::new(),
-    };
+    let request = watch_request;
     let stranger = app.tutor(TUTOR + 1).watch_thread(request(id, 0)).await;
     assert_error(stranger, Code::NotFound, "THREAD_NOT_FOUND");
     let missing = app.tutor(TUTOR).watch_thread(request(id + 1000, 0)).await;
@@ -321,11 +317,7 @@ async fn thread_streams_count_among_the_callers_streams(app: TestApp) {
     let _summary = TestApp::watch(&mut app.tutor(TUTOR)).await;
     let refused = app
         .tutor(TUTOR)
-        .watch_thread(pb::WatchThreadRequest {
-            thread_id: thread.thread_id,
-            after_version: 0,
-            ticket: String::new(),
-        })
+        .watch_thread(watch_request(thread.thread_id, 0))
         .await;
     assert_error(refused, Code::ResourceExhausted, "TOO_MANY_STREAMS");
     drop(open.pop());
@@ -334,11 +326,7 @@ async fn thread_streams_count_among_the_callers_streams(app: TestApp) {
         loop {
             let retry = app
                 .tutor(TUTOR)
-                .watch_thread(pb::WatchThreadRequest {
-                    thread_id: thread.thread_id,
-                    after_version: 0,
-                    ticket: String::new(),
-                })
+                .watch_thread(watch_request(thread.thread_id, 0))
                 .await;
             if retry.is_ok() {
                 return;

@@ -7,16 +7,12 @@ use crate::helpers::ChatClient;
 
 #[path = "../common/window.rs"]
 mod shared;
-pub use shared::{Events, Window, next_event};
+pub use shared::{Events, Window, next_event, watch_request};
 
 /// Opens a WatchThread stream as `client`'s caller.
 pub async fn watch_thread(client: &mut ChatClient, thread_id: i64, after_version: i64) -> Events {
     client
-        .watch_thread(pb::WatchThreadRequest {
-            thread_id,
-            after_version,
-            ticket: String::new(),
-        })
+        .watch_thread(watch_request(thread_id, after_version))
         .await
         .expect("the thread stream opens")
         .into_inner()

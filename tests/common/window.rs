@@ -10,6 +10,15 @@ use chatd::grpc::pb::{self, Side, thread_event::Event};
 /// A WatchThread stream.
 pub type Events = tonic::Streaming<pb::ThreadEvent>;
 
+/// A WatchThread request with the caller's token (no ticket).
+pub fn watch_request(thread_id: i64, after_version: i64) -> pb::WatchThreadRequest {
+    pb::WatchThreadRequest {
+        thread_id,
+        after_version,
+        ticket: String::new(),
+    }
+}
+
 /// The next event, which must come within 10 s (a bound, not a synchronization).
 pub async fn next_event(events: &mut Events) -> pb::ThreadEvent {
     tokio::time::timeout(Duration::from_secs(10), events.message())

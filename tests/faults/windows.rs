@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
 use crate::processes::{Chatd, SECRET, TempDir, ThrowawayPostgres};
-use crate::window::{Window, whole_thread};
+use crate::window::{Window, watch_request, whole_thread};
 use crate::workload::{self, Caller};
 
 /// Keeps a tutor's window on a thread open, on `replicas[0]` first and on the other one
@@ -42,11 +42,7 @@ async fn keep_window(
             .expect("an endpoint")
             .connect_timeout(Duration::from_secs(1))
             .connect_lazy();
-        let mut request = tonic::Request::new(pb::WatchThreadRequest {
-            thread_id,
-            after_version: window.version,
-            ticket: String::new(),
-        });
+        let mut request = tonic::Request::new(watch_request(thread_id, window.version));
         request.metadata_mut().insert(
             "authorization",
             format!("Bearer {token}").parse().expect("ASCII"),
@@ -132,11 +128,7 @@ async fn postgres_windows_survive_their_replica_killed() {
     for pair in &pairs {
         let mut client = writer.chat(pair.tutor, Role::Tutor);
         let mut events = client
-            .watch_thread(pb::WatchThreadRequest {
-                thread_id: pair.thread_id,
-                after_version: 0,
-                ticket: String::new(),
-            })
+            .watch_thread(watch_request(pair.thread_id, 0))
             .await
             .expect("a window on B")
             .into_inner();
