@@ -43,7 +43,7 @@ let streamsOpened = 0;
 // The open window's stream: the last version shown, and whether it is live.
 let windowEvents = null;
 let windowVersion = 0;
-let windowLive = false;
+let windowFollowing = false; // a window stream is open, or being reopened after a drop
 let windowStreams = 0;
 let listFetches = 0;
 let peerReadSeq = 0;
@@ -200,7 +200,7 @@ function showWritable(writable) {
 function closeWindowStream() {
   windowEvents?.close();
   windowEvents = null;
-  windowLive = false;
+  windowFollowing = false;
 }
 
 // One change of the thread, in version order; a snapshot (re)loads the messages.
@@ -236,8 +236,8 @@ function onThreadEvent(event) {
 // after a drop, again from the last version shown, after a growing delay.
 async function openWindowStream(after, retryMs = RETRY_FIRST_MS) {
   const threadId = openThreadId;
+  windowFollowing = true;
   const retry = () => {
-    windowLive = false;
     setTimeout(() => {
       if (openThreadId === threadId) openWindowStream(windowVersion, Math.min(retryMs * 2, RETRY_MAX_MS));
     }, retryMs);
@@ -247,6 +247,7 @@ async function openWindowStream(after, retryMs = RETRY_FIRST_MS) {
     ({ ticket } = await api('POST', '/unread-summary/stream-ticket'));
   } catch (error) {
     if (!(error instanceof ApiError) || streamFailure(error.code) === 'retry') retry();
+    else windowFollowing = false;
     return;
   }
   if (openThreadId !== threadId) return;
@@ -260,13 +261,13 @@ async function openWindowStream(after, retryMs = RETRY_FIRST_MS) {
   });
   events.addEventListener('thread-event', (event) => {
     retryMs = RETRY_FIRST_MS;
-    windowLive = true;
     onThreadEvent(JSON.parse(event.data));
   });
   events.addEventListener('stream-error', (event) => {
     events.close();
     const error = new ApiError(0, JSON.parse(event.data));
     if (streamFailure(error.code) === 'retry') retry();
+    else windowFollowing = false;
   });
   events.addEventListener('error', () => {
     events.close();
@@ -354,9 +355,10 @@ function onSummary(summary) {
     items.push(empty);
   }
   menu.replaceChildren(...items);
-  // New messages in the open thread, when its own stream is not live: show them, and
-  // read them if the page has focus.
-  if (!windowLive && summary.threads.some((thread) => thread.thread_id === openThreadId)) {
+  // New messages in the open thread, when it has no stream of its own (refused, not
+  // retried): show them, and read them if the page has focus. A stream being reopened
+  // catches up by itself, from its last version.
+  if (!windowFollowing && summary.threads.some((thread) => thread.thread_id === openThreadId)) {
     refreshMessages().then(markReadIfFocused).catch(() => {});
   }
 }
