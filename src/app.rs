@@ -24,7 +24,9 @@ use crate::limits::SendLimits;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::net::{self, Protocol};
+use crate::outbox::Outbox;
 use crate::proto::chat_service_server::ChatServiceServer;
+use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::sync_service_server::SyncServiceServer;
 use crate::storage::{DatabaseUrl, PoolConfig, Pooler, Store};
 use crate::summaries::{CacheTrust, Summaries};
@@ -53,6 +55,8 @@ pub struct Application {
     fanout_up: (watch::Sender<bool>, watch::Receiver<bool>),
     config: ServeConfig,
     store: Store,
+    /// Stops the outbox's sequencer once the server has drained.
+    stop_outbox: watch::Sender<bool>,
 }
 
 impl Application {
@@ -99,6 +103,9 @@ impl Application {
             "summary cache budget (--summary-cache-mib)"
         );
         let live = Live::new(publisher.clone(), config.watch_stall_timeout);
+        // Stopped when `run` ends: it numbers events while the server drains.
+        let (stop_outbox, outbox_stopping) = watch::channel(false);
+        let outbox = Outbox::start(store.clone(), outbox_stopping);
         let summaries = Summaries::new(
             config.summary_cache,
             config.watch_limits,
@@ -123,6 +130,7 @@ impl Application {
             metrics.chat.clone(),
             config.watch_coalesce,
             SendLimits::new(config.send_limit)?,
+            outbox.clone(),
         );
         let (health, routes) = services(&chat, &verifier, *fanout_up.1.borrow()).await?;
 
@@ -169,6 +177,7 @@ impl Application {
             fanout_up,
             config,
             store,
+            stop_outbox,
         })
     }
 
@@ -246,6 +255,15 @@ impl Application {
             stopping_rx.clone(),
         ));
         let fanout_health = tokio::spawn(follow_fanout(health.clone(), fanout_followed));
+        // Stopped last, once calls have drained: it gives its lease up to another replica.
+        let (stop_relay, relay_stopping) = watch::channel(false);
+        let relay = tokio::spawn(crate::relay::run(
+            chat.clone(),
+            self.store.clone(),
+            config.events.clone(),
+            self.metrics.events.clone(),
+            relay_stopping,
+        ));
         let (stop_metrics, metrics_stopping) = oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
@@ -307,6 +325,9 @@ impl Application {
         if let Some(fanout) = fanout {
             fanout.abort();
         }
+        let _ = stop_relay.send(true);
+        let _ = relay.await;
+        let _ = self.stop_outbox.send(true);
         Ok(())
     }
 }
@@ -362,11 +383,21 @@ async fn services(
             &[Role::Service],
         ),
     );
+    let event_service = tonic::service::interceptor::InterceptedService::new(
+        EventServiceServer::new(grpc::EventService::new(chat.clone()))
+            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+        Authenticate::new(
+            verifier.clone(),
+            EventServiceServer::<grpc::EventService>::NAME,
+            &[Role::Service],
+        ),
+    );
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(chat_service)
-        .add_service(sync_service);
+        .add_service(sync_service)
+        .add_service(event_service);
     Ok((health, routes))
 }
 

@@ -39,7 +39,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC service (health, reflection) and, unless --http off, the REST gateway;
     /// migrates the database first.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Print a signed JWT for development and grpcurl (uses the same key as `serve`).
@@ -185,6 +185,32 @@ pub struct ServeArgs {
     /// Messages one user may make at once before the rate applies.
     #[arg(long, env = "CHATD_USER_SEND_BURST", default_value_t = 30)]
     pub user_send_burst: u32,
+    /// Publishes every event to this NATS server's JetStream (`nats://host:port`), to
+    /// subject chat.events.<type> with Nats-Msg-Id = the event's id. One replica relays
+    /// at a time; a NATS outage delays events and loses none. Default: not published.
+    #[arg(long, env = "CHATD_EVENTS_URL", hide_env_values = true)]
+    pub events_url: Option<String>,
+    /// The JetStream stream chatd declares for --events-url (subjects chat.events.>).
+    #[arg(long, env = "CHATD_EVENTS_STREAM", default_value = crate::config::DEFAULT_EVENTS_STREAM)]
+    pub events_stream: String,
+    /// Posts every event to this http:// endpoint in CloudEvents batches of up to 100,
+    /// signed as Standard Webhooks says; retried in order with backoff (1 s to 5 min)
+    /// until a 2xx. Needs --webhook-secret.
+    #[arg(long, env = "CHATD_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+    /// The webhook's signing secret, whsec_<base64>; several, comma-separated, while one
+    /// rotates (each batch then carries a signature by each).
+    #[arg(long, env = "CHATD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// How long a message may stay unread before one chat.unread.reminder event is
+    /// written for its reader's thread (once per unread spell, never for a muted
+    /// thread); 0 turns reminders off.
+    #[arg(long, env = "CHATD_UNREAD_REMINDER_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub unread_reminder_after: Duration,
+    /// How long the event log keeps an event; StreamEvents from an older position is
+    /// EVENTS_EXPIRED, and a sink that falls this far behind skips what was trimmed.
+    #[arg(long, env = "CHATD_EVENTS_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub events_retention: Duration,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -347,6 +373,26 @@ impl ServeArgs {
             send_limit: SendLimit {
                 per_second: self.user_send_rate,
                 burst: self.user_send_burst,
+            },
+            events: crate::config::EventsConfig {
+                nats_url: self.events_url.clone(),
+                nats_stream: self.events_stream.clone(),
+                webhook: match (&self.webhook_url, &self.webhook_secret) {
+                    (Some(url), Some(secret)) => {
+                        Some(crate::config::WebhookConfig::parse(url, secret)?)
+                    }
+                    (Some(_), None) => {
+                        return Err("--webhook-url needs --webhook-secret (whsec_<base64>): \
+                                    receivers verify every batch"
+                            .into());
+                    }
+                    (None, Some(_)) => {
+                        return Err("--webhook-secret is set without --webhook-url".into());
+                    }
+                    (None, None) => None,
+                },
+                unread_reminder_after: self.unread_reminder_after,
+                retention: self.events_retention,
             },
         })
     }

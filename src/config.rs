@@ -48,6 +48,103 @@ pub struct ServeConfig {
     pub call_timeout: Duration,
     /// How fast each user may send and edit messages, on this replica.
     pub send_limit: SendLimit,
+    /// Events out: sinks, reminders, retention.
+    pub events: EventsConfig,
+}
+
+/// Where events go besides StreamEvents, and how long the log keeps them.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// A NATS server with JetStream (`nats://host:port`) events are published to.
+    pub nats_url: Option<String>,
+    /// The JetStream stream chatd declares there.
+    pub nats_stream: String,
+    /// A webhook endpoint events are posted to, signed.
+    pub webhook: Option<WebhookConfig>,
+    /// How long a message stays unread before its reader is reminded; zero: never.
+    pub unread_reminder_after: Duration,
+    /// How long the log keeps an event.
+    pub retention: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            nats_stream: DEFAULT_EVENTS_STREAM.to_owned(),
+            webhook: None,
+            unread_reminder_after: Duration::from_secs(600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The JetStream stream's name when none is given.
+pub const DEFAULT_EVENTS_STREAM: &str = "CHATD_EVENTS";
+
+/// A webhook endpoint and the secrets its batches are signed with.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub url: http::Uri,
+    /// Each secret's key (the bytes of `whsec_<base64>`); several while one rotates.
+    pub secrets: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    /// `--webhook-url` and `--webhook-secret` (comma-separated `whsec_<base64>` keys).
+    pub fn parse(url: &str, secrets: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let url: http::Uri = url
+            .parse()
+            .map_err(|e| format!("--webhook-url {url:?} is not a URL: {e}"))?;
+        match url.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err("--webhook-url: chatd posts plain http:// only; put an egress                             proxy or sidecar that speaks TLS in front of an https endpoint"
+                    .into());
+            }
+            _ => return Err(format!("--webhook-url {url} must start with http://")),
+        }
+        if url.host().is_none() {
+            return Err(format!("--webhook-url {url} names no host"));
+        }
+        let secrets = secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|secret| !secret.is_empty())
+            .map(|secret| {
+                let encoded = secret.strip_prefix("whsec_").ok_or_else(|| {
+                    "--webhook-secret must be whsec_<base64> (the Standard Webhooks form), \
+                     e.g. whsec_ followed by 24 or more random bytes in base64"
+                        .to_owned()
+                })?;
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| {
+                        format!("--webhook-secret: the part after whsec_ is not base64: {e}")
+                    })?;
+                if key.len() < 16 {
+                    return Err("--webhook-secret: use at least 16 random bytes".to_owned());
+                }
+                Ok(key)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if secrets.is_empty() {
+            return Err(
+                "--webhook-url needs --webhook-secret: receivers verify every batch".into(),
+            );
+        }
+        Ok(Self { url, secrets })
+    }
 }
 
 impl ServeConfig {
@@ -74,6 +171,26 @@ impl ServeConfig {
         }
         if rate > 0.0 && self.send_limit.burst == 0 {
             return Err("--user-send-burst must be at least 1 while --user-send-rate is on".into());
+        }
+        if self.events.retention.is_zero() {
+            return Err("--events-retention must be more than 0s".into());
+        }
+        if let Some(url) = &self.events.nats_url
+            && !crate::fanout::is_nats(url)
+        {
+            return Err(format!("--events-url {url:?} must be nats://host:port"));
+        }
+        if self.events.nats_stream.is_empty()
+            || !self
+                .events
+                .nats_stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(
+                "--events-stream must be letters, digits, '_' and '-' (a JetStream stream name)"
+                    .into(),
+            );
         }
         if let (DatabaseUrl::Sqlite(_), Some(_)) = (&self.database, &self.fanout_url) {
             return Err(
@@ -138,6 +255,7 @@ mod tests {
                 sweep: Duration::from_secs(1),
             },
             connections: ConnectionLimits::default(),
+            events: EventsConfig::default(),
             call_timeout: Duration::from_secs(1),
             send_limit: SendLimit::OFF,
         }

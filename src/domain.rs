@@ -11,6 +11,8 @@
 //! - `facts.rs`: SyncService's upserts of relations, inquiries and contact access.
 //! - `window.rs`: the open chat window: WatchThread (the thread's log, then its changes
 //!   as they commit) and SetTyping.
+//! - `events.rs`: events out: the outbox's events as the services around chatd receive
+//!   them (StreamEvents and the relay's sinks).
 //! - `tickets.rs`: minting and redeeming one-use stream tickets.
 //! - `values.rs`: validated request values, and the records handed to transports.
 //! - `error.rs`: the one error type and the reasons clients see.
@@ -23,6 +25,7 @@
 //! `crate::limits`, `crate::tickets`).
 
 mod error;
+mod events;
 mod facts;
 mod inbox;
 mod messages;
@@ -33,6 +36,7 @@ mod values;
 mod window;
 
 pub use error::{DomainError, Reason};
+pub use events::{Event, EventData, EventStream, after_position, event_types};
 pub use inbox::InboxPage;
 pub use messages::ERASE_BATCH;
 pub use reading::SummaryWatch;
@@ -43,8 +47,8 @@ pub use window::{
 };
 
 pub use crate::model::{
-    ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Role, Side,
-    SummaryKey, Thread, ThreadKind, ThreadUnread,
+    ContactAccessState, EventKind, InquiryStatus, Message, MessagesFrom, RelationStatus, Role,
+    Side, SummaryKey, Thread, ThreadKind, ThreadUnread,
 };
 
 use std::time::Duration;
@@ -58,6 +62,7 @@ use crate::rules::{self, Refusal};
 use crate::limits::SendLimits;
 use crate::live::Live;
 use crate::metrics::ChatCounters;
+use crate::outbox::Outbox;
 use crate::storage::writes::Logged;
 use crate::storage::{Store, StoreError};
 use crate::summaries::{StreamRefusal, Summaries};
@@ -103,6 +108,8 @@ pub struct Chat {
     coalesce: Duration,
     /// How fast each user may send and edit, on this replica.
     limits: SendLimits,
+    /// How far the outbox's numbering has gone: what event streams wait on.
+    outbox: Outbox,
 }
 
 impl Chat {
@@ -112,8 +119,10 @@ impl Chat {
         counters: ChatCounters,
         coalesce: Duration,
         limits: SendLimits,
+        outbox: Outbox,
     ) -> Self {
         Self {
+            outbox,
             store,
             summaries,
             live,

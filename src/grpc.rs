@@ -5,12 +5,15 @@
 mod auth;
 mod chat;
 mod convert;
+mod events;
 mod status;
 mod sync;
 mod trace;
 
 pub use auth::Authenticate;
 pub use chat::ChatService;
+pub use convert::event as event_message;
+pub use events::EventService;
 pub use sync::SyncService;
 pub use trace::{RPCS, RpcTraceLayer};
 

@@ -18,6 +18,7 @@ mod client;
 mod error;
 mod extract;
 mod json;
+pub use json::cloud_event;
 mod middleware;
 pub(crate) mod openapi;
 pub(crate) mod routes;

@@ -202,6 +202,55 @@ impl CacheCounters {
     }
 }
 
+/// A sink of events (`nats`, `webhook`) and how a delivery went (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: &'static str,
+}
+
+/// The relay's deliveries of events to its sinks.
+#[derive(Clone, Debug)]
+pub struct EventCounters {
+    delivered: Family<SinkLabels, Counter>,
+    lag: Family<
+        SinkLabel,
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    >,
+}
+
+/// The sinks events are relayed to, as their label values.
+pub const SINKS: [&str; 2] = ["nats", "webhook"];
+
+impl EventCounters {
+    /// `events` delivered to `sink` (outcome `ok`), or a delivery of them that failed
+    /// (`failed`: they are retried).
+    pub fn count(&self, sink: &'static str, outcome: &'static str, events: u64) {
+        self.delivered
+            .get_or_create(&SinkLabels { sink, outcome })
+            .inc_by(events);
+    }
+
+    /// How far `sink` is behind: the age of the oldest event it has not acknowledged
+    /// (0 when it has them all).
+    pub fn set_lag(&self, sink: &'static str, lag: Duration) {
+        self.lag
+            .get_or_create(&SinkLabel { sink })
+            .set(lag.as_secs_f64());
+    }
+
+    pub fn delivered(&self, sink: &'static str, outcome: &'static str) -> u64 {
+        self.delivered
+            .get(&SinkLabels { sink, outcome })
+            .map_or(0, |counter| counter.get())
+    }
+}
+
 /// The metrics of one application. Cloning is shallow.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -209,6 +258,7 @@ pub struct Metrics {
     pub http: RequestMetrics<HttpLabels>,
     pub chat: ChatCounters,
     pub cache: CacheCounters,
+    pub events: EventCounters,
     registry: Arc<RwLock<Registry>>,
 }
 
@@ -300,11 +350,29 @@ impl Metrics {
              can outlive --summary-cache-sweep",
             cache.sweep_failures.clone(),
         );
+        let events = EventCounters {
+            delivered: Family::default(),
+            lag: Family::default(),
+        };
+        registry.register(
+            "chatd_events_delivered",
+            "Events the relay delivered to a sink (outcome ok) or failed to and retries \
+             (outcome failed), by sink",
+            events.delivered.clone(),
+        );
+        registry.register_with_unit(
+            "chatd_events_lag",
+            "How far a sink is behind: the age of the oldest event it has not acknowledged \
+             (0 when it has them all); reported by the replica that relays",
+            Unit::Seconds,
+            events.lag.clone(),
+        );
         Self {
             rpc,
             http,
             chat,
             cache,
+            events,
             registry: Arc::new(RwLock::new(registry)),
         }
     }

@@ -139,9 +139,35 @@ named_enum!(
         ThreadMarkedUnread => "chat.thread.marked_unread",
         /// Whether a participant may write changed (a relation's or inquiry's status,
         /// or the tutor's contact access).
-        WritabilityChanged => "chat.thread.writability_changed"
+        WritabilityChanged => "chat.thread.writability_changed",
+        /// A thread was opened (EnsureThread created it). No version: its windows start at 0.
+        ThreadCreated => "chat.thread.created",
+        /// A participant muted the thread (private to them: no version).
+        ThreadMuted => "chat.thread.muted",
+        /// A participant unmuted it.
+        ThreadUnmuted => "chat.thread.unmuted",
+        /// A user was erased (EraseUser); of no thread.
+        UserErased => "chat.user.erased",
+        /// A message to a participant stayed unread for `--unread-reminder-after`.
+        UnreadReminder => "chat.unread.reminder"
     }
 );
+
+impl EventKind {
+    /// Whether the kind is a change of a thread its windows follow (it takes the
+    /// thread's next version); the others are for the services around chatd only.
+    pub fn is_versioned(self) -> bool {
+        matches!(
+            self,
+            EventKind::MessageCreated
+                | EventKind::MessageEdited
+                | EventKind::MessageDeleted
+                | EventKind::ThreadRead
+                | EventKind::ThreadMarkedUnread
+                | EventKind::WritabilityChanged
+        )
+    }
+}
 
 /// Whose unread summary: one user on one side. Writes report the keys they changed;
 /// caches, watchers and other replicas are told by key. Keys sort by user, then side:

@@ -124,7 +124,7 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|name| {
-                    ["WatchUnreadSummary", "WatchThread"]
+                    ["WatchUnreadSummary", "WatchThread", "StreamEvents"]
                         .contains(&name["method"].as_str().unwrap_or_default())
                 });
             // A deadline would end the stream; a send without a key is not safe to repeat.

@@ -47,6 +47,8 @@ pub fn of(reason: Reason) -> ErrorCode {
         | Reason::ParticipantsImmutable
         | Reason::MessageDeleted
         | Reason::MarkUnreadTooFar => (Code::FailedPrecondition, H::BAD_REQUEST),
+        // OUT_OF_RANGE is 400 too: the position is past what the log keeps.
+        Reason::EventsExpired => (Code::OutOfRange, H::BAD_REQUEST),
         // A full disk too: RESOURCE_EXHAUSTED, and its HTTP status by the standard
         // mapping; the reason says which resource, and that waiting will not help.
         Reason::TooManyStreams
@@ -286,6 +288,7 @@ mod tests {
             ("RATE_LIMITED", Code::ResourceExhausted, 429),
             ("TOO_MANY_STREAMS", Code::ResourceExhausted, 429),
             ("STREAM_TOO_SLOW", Code::ResourceExhausted, 429),
+            ("EVENTS_EXPIRED", Code::OutOfRange, 400),
             ("DATABASE_UNAVAILABLE", Code::Unavailable, 503),
             ("STORAGE_FULL", Code::ResourceExhausted, 429),
             ("INTERNAL", Code::Internal, 500),

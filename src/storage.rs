@@ -58,8 +58,8 @@ pub use episodes::Episodes;
 pub use errors::{StoreError, StoreResult};
 pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler};
 pub use rows::{
-    Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows, NewTicket,
-    RedeemedTicket, RelationTarget, ThreadWindow, UnreadPage,
+    EventBounds, Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows,
+    NewTicket, RedeemedTicket, RelationTarget, StoredEvent, ThreadWindow, UnreadPage,
 };
 pub use writes::Write;
 
@@ -256,6 +256,35 @@ impl Store {
         backend_read!(self, thread_log(thread_id, after_version, limit))
     }
 
+    /// Up to `limit` numbered events after `position`, of `kinds` (all when empty).
+    pub async fn events_after(
+        &self,
+        position: i64,
+        kinds: &[crate::model::EventKind],
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        backend_read!(self, events_after(position, kinds, limit))
+    }
+
+    /// How far the outbox reaches.
+    pub async fn event_bounds(&self) -> StoreResult<EventBounds> {
+        backend_read!(self, event_bounds())
+    }
+
+    /// Where a sink's cursor is.
+    pub async fn event_cursor(&self, sink: &str) -> StoreResult<i64> {
+        backend_read!(self, event_cursor(sink))
+    }
+
+    /// Woken after every committed write that may have appended to the log: what the
+    /// outbox's sequencer waits on.
+    pub fn log_grew(&self) -> &std::sync::Arc<tokio::sync::Notify> {
+        match self {
+            Store::Postgres(store) => &store.log_grew,
+            Store::Sqlite(store) => &store.log_grew,
+        }
+    }
+
     pub async fn messages_page(
         &self,
         thread_id: i64,
@@ -302,6 +331,9 @@ impl Store {
         })
         .await;
         self.episodes().note(self.backend(), &written);
+        if W::LOGS && written.is_ok() {
+            self.log_grew().notify_one();
+        }
         written
     }
 

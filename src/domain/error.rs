@@ -24,6 +24,7 @@ crate::model::named_enum!(
         RateLimited => "RATE_LIMITED",
         TooManyStreams => "TOO_MANY_STREAMS",
         StreamTooSlow => "STREAM_TOO_SLOW",
+        EventsExpired => "EVENTS_EXPIRED",
         DatabaseUnavailable => "DATABASE_UNAVAILABLE",
         StorageFull => "STORAGE_FULL",
         Internal => "INTERNAL",
@@ -112,10 +113,23 @@ pub enum DomainError {
     /// `--watch-stall-timeout`; it resumes with the last version it received.
     #[error(
         "this stream's reader left {buffered} events untaken for too long and the stream \
-         was ended: reconnect with after_version set to the last version received \
-         (nothing is lost)"
+         was ended: reconnect with {cursor} set to the last one received (nothing is lost)"
     )]
-    StreamTooSlow { buffered: usize },
+    StreamTooSlow {
+        buffered: usize,
+        /// The request field a reader resumes with.
+        cursor: &'static str,
+    },
+    /// `EVENTS_EXPIRED`: StreamEvents from a position retention has trimmed past.
+    #[error(
+        "the events after position {after_position} are no longer kept (--events-retention \
+         trimmed up to {trimmed_through}): resume from {trimmed_through}, or 0 for the oldest kept, \
+         knowing that the events between were missed"
+    )]
+    EventsExpired {
+        after_position: i64,
+        trimmed_through: i64,
+    },
     /// `DATABASE_UNAVAILABLE`: the database cannot be reached; retry later.
     #[error("the database is unavailable, retry later")]
     Unavailable(String),
@@ -162,6 +176,7 @@ impl DomainError {
             Self::RateLimited { .. } => Reason::RateLimited,
             Self::TooManyStreams { .. } => Reason::TooManyStreams,
             Self::StreamTooSlow { .. } => Reason::StreamTooSlow,
+            Self::EventsExpired { .. } => Reason::EventsExpired,
             Self::Unavailable(_) => Reason::DatabaseUnavailable,
             Self::StorageFull(_) => Reason::StorageFull,
             Self::Internal(_) => Reason::Internal,

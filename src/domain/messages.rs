@@ -10,6 +10,7 @@ use crate::rules::{self, Participants, Refusal};
 use crate::storage::writes::delete_message::{DeleteMessage, Deleter};
 use crate::storage::writes::edit_message::EditMessage;
 use crate::storage::writes::erase_batch::EraseBatch;
+use crate::storage::writes::outbox::NoteErasure;
 use crate::storage::writes::send_message::{SendMessage, Sent};
 use crate::storage::writes::{Logged, MessageChange};
 
@@ -222,6 +223,14 @@ impl Chat {
                 after_seq = batch.last_seq;
             }
         }
+        // Logged once the messages are: a repeat logs again (with 0 erased), so an
+        // erasure cut short is told of when it is finished.
+        self.store
+            .write(NoteErasure {
+                user_id: user_id.0,
+                messages_erased: erased,
+            })
+            .await?;
         // On SQLite the erased text may still be in the WAL until it is checkpointed.
         self.store.after_erasure().await?;
         tracing::info!(

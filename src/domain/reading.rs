@@ -445,6 +445,7 @@ mod tests {
             crate::metrics::Metrics::new().chat,
             Duration::ZERO,
             SendLimits::new(SendLimit::OFF).expect("no limit"),
+            crate::outbox::Outbox::idle(),
         );
         let caller = Caller {
             user_id: 1,

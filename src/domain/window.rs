@@ -343,7 +343,10 @@ impl Pump {
             sent = self.events.send_timeout(Box::new(event), patience) => {
                 sent.map_err(|error| match error {
                     mpsc::error::SendTimeoutError::Timeout(_) => {
-                        Stop::Because(DomainError::StreamTooSlow { buffered: WATCH_BUFFER })
+                        Stop::Because(DomainError::StreamTooSlow {
+                            buffered: WATCH_BUFFER,
+                            cursor: "after_version",
+                        })
                     }
                     mpsc::error::SendTimeoutError::Closed(_) => Stop::Quietly,
                 })
@@ -387,6 +390,16 @@ impl Pump {
                 ThreadChange::State {
                     writable: rules::writable_for(self.side, &then.view()),
                 }
+            }
+            EventKind::ThreadCreated
+            | EventKind::ThreadMuted
+            | EventKind::ThreadUnmuted
+            | EventKind::UserErased
+            | EventKind::UnreadReminder => {
+                return Err(DomainError::Internal(format!(
+                    "thread {} logs {} at version {}, which takes no version",
+                    self.thread_id, change.kind, change.version
+                )));
             }
         };
         Ok(ThreadEvent {

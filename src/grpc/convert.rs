@@ -248,3 +248,112 @@ pub fn thread_event(event: domain::ThreadEvent) -> pb::ThreadEvent {
         event: Some(shown),
     }
 }
+
+/// One event of the outbox (StreamEvents).
+pub fn event(event: domain::Event) -> pb::Event {
+    use domain::{EventData, EventKind};
+    use pb::event::Data;
+    let read = |side_of: domain::Side, user_id, last_read_seq, unread| pb::ReadEvent {
+        side: side(side_of).into(),
+        user_id,
+        last_read_seq,
+        unread,
+    };
+    let data = match (event.kind, event.data) {
+        (_, EventData::ThreadCreated(created)) => Data::ThreadCreated(thread(created)),
+        (EventKind::MessageEdited, EventData::Message(edited)) => {
+            Data::MessageEdited(message(edited))
+        }
+        (_, EventData::Message(created)) => Data::MessageCreated(message(created)),
+        (
+            _,
+            EventData::MessageDeleted {
+                message: tombstone,
+                removed_by_moderation,
+            },
+        ) => Data::MessageDeleted(pb::MessageDeletedEvent {
+            message: Some(message(tombstone)),
+            removed_by_moderation,
+        }),
+        (
+            kind,
+            EventData::Read {
+                side,
+                user_id,
+                last_read_seq,
+                unread,
+            },
+        ) => match kind {
+            EventKind::ThreadMarkedUnread => {
+                Data::ThreadMarkedUnread(read(side, user_id, last_read_seq, unread))
+            }
+            _ => Data::ThreadRead(read(side, user_id, last_read_seq, unread)),
+        },
+        (
+            kind,
+            EventData::Mute {
+                side: muted,
+                user_id,
+                until,
+            },
+        ) => {
+            let mute = pb::MuteEvent {
+                side: side(muted).into(),
+                user_id,
+                until: until.map(timestamp),
+            };
+            match kind {
+                EventKind::ThreadUnmuted => Data::ThreadUnmuted(mute),
+                _ => Data::ThreadMuted(mute),
+            }
+        }
+        (
+            _,
+            EventData::Writability {
+                is_writable,
+                tutor_may_write,
+                student_may_write,
+            },
+        ) => Data::WritabilityChanged(pb::WritabilityEvent {
+            is_writable,
+            tutor_may_write,
+            student_may_write,
+        }),
+        (
+            _,
+            EventData::UserErased {
+                user_id,
+                messages_erased,
+            },
+        ) => Data::UserErased(pb::UserErasedEvent {
+            user_id,
+            messages_erased,
+        }),
+        (
+            _,
+            EventData::UnreadReminder {
+                user_id,
+                side: reminded,
+                unread_count,
+                oldest_unread_at,
+                peer_id,
+            },
+        ) => Data::UnreadReminder(pb::UnreadReminderEvent {
+            user_id,
+            side: side(reminded).into(),
+            thread_id: event.thread_id,
+            unread_count,
+            oldest_unread_at: oldest_unread_at.map(timestamp),
+            peer_id,
+        }),
+    };
+    pb::Event {
+        position: event.position,
+        id: event.id,
+        r#type: event.kind.as_str().to_owned(),
+        thread_id: event.thread_id,
+        thread_version: event.thread_version,
+        time: Some(timestamp(event.time)),
+        data: Some(data),
+    }
+}

@@ -24,11 +24,17 @@ impl From<DomainError> for Status {
             _ => {}
         }
         let row = status::of(error.reason());
-        let metadata: HashMap<String, String> = error
+        let mut metadata: HashMap<String, String> = error
             .field()
             .map(|field| ("field".to_owned(), field.to_owned()))
             .into_iter()
             .collect();
+        if let DomainError::EventsExpired {
+            trimmed_through, ..
+        } = &error
+        {
+            metadata.insert("oldest_position".to_owned(), trimmed_through.to_string());
+        }
         let mut details = ErrorDetails::with_error_info(row.reason, ERROR_DOMAIN, metadata);
         if let Some(field) = error.field() {
             details.add_bad_request_violation(field, error.to_string());

@@ -43,8 +43,9 @@ pub const RPCS: [&str; 18] = [
 ];
 
 /// tonic refuses a request message over the size limit as OUT_OF_RANGE, with no
-/// details. chatd answers nothing else with OUT_OF_RANGE, so such an answer is that
-/// refusal: it becomes RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE`, with ErrorInfo.
+/// details. chatd's own OUT_OF_RANGE (EVENTS_EXPIRED) always carries its ErrorInfo, so
+/// an OUT_OF_RANGE without details is that refusal: it becomes RESOURCE_EXHAUSTED
+/// `REQUEST_TOO_LARGE`, with ErrorInfo.
 fn too_large_is_resource_exhausted<Body: Default>(
     response: http::Response<Body>,
 ) -> http::Response<Body> {
@@ -52,7 +53,7 @@ fn too_large_is_resource_exhausted<Body: Default>(
         .headers()
         .get("grpc-status")
         .is_some_and(|code| code.as_bytes() == b"11");
-    if !out_of_range {
+    if !out_of_range || response.headers().contains_key("grpc-status-details-bin") {
         return response;
     }
     let refusal = status::status(

@@ -459,3 +459,59 @@ impl TypingUntilJson {
         })
     }
 }
+
+/// An event as a CloudEvents 1.0 JSON object (webhooks, NATS): `source` says which
+/// chatd, `subject` is the thread, `data` has the event's fields in the REST API's
+/// spelling; the extension attributes `position` and `threadversion` carry the resume
+/// cursor and the thread's version.
+pub fn cloud_event(event: pb::Event, source: &str) -> serde_json::Value {
+    use pb::event::Data;
+    use serde_json::json;
+    let message = |message: pb::Message| MessageJson::new(message).map(|m| json!(m));
+    let read = |r: pb::ReadEvent| {
+        json!({
+            "side": side(r.side), "user_id": r.user_id,
+            "last_read_seq": r.last_read_seq, "unread": r.unread,
+        })
+    };
+    let mute = |m: pb::MuteEvent| json!({"side": side(m.side), "user_id": m.user_id, "until": rfc3339(m.until)});
+    let data = match event.data {
+        Some(Data::ThreadCreated(thread)) => ThreadJson::new(thread, true).map(|t| json!(t)),
+        Some(Data::MessageCreated(m) | Data::MessageEdited(m)) => message(m),
+        Some(Data::MessageDeleted(d)) => d
+            .message
+            .and_then(message)
+            .map(|m| json!({"message": m, "removed_by_moderation": d.removed_by_moderation})),
+        Some(Data::ThreadRead(r) | Data::ThreadMarkedUnread(r)) => Some(read(r)),
+        Some(Data::ThreadMuted(m) | Data::ThreadUnmuted(m)) => Some(mute(m)),
+        Some(Data::WritabilityChanged(w)) => Some(json!({
+            "is_writable": w.is_writable,
+            "tutor_may_write": w.tutor_may_write,
+            "student_may_write": w.student_may_write,
+        })),
+        Some(Data::UserErased(e)) => Some(json!({
+            "user_id": e.user_id, "messages_erased": e.messages_erased,
+        })),
+        Some(Data::UnreadReminder(r)) => Some(json!({
+            "user_id": r.user_id, "side": side(r.side), "thread_id": r.thread_id,
+            "unread_count": r.unread_count, "oldest_unread_at": rfc3339(r.oldest_unread_at),
+            "peer_id": r.peer_id,
+        })),
+        None => None,
+    };
+    let mut cloud = json!({
+        "specversion": "1.0",
+        "id": event.id,
+        "source": source,
+        "type": event.r#type,
+        "time": rfc3339(event.time),
+        "datacontenttype": "application/json",
+        "data": data.unwrap_or(serde_json::Value::Null),
+        "position": event.position,
+        "threadversion": event.thread_version,
+    });
+    if event.thread_id > 0 {
+        cloud["subject"] = json!(event.thread_id.to_string());
+    }
+    cloud
+}

@@ -317,6 +317,8 @@ pub struct PgStore {
     /// Behind a transaction-mode pooler: every call runs in a transaction of its own.
     pooled: bool,
     pub(super) episodes: std::sync::Arc<super::Episodes>,
+    /// See `Store::log_grew`.
+    pub(super) log_grew: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl PgStore {
@@ -327,6 +329,7 @@ impl PgStore {
             timeout: config.timeout,
             pooled: config.pooler == pool::Pooler::Transaction,
             episodes: Default::default(),
+            log_grew: Default::default(),
         })
     }
 

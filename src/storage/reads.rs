@@ -11,7 +11,8 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use super::Conn;
 use super::schema::Ts;
 use super::schema::{
-    contact_access, events, inquiries, messages, relations, summary_versions, thread_participants, threads,
+    contact_access, event_cursors, event_sequence, events, inquiries, messages, relations, summary_versions,
+    thread_participants, threads,
 };
 use crate::model::{
     ContactAccessState, InquiryStatus, Message, MessagesFrom, RelationStatus, Side, SummaryKey, Thread, ThreadKind,
@@ -19,7 +20,7 @@ use crate::model::{
 };
 use crate::model::EventKind;
 use crate::storage::rows::{
-    Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows, RelationTarget, ThreadWindow, UnreadPage,
+    EventBounds, StoredEvent, Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows, RelationTarget, ThreadWindow, UnreadPage,
 };
 use crate::storage::writes::ThreadFacts;
 
@@ -541,7 +542,8 @@ pub async fn thread_window(conn: &mut Conn, thread_id: i64) -> QueryResult<Optio
 /// Up to `limit` changes of a thread's log after `after_version`, in order, each
 /// message change with its message as it is now.
 pub async fn thread_log(conn: &mut Conn, thread_id: i64, after_version: i64, limit: i64) -> QueryResult<Vec<LoggedChange>> {
-    type Row = (i64, EventKind, Option<Side>, i64, bool, Option<ContactAccessState>, Option<MessageRow>);
+    // The versions are never NULL here: `gt` matches none.
+    type Row = (Option<i64>, EventKind, Option<Side>, i64, bool, Option<ContactAccessState>, Option<MessageRow>);
     let message_kinds = [EventKind::MessageCreated, EventKind::MessageEdited, EventKind::MessageDeleted].map(EventKind::as_str);
     let rows: Vec<Row> = events::table
         .left_join(
@@ -568,7 +570,7 @@ pub async fn thread_log(conn: &mut Conn, thread_id: i64, after_version: i64, lim
     Ok(rows
         .into_iter()
         .map(|(version, kind, side, seq, flag, contact_access, message)| LoggedChange {
-            version,
+            version: version.unwrap_or_default(),
             kind,
             side,
             seq,
@@ -577,4 +579,103 @@ pub async fn thread_log(conn: &mut Conn, thread_id: i64, after_version: i64, lim
             message: message.map(Message::from),
         })
         .collect())
+}
+
+/// Up to `limit` numbered events after `position`, in position order, of the given
+/// kinds (all when empty), each with its thread and, for a message's event or a
+/// reminder, its message as it is now.
+pub async fn events_after(conn: &mut Conn, position: i64, kinds: &[EventKind], limit: i64) -> QueryResult<Vec<StoredEvent>> {
+    type Row = (
+        (i64, i64, EventKind, i64, Option<i64>, Option<Side>, Option<i64>, i64, bool),
+        (Option<ContactAccessState>, Option<i64>, chrono::DateTime<chrono::Utc>),
+        Option<ThreadRow>,
+        Option<MessageRow>,
+    );
+    let with_message = [
+        EventKind::MessageCreated,
+        EventKind::MessageEdited,
+        EventKind::MessageDeleted,
+        EventKind::UnreadReminder,
+    ]
+    .map(EventKind::as_str);
+    let mut query = events::table
+        .left_join(threads::table.on(threads::thread_id.eq(events::thread_id)))
+        .left_join(
+            messages::table.on(messages::thread_id
+                .eq(events::thread_id)
+                .and(messages::seq.eq(events::seq))
+                .and(events::kind.eq_any(with_message))),
+        )
+        .filter(events::position.gt(position))
+        .order(events::position.asc())
+        .limit(limit)
+        .select((
+            (
+                events::position.assume_not_null(),
+                events::event_id,
+                events::kind,
+                events::thread_id,
+                events::thread_version,
+                events::side,
+                events::user_id,
+                events::seq,
+                events::flag,
+            ),
+            (events::contact_access, events::amount, events::created_at),
+            Option::<ThreadRow>::as_select(),
+            Option::<MessageRow>::as_select(),
+        ))
+        .into_boxed();
+    if !kinds.is_empty() {
+        query = query.filter(events::kind.eq_any(kinds.iter().map(|kind| kind.as_str()).collect::<Vec<_>>()));
+    }
+    let rows: Vec<Row> = query.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |((position, event_id, kind, thread_id, thread_version, side, user_id, seq, flag), (contact_access, amount, created_at), thread, message)| {
+                StoredEvent {
+                    position,
+                    event_id,
+                    kind,
+                    thread_id,
+                    thread_version,
+                    side,
+                    user_id,
+                    seq,
+                    flag,
+                    contact_access,
+                    amount,
+                    created_at,
+                    thread: thread.map(Thread::from),
+                    message: message.map(Message::from),
+                }
+            },
+        )
+        .collect())
+}
+
+/// The newest position given and the newest trimmed.
+pub async fn event_bounds(conn: &mut Conn) -> QueryResult<EventBounds> {
+    let (last_position, trimmed_through) = event_sequence::table
+        .select((event_sequence::last_position, event_sequence::trimmed_through))
+        .first::<(i64, i64)>(conn)
+        .await
+        .optional()?
+        .unwrap_or_default();
+    Ok(EventBounds {
+        last_position,
+        trimmed_through,
+    })
+}
+
+/// Where a sink's cursor is (0: it has acknowledged nothing yet).
+pub async fn event_cursor(conn: &mut Conn, sink: &str) -> QueryResult<i64> {
+    Ok(event_cursors::table
+        .find(sink)
+        .select(event_cursors::position)
+        .first::<i64>(conn)
+        .await
+        .optional()?
+        .unwrap_or_default())
 }

@@ -163,3 +163,35 @@ pub struct InboxCursor {
     pub position: DateTime<Utc>,
     pub thread_id: i64,
 }
+
+/// One event of the outbox, numbered: what the services around chatd receive, with the
+/// thread it is of and, for a message's event (or a reminder: the oldest unread), the
+/// message as it is now (the log keeps no text of its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub position: i64,
+    /// Stable: assigned once, at insert.
+    pub event_id: i64,
+    pub kind: EventKind,
+    /// 0 for events of no thread.
+    pub thread_id: i64,
+    /// `None` for events that are no change of the thread's windows.
+    pub thread_version: Option<i64>,
+    pub side: Option<Side>,
+    pub user_id: Option<i64>,
+    pub seq: i64,
+    pub flag: bool,
+    pub contact_access: Option<ContactAccessState>,
+    pub amount: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub thread: Option<Thread>,
+    pub message: Option<Message>,
+}
+
+/// How far the outbox reaches: the newest position given, and the newest one retention
+/// trimmed (resuming before it is EVENTS_EXPIRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventBounds {
+    pub last_position: i64,
+    pub trimmed_through: i64,
+}

@@ -98,6 +98,8 @@ diesel::table! {
         last_message_sender_id -> BigInt,
         muted_until_ms -> Nullable<BigInt>,
         thread_created_at -> Ts,
+        // reminded_read_seq (migration events_out) is read and written only by the
+        // reminders' SQL (writes/remind_unread.*): diesel's tables stop at 16 columns.
     }
 }
 
@@ -126,17 +128,47 @@ diesel::table! {
         event_id -> BigInt,
         kind -> Text,
         thread_id -> BigInt,
-        thread_version -> BigInt,
+        thread_version -> Nullable<BigInt>,
         side -> Nullable<Text>,
         seq -> BigInt,
         flag -> Bool,
         contact_access -> Nullable<Text>,
         created_at -> Ts,
+        position -> Nullable<BigInt>,
+        user_id -> Nullable<BigInt>,
+        amount -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    event_sequence (id) {
+        id -> Integer,
+        last_position -> BigInt,
+        trimmed_through -> BigInt,
+    }
+}
+
+diesel::table! {
+    event_cursors (sink) {
+        sink -> Text,
+        position -> BigInt,
+        updated_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    event_relay_lease (id) {
+        id -> Integer,
+        holder -> Text,
+        expires_ms -> BigInt,
     }
 }
 
 diesel::allow_tables_to_appear_in_same_query!(
     events,
+    event_sequence,
+    event_cursors,
+    event_relay_lease,
     summary_versions,
     relations,
     contact_access,

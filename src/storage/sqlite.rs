@@ -50,6 +50,8 @@ pub struct SqliteStore {
     readers: Pool<SqliteReader>,
     writer: Writer,
     pub(super) episodes: std::sync::Arc<super::Episodes>,
+    /// See `Store::log_grew`.
+    pub(super) log_grew: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -61,6 +63,7 @@ impl SqliteStore {
             readers,
             writer,
             episodes: Default::default(),
+            log_grew: Default::default(),
         })
     }
 

@@ -20,6 +20,8 @@ pub mod edit_message;
 pub mod erase_batch;
 pub mod mark_read;
 pub mod mark_unread;
+pub mod outbox;
+pub mod remind_unread;
 pub mod send_message;
 pub mod set_mute;
 pub mod stream_tickets;
@@ -36,6 +38,9 @@ pub trait Write: Clone + Send + Sync + 'static {
 
     /// The operation's name, for traces (`db.operation.name`).
     const NAME: &'static str;
+
+    /// Whether it may append to the log (the outbox's sequencer is woken after it).
+    const LOGS: bool = true;
 
     /// PostgreSQL: one statement (or a short transaction), committed before it answers.
     fn postgres<'a>(

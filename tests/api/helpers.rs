@@ -36,6 +36,8 @@ pub enum Backend {
 
 pub type ChatClient = ChatServiceClient<InterceptedService<Channel, Bearer>>;
 pub type SyncClient = SyncServiceClient<InterceptedService<Channel, Bearer>>;
+pub type EventClient =
+    pb::event_service_client::EventServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <token>` to every call (or nothing, for `None`).
 #[derive(Clone)]
@@ -145,6 +147,7 @@ impl TestApp {
             call_timeout: Duration::from_secs(15),
             // Tests send as fast as they can; the limit has tests of its own.
             send_limit: chatd::limits::SendLimit::OFF,
+            events: chatd::config::EventsConfig::default(),
         }
     }
 
@@ -226,6 +229,14 @@ impl TestApp {
 
     pub fn sync(&self) -> SyncClient {
         SyncServiceClient::with_interceptor(
+            self.channel(),
+            Bearer(Some(format!("Bearer {}", self.token(1, Role::Service)))),
+        )
+    }
+
+    /// An EventService client with a service token.
+    pub fn events(&self) -> EventClient {
+        pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel(),
             Bearer(Some(format!("Bearer {}", self.token(1, Role::Service)))),
         )

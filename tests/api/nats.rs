@@ -21,6 +21,8 @@ pub struct NatsServer {
     port: u16,
     program: std::path::PathBuf,
     process: Option<tokio::process::Child>,
+    /// With JetStream: where it stores its streams (kept across a restart).
+    store: Option<crate::harness::TempDir>,
 }
 
 impl NatsServer {
@@ -35,7 +37,17 @@ impl NatsServer {
             port,
             program,
             process: None,
+            store: None,
         };
+        server.restart().await;
+        Some(server)
+    }
+
+    /// The same with JetStream on, storing in a directory of its own.
+    pub async fn start_jetstream(test: &str) -> Option<Self> {
+        let mut server = Self::start(test).await?;
+        server.stop().await;
+        server.store = Some(crate::harness::TempDir::new());
         server.restart().await;
         Some(server)
     }
@@ -44,9 +56,22 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
+        let mut args = vec![
+            "-a".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            self.port.to_string(),
+        ];
+        if let Some(store) = &self.store {
+            args.extend([
+                "-js".to_owned(),
+                "-sd".to_owned(),
+                store.0.display().to_string(),
+            ]);
+        }
         let process = tokio::process::Command::new(&self.program)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -65,7 +90,7 @@ impl NatsServer {
         assert!(listening.is_ok(), "nats-server listens within 10 s");
     }
 
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.kill().await.expect("nats-server stops");
         }

@@ -198,6 +198,8 @@ pub(in crate::storage) struct LogEntry {
     pub side: Option<Side>,
     pub seq: i64,
     pub flag: bool,
+    /// A horizon's unread count after it moved.
+    pub unread: Option<i64>,
 }
 
 impl LogEntry {
@@ -208,6 +210,7 @@ impl LogEntry {
             side: None,
             seq,
             flag: false,
+            unread: None,
         }
     }
 
@@ -219,10 +222,16 @@ impl LogEntry {
         }
     }
 
-    /// `side`'s horizon moved to `horizon`.
-    pub(in crate::storage) fn horizon(kind: EventKind, side: Side, horizon: i64) -> Self {
+    /// `side`'s horizon moved to `horizon`, leaving `unread` messages unread there.
+    pub(in crate::storage) fn horizon(
+        kind: EventKind,
+        side: Side,
+        horizon: i64,
+        unread: i64,
+    ) -> Self {
         Self {
             side: Some(side),
+            unread: Some(unread),
             ..Self::message(kind, horizon)
         }
     }
@@ -250,11 +259,54 @@ pub(in crate::storage) fn log(
                 events::side.eq(entry.side.map(Side::as_str)),
                 events::seq.eq(entry.seq),
                 events::flag.eq(entry.flag),
+                events::amount.eq(entry.unread),
                 events::created_at.eq(now),
             ))
             .execute(conn)?;
     }
     Ok(version)
+}
+
+/// An event for the services around chatd that is no change of a thread's window (it
+/// takes no version): created, muted, unmuted, erased, reminded.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::storage) struct Note {
+    pub kind: EventKind,
+    /// 0 for events of no thread.
+    pub thread_id: i64,
+    pub side: Option<Side>,
+    pub user_id: Option<i64>,
+    pub seq: i64,
+    pub amount: Option<i64>,
+}
+
+impl Note {
+    pub(in crate::storage) fn of_thread(kind: EventKind, thread_id: i64) -> Self {
+        Self {
+            kind,
+            thread_id,
+            side: None,
+            user_id: None,
+            seq: 0,
+            amount: None,
+        }
+    }
+}
+
+/// Appends an event of no version to the log.
+pub(in crate::storage) fn note(conn: &mut SqliteConnection, note: Note) -> QueryResult<()> {
+    diesel::insert_into(events::table)
+        .values((
+            events::kind.eq(note.kind.as_str()),
+            events::thread_id.eq(note.thread_id),
+            events::side.eq(note.side.map(Side::as_str)),
+            events::user_id.eq(note.user_id),
+            events::seq.eq(note.seq),
+            events::amount.eq(note.amount),
+            events::created_at.eq(now_micros()),
+        ))
+        .execute(conn)?;
+    Ok(())
 }
 
 pub(in crate::storage) fn bump_revision(

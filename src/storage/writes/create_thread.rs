@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
 
 use super::Write;
-use crate::model::{InquiryStatus, RelationStatus, Side, Thread, ThreadKind};
+use crate::model::{EventKind, InquiryStatus, RelationStatus, Side, Thread, ThreadKind};
 use crate::rules;
 use crate::storage::postgres::{self, committed_row};
 use crate::storage::sqlite::reads::ThreadRow;
@@ -132,6 +132,10 @@ impl Write for CreateThread {
                     ))
                     .execute(conn)?;
             }
+            steps::note(
+                conn,
+                steps::Note::of_thread(EventKind::ThreadCreated, thread.thread_id),
+            )?;
         }
         Ok(inserted)
     }

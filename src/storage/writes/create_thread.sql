@@ -39,5 +39,10 @@ parts AS (
            ins.kind, ins.relation_id, ins.inquiry_id, ins.tutor_id, ins.student_id, ins.is_writable,
            ins.created_at
     FROM ins CROSS JOIN (VALUES ('tutor'), ('student')) AS s(side)
+),
+noted AS (
+    -- The outbox's chat.thread.created; no version: a thread's windows start at 0.
+    INSERT INTO events (kind, thread_id, created_at)
+    SELECT 'chat.thread.created', ins.thread_id, ins.created_at FROM ins
 )
 SELECT * FROM ins;

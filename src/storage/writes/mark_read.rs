@@ -119,7 +119,7 @@ impl ReaderState {
             Some(kind) => Some(steps::log(
                 conn,
                 thread_id,
-                &[steps::LogEntry::horizon(kind, side, horizon)],
+                &[steps::LogEntry::horizon(kind, side, horizon, unread)],
             )?),
             None => None,
         };

@@ -78,9 +78,9 @@ versioned AS (
     RETURNING threads.version
 ),
 logged AS (
-    INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at)
+    INSERT INTO events (kind, thread_id, thread_version, side, seq, amount, created_at)
     SELECT 'chat.thread.read',
-           params.thread_id, versioned.version, params.side, next.horizon, now()
+           params.thread_id, versioned.version, params.side, next.horizon, next.unread, now()
     FROM versioned, next, params
 ),
 elsewhere AS (

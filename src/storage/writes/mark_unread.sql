@@ -66,9 +66,9 @@ versioned AS (
     RETURNING threads.version
 ),
 logged AS (
-    INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at)
+    INSERT INTO events (kind, thread_id, thread_version, side, seq, amount, created_at)
     SELECT CASE WHEN next.horizon > next.horizon_before THEN 'chat.thread.read' ELSE 'chat.thread.marked_unread' END,
-           params.thread_id, versioned.version, params.side, next.horizon, now()
+           params.thread_id, versioned.version, params.side, next.horizon, next.unread, now()
     FROM versioned, next, params
 ),
 elsewhere AS (

@@ -190,7 +190,7 @@ impl Write for SendMessage {
             thread_id,
             &[
                 steps::LogEntry::message(rules::SEND_LOGS[0], seq.0),
-                steps::LogEntry::horizon(rules::SEND_LOGS[1], self.side, seq.0),
+                steps::LogEntry::horizon(rules::SEND_LOGS[1], self.side, seq.0, 0),
             ],
         )?;
         self.outcome(

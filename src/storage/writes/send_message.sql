@@ -82,11 +82,11 @@ moved AS (
 ),
 logged AS (
     -- rules::SEND_LOGS: the message, then its sender's horizon moving to it.
-    INSERT INTO events (kind, thread_id, thread_version, side, seq, created_at)
-    SELECT 'chat.message.created', m.thread_id, moved.version - 1, NULL, m.seq, m.created_at
+    INSERT INTO events (kind, thread_id, thread_version, side, seq, amount, created_at)
+    SELECT 'chat.message.created', m.thread_id, moved.version - 1, NULL, m.seq, NULL, m.created_at
     FROM m, moved
     UNION ALL
-    SELECT 'chat.thread.read', m.thread_id, moved.version, params.side, m.seq, m.created_at
+    SELECT 'chat.thread.read', m.thread_id, moved.version, params.side, m.seq, 0, m.created_at
     FROM m, moved, params
 ),
 counted AS (

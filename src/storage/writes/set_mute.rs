@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 
 use super::{Write, viewed};
-use crate::model::{Side, SummaryKey, ThreadId, UserId};
+use crate::model::{EventKind, Side, SummaryKey, ThreadId, UserId};
 use crate::rules::{self, Refusal};
 use crate::storage::postgres::{self, ThreadColumns, committed_row};
 use crate::storage::sqlite::schema::thread_participants;
@@ -116,6 +116,19 @@ impl Write for SetMute {
             diesel::update(thread_participants::table.find((thread_id, self.side.as_str())))
                 .set(thread_participants::muted_until_ms.eq(self.muted_until_ms))
                 .execute(conn)?;
+            let kind = match self.muted_until_ms {
+                Some(_) => EventKind::ThreadMuted,
+                None => EventKind::ThreadUnmuted,
+            };
+            steps::note(
+                conn,
+                steps::Note {
+                    side: Some(self.side),
+                    user_id: Some(user_id),
+                    amount: self.muted_until_ms,
+                    ..steps::Note::of_thread(kind, thread_id)
+                },
+            )?;
         }
         let changed = rules::mute_changes(unread, before, self.muted_until_ms, self.now_ms);
         if changed {

@@ -31,6 +31,15 @@ moved AS (
     FROM params, cur
     WHERE p.thread_id = params.thread_id AND p.side = params.side
       AND p.muted_until_ms IS DISTINCT FROM params.muted_until_ms
+    RETURNING p.thread_id
+),
+noted AS (
+    -- The outbox's chat.thread.muted or unmuted, when the mute changed (no version: a
+    -- mute is private to its participant, never shown in the peer's window).
+    INSERT INTO events (kind, thread_id, side, user_id, amount, created_at)
+    SELECT CASE WHEN params.muted_until_ms IS NULL THEN 'chat.thread.unmuted' ELSE 'chat.thread.muted' END,
+           moved.thread_id, params.side, params.user_id, params.muted_until_ms, now()
+    FROM moved, params
 ),
 bumped AS (
     INSERT INTO summary_versions (user_id, side, version)

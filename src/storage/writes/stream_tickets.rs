@@ -26,6 +26,7 @@ pub struct RedeemStreamTicket {
 impl Write for CreateStreamTicket {
     type Done = ();
     const NAME: &'static str = "create_stream_ticket";
+    const LOGS: bool = false;
 
     async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<()> {
         use diesel_async::RunQueryDsl;
@@ -49,6 +50,7 @@ impl Write for CreateStreamTicket {
 impl Write for RedeemStreamTicket {
     type Done = Option<RedeemedTicket>;
     const NAME: &'static str = "redeem_stream_ticket";
+    const LOGS: bool = false;
 
     async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<Self::Done> {
         let taken = postgres::tickets::take(self.ticket_hash.clone(), self.now)

@@ -1,0 +1,12 @@
+ALTER TABLE thread_participants DROP COLUMN reminded_read_seq;
+DROP TABLE event_relay_lease;
+DROP TABLE event_cursors;
+DROP TABLE event_sequence;
+DROP INDEX events_created_at;
+DROP INDEX events_unsequenced;
+DROP INDEX events_position;
+ALTER TABLE events DROP COLUMN amount;
+ALTER TABLE events DROP COLUMN user_id;
+DELETE FROM events WHERE thread_version IS NULL;
+ALTER TABLE events ALTER COLUMN thread_version SET NOT NULL;
+ALTER TABLE events DROP COLUMN position;
