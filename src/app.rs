@@ -87,6 +87,12 @@ impl Application {
             "database migrated"
         );
         let metrics = Metrics::new();
+        if config.events.nats_url.is_some() {
+            metrics.events.declare("nats");
+        }
+        if config.events.webhook.is_some() {
+            metrics.events.declare("webhook");
+        }
         // Everything a scrape shows exists from here on, before the first call.
         let rpc_trace = RpcTraceLayer::new(metrics.rpc.clone(), config.call_timeout);
         // One SQLite process hears every change it makes; PostgreSQL replicas wait for

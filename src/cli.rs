@@ -466,7 +466,8 @@ pub struct TokenArgs {
     /// User id the token speaks for (the `sub` claim).
     #[arg(long)]
     pub sub: i64,
-    /// Role of the caller: tutor and student call ChatService, service calls SyncService.
+    /// Role of the caller: tutor and student call ChatService, service calls SyncService
+    /// and EventService.
     #[arg(long, value_enum)]
     pub role: RoleArg,
     /// How long the token stays valid (e.g. 15m, 1h, 7d).

@@ -224,9 +224,6 @@ pub struct EventCounters {
     >,
 }
 
-/// The sinks events are relayed to, as their label values.
-pub const SINKS: [&str; 2] = ["nats", "webhook"];
-
 impl EventCounters {
     /// `events` delivered to `sink` (outcome `ok`), or a delivery of them that failed
     /// (`failed`: they are retried).
@@ -234,6 +231,15 @@ impl EventCounters {
         self.delivered
             .get_or_create(&SinkLabels { sink, outcome })
             .inc_by(events);
+    }
+
+    /// Makes `sink`'s series exist, at zero, before its first delivery (a configured
+    /// sink is scraped, and alerted on, from the start).
+    pub fn declare(&self, sink: &'static str) {
+        for outcome in ["ok", "failed"] {
+            drop(self.delivered.get_or_create(&SinkLabels { sink, outcome }));
+        }
+        drop(self.lag.get_or_create(&SinkLabel { sink }));
     }
 
     /// How far `sink` is behind: the age of the oldest event it has not acknowledged

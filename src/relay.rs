@@ -214,8 +214,6 @@ async fn deliver(
 ) {
     let name = sink.name();
     let key = sink.cursor_key();
-    counters.count(name, "ok", 0);
-    counters.count(name, "failed", 0);
     let mut positions = chat.outbox_positions();
     let mut cursor = loop {
         match store.event_cursor(&key).await {

@@ -27,7 +27,17 @@ fn series_named(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_and_dashboard_name_only_exported_series() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    // With a sink configured (nothing listens there), so its series are exported too.
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.events.webhook = Some(
+            chatd::config::WebhookConfig::parse(
+                "http://127.0.0.1:9/hook",
+                "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            )
+            .expect("a webhook"),
+        );
+    })
+    .await;
     // One of each kind of call, so every labelled family has a sample.
     let thread = app.contact_thread(10, 42, 7).await;
     app.student(7).say(thread.thread_id, "counted").await;

@@ -396,8 +396,65 @@ async fn unread_reminders_come_once_per_spell_and_never_when_muted(app: TestApp)
     }
 }
 
+/// Writers in several threads at once: a consumer following live receives exactly
+/// what a replay from 0 gives afterwards (none skipped for committing after a later
+/// one), each thread's changes at versions 1, 2, 3, … in order.
+async fn a_live_consumer_misses_nothing_under_concurrent_writes(app: TestApp) {
+    const THREADS: i64 = 6;
+    const SENDS: usize = 20;
+    let mut live = stream_events(&app, 0, &[]).await;
+    let mut writers = tokio::task::JoinSet::new();
+    for n in 0..THREADS {
+        let id = app
+            .contact_thread(100 + n, 1000 + n, 2000 + n)
+            .await
+            .thread_id;
+        let mut tutor = app.tutor(1000 + n);
+        writers.spawn(async move {
+            for i in 0..SENDS {
+                tutor.say(id, &format!("{n}-{i}")).await;
+            }
+        });
+    }
+    writers.join_all().await;
+    // Each thread: created; each send: the message and its sender's horizon.
+    let expected = (THREADS as usize) * (1 + 2 * SENDS);
+    let mut followed = Vec::new();
+    while followed.len() < expected {
+        followed.push(next(&mut live).await);
+    }
+    let mut replay = stream_events(&app, 0, &[]).await;
+    let mut replayed = Vec::new();
+    while replayed.len() < expected {
+        replayed.push(next(&mut replay).await);
+    }
+    assert_ordered(&followed);
+    let ids = |events: &[pb::Event]| {
+        events
+            .iter()
+            .map(|e| (e.position, e.id.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&followed), ids(&replayed), "live and replay agree");
+    let mut versions: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for event in followed.iter().filter(|e| e.thread_version > 0) {
+        versions
+            .entry(event.thread_id)
+            .or_default()
+            .push(event.thread_version);
+    }
+    for (thread, seen) in versions {
+        assert_eq!(
+            seen,
+            (1..=2 * SENDS as i64).collect::<Vec<_>>(),
+            "thread {thread}"
+        );
+    }
+}
+
 backend_suite!(
     every_change_is_one_event_in_commit_order,
+    a_live_consumer_misses_nothing_under_concurrent_writes,
     a_consumer_resumes_after_its_position_and_filters_by_type,
     only_services_and_valid_requests,
     retention_trims_and_resuming_before_it_is_expired with |config: &mut chatd::config::ServeConfig| {
