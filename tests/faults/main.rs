@@ -1,18 +1,19 @@
 //! Fault tests: chatd as an operator runs it (the built binary, in a process of its
 //! own) while the test breaks things under load. A PostgreSQL of the test's own is
 //! stopped with `-m immediate` mid-load; a SQLite chatd is killed with SIGKILL; a
-//! replica holding open windows is killed (`windows.rs`); and thousands of idle
+//! replica holding open windows is killed (`windows.rs`); the events relay's replica,
+//! nats-server, a webhook receiver and PostgreSQL fail in turn (`events.rs`); and thousands of idle
 //! connections try to starve the server. Each asserts what users
 //! would notice: nothing acknowledged lost, nothing doubled, counters exact, service
 //! back within a bound, health answering throughout.
 
+mod events;
 #[expect(
     dead_code,
     reason = "shared with the browser tests; this binary uses a part"
 )]
 mod processes;
 #[path = "../common/require.rs"]
-#[expect(dead_code, reason = "shared; this binary uses a part")]
 mod require;
 #[path = "../common/window.rs"]
 #[expect(
