@@ -6,6 +6,8 @@
 //! - `watchers.rs` (`--watchers N`, `--windows N`): N summary streams or N open chat
 //!   windows (thread streams), delivery latency and memory.
 //! - `erase.rs` (`--erase N`): a user with N messages erased while others write.
+//! - `events.rs` (`--events-receiver ADDR`): events out, from commit to a webhook (and
+//!   NATS) receiver: lag and throughput.
 //! - `seed.rs` (`--seed`): the synthetic dataset all of them run against.
 //!
 //! grpc.health.v1 Check runs in the same run as the reference: it measures what the
@@ -13,6 +15,7 @@
 //! as a ratio of Check's, which travels between machines better than raw numbers.
 
 mod erase;
+mod events;
 mod poll;
 mod rpcs;
 mod seed;
@@ -58,6 +61,10 @@ pub struct BenchConfig {
     pub send_target: Option<String>,
     /// Erasure mode: erase a user with this many messages while others send.
     pub erase: Option<i64>,
+    /// Events mode: where to listen as the webhook receiver of the chatd under test.
+    pub events_receiver: Option<String>,
+    /// Events mode: the NATS server the chatd under test publishes events to.
+    pub events_nats: Option<String>,
 }
 
 pub async fn run(
@@ -83,6 +90,9 @@ pub async fn run(
     if let Some(messages) = config.erase {
         let store = store.ok_or("--erase needs --database-url")?;
         return erase::run(&config, &store, &signer, messages).await;
+    }
+    if let Some(listen) = &config.events_receiver {
+        return events::run(&config, &signer, listen).await;
     }
     if config.watchers > 0 {
         return watchers::run(&config, &signer, watchers::Watched::Summary).await;

@@ -47,9 +47,9 @@ pub enum Command {
     /// Run the REST/JSON gateway alone, translating the web API into gRPC calls to chatd.
     Gateway(GatewayArgs),
     /// Seed a synthetic dataset and load-test a running chatd: per RPC, the polling mix
-    /// (--poll), summary streams (--watchers) or open chat windows (--windows); prints
-    /// rates and latency beside Check.
-    Bench(BenchArgs),
+    /// (--poll), summary streams (--watchers), open chat windows (--windows) or events
+    /// out (--events-receiver); prints rates and latency beside Check.
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -539,6 +539,16 @@ pub struct BenchArgs {
     /// reports how long it took and the others' SendMessage before and during it.
     #[arg(long)]
     pub erase: Option<i64>,
+    /// Events mode: listen here as a webhook receiver (start the chatd under test with
+    /// --webhook-url http://ADDR/hook), send --send-rate messages per second for
+    /// --duration, and report each event's lag from commit to receipt and the relay's
+    /// throughput.
+    #[arg(long)]
+    pub events_receiver: Option<String>,
+    /// Events mode: also subscribe to chat.events.> on this NATS server (the chatd
+    /// under test's --events-url) and report its lag.
+    #[arg(long)]
+    pub events_nats: Option<String>,
     /// RPCs to drive, in order (default: all, starting with the Health/Check reference).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub rpcs: Vec<Rpc>,
@@ -591,6 +601,8 @@ impl BenchArgs {
             server_pid: self.server_pid,
             send_target: self.send_target.clone(),
             erase: self.erase,
+            events_receiver: self.events_receiver.clone(),
+            events_nats: self.events_nats.clone(),
         })
     }
 }

@@ -229,7 +229,7 @@ impl Write for HoldLease {
     }
 }
 
-/// Deletes up to `batch` numbered events older than `before_ms` (Unix ms), oldest first,
+/// Deletes up to `batch` numbered events older than `before`, oldest positions first,
 /// and remembers the newest position deleted: resuming before it is EVENTS_EXPIRED.
 #[derive(Debug, Clone, Copy)]
 pub struct TrimEvents {
@@ -250,10 +250,15 @@ struct TrimmedRow {
     position: Option<i64>,
 }
 
+/// The oldest `$1` positions, of which those older than `$2` go: positions follow commit
+/// times, so this walks the position index from its start and stops at the first
+/// batch that holds nothing old enough.
 const TRIM_EVENTS: &str = "\
 DELETE FROM events WHERE event_id IN (
-    SELECT event_id FROM events WHERE created_at < $1 AND position IS NOT NULL
-    ORDER BY created_at LIMIT $2
+    SELECT oldest.event_id FROM (
+        SELECT event_id, created_at FROM events WHERE position IS NOT NULL
+        ORDER BY position LIMIT $1
+    ) AS oldest WHERE oldest.created_at < $2
 ) RETURNING position";
 
 const TRIMMED_THROUGH: &str = "\
@@ -283,8 +288,8 @@ impl Write for TrimEvents {
         let (before, batch) = (self.before, self.batch);
         conn.transaction(async |conn| {
             let rows: Vec<TrimmedRow> = diesel::sql_query(TRIM_EVENTS)
-                .bind::<diesel::sql_types::Timestamptz, _>(before)
                 .bind::<BigInt, _>(batch)
+                .bind::<diesel::sql_types::Timestamptz, _>(before)
                 .load(conn)
                 .await?;
             let through: TrimmedThrough = diesel::sql_query(TRIMMED_THROUGH)
@@ -302,8 +307,8 @@ impl Write for TrimEvents {
     fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<Trimmed> {
         use diesel::RunQueryDsl;
         let rows: Vec<TrimmedRow> = diesel::sql_query(TRIM_EVENTS)
-            .bind::<diesel::sql_types::TimestamptzSqlite, _>(self.before)
             .bind::<BigInt, _>(self.batch)
+            .bind::<diesel::sql_types::TimestamptzSqlite, _>(self.before)
             .load(conn)?;
         let through: TrimmedThrough = diesel::sql_query(TRIMMED_THROUGH)
             .bind::<BigInt, _>(trimmed(&rows))
