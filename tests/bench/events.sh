@@ -96,7 +96,7 @@ for rate in ${RATES:-1000 1000 2000}; do
   serve "${sinks[@]}"
   "$chatd" bench "${dataset[@]}" --events-receiver "127.0.0.1:$hook_port" \
     --events-nats "nats://127.0.0.1:$nats_port" --send-rate "$rate" --duration 10s \
-    --target http://127.0.0.1:24251 2>&1 | grep -E '^(chatd bench|webhook|nats):'
+    --target http://127.0.0.1:24251 2>&1 | grep -E '^(chatd bench --events-receiver|webhook|nats):'
   stop_all
 done
 

@@ -237,6 +237,21 @@ impl LogEntry {
     }
 }
 
+/// Takes the outbox's next `count` positions and returns the last. SQLite's one writer
+/// commits its transactions in the order it runs them, so a position given here, in
+/// the write's own transaction, is already in commit order: no row is numbered twice
+/// (PostgreSQL's writes leave it to the sequencer, `writes/outbox.rs`).
+pub(in crate::storage) fn next_positions(
+    conn: &mut SqliteConnection,
+    count: i64,
+) -> QueryResult<i64> {
+    use super::schema::event_sequence;
+    diesel::update(event_sequence::table.find(1))
+        .set(event_sequence::last_position.eq(event_sequence::last_position + count))
+        .returning(event_sequence::last_position)
+        .get_result(conn)
+}
+
 /// Appends `entries` to a thread's log as its next versions, in order, and returns the
 /// version the thread is at after them.
 pub(in crate::storage) fn log(
@@ -250,9 +265,12 @@ pub(in crate::storage) fn log(
         .returning(threads::version)
         .get_result(conn)?;
     let now = now_micros();
-    for (at, entry) in (version - count + 1..).zip(entries) {
+    let last_position = next_positions(conn, count)?;
+    let positions = last_position - count + 1..;
+    for ((at, entry), position) in (version - count + 1..).zip(entries).zip(positions) {
         diesel::insert_into(events::table)
             .values((
+                events::position.eq(position),
                 events::kind.eq(entry.kind.as_str()),
                 events::thread_id.eq(thread_id),
                 events::thread_version.eq(at),
@@ -295,8 +313,10 @@ impl Note {
 
 /// Appends an event of no version to the log.
 pub(in crate::storage) fn note(conn: &mut SqliteConnection, note: Note) -> QueryResult<()> {
+    let position = next_positions(conn, 1)?;
     diesel::insert_into(events::table)
         .values((
+            events::position.eq(position),
             events::kind.eq(note.kind.as_str()),
             events::thread_id.eq(note.thread_id),
             events::side.eq(note.side.map(Side::as_str)),

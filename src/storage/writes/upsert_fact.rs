@@ -120,15 +120,16 @@ pub fn thread_writability_sql(fact_column: &str) -> String {
 
 /// Logs a change of writability at the thread's current version, with the facts each
 /// side's writability follows from (`rules::writable_for`): the thread's own, and the
-/// tutor's contact access. `now` is the backend's SQL for the current time.
+/// tutor's contact access. `now` is the backend's SQL for the current time, `position`
+/// its SQL for the event's position (PostgreSQL: NULL, for the sequencer).
 ///
 /// Binds: the thread's id.
-pub fn log_writability_sql(now: &str) -> String {
+pub fn log_writability_sql(now: &str, position: &str) -> String {
     format!(
-        "INSERT INTO events (kind, thread_id, thread_version, flag, contact_access, created_at) \
+        "INSERT INTO events (kind, thread_id, thread_version, flag, contact_access, created_at, position) \
          SELECT '{kind}', t.thread_id, t.version, t.is_writable, \
          (SELECT ca.state FROM contact_access ca \
-          WHERE ca.tutor_id = t.tutor_id AND ca.student_id = t.student_id), {now} \
+          WHERE ca.tutor_id = t.tutor_id AND ca.student_id = t.student_id), {now}, {position} \
          FROM threads t WHERE t.thread_id = $1",
         kind = EventKind::WritabilityChanged.as_str()
     )
@@ -392,9 +393,12 @@ impl Write for UpsertFact {
                     _ => Vec::new(),
                 };
             for version in versions {
-                thread_query::<Pg>(log_writability_sql(postgres::NOW), version.thread_id)
-                    .execute(conn)
-                    .await?;
+                thread_query::<Pg>(
+                    log_writability_sql(postgres::NOW, "NULL"),
+                    version.thread_id,
+                )
+                .execute(conn)
+                .await?;
                 done.logged.push(version.into());
             }
             Ok(done)
@@ -455,7 +459,10 @@ impl Write for UpsertFact {
             _ => Vec::new(),
         };
         for version in versions {
-            thread_query::<Sqlite>(log_writability_sql(now), version.thread_id).execute(conn)?;
+            crate::storage::sqlite::steps::next_positions(conn, 1)?;
+            let position = "(SELECT last_position FROM event_sequence WHERE id = 1)";
+            thread_query::<Sqlite>(log_writability_sql(now, position), version.thread_id)
+                .execute(conn)?;
             done.logged.push(version.into());
         }
         Ok(done)
