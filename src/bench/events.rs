@@ -118,18 +118,18 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner, listen: &str) -> Re
         None => None,
     };
     // What the relay still had to deliver from before is not this run's: wait until
-    // nothing has arrived for a second (at most a minute), then start counting.
+    // nothing has arrived for two seconds in a row (at most a minute; the relay may
+    // take a second to start), then start counting.
     let all: Vec<Shared> = std::iter::once(webhook.clone())
         .chain(nats.clone())
         .collect();
     let drained = Instant::now() + Duration::from_secs(60);
-    loop {
+    let mut quiet = 0;
+    while quiet < 2 && Instant::now() < drained {
         let before: usize = all.iter().map(|a| lock(a).events).sum();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after: usize = all.iter().map(|a| lock(a).events).sum();
-        if after == before || Instant::now() > drained {
-            break;
-        }
+        quiet = if after == before { quiet + 1 } else { 0 };
     }
     for arrivals in &all {
         *lock(arrivals) = Arrivals::default();
