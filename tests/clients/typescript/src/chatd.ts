@@ -36,6 +36,8 @@ export const REMEDY: Record<ErrorCode, Remedy> = {
   RATE_LIMITED: 'retry',
   TOO_MANY_STREAMS: 'fall-back',
   STREAM_TOO_SLOW: 'retry',
+  // StreamEvents only (services): resume from ErrorInfo's oldest_position and reconcile.
+  EVENTS_EXPIRED: 'fix-request',
   DATABASE_UNAVAILABLE: 'retry',
   STORAGE_FULL: 'tell-user',
   INTERNAL: 'tell-user',
