@@ -13,6 +13,8 @@
 //!   as they commit) and SetTyping.
 //! - `events.rs`: events out: the outbox's events as the services around chatd receive
 //!   them (StreamEvents and the relay's sinks).
+//! - `streams.rs`: what WatchThread's and StreamEvents' streams share (their buffer,
+//!   the stall rule).
 //! - `tickets.rs`: minting and redeeming one-use stream tickets.
 //! - `values.rs`: validated request values, and the records handed to transports.
 //! - `error.rs`: the one error type and the reasons clients see.
@@ -30,6 +32,7 @@ mod facts;
 mod inbox;
 mod messages;
 mod reading;
+mod streams;
 mod threads;
 mod tickets;
 mod values;
@@ -40,6 +43,7 @@ pub use events::{Event, EventData, EventStream, after_position, event_types};
 pub use inbox::InboxPage;
 pub use messages::ERASE_BATCH;
 pub use reading::SummaryWatch;
+pub use streams::Buffered;
 pub use tickets::{STREAM_TICKET_TTL, StreamTicket};
 pub use values::*;
 pub use window::{

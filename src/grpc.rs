@@ -23,3 +23,25 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The generated code, where callers of this module have always found it.
 pub use crate::proto as pb;
+
+/// A domain stream as a gRPC response stream: each item converted; after an error the
+/// stream ends with its status (the client resumes from the last item it took).
+fn streamed<T, P>(
+    items: crate::domain::Buffered<T>,
+    convert: fn(T) -> P,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<P, tonic::Status>> + Send>>
+where
+    T: Send + 'static,
+    P: Send + 'static,
+{
+    Box::pin(futures_util::stream::unfold(
+        Some(items),
+        move |items| async move {
+            let mut items = items?;
+            match items.next().await? {
+                Ok(item) => Some((Ok(convert(item)), Some(items))),
+                Err(error) => Some((Err(tonic::Status::from(error)), None)),
+            }
+        },
+    ))
+}

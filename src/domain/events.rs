@@ -2,8 +2,9 @@
 //! (StreamEvents, and the relay's sinks), read from the outbox in position order.
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
+use super::streams::{self, Buffered};
 use super::{AccessEnds, Caller, Chat, DomainError};
 use crate::model::{EventKind, Message, Side, SummaryKey, Thread};
 use crate::rules::{self, MUTED_FOREVER_MS};
@@ -262,8 +263,7 @@ impl Chat {
             .subscribe(SummaryKey::new(caller.user_id, Side::Tutor))?;
         let positions = self.outbox.positions();
         self.check_event_position(after).await?;
-        let (events, buffered) = mpsc::channel(EVENTS_BUFFER);
-        let (end, ended) = oneshot::channel();
+        let (events, stream, end) = Buffered::new(EVENTS_BUFFER);
         let mut pump = EventPump {
             chat: self.clone(),
             kinds,
@@ -281,38 +281,13 @@ impl Chat {
                 let _ = end.send(error);
             }
         });
-        Ok(EventStream {
-            events: buffered,
-            ended: Some(ended),
-        })
+        Ok(stream)
     }
 }
 
 /// An event stream, as a transport reads it: events in position order, then, if it
 /// ends early, the reason.
-pub struct EventStream {
-    events: mpsc::Receiver<Event>,
-    ended: Option<oneshot::Receiver<DomainError>>,
-}
-
-impl EventStream {
-    /// The next event; `Some(Err)` once when the stream ended with an error; `None` when
-    /// it ended without one (shutdown, or the reader left).
-    pub async fn next(&mut self) -> Option<Result<Event, DomainError>> {
-        let ended = self.ended.as_mut()?;
-        tokio::select! {
-            biased;
-            error = ended => {
-                self.ended = None;
-                error.ok().map(Err)
-            }
-            event = self.events.recv() => match event {
-                Some(event) => Some(Ok(event)),
-                None => self.ended.take()?.await.ok().map(Err),
-            },
-        }
-    }
-}
+pub type EventStream = Buffered<Event>;
 
 struct EventPump {
     chat: Chat,
@@ -376,16 +351,11 @@ impl EventPump {
     }
 
     async fn hand_on(&mut self, event: Event) -> Result<(), Option<DomainError>> {
-        let patience = self.chat.live.stall_timeout();
-        tokio::select! {
-            sent = self.events.send_timeout(event, patience) => sent.map_err(|error| match error {
-                mpsc::error::SendTimeoutError::Timeout(_) => Some(DomainError::StreamTooSlow {
-                    buffered: EVENTS_BUFFER,
-                    cursor: "after_position",
-                }),
-                mpsc::error::SendTimeoutError::Closed(_) => None,
-            }),
-            () = self.place.closed() => Err(None),
-        }
+        let rule = (
+            self.chat.live.stall_timeout(),
+            EVENTS_BUFFER,
+            "after_position",
+        );
+        streams::hand_on(&self.events, event, rule, &mut self.place).await
     }
 }

@@ -11,8 +11,9 @@
 //! client does not hold its place forever.
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::streams::{self, Buffered};
 use super::{AccessEnds, Caller, Chat, DomainError, Message, Side, SummaryKey, caller_side};
 use crate::live::{Announced, Signal, ThreadSignal};
 use crate::model::{EventKind, ThreadId};
@@ -85,34 +86,8 @@ pub fn after_version(value: i64) -> Result<i64, DomainError> {
 }
 
 /// A thread stream, as a transport reads it: events in version order, then, if it ends
-/// early, the reason (which comes before any event still buffered: the reader resumes
-/// from the last version it took).
-pub struct ThreadStream {
-    events: mpsc::Receiver<Box<ThreadEvent>>,
-    ended: Option<oneshot::Receiver<DomainError>>,
-}
-
-impl ThreadStream {
-    /// The next event; `Some(Err)` once when the stream ended with an error; `None` when
-    /// it ended without one (shutdown).
-    pub async fn next(&mut self) -> Option<Result<ThreadEvent, DomainError>> {
-        let ended = self.ended.as_mut()?;
-        tokio::select! {
-            biased;
-            error = ended => {
-                self.ended = None;
-                error.ok().map(Err)
-            }
-            event = self.events.recv() => match event {
-                Some(event) => Some(Ok(*event)),
-                None => {
-                    let error = self.ended.take()?.await.ok();
-                    error.map(Err)
-                }
-            },
-        }
-    }
-}
+/// early, the reason.
+pub type ThreadStream = Buffered<Box<ThreadEvent>>;
 
 /// The task behind one thread stream.
 struct Pump {
@@ -166,8 +141,7 @@ impl Chat {
                 ),
             ));
         }
-        let (events, buffered) = mpsc::channel(WATCH_BUFFER);
-        let (end, ended) = oneshot::channel();
+        let (events, stream, end) = Buffered::new(WATCH_BUFFER);
         let mut pump = Pump {
             chat: self.clone(),
             thread_id: thread_id.0,
@@ -197,10 +171,7 @@ impl Chat {
                 let _ = end.send(error);
             }
         });
-        Ok(ThreadStream {
-            events: buffered,
-            ended: Some(ended),
-        })
+        Ok(stream)
     }
 
     /// Announces the caller typing in a thread for `live::TYPING_LASTS`, to the thread's
@@ -335,24 +306,16 @@ impl Pump {
         }
     }
 
-    /// Puts an event in the buffer, waiting for room at most `--watch-stall-timeout`:
-    /// a reader that takes nothing for that long cannot keep up.
+    /// Puts an event in the buffer (`streams::hand_on`).
     async fn hand_on(&mut self, event: ThreadEvent) -> Result<(), Stop> {
-        let patience = self.chat.live.stall_timeout();
-        tokio::select! {
-            sent = self.events.send_timeout(Box::new(event), patience) => {
-                sent.map_err(|error| match error {
-                    mpsc::error::SendTimeoutError::Timeout(_) => {
-                        Stop::Because(DomainError::StreamTooSlow {
-                            buffered: WATCH_BUFFER,
-                            cursor: "after_version",
-                        })
-                    }
-                    mpsc::error::SendTimeoutError::Closed(_) => Stop::Quietly,
-                })
-            }
-            () = self.place.closed() => Err(Stop::Quietly),
-        }
+        let rule = (
+            self.chat.live.stall_timeout(),
+            WATCH_BUFFER,
+            "after_version",
+        );
+        streams::hand_on(&self.events, Box::new(event), rule, &mut self.place)
+            .await
+            .map_err(|stop| stop.map_or(Stop::Quietly, Stop::Because))
     }
 
     /// A change of the log as the watcher's window shows it.

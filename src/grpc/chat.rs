@@ -64,15 +64,9 @@ impl chat_service_server::ChatService for ChatService {
             .chat
             .watch_thread(caller, access_ends, thread_id, after_version)
             .await?;
-        // After an error the stream ends (the client resumes from its last version).
-        let stream = futures_util::stream::unfold(Some(events), |events| async move {
-            let mut events = events?;
-            match events.next().await? {
-                Ok(event) => Some((Ok(convert::thread_event(event)), Some(events))),
-                Err(error) => Some((Err(Status::from(error)), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(super::streamed(events, |event| {
+            convert::thread_event(*event)
+        })))
     }
 
     async fn set_typing(

@@ -42,14 +42,6 @@ impl event_service_server::EventService for EventService {
             .chat
             .stream_events(caller, access_ends, after, kinds)
             .await?;
-        // After an error the stream ends (the consumer resumes from its last position).
-        let stream = futures_util::stream::unfold(Some(events), |events| async move {
-            let mut events = events?;
-            match events.next().await? {
-                Ok(event) => Some((Ok(convert::event(event)), Some(events))),
-                Err(error) => Some((Err(Status::from(error)), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(super::streamed(events, convert::event)))
     }
 }
