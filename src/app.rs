@@ -87,6 +87,9 @@ impl Application {
             "database migrated"
         );
         let metrics = Metrics::new();
+        if matches!(config.database, DatabaseUrl::Sqlite(_)) {
+            store.time_writes(metrics.sqlite_write_phases());
+        }
         if config.events.nats_url.is_some() {
             metrics.events.declare("nats");
         }
@@ -423,6 +426,7 @@ fn migrator(config: &ServeConfig, store: &Store) -> Result<Store, String> {
             timeout: config.pool.timeout,
             statement_timeout: None,
             pooler: Pooler::None,
+            sqlite_sync: Default::default(),
         },
     )
 }

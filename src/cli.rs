@@ -12,7 +12,7 @@ use crate::domain::Role;
 use crate::http::GatewayConfig;
 use crate::limits::SendLimit;
 use crate::net::ConnectionLimits;
-use crate::storage::{DatabaseUrl, PoolConfig, Pooler};
+use crate::storage::{DatabaseUrl, PoolConfig, Pooler, SqliteSync};
 use crate::summaries::{CacheConfig, WatchLimits};
 use crate::telemetry::LogFormat;
 
@@ -125,6 +125,13 @@ pub struct ServeArgs {
     /// and LISTEN use --fanout-url, which must then be the database's direct URL.
     #[arg(long, env = "CHATD_DB_POOLER", value_enum, default_value_t = PoolerArg::None)]
     pub db_pooler: PoolerArg,
+    /// SQLite only: `normal` acknowledges a write once it is in the WAL, which is synced
+    /// at each checkpoint: it survives chatd being killed; a power loss or an operating
+    /// system crash can lose the last writes, never the file. `full` syncs every group
+    /// commit before answering: writes survive a power loss too, for one fsync each
+    /// (docs/operations.md, "SQLite durability", gives its cost).
+    #[arg(long, env = "CHATD_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSyncArg::Normal)]
+    pub sqlite_synchronous: SqliteSyncArg,
     /// How long a call waits for a database connection before it fails UNAVAILABLE.
     #[arg(long, env = "CHATD_DB_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub db_timeout: Duration,
@@ -342,6 +349,7 @@ impl ServeArgs {
                 timeout: self.db_timeout,
                 statement_timeout: Some(self.call_timeout),
                 pooler: self.db_pooler.into(),
+                sqlite_sync: self.sqlite_synchronous.into(),
             },
             auth: self.auth.config(),
             health_interval: self.health_interval,
@@ -442,6 +450,23 @@ impl From<PoolerArg> for Pooler {
         match pooler {
             PoolerArg::None => Pooler::None,
             PoolerArg::Transaction => Pooler::Transaction,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSyncArg {
+    /// Synced at each checkpoint (SQLite's synchronous = NORMAL).
+    Normal,
+    /// Synced at each commit (synchronous = FULL).
+    Full,
+}
+
+impl From<SqliteSyncArg> for SqliteSync {
+    fn from(sync: SqliteSyncArg) -> Self {
+        match sync {
+            SqliteSyncArg::Normal => SqliteSync::Normal,
+            SqliteSyncArg::Full => SqliteSync::Full,
         }
     }
 }

@@ -235,6 +235,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 statement_timeout: None,
                 pooler: Pooler::None,
+                sqlite_sync: Default::default(),
             },
             auth: AuthConfig::default(),
             health_interval: Duration::from_secs(1),

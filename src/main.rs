@@ -54,6 +54,7 @@ async fn run(command: Command) -> Result<(), String> {
                 timeout: std::time::Duration::from_secs(10),
                 statement_timeout: None,
                 pooler: Default::default(),
+                sqlite_sync: Default::default(),
             };
             let store = Store::connect(&args.parse_url()?, &pool)?;
             let applied = store.migrate().await?;
@@ -86,6 +87,7 @@ async fn run(command: Command) -> Result<(), String> {
                     timeout: std::time::Duration::from_secs(30),
                     statement_timeout: None,
                     pooler: Default::default(),
+                    sqlite_sync: Default::default(),
                 };
                 Some(Store::connect(&database, &pool)?)
             } else {

@@ -28,6 +28,55 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Upper bounds (seconds) of the SQLite write phases' buckets: finer than requests',
+/// down where a commit without a checkpoint lives.
+const WRITE_PHASE_BUCKETS: [f64; 20] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
+    0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+fn write_phase_histogram() -> Histogram {
+    Histogram::new(WRITE_PHASE_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+/// The phases of a write on SQLite's one writer (`WritePhases` records them).
+pub mod write_phase {
+    /// From the call to its group's transaction beginning: behind other groups, and
+    /// behind the writer's own checkpoints.
+    pub const QUEUED: &str = "queued";
+    /// Its own statements.
+    pub const STATEMENTS: &str = "statements";
+    /// The other statements of its group, before the commit.
+    pub const GROUP: &str = "group";
+    /// The group's COMMIT (with `--sqlite-synchronous full`, its fsync).
+    pub const COMMIT: &str = "commit";
+    /// From the commit to the caller waking up with the answer.
+    pub const ANSWER: &str = "answer";
+    /// A checkpoint the writer ran between two groups (one observation per checkpoint,
+    /// not per write): the pause the writes queued meanwhile saw.
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const ALL: [&str; 6] = [QUEUED, STATEMENTS, GROUP, COMMIT, ANSWER, CHECKPOINT];
+}
+
+/// How long SQLite writes spent in each phase (`write_phase`).
+#[derive(Clone, Debug)]
+pub struct WritePhases {
+    family: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+}
+
+impl WritePhases {
+    pub fn observe(&self, phase: &'static str, elapsed: Duration) {
+        self.family
+            .get_or_create(&PhaseLabel { phase })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 /// A gRPC call: the method's full name and the status code's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
@@ -383,6 +432,26 @@ impl Metrics {
         }
     }
 
+    /// Registers the SQLite writer's phase histograms, every phase's series present from
+    /// the first scrape (a SQLite server calls it once; PostgreSQL has no such writer).
+    pub fn sqlite_write_phases(&self) -> WritePhases {
+        let phases = WritePhases {
+            family: Family::new_with_constructor(write_phase_histogram),
+        };
+        for phase in write_phase::ALL {
+            let _ = phases.family.get_or_create(&PhaseLabel { phase });
+        }
+        self.registry_mut().register_with_unit(
+            "chatd_sqlite_write_phase",
+            "Where SQLite writes spend their time, by phase: queued for the one writer, \
+             their own statements, their group's other statements, the commit, the answer \
+             back to the caller; checkpoint is the writer's own WAL checkpoints",
+            Unit::Seconds,
+            phases.family.clone(),
+        );
+        phases
+    }
+
     /// Registers a gauge whose value `read` gives at each scrape.
     pub fn gauge(
         &self,
@@ -480,92 +549,4 @@ impl Collector for ScrapeGauge {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn known_series_exist_at_zero_with_help() {
-        let metrics = Metrics::new();
-        let (content_type, text) = metrics.render(None);
-        assert!(content_type.starts_with("text/plain; version=0.0.4"));
-        for line in [
-            "# HELP chatd_messages_sent_total Messages stored",
-            "# TYPE chatd_messages_sent_total counter",
-            "chatd_messages_sent_total 0",
-            "chat_thread_ensured_total{created=\"true\"} 0",
-            "chat_thread_ensured_total{created=\"false\"} 0",
-            "chatd_threads_created_total{kind=\"negotiation\"} 0",
-            "chatd_summary_cache_requests_total{outcome=\"bypass\"} 0",
-        ] {
-            assert!(text.contains(line), "lacks {line}:\n{text}");
-        }
-    }
-
-    #[test]
-    fn requests_count_with_latency_buckets() {
-        let metrics = Metrics::new();
-        let labels = RpcLabels {
-            rpc: "chat.v1.ChatService/SendMessage",
-            code: "OK",
-        };
-        metrics.rpc.observe(&labels, Duration::from_millis(3));
-        let (_, text) = metrics.render(None);
-        assert!(
-            text.contains(
-                "chatd_rpc_requests_total{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("chatd_rpc_requests_duration_seconds_bucket{le=\"0.005\",rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\"} 1")
-                || text.contains("chatd_rpc_requests_duration_seconds_bucket{rpc=\"chat.v1.ChatService/SendMessage\",code=\"OK\",le=\"0.005\"} 1"),
-            "{text}"
-        );
-        assert_eq!(metrics.rpc.count(&labels), 1);
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let metrics = Metrics::new();
-        let labels = HttpLabels {
-            method: "GET",
-            route: "a\"b\\c\nd".into(),
-            status: 200,
-        };
-        metrics.http.observe(&labels, Duration::from_millis(1));
-        let (_, text) = metrics.render(None);
-        assert!(text.contains(r#"route="a\"b\\c\nd""#), "{text}");
-    }
-
-    #[test]
-    fn gauges_are_read_at_scrape_time_and_openmetrics_on_request() {
-        let metrics = Metrics::new();
-        let value = Arc::new(std::sync::atomic::AtomicI64::new(3));
-        let read = value.clone();
-        metrics.gauge("chatd_watch_streams", "Open streams", move || {
-            read.load(std::sync::atomic::Ordering::Relaxed)
-        });
-        metrics.gauge_family("chatd_db_pool_connections", "Pool", "state", || {
-            vec![("in_use", 1), ("idle", 2)]
-        });
-        assert!(metrics.render(None).1.contains("chatd_watch_streams 3"));
-        value.store(5, std::sync::atomic::Ordering::Relaxed);
-        let (content_type, text) =
-            metrics.render(Some("application/openmetrics-text; version=1.0.0"));
-        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
-        assert!(text.contains("chatd_watch_streams 5"), "{text}");
-        assert!(
-            text.contains("chatd_db_pool_connections{state=\"idle\"} 2"),
-            "{text}"
-        );
-        assert!(text.ends_with("# EOF\n"), "{text}");
-    }
-
-    #[test]
-    fn registries_are_separate() {
-        let (a, b) = (Metrics::new(), Metrics::new());
-        a.chat.message_sent();
-        assert!(a.render(None).1.contains("chatd_messages_sent_total 1"));
-        assert!(b.render(None).1.contains("chatd_messages_sent_total 0"));
-    }
-}
+mod tests;

@@ -40,8 +40,11 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Events deleted per transaction by retention: small, so writes never wait long.
 const TRIM_BATCH: i64 = 1000;
 
-/// Participants reminded per statement.
+/// Participants reminded per statement. On SQLite the statement holds the one writer
+/// every write waits for: 500 there held sends for up to 200 ms while a backlog of
+/// reminders drained; 50 keep a batch near 10 ms.
 const REMIND_BATCH: i64 = 500;
+const REMIND_BATCH_SQLITE: i64 = 50;
 
 /// How often reminders are looked for, at most.
 const REMIND_EVERY: Duration = Duration::from_secs(30);
@@ -282,14 +285,18 @@ async fn deliver(
 async fn remind(store: Store, after: Duration, mut stop: watch::Receiver<bool>) {
     let every = (after / 4).clamp(Duration::from_millis(100), REMIND_EVERY);
     let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+    let batch = match store {
+        Store::Sqlite(_) => REMIND_BATCH_SQLITE,
+        Store::Postgres(_) => REMIND_BATCH,
+    };
     loop {
         let now = chrono::Utc::now();
         let round = RemindUnread {
             due_before: now.checked_sub_signed(after).unwrap_or(now),
             now_ms: now.timestamp_millis(),
-            batch: REMIND_BATCH,
+            batch,
         };
-        let more = matches!(store.write(round).await, Ok(reminded) if reminded == REMIND_BATCH);
+        let more = matches!(store.write(round).await, Ok(reminded) if reminded == batch);
         if !more && !pause(every, &mut stop).await {
             return;
         }

@@ -56,7 +56,7 @@ pub mod writes;
 
 pub use episodes::Episodes;
 pub use errors::{StoreError, StoreResult};
-pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler};
+pub use pool::{DatabaseUrl, PoolConfig, PoolStatus, Pooler, SqliteSync};
 pub use rows::{
     EventBounds, Fact, Horizons, InboxCursor, InquiryTarget, LoggedChange, MessagePageRows,
     NewTicket, RedeemedTicket, RelationTarget, StoredEvent, ThreadWindow, UnreadPage,
@@ -166,6 +166,14 @@ impl Store {
     }
 
     /// The connection pool's size, idle connections and waiting callers.
+    /// From now on, SQLite records each write's phases in `phases` (PostgreSQL has no
+    /// one writer to time).
+    pub fn time_writes(&self, phases: crate::metrics::WritePhases) {
+        if let Store::Sqlite(store) = self {
+            store.time_writes(phases);
+        }
+    }
+
     pub fn pool_status(&self) -> PoolStatus {
         match self {
             Store::Postgres(store) => store.pool_status(),

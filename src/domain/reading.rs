@@ -422,6 +422,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 statement_timeout: None,
                 pooler: Default::default(),
+                sqlite_sync: Default::default(),
             },
         )
         .expect("a store");

@@ -60,6 +60,30 @@ pub struct PoolConfig {
     pub statement_timeout: Option<Duration>,
     /// PostgreSQL only: what stands between chatd and the database.
     pub pooler: Pooler,
+    /// SQLite only: when a commit is on the disk.
+    pub sqlite_sync: SqliteSync,
+}
+
+/// When a SQLite commit is on the disk (its `synchronous` setting, in WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// The commit is in the WAL, which is synced at each checkpoint: an acknowledged
+    /// write survives the process being killed, and a power loss or an operating system
+    /// crash can take the writes since the last checkpoint (never corrupting the file).
+    #[default]
+    Normal,
+    /// Every commit syncs the WAL before it is acknowledged: a write survives a power
+    /// loss too, for an fsync per group commit.
+    Full,
+}
+
+impl SqliteSync {
+    fn pragma(self) -> &'static str {
+        match self {
+            SqliteSync::Normal => "NORMAL",
+            SqliteSync::Full => "FULL",
+        }
+    }
 }
 
 /// What stands between chatd and PostgreSQL.
@@ -227,10 +251,11 @@ async fn establish_behind_pooler(url: &str) -> diesel::ConnectionResult<PgConn> 
     Ok(conn)
 }
 
-pub fn sqlite_pragmas(busy: Duration) -> String {
+pub fn sqlite_pragmas(busy: Duration, sync: SqliteSync) -> String {
     format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; \
          PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+        sync.pragma(),
         busy.as_millis()
     )
 }
@@ -239,7 +264,7 @@ pub fn sqlite_pragmas(busy: Duration) -> String {
 /// before the writer starts or beside it).
 pub fn sqlite_pool(path: &str, config: &PoolConfig) -> Result<Pool<SqliteReader>, String> {
     let mut manager_config = ManagerConfig::<SqliteReader>::default();
-    let pragmas = sqlite_pragmas(config.timeout);
+    let pragmas = sqlite_pragmas(config.timeout, config.sqlite_sync);
     manager_config.custom_setup = Box::new(move |path: &str| {
         let (path, pragmas) = (path.to_owned(), pragmas.clone());
         Box::pin(async move {

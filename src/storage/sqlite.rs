@@ -36,6 +36,7 @@ pub mod reads {
     include!("reads.rs");
 }
 
+mod checkpointer;
 pub(super) mod steps;
 mod writer;
 
@@ -58,7 +59,7 @@ impl SqliteStore {
     /// Opens the writer connection (on its own thread) and a lazy pool of readers.
     pub fn connect(path: &str, config: &PoolConfig) -> Result<Self, String> {
         let readers = pool::sqlite_pool(path, config)?;
-        let writer = Writer::open(path, config.timeout)?;
+        let writer = Writer::open(path, config.timeout, config.sqlite_sync)?;
         Ok(Self {
             readers,
             writer,
@@ -69,6 +70,11 @@ impl SqliteStore {
 
     pub async fn migrate(&self) -> Result<Vec<String>, String> {
         pool::migrate_sqlite(&self.readers).await
+    }
+
+    /// See `Store::time_writes`.
+    pub fn time_writes(&self, phases: crate::metrics::WritePhases) {
+        self.writer.time_phases(phases);
     }
 
     pub fn pool_status(&self) -> PoolStatus {

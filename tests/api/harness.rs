@@ -172,6 +172,7 @@ static TEMPLATE: LazyLock<String> = LazyLock::new(|| {
                 timeout: Duration::from_secs(10),
                 statement_timeout: None,
                 pooler: Default::default(),
+                sqlite_sync: Default::default(),
             },
         )
         .expect("template store");

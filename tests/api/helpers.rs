@@ -124,6 +124,7 @@ impl TestApp {
                 timeout: Duration::from_secs(5),
                 statement_timeout: Some(Duration::from_secs(15)),
                 pooler: Default::default(),
+                sqlite_sync: Default::default(),
             },
             auth: AuthConfig {
                 secret: Some(SECRET.into()),

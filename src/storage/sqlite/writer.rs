@@ -7,20 +7,26 @@
 //! is rolled back and each write runs again in a transaction of its own, so a failure
 //! is only ever its own write's.
 //!
-//! The writer checkpoints the WAL between its own transactions, every
-//! `CHECKPOINT_PAGES`. A checkpoint run by another connection beside a busy writer
-//! never completes, and the WAL restarts only after one that did: tried, it let the WAL
-//! grow without bound (1.9 GB, every lookup through its index slower), and copying in
-//! the background alongside the writer's own checkpoints bought nothing measurable.
+//! The WAL's pages are copied into the database file by a checkpointer beside the
+//! writer (`checkpointer.rs`); the writer only copies the last few frames when asked, so
+//! the WAL can restart, and checkpoints by itself only past `LIMIT_PAGES`.
+//!
+//! Each write's time is split into phases (`metrics::write_phase`): queued before its
+//! group began, its own statements, the rest of its group's statements, the commit,
+//! and the answer reaching the caller; the writer's own checkpoints are a phase of
+//! their own. They show where the slowest writes spend their time.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use diesel::result::Error as DieselError;
 use diesel::{Connection, QueryResult, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::storage::pool;
+use super::checkpointer::{Checkpointer, WalBounds, wal_checkpoint};
+use crate::metrics::{WritePhases, write_phase};
+use crate::storage::pool::{self, SqliteSync};
 use crate::storage::{StoreError, StoreResult};
 
 /// How many writes may wait for the writer before callers wait to queue.
@@ -29,24 +35,36 @@ const WRITE_QUEUE: usize = 4096;
 /// Most writes one commit carries.
 const MAX_GROUP: usize = 64;
 
-/// WAL pages that make the writer checkpoint after a commit, and the WAL restart: four
-/// times SQLite's default, so pages a burst rewrites (counters, versions) are copied
-/// once rather than often. Measured at 64 writers: 1.2-1.3x the throughput of the
-/// default, for a longer pause (p99 ~50 ms instead of ~30 ms) when a checkpoint runs.
-const CHECKPOINT_PAGES: u32 = 4096;
+/// WAL pages past which the writer checkpoints after a commit by itself (SQLite's
+/// autocheckpoint), holding the writes queued behind it: only when the checkpointer
+/// fell behind, to keep the WAL bounded (64 MiB of 4 KiB pages).
+const LIMIT_PAGES: u32 = 65536;
 
 /// The WAL file is cut back to this size when it restarts, rather than keep the size
 /// of its largest burst.
-const WAL_SIZE_LIMIT: u64 = 64 << 20;
+const WAL_SIZE_LIMIT: u64 = 128 << 20;
 
 /// A queued write.
 trait QueuedWrite: Send {
     /// Runs the write inside the writer's transaction; false when it failed (its
     /// outcome is kept for its answer either way).
     fn run(&mut self, conn: &mut SqliteConnection) -> bool;
-    /// Answers the caller once the commit's outcome is known.
-    fn answer(self: Box<Self>, committed: Result<(), &DieselError>);
+    /// Answers the caller once the commit's outcome is known, and records the write's
+    /// phases.
+    fn answer(self: Box<Self>, committed: Result<(), &DieselError>, timing: &GroupTiming);
 }
+
+/// When a group's transaction began, its commit began and ended.
+struct GroupTiming<'a> {
+    began: Instant,
+    committing: Instant,
+    committed: Instant,
+    phases: Option<&'a WritePhases>,
+}
+
+/// What a write's caller hears: its outcome, and when its commit ended (so the caller
+/// can time the answer's way back).
+type Answer<T> = (StoreResult<T>, Instant);
 
 type Job = Box<dyn QueuedWrite>;
 
@@ -60,7 +78,10 @@ enum Queued {
 struct Pending<T, F> {
     write: F,
     outcome: Option<QueryResult<T>>,
-    answer: oneshot::Sender<StoreResult<T>>,
+    answer: oneshot::Sender<Answer<T>>,
+    queued_at: Instant,
+    /// How long its own statements ran (the last time they ran).
+    statements: Duration,
 }
 
 impl<T, F> QueuedWrite for Pending<T, F>
@@ -71,18 +92,38 @@ where
     fn run(&mut self, conn: &mut SqliteConnection) -> bool {
         // A panic in one write must not take the writer (and every later write) down
         // with it: it becomes this write's error.
+        let began = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (self.write)(conn)))
             .unwrap_or_else(|_| {
                 Err(DieselError::QueryBuilderError(
                     "the SQLite write panicked".into(),
                 ))
             });
+        self.statements = began.elapsed();
         let ok = outcome.is_ok();
         self.outcome = Some(outcome);
         ok
     }
 
-    fn answer(self: Box<Self>, committed: Result<(), &DieselError>) {
+    fn answer(self: Box<Self>, committed: Result<(), &DieselError>, timing: &GroupTiming) {
+        if let Some(phases) = timing.phases {
+            let before_commit = timing.committing.saturating_duration_since(timing.began);
+            phases.observe(
+                write_phase::QUEUED,
+                timing.began.saturating_duration_since(self.queued_at),
+            );
+            phases.observe(write_phase::STATEMENTS, self.statements);
+            phases.observe(
+                write_phase::GROUP,
+                before_commit.saturating_sub(self.statements),
+            );
+            phases.observe(
+                write_phase::COMMIT,
+                timing
+                    .committed
+                    .saturating_duration_since(timing.committing),
+            );
+        }
         let outcome = match (self.outcome, committed) {
             (Some(Err(error)), _) => Err(StoreError::from(error)),
             (Some(Ok(value)), Ok(())) => Ok(value),
@@ -92,7 +133,7 @@ where
                 "the SQLite write did not run".into(),
             )),
         };
-        let _ = self.answer.send(outcome);
+        let _ = self.answer.send((outcome, timing.committed));
     }
 }
 
@@ -102,30 +143,42 @@ where
 pub struct Writer {
     jobs: mpsc::Sender<Queued>,
     timeout: Duration,
+    phases: Arc<OnceLock<WritePhases>>,
 }
 
 impl Writer {
     /// Opens the writer connection to `path` and starts its thread. Waiting for a write
     /// is bounded by `timeout`.
-    pub fn open(path: &str, timeout: Duration) -> Result<Self, String> {
-        let mut conn = SqliteConnection::establish(path)
-            .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
-        diesel::connection::SimpleConnection::batch_execute(
-            &mut conn,
-            // secure_delete: what a write replaces or removes is overwritten with
-            // zeros in the file, not left in free space (EraseUser's promise).
+    pub fn open(path: &str, timeout: Duration, sync: SqliteSync) -> Result<Self, String> {
+        Self::open_with(path, timeout, sync, WalBounds::DEFAULT)
+    }
+
+    fn open_with(
+        path: &str,
+        timeout: Duration,
+        sync: SqliteSync,
+        bounds: WalBounds,
+    ) -> Result<Self, String> {
+        // secure_delete: what a write replaces or removes is overwritten with zeros in
+        // the file, not left in free space (EraseUser's promise).
+        let mut conn = connect(
+            path,
             &format!(
-                "{} PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}; \
+                "{} PRAGMA wal_autocheckpoint = {LIMIT_PAGES}; \
                  PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}; PRAGMA secure_delete = ON;",
-                pool::sqlite_pragmas(timeout)
+                pool::sqlite_pragmas(timeout, sync)
             ),
-        )
-        .map_err(|e| format!("cannot set up the SQLite database {path}: {e}"))?;
+        )?;
+        let checkpointer =
+            Checkpointer::start(connect(path, &pool::sqlite_pragmas(timeout, sync))?, bounds)?;
+        let phases = Arc::new(OnceLock::<WritePhases>::new());
+        let timed = phases.clone();
         let (jobs, mut queued) = mpsc::channel::<Queued>(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("chatd-sqlite-writer".into())
             .spawn(move || {
-                // Ends when every sender is gone (the store was dropped).
+                // Ends when every sender is gone (the store was dropped), and the
+                // checkpointer with it.
                 let mut next = queued.blocking_recv();
                 while let Some(item) = next.take() {
                     let first = match item {
@@ -148,14 +201,28 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    commit_group(&mut conn, group);
+                    commit_group(&mut conn, group, timed.get());
+                    if checkpointer.committed() {
+                        finish_checkpoint(&mut conn, timed.get());
+                        checkpointer.finished();
+                    }
                     if next.is_none() {
                         next = queued.blocking_recv();
                     }
                 }
             })
             .map_err(|e| format!("cannot start the SQLite writer: {e}"))?;
-        Ok(Self { jobs, timeout })
+        Ok(Self {
+            jobs,
+            timeout,
+            phases,
+        })
+    }
+
+    /// From now on, each write's phases are recorded in `phases` (once: later calls
+    /// change nothing).
+    pub fn time_phases(&self, phases: WritePhases) {
+        let _ = self.phases.set(phases);
     }
 
     /// Runs `write` on the writer connection, after the writes queued before it, in a
@@ -174,8 +241,14 @@ impl Writer {
             write,
             outcome: None,
             answer,
+            queued_at: Instant::now(),
+            statements: Duration::ZERO,
         });
-        self.queue(Queued::Write(job), answered).await?
+        let (outcome, committed) = self.queue(Queued::Write(job), answered).await?;
+        if let Some(phases) = self.phases.get() {
+            phases.observe(write_phase::ANSWER, committed.elapsed());
+        }
+        outcome
     }
 
     /// Moves every page the WAL holds into the database file and truncates the WAL to
@@ -204,28 +277,45 @@ impl Writer {
     }
 }
 
-/// The answer of `PRAGMA wal_checkpoint`.
-#[derive(diesel::QueryableByName)]
-struct CheckpointRow {
-    /// 1 when readers kept it from completing.
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    busy: i32,
+/// Opens a connection to `path` and sets it up with `pragmas`.
+fn connect(path: &str, pragmas: &str) -> Result<SqliteConnection, String> {
+    let mut conn = SqliteConnection::establish(path)
+        .map_err(|e| format!("cannot open the SQLite database {path}: {e}"))?;
+    diesel::connection::SimpleConnection::batch_execute(&mut conn, pragmas)
+        .map_err(|e| format!("cannot set up the SQLite database {path}: {e}"))?;
+    Ok(conn)
+}
+
+/// Copies the WAL's last frames, which the checkpointer has not, so that the next
+/// transaction can restart the WAL. Between two groups, outside any transaction.
+fn finish_checkpoint(conn: &mut SqliteConnection, phases: Option<&WritePhases>) {
+    let began = Instant::now();
+    match wal_checkpoint(conn, "PASSIVE") {
+        Ok(round) => tracing::trace!(
+            frames = round.log,
+            busy = round.busy,
+            "the writer copied the WAL's last frames"
+        ),
+        // The checkpointer asks again after its next round.
+        Err(error) => tracing::warn!(%error, "the writer's WAL checkpoint failed"),
+    }
+    if let Some(phases) = phases {
+        phases.observe(write_phase::CHECKPOINT, began.elapsed());
+    }
 }
 
 /// `PRAGMA wal_checkpoint(TRUNCATE)`: every frame into the database file, then the WAL
-/// cut to zero bytes. Readers still on an old snapshot keep it from completing; it is
-/// tried again until `within` has passed.
+/// cut to zero bytes. Readers still on an old snapshot (or the checkpointer's round) keep
+/// it from completing; it is tried again until `within` has passed.
 fn checkpoint(conn: &mut SqliteConnection, within: Duration) -> Result<(), String> {
-    use diesel::RunQueryDsl;
-    let deadline = std::time::Instant::now() + within;
+    let deadline = Instant::now() + within;
     loop {
-        let rows: Vec<CheckpointRow> = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .load(conn)
+        let round = wal_checkpoint(conn, "TRUNCATE")
             .map_err(|e| format!("the WAL checkpoint failed: {e}"))?;
-        if rows.first().is_some_and(|row| row.busy == 0) {
+        if round.busy == 0 {
             return Ok(());
         }
-        if std::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return Err(format!(
                 "the WAL checkpoint could not complete within {within:?}: readers held old pages"
             ));
@@ -237,30 +327,52 @@ fn checkpoint(conn: &mut SqliteConnection, within: Duration) -> Result<(), Strin
 /// Runs a group of queued writes as one transaction and answers each after the
 /// commit. If a write (or the commit) failed, the group is rolled back and every write
 /// runs again alone, so one write's failure is never another's.
-fn commit_group(conn: &mut SqliteConnection, mut group: Vec<Job>) {
+fn commit_group(conn: &mut SqliteConnection, mut group: Vec<Job>, phases: Option<&WritePhases>) {
+    let began = Instant::now();
+    let mut committing = began;
     let together = conn.immediate_transaction(|conn| {
         for job in group.iter_mut() {
             if !job.run(conn) {
                 return Err(DieselError::RollbackTransaction);
             }
         }
+        committing = Instant::now();
         Ok(())
     });
+    let timing = GroupTiming {
+        began,
+        committing,
+        committed: Instant::now(),
+        phases,
+    };
     match together {
-        Ok(()) => group.into_iter().for_each(|job| job.answer(Ok(()))),
+        Ok(()) => group
+            .into_iter()
+            .for_each(|job| job.answer(Ok(()), &timing)),
         Err(_) if group.len() > 1 => {
             for mut job in group {
+                let began = Instant::now();
+                let mut committing = began;
                 let alone = conn.immediate_transaction(|conn| {
                     if job.run(conn) {
+                        committing = Instant::now();
                         Ok(())
                     } else {
                         Err(DieselError::RollbackTransaction)
                     }
                 });
-                job.answer(alone.as_ref().map(|_| ()));
+                let timing = GroupTiming {
+                    began,
+                    committing,
+                    committed: Instant::now(),
+                    phases,
+                };
+                job.answer(alone.as_ref().map(|_| ()), &timing);
             }
         }
-        Err(error) => group.into_iter().for_each(|job| job.answer(Err(&error))),
+        Err(error) => group
+            .into_iter()
+            .for_each(|job| job.answer(Err(&error), &timing)),
     }
 }
 
@@ -272,12 +384,14 @@ mod tests {
 
     fn pending(
         write: impl Fn(&mut SqliteConnection) -> QueryResult<usize> + Send + 'static,
-    ) -> (Job, oneshot::Receiver<StoreResult<usize>>) {
+    ) -> (Job, oneshot::Receiver<Answer<usize>>) {
         let (answer, answered) = oneshot::channel();
         let job = Box::new(Pending {
             write,
             outcome: None,
             answer,
+            queued_at: Instant::now(),
+            statements: Duration::ZERO,
         });
         (job, answered)
     }
@@ -295,19 +409,86 @@ mod tests {
         // A duplicate key: fails inside the group.
         let (failing, failing_answer) = pending(insert(1));
         let (third, third_answer) = pending(insert(3));
-        commit_group(&mut conn, vec![first, failing, third]);
-        assert!(first_answer.blocking_recv().unwrap().is_ok());
+        commit_group(&mut conn, vec![first, failing, third], None);
+        assert!(first_answer.blocking_recv().unwrap().0.is_ok());
         assert!(matches!(
-            failing_answer.blocking_recv().unwrap(),
+            failing_answer.blocking_recv().unwrap().0,
             Err(StoreError::Query(_))
         ));
-        assert!(third_answer.blocking_recv().unwrap().is_ok());
+        assert!(third_answer.blocking_recv().unwrap().0.is_ok());
         let count: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
             "(SELECT COUNT(*) FROM t)",
         ))
         .get_result(&mut conn)
         .unwrap();
         assert_eq!(count, 2, "both good writes are stored, once each");
+    }
+
+    /// Writes of 4 KiB rows from 8 tasks at once, so the writer always has the next
+    /// group queued, through a writer whose WAL restarts past 64 pages: the WAL file
+    /// stays far below the 16 MiB written (without restarts it holds every page
+    /// written), and every row is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_restarts_while_the_writer_writes_without_pause() {
+        let dir = std::env::temp_dir().join(format!(
+            "chatd-writer-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wal.db");
+        let path = path.to_str().unwrap().to_owned();
+        let bounds = WalBounds {
+            restart_pages: 64,
+            finish_pages: 256,
+        };
+        let writer =
+            Writer::open_with(&path, Duration::from_secs(10), SqliteSync::Normal, bounds).unwrap();
+        writer
+            .write(|conn| conn.batch_execute("CREATE TABLE t (n INTEGER PRIMARY KEY, b BLOB)"))
+            .await
+            .unwrap();
+        let (tasks, each) = (8, 512);
+        let writers: Vec<_> = (0..tasks)
+            .map(|task| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    for i in 0..each {
+                        let n = task * each + i;
+                        writer
+                            .write(move |conn| {
+                                diesel::sql_query(format!(
+                                    "INSERT INTO t (n, b) VALUES ({n}, randomblob(4000))"
+                                ))
+                                .execute(conn)
+                            })
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in writers {
+            task.await.unwrap();
+        }
+        let rows = tasks * each;
+        let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
+        let count = writer
+            .write(|conn| {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "(SELECT COUNT(*) FROM t)",
+                ))
+                .get_result::<i64>(conn)
+            })
+            .await
+            .unwrap();
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(count, rows, "every write is stored");
+        assert!(
+            wal < 8 << 20,
+            "the WAL grew instead of restarting: {wal} bytes after 16 MiB of writes"
+        );
     }
 
     #[test]
@@ -317,8 +498,8 @@ mod tests {
             .unwrap();
         let (panicking, panicked) = pending(|_| panic!("a bug"));
         let (fine, fine_answer) = pending(insert(7));
-        commit_group(&mut conn, vec![panicking, fine]);
-        assert!(panicked.blocking_recv().unwrap().is_err());
-        assert!(fine_answer.blocking_recv().unwrap().is_ok());
+        commit_group(&mut conn, vec![panicking, fine], None);
+        assert!(panicked.blocking_recv().unwrap().0.is_err());
+        assert!(fine_answer.blocking_recv().unwrap().0.is_ok());
     }
 }
