@@ -9,13 +9,17 @@
 //! - `events.rs` (`--events-receiver ADDR`): events out, from commit to a webhook (and
 //!   NATS) receiver: lag and throughput.
 //! - `seed.rs` (`--seed`): the synthetic dataset all of them run against.
+//! - `ceiling.rs` (`--serve-cached-summaries ADDR`): not a load but a server, the
+//!   cached-answer ceiling the polling mix is read against.
 //!
 //! grpc.health.v1 Check runs in the same run as the reference: it measures what the
 //! gRPC stack and the machine can do with no domain work, so every figure is also shown
 //! as a ratio of Check's, which travels between machines better than raw numbers.
 
+mod ceiling;
 mod erase;
 mod events;
+mod phases;
 mod poll;
 mod rpcs;
 mod seed;
@@ -30,6 +34,7 @@ use crate::auth::TokenSigner;
 use crate::domain::Role;
 use crate::storage::Store;
 
+pub use ceiling::serve as serve_cached_summaries;
 pub use rpcs::Rpc;
 pub use seed::Dataset;
 
@@ -65,6 +70,9 @@ pub struct BenchConfig {
     pub events_receiver: Option<String>,
     /// Events mode: the NATS server the chatd under test publishes events to.
     pub events_nats: Option<String>,
+    /// Polling mode: a cached-answer ceiling server (`--serve-cached-summaries`) to poll
+    /// over gRPC beside chatd, in the same run.
+    pub ceiling_target: Option<String>,
 }
 
 pub async fn run(

@@ -80,6 +80,10 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Bench(args) => {
             let config = args.config()?;
             let database = args.database.parse_url()?;
+            if let Some(listen) = args.serve_cached_summaries {
+                let verifier = chatd::auth::TokenVerifier::new(&args.auth.config(), &database)?;
+                return chatd::bench::serve_cached_summaries(listen, verifier).await;
+            }
             let signer = TokenSigner::new(&args.auth.config(), &database)?;
             let store = if config.seed || config.erase.is_some() {
                 let pool = PoolConfig {

@@ -111,31 +111,26 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
 
     let sender = Sender::start(config, signer.clone(), dataset, online);
     let before = http.cache_reads().await?;
-    let started = Instant::now();
-    let deadline = started + config.duration;
-    let summary_request = framed(&pb::GetUnreadSummaryRequest {
-        limit: 50,
-        if_none_match: String::new(),
-    });
-    let clients = raw
-        .iter()
-        .map(|client| {
-            let (mut client, request) = (client.clone(), summary_request.clone());
-            let headers = headers.clone();
-            let mut run = ClientRun::new(&empty);
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let header = &headers[fastrand::usize(..headers.len())];
-                    let call = Instant::now();
-                    let result = client.call(SUMMARY, Some(header), &request).await;
-                    run.record(call, result);
-                }
-                run
-            })
-        })
-        .collect();
-    let grpc = Report::collect("GetUnreadSummary (gRPC)", started, clients, &empty).await;
+    let grpc = poll_grpc(
+        "GetUnreadSummary (gRPC)",
+        &raw,
+        &headers,
+        config.duration,
+        &empty,
+    )
+    .await;
     let between = http.cache_reads().await?;
+    let ceiling = match &config.ceiling_target {
+        Some(target) => {
+            let mut clients = Vec::with_capacity(config.concurrency);
+            for _ in 0..config.concurrency {
+                clients.push(RawGrpc::connect(target).await?);
+            }
+            let name = "cached-answer ceiling (gRPC)";
+            Some(poll_grpc(name, &clients, &headers, config.duration, &empty).await)
+        }
+        None => None,
+    };
 
     let started = Instant::now();
     let deadline = started + config.duration;
@@ -175,7 +170,21 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     let sent = sender.stop().await;
 
     let reference = Some(check.rps());
-    super::print_reports(&[check, grpc, rest], reference);
+    let against_ceiling = ceiling.as_ref().map(|ceiling| {
+        format!(
+            "chatd's gRPC polls: {:.2} × the cached-answer ceiling's rate, p99 {:.2} × its",
+            grpc.rps() / ceiling.rps().max(f64::MIN_POSITIVE),
+            grpc.latencies.quantile_ms(0.99) / ceiling.latencies.quantile_ms(0.99).max(0.001)
+        )
+    });
+    let reports: Vec<Report> = [Some(check), Some(grpc), ceiling, Some(rest)]
+        .into_iter()
+        .flatten()
+        .collect();
+    super::print_reports(&reports, reference);
+    if let Some(line) = against_ceiling {
+        println!("{line}");
+    }
     for (phase, from, to) in [("gRPC", &before, &between), ("REST", &between, &after)] {
         println!(
             "summary cache during the {phase} phase: {}",
@@ -193,6 +202,41 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     );
     println!("{sent}");
     Ok(())
+}
+
+/// One gRPC polling phase: each client polls a random online user's summary, one call
+/// at a time, for `duration`.
+async fn poll_grpc(
+    name: &'static str,
+    raw: &[RawGrpc],
+    headers: &Arc<Vec<http::HeaderValue>>,
+    duration: Duration,
+    empty: &Latencies,
+) -> Report {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let summary_request = framed(&pb::GetUnreadSummaryRequest {
+        limit: 50,
+        if_none_match: String::new(),
+    });
+    let clients = raw
+        .iter()
+        .map(|client| {
+            let (mut client, request) = (client.clone(), summary_request.clone());
+            let headers = headers.clone();
+            let mut run = ClientRun::new(empty);
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let header = &headers[fastrand::usize(..headers.len())];
+                    let call = Instant::now();
+                    let result = client.call(SUMMARY, Some(header), &request).await;
+                    run.record(call, result);
+                }
+                run
+            })
+        })
+        .collect();
+    Report::collect(name, started, clients, empty).await
 }
 
 #[derive(Default)]
@@ -309,7 +353,7 @@ fn thread_of(dataset: &Dataset, tutor: i64) -> i64 {
 
 /// The REST gateway: an address to poll and read /metrics from over HTTP/1.1.
 #[derive(Clone)]
-struct HttpTarget {
+pub(super) struct HttpTarget {
     addr: String,
     host: String,
 }
@@ -317,7 +361,7 @@ struct HttpTarget {
 type Connection = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 impl HttpTarget {
-    fn parse(url: &str) -> Result<Self, String> {
+    pub(super) fn parse(url: &str) -> Result<Self, String> {
         let host = url
             .strip_prefix("http://")
             .ok_or_else(|| format!("--http-target must be http://host:port, got {url:?}"))?
@@ -402,13 +446,18 @@ impl HttpTarget {
         }
     }
 
-    /// The server's summary cache counters, from its /metrics.
-    async fn cache_reads(&self) -> Result<CacheReads, String> {
+    /// The server's /metrics, as text.
+    pub(super) async fn metrics(&self) -> Result<String, String> {
         let (status, _, body) = self.get(&mut None, "/metrics", &[]).await?;
         if status != 200 {
             return Err(format!("GET /metrics answered {status}"));
         }
-        let text = String::from_utf8_lossy(&body);
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The server's summary cache counters, from its /metrics.
+    async fn cache_reads(&self) -> Result<CacheReads, String> {
+        let text = self.metrics().await?;
         let value = |series: &str| {
             text.lines()
                 .find_map(|line| line.strip_prefix(series))

@@ -9,6 +9,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::Dataset;
+use super::phases::WritePhases;
+use super::poll::HttpTarget;
 use super::{BenchConfig, ClientRun, Latencies, Report, authed, bearer, connect};
 use crate::auth::TokenSigner;
 use crate::domain::Role;
@@ -82,19 +84,33 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         dataset.messages_per_thread()
     );
     let empty = Latencies::new()?;
+    // A SQLite server's writer phases, when its /metrics can be read.
+    let http = HttpTarget::parse(&config.http_target).ok();
     let mut reports = Vec::new();
+    let mut phases = Vec::new();
     for rpc in &config.rpcs {
         let anywhere = Anywhere {
             dataset,
             signer: signer.clone(),
         };
+        let before = WritePhases::read(http.as_ref()).await;
         reports.push(drive(*rpc, &channels, &sample, anywhere, config.duration, &empty).await);
+        let lines = before.report_until(&WritePhases::read(http.as_ref()).await);
+        if !lines.is_empty() {
+            phases.push((rpc.name(), lines));
+        }
     }
     let check = reports
         .iter()
         .find(|report| report.name == Rpc::Check.name())
         .map(Report::rps);
     super::print_reports(&reports, check);
+    for (rpc, lines) in phases {
+        println!(
+            "{rpc} on the SQLite writer, by phase (the server's /metrics; a quantile is its bucket's bound):"
+        );
+        lines.iter().for_each(|line| println!("{line}"));
+    }
     Ok(())
 }
 

@@ -77,6 +77,16 @@ pub struct BenchArgs {
     /// under test's --events-url) and report its lag.
     #[arg(long)]
     pub events_nats: Option<String>,
+    /// Polling mode: also poll this cached-answer ceiling (a `chatd bench
+    /// --serve-cached-summaries` of its own) over gRPC, right after chatd, and report
+    /// chatd's gRPC polls as a fraction of its.
+    #[arg(long)]
+    pub ceiling_target: Option<String>,
+    /// Serve the polling mix's cached-answer ceiling on this address until stopped: chat.v1
+    /// GetUnreadSummary over the stack chatd serves gRPC with, the same bearer token
+    /// verified, a fixed summary of about 1 KB answered from a map. Drives no load.
+    #[arg(long)]
+    pub serve_cached_summaries: Option<std::net::SocketAddr>,
     /// RPCs to drive, in order (default: all, starting with the Health/Check reference).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub rpcs: Vec<Rpc>,
@@ -97,15 +107,20 @@ impl BenchArgs {
             self.windows > 0,
             self.erase.is_some(),
             self.events_receiver.is_some(),
+            self.serve_cached_summaries.is_some(),
         ];
         if modes.iter().filter(|on| **on).count() > 1 {
             return Err(
-                "choose one mode: --poll, --watchers, --windows, --erase or --events-receiver"
+                "choose one mode: --poll, --watchers, --windows, --erase, --events-receiver \
+                 or --serve-cached-summaries"
                     .into(),
             );
         }
         if self.events_nats.is_some() && self.events_receiver.is_none() {
             return Err("--events-nats goes with --events-receiver (events mode)".into());
+        }
+        if self.ceiling_target.is_some() && !self.poll {
+            return Err("--ceiling-target goes with --poll (polling mode)".into());
         }
         if self.erase.is_some_and(|n| n < 1) {
             return Err("--erase takes how many messages to erase: at least 1".into());
@@ -138,6 +153,7 @@ impl BenchArgs {
             erase: self.erase,
             events_receiver: self.events_receiver.clone(),
             events_nats: self.events_nats.clone(),
+            ceiling_target: self.ceiling_target.clone(),
         })
     }
 }
