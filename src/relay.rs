@@ -40,11 +40,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Events deleted per transaction by retention: small, so writes never wait long.
 const TRIM_BATCH: i64 = 1000;
 
-/// Participants reminded per statement. On SQLite the statement holds the one writer
-/// every write waits for: 500 there held sends for up to 200 ms while a backlog of
-/// reminders drained; 50 keep a batch near 10 ms.
+/// Participants reminded per statement.
 const REMIND_BATCH: i64 = 500;
-const REMIND_BATCH_SQLITE: i64 = 50;
 
 /// How often reminders are looked for, at most.
 const REMIND_EVERY: Duration = Duration::from_secs(30);
@@ -285,10 +282,7 @@ async fn deliver(
 async fn remind(store: Store, after: Duration, mut stop: watch::Receiver<bool>) {
     let every = (after / 4).clamp(Duration::from_millis(100), REMIND_EVERY);
     let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-    let batch = match store {
-        Store::Sqlite(_) => REMIND_BATCH_SQLITE,
-        Store::Postgres(_) => REMIND_BATCH,
-    };
+    let batch = REMIND_BATCH;
     loop {
         let now = chrono::Utc::now();
         let round = RemindUnread {
