@@ -1,7 +1,8 @@
 //! The cached-answer ceiling of the polling mix (`chatd bench --serve-cached-summaries`):
 //! a server that speaks chat.v1 GetUnreadSummary over the stack chatd serves gRPC with
 //! (tonic's routes on `net::serve`'s hyper, the same codec), verifies the same bearer
-//! token with the same verifier, and answers a fixed summary of about 1 KB from a map.
+//! token with the same verifier, and answers a fixed summary (eight threads, about 750 bytes
+//! encoded) from a map.
 //! Polled beside chatd in the same `--poll` run (`--ceiling-target`), chatd's polls as a
 //! fraction of its polls are what chatd's own work costs, apart from HTTP/2, HPACK and
 //! protobuf, which both pay alike.
@@ -51,7 +52,7 @@ pub async fn serve(listen: SocketAddr, verifier: TokenVerifier) -> Result<(), St
     Ok(())
 }
 
-/// A summary like a tutor's with eight unread threads: about 1 KB encoded.
+/// A summary like a tutor's with eight unread threads: about 750 bytes encoded.
 fn summary_of(user: i64) -> pb::GetUnreadSummaryResponse {
     let threads = (0..8)
         .map(|i| pb::ThreadUnread {

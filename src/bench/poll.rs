@@ -56,27 +56,17 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     );
     let empty = Latencies::new()?;
 
-    let started = Instant::now();
-    let deadline = started + config.duration;
     let check_request = framed(&HealthCheckRequest {
         service: String::new(),
     });
-    let clients = raw
-        .iter()
-        .map(|client| {
-            let (mut client, request) = (client.clone(), check_request.clone());
-            let mut run = ClientRun::new(&empty);
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let call = Instant::now();
-                    let result = client.call(CHECK, None, &request).await;
-                    run.record(call, result);
-                }
-                run
-            })
-        })
-        .collect();
-    let check = Report::collect("Health/Check", started, clients, &empty).await;
+    let check = call_grpc(
+        "Health/Check",
+        &raw,
+        Call::Check(check_request),
+        config.duration,
+        &empty,
+    )
+    .await;
 
     // Every online user polls once first, as a browser that was already open would
     // have: the phases measure the steady state, not the first poll of each user.
@@ -111,10 +101,10 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
 
     let sender = Sender::start(config, signer.clone(), dataset, online);
     let before = http.cache_reads().await?;
-    let grpc = poll_grpc(
+    let grpc = call_grpc(
         "GetUnreadSummary (gRPC)",
         &raw,
-        &headers,
+        Call::summary(&headers),
         config.duration,
         &empty,
     )
@@ -127,7 +117,8 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
                 clients.push(RawGrpc::connect(target).await?);
             }
             let name = "cached-answer ceiling (gRPC)";
-            Some(poll_grpc(name, &clients, &headers, config.duration, &empty).await)
+            let call = Call::summary(&headers);
+            Some(call_grpc(name, &clients, call, config.duration, &empty).await)
         }
         None => None,
     };
@@ -204,33 +195,59 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     Ok(())
 }
 
-/// One gRPC polling phase: each client polls a random online user's summary, one call
-/// at a time, for `duration`.
-async fn poll_grpc(
+/// What the clients of a gRPC phase call.
+#[derive(Clone)]
+enum Call {
+    /// Health/Check, with no token.
+    Check(Bytes),
+    /// GetUnreadSummary as a random one of the online users (their bearer headers).
+    Summary(Bytes, Arc<Vec<http::HeaderValue>>),
+}
+
+impl Call {
+    fn summary(headers: &Arc<Vec<http::HeaderValue>>) -> Self {
+        let request = framed(&pb::GetUnreadSummaryRequest {
+            limit: 50,
+            if_none_match: String::new(),
+        });
+        Call::Summary(request, headers.clone())
+    }
+
+    /// The call's path, its caller's header (if any) and its framed request.
+    fn next(&self) -> (&'static str, Option<&http::HeaderValue>, &Bytes) {
+        match self {
+            Call::Check(request) => (CHECK, None, request),
+            Call::Summary(request, headers) => (
+                SUMMARY,
+                Some(&headers[fastrand::usize(..headers.len())]),
+                request,
+            ),
+        }
+    }
+}
+
+/// One gRPC phase: each client makes `call` over its own connection, one at a time,
+/// for `duration`.
+async fn call_grpc(
     name: &'static str,
     raw: &[RawGrpc],
-    headers: &Arc<Vec<http::HeaderValue>>,
+    call: Call,
     duration: Duration,
     empty: &Latencies,
 ) -> Report {
     let started = Instant::now();
     let deadline = started + duration;
-    let summary_request = framed(&pb::GetUnreadSummaryRequest {
-        limit: 50,
-        if_none_match: String::new(),
-    });
     let clients = raw
         .iter()
         .map(|client| {
-            let (mut client, request) = (client.clone(), summary_request.clone());
-            let headers = headers.clone();
+            let (mut client, call) = (client.clone(), call.clone());
             let mut run = ClientRun::new(empty);
             tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    let header = &headers[fastrand::usize(..headers.len())];
-                    let call = Instant::now();
-                    let result = client.call(SUMMARY, Some(header), &request).await;
-                    run.record(call, result);
+                    let (path, header, request) = call.next();
+                    let started = Instant::now();
+                    let result = client.call(path, header, request).await;
+                    run.record(started, result);
                 }
                 run
             })
