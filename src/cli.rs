@@ -403,6 +403,7 @@ impl ServeArgs {
                 },
                 unread_reminder_after: self.unread_reminder_after,
                 retention: self.events_retention,
+                ..crate::config::EventsConfig::default()
             },
         })
     }

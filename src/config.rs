@@ -63,6 +63,10 @@ pub struct EventsConfig {
     pub webhook: Option<WebhookConfig>,
     /// How long a message stays unread before its reader is reminded; zero: never.
     pub unread_reminder_after: Duration,
+    /// How many threads (by id) one round of reminders looks through: on SQLite a round
+    /// holds the one writer, so it reads a few thousand participants at most, however
+    /// few of them are due. Not a flag: tests shrink it to make rounds of a few threads.
+    pub unread_reminder_window: i64,
     /// How long the log keeps an event.
     pub retention: Duration,
 }
@@ -74,6 +78,7 @@ impl Default for EventsConfig {
             nats_stream: DEFAULT_EVENTS_STREAM.to_owned(),
             webhook: None,
             unread_reminder_after: Duration::from_secs(600),
+            unread_reminder_window: 5_000,
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }

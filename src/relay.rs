@@ -17,7 +17,7 @@ use crate::domain::{Chat, Event};
 use crate::metrics::EventCounters;
 use crate::storage::Store;
 use crate::storage::writes::outbox::{AdvanceCursor, HoldLease, TrimEvents};
-use crate::storage::writes::remind_unread::RemindUnread;
+use crate::storage::writes::remind_unread::{ParticipantKey, RemindUnread, Reminded};
 
 mod nats;
 mod webhook;
@@ -40,8 +40,9 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Events deleted per transaction by retention: small, so writes never wait long.
 const TRIM_BATCH: i64 = 1000;
 
-/// Participants reminded per statement.
-const REMIND_BATCH: i64 = 500;
+/// Participants reminded per statement: on SQLite a batch holds the one writer, and
+/// rounds go on where the last stopped, so small batches cost no more in all.
+const REMIND_BATCH: i64 = 100;
 
 /// How often reminders are looked for, at most.
 const REMIND_EVERY: Duration = Duration::from_secs(30);
@@ -178,6 +179,7 @@ impl Workers {
             tokio::spawn(remind(
                 store.clone(),
                 config.unread_reminder_after,
+                config.unread_reminder_window.max(1),
                 stopped.clone(),
             ));
         }
@@ -279,20 +281,48 @@ async fn deliver(
 }
 
 /// Writes unread reminders (`RemindUnread`) for messages unread for `after`.
-async fn remind(store: Store, after: Duration, mut stop: watch::Receiver<bool>) {
+/// Each round looks through `window` threads at most (`EventsConfig`).
+async fn remind(store: Store, after: Duration, window: i64, mut stop: watch::Receiver<bool>) {
     let every = (after / 4).clamp(Duration::from_millis(100), REMIND_EVERY);
     let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
     let batch = REMIND_BATCH;
+    // A sweep goes through the participants once in key order, a window of threads at a
+    // time and at most a batch of reminders a round, so a backlog costs one read of it
+    // and no round holds writes long, whether many are due or none.
+    let mut from = ParticipantKey::before_thread(0);
     loop {
         let now = chrono::Utc::now();
+        let through_thread_id = from.thread_id.saturating_add(window);
         let round = RemindUnread {
             due_before: now.checked_sub_signed(after).unwrap_or(now),
             now_ms: now.timestamp_millis(),
             batch,
+            after: from,
+            through_thread_id,
         };
-        let more = matches!(store.write(round).await, Ok(reminded) if reminded == batch);
-        if !more && !pause(every, &mut stop).await {
-            return;
+        let next = match store.write(round).await {
+            Ok(Reminded {
+                count,
+                last: Some(last),
+                ..
+            }) if count == batch => Some(last),
+            Ok(Reminded { beyond: true, .. }) => {
+                Some(ParticipantKey::before_thread(through_thread_id + 1))
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "unread reminders: a round failed; the next sweep starts over");
+                None
+            }
+        };
+        match next {
+            Some(key) => from = key,
+            None => {
+                from = ParticipantKey::before_thread(0);
+                if !pause(every, &mut stop).await {
+                    return;
+                }
+            }
         }
     }
 }

@@ -133,7 +133,7 @@ mod tests {
     use crate::storage::postgres::{Piece, split_named};
 
     /// Every PostgreSQL statement of the writes, with the parameters its struct binds.
-    fn statements() -> [(&'static str, &'static [&'static str]); 8] {
+    fn statements() -> [(&'static str, &'static [&'static str]); 9] {
         use super::*;
         [
             (
@@ -167,6 +167,10 @@ mod tests {
             (
                 create_thread::CreateThreadStatement::FILE,
                 create_thread::CreateThreadStatement::PARAMS,
+            ),
+            (
+                remind_unread::RemindStatement::FILE,
+                remind_unread::RemindStatement::PARAMS,
             ),
         ]
     }

@@ -401,6 +401,34 @@ async fn unread_reminders_come_once_per_spell_and_never_when_muted(app: TestApp)
     }
 }
 
+/// A backlog of more readers due than one round reminds, over more threads than one
+/// round looks through (rounds go on where the last stopped): every reader due is
+/// reminded, and none twice.
+async fn a_backlog_of_reminders_reaches_every_reader_once(app: TestApp) {
+    const READERS: i64 = 250;
+    let mut reminders = stream_events(&app, 0, &["chat.unread.reminder"]).await;
+    let mut due = HashSet::new();
+    for n in 0..READERS {
+        let (tutor, student) = (3000 + n, 4000 + n);
+        let thread = app.contact_thread(500 + n, tutor, student).await.thread_id;
+        app.tutor(tutor).say(thread, "are you there?").await;
+        due.insert((student, thread));
+    }
+    let mut reminded = HashSet::new();
+    while reminded.len() < due.len() {
+        match next(&mut reminders).await.data {
+            Some(Data::UnreadReminder(r)) => {
+                assert!(
+                    reminded.insert((r.user_id, r.thread_id)),
+                    "reminded twice: {r:?}"
+                );
+            }
+            other => panic!("a reminder: {other:?}"),
+        }
+    }
+    assert_eq!(reminded, due);
+}
+
 /// Writers in several threads at once: a consumer following live receives exactly
 /// what a replay from 0 gives afterwards (none skipped for committing after a later
 /// one), each thread's changes at versions 1, 2, 3, … in order.
@@ -467,5 +495,11 @@ backend_suite!(
     },
     unread_reminders_come_once_per_spell_and_never_when_muted with |config: &mut chatd::config::ServeConfig| {
         config.events.unread_reminder_after = Duration::from_millis(300);
+    },
+    a_backlog_of_reminders_reaches_every_reader_once with |config: &mut chatd::config::ServeConfig| {
+        // Long enough for most of the backlog to fall due in the same sweep, whose
+        // rounds look through 7 threads each.
+        config.events.unread_reminder_after = Duration::from_secs(2);
+        config.events.unread_reminder_window = 7;
     },
 );

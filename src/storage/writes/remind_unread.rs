@@ -10,12 +10,42 @@ use crate::model::{EventKind, Side};
 use crate::storage::postgres::{self, committed_row};
 use crate::storage::sqlite::steps;
 
-/// Reminds up to `batch` participants with a message unread since before `due_before`.
+/// Reminds up to `batch` participants with a message unread since before `due_before`,
+/// the first due in key order after `after` (a round goes on where the last stopped)
+/// in threads up to `through_thread_id` (a round reads a window, however few are due).
 #[derive(Debug, Clone, Copy)]
 pub struct RemindUnread {
     pub due_before: DateTime<Utc>,
     pub now_ms: i64,
     pub batch: i64,
+    pub after: ParticipantKey,
+    pub through_thread_id: i64,
+}
+
+/// A participant's key, `(thread_id, side)`, the order reminders go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParticipantKey {
+    pub thread_id: i64,
+    pub side: &'static str,
+}
+
+impl ParticipantKey {
+    /// Before every participant of thread `thread_id` (and of every thread after it).
+    pub fn before_thread(thread_id: i64) -> Self {
+        Self {
+            thread_id,
+            side: "",
+        }
+    }
+}
+
+/// What a round did: how many it reminded, the last of them (in key order), and whether
+/// a thread lies beyond its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reminded {
+    pub count: i64,
+    pub last: Option<ParticipantKey>,
+    pub beyond: bool,
 }
 
 postgres::sql_file_statement! {
@@ -24,6 +54,9 @@ postgres::sql_file_statement! {
         due_before: DateTime<Utc> => diesel::sql_types::Timestamptz,
         now_ms: i64 => BigInt,
         batch: i64 => BigInt,
+        after_thread_id: i64 => BigInt,
+        after_side: &'static str => diesel::sql_types::Text,
+        through_thread_id: i64 => BigInt,
     }
     sql = include_str!("remind_unread.sql");
 }
@@ -32,9 +65,16 @@ postgres::sql_file_statement! {
 struct RemindedRow {
     #[diesel(sql_type = BigInt)]
     reminded: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    last_thread_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    last_side: Option<Side>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    beyond: bool,
 }
 
-/// SQLite: the participants due, as the statement's `due` reads them.
+/// SQLite: the participants due, as the statement's `due` reads them. SQLite numbers
+/// `$n` parameters in the order they appear, so they are numbered in that order.
 const DUE: &str = "\
 SELECT p.thread_id, p.side, p.user_id, p.unread_count, p.last_read_seq,
        (SELECT MIN(m.seq) FROM messages m
@@ -50,7 +90,20 @@ WHERE p.unread_count > 0
         AND m.sender_id <> p.user_id AND m.deleted_at IS NULL
         AND m.created_at <= $2
   )
-LIMIT $3";
+  AND (p.thread_id, p.side) > ($3, $4)
+  AND p.thread_id <= $5
+ORDER BY p.thread_id, p.side
+LIMIT $6";
+
+/// SQLite: whether a thread lies beyond the round's window.
+const BEYOND: &str =
+    "SELECT EXISTS (SELECT 1 FROM thread_participants WHERE thread_id > $1) AS beyond";
+
+#[derive(QueryableByName)]
+struct BeyondRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    beyond: bool,
+}
 
 const MARK_REMINDED: &str =
     "UPDATE thread_participants SET reminded_read_seq = $1 WHERE thread_id = $2 AND side = $3";
@@ -72,28 +125,41 @@ struct DueRow {
 }
 
 impl Write for RemindUnread {
-    /// How many participants were reminded.
-    type Done = i64;
+    type Done = Reminded;
     const NAME: &'static str = "remind_unread";
 
-    async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<i64> {
+    async fn postgres(&self, conn: &mut postgres::Conn) -> QueryResult<Reminded> {
         let row: RemindedRow = committed_row(
             RemindStatement {
                 due_before: self.due_before,
                 now_ms: self.now_ms,
                 batch: self.batch,
+                after_thread_id: self.after.thread_id,
+                after_side: self.after.side,
+                through_thread_id: self.through_thread_id,
             },
             conn,
         )
         .await?;
-        Ok(row.reminded)
+        let last = row.last_thread_id.zip(row.last_side);
+        Ok(Reminded {
+            count: row.reminded,
+            last: last.map(|(thread_id, side)| ParticipantKey {
+                thread_id,
+                side: side.as_str(),
+            }),
+            beyond: row.beyond,
+        })
     }
 
-    fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<i64> {
+    fn sqlite(&self, conn: &mut SqliteConnection) -> QueryResult<Reminded> {
         use diesel::RunQueryDsl;
         let due: Vec<DueRow> = diesel::sql_query(DUE)
             .bind::<BigInt, _>(self.now_ms)
             .bind::<diesel::sql_types::TimestamptzSqlite, _>(self.due_before)
+            .bind::<BigInt, _>(self.after.thread_id)
+            .bind::<diesel::sql_types::Text, _>(self.after.side)
+            .bind::<BigInt, _>(self.through_thread_id)
             .bind::<BigInt, _>(self.batch)
             .load(conn)?;
         for row in &due {
@@ -113,6 +179,16 @@ impl Write for RemindUnread {
                 },
             )?;
         }
-        Ok(due.len() as i64)
+        let beyond: BeyondRow = diesel::sql_query(BEYOND)
+            .bind::<BigInt, _>(self.through_thread_id)
+            .get_result(conn)?;
+        Ok(Reminded {
+            count: due.len() as i64,
+            last: due.last().map(|row| ParticipantKey {
+                thread_id: row.thread_id,
+                side: row.side.as_str(),
+            }),
+            beyond: beyond.beyond,
+        })
     }
 }

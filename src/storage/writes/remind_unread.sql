@@ -6,6 +6,12 @@
 -- yet: one reminder per unread spell, a new spell when the horizon moves
 -- (thread_participants.reminded_read_seq). A reminder names the oldest unread message.
 --
+-- A round goes on from where the last one stopped, in key order (after
+-- params.after_thread_id and params.after_side), so a backlog is read once however many
+-- rounds it takes; it looks no further than params.through_thread_id, so no round reads
+-- much however few are due. It answers the last key it reminded, for the next round to
+-- go on from, and whether any thread lies beyond its window.
+--
 -- The participant rows are taken with SKIP LOCKED: a row a write holds is reminded on
 -- the next round, and this statement never waits on a write (it takes no other lock, so
 -- it cannot be in a cycle with one). Two relays running it at once remind each row once:
@@ -13,7 +19,10 @@
 WITH params AS (
     SELECT CAST(:due_before AS timestamptz) AS due_before,
            CAST(:now_ms AS bigint) AS now_ms,
-           CAST(:batch AS bigint) AS batch
+           CAST(:batch AS bigint) AS batch,
+           CAST(:after_thread_id AS bigint) AS after_thread_id,
+           CAST(:after_side AS text) AS after_side,
+           CAST(:through_thread_id AS bigint) AS through_thread_id
 ),
 due AS MATERIALIZED (
     SELECT p.thread_id, p.side, p.user_id, p.unread_count, p.last_read_seq
@@ -27,6 +36,9 @@ due AS MATERIALIZED (
             AND m.sender_id <> p.user_id AND m.deleted_at IS NULL
             AND m.created_at <= params.due_before
       )
+      AND (p.thread_id, p.side) > (params.after_thread_id, params.after_side)
+      AND p.thread_id <= params.through_thread_id
+    ORDER BY p.thread_id, p.side
     LIMIT (SELECT batch FROM params)
     FOR NO KEY UPDATE OF p SKIP LOCKED
 ),
@@ -44,6 +56,11 @@ noted AS (
               AND m.sender_id <> marked.user_id AND m.deleted_at IS NULL),
            marked.unread_count, now()
     FROM marked
-    RETURNING 1
+    RETURNING thread_id, side
 )
-SELECT CAST(count(*) AS BIGINT) AS reminded FROM noted;
+SELECT CAST(count(*) AS BIGINT) AS reminded,
+       (SELECT thread_id FROM noted ORDER BY thread_id DESC, side DESC LIMIT 1) AS last_thread_id,
+       (SELECT side FROM noted ORDER BY thread_id DESC, side DESC LIMIT 1) AS last_side,
+       EXISTS (SELECT 1 FROM thread_participants, params
+               WHERE thread_id > params.through_thread_id) AS beyond
+FROM noted;
