@@ -4,7 +4,7 @@
 
 mod auth;
 mod chat;
-mod convert;
+pub(crate) mod convert;
 mod events;
 mod status;
 mod sync;

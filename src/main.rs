@@ -80,19 +80,21 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Bench(args) => {
             let config = args.config()?;
             let database = args.database.parse_url()?;
+            let pool = PoolConfig {
+                max_size: 2,
+                timeout: std::time::Duration::from_secs(30),
+                statement_timeout: None,
+                pooler: Default::default(),
+                sqlite_sync: Default::default(),
+            };
             if let Some(listen) = args.serve_cached_summaries {
                 let verifier = chatd::auth::TokenVerifier::new(&args.auth.config(), &database)?;
-                return chatd::bench::serve_cached_summaries(listen, verifier).await;
+                let store = Store::connect(&database, &pool)?;
+                let tutors = i64::try_from(config.online_users).unwrap_or(i64::MAX);
+                return chatd::bench::serve_cached_summaries(listen, verifier, store, tutors).await;
             }
             let signer = TokenSigner::new(&args.auth.config(), &database)?;
             let store = if config.seed || config.erase.is_some() {
-                let pool = PoolConfig {
-                    max_size: 2,
-                    timeout: std::time::Duration::from_secs(30),
-                    statement_timeout: None,
-                    pooler: Default::default(),
-                    sqlite_sync: Default::default(),
-                };
                 Some(Store::connect(&database, &pool)?)
             } else {
                 None

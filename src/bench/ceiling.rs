@@ -1,8 +1,8 @@
 //! The cached-answer ceiling of the polling mix (`chatd bench --serve-cached-summaries`):
 //! a server that speaks chat.v1 GetUnreadSummary over the stack chatd serves gRPC with
 //! (tonic's routes on `net::serve`'s hyper, the same codec), verifies the same bearer
-//! token with the same verifier, and answers a fixed summary (eight threads, about 750 bytes
-//! encoded) from a map.
+//! token with the same verifier, and answers each online tutor's summary from a map:
+//! the very answers chatd gives, read once from the database at start.
 //! Polled beside chatd in the same `--poll` run (`--ceiling-target`), chatd's polls as a
 //! fraction of its polls are what chatd's own work costs, apart from HTTP/2, HPACK and
 //! protobuf, which both pay alike.
@@ -17,19 +17,29 @@ use futures_util::future::BoxFuture;
 use tonic::server::NamedService;
 
 use crate::auth::TokenVerifier;
+use crate::grpc::convert;
+use crate::model::{Side, SummaryKey};
 use crate::net::{self, ConnectionLimits, Protocol};
 use crate::proto as pb;
+use crate::storage::Store;
+use crate::summaries::Etag;
 
 const PATH: &str = "/chat.v1.ChatService/GetUnreadSummary";
 
-/// Summaries kept: one per user id, the id taken modulo this.
-const USERS: i64 = 1024;
+/// The page size the polling mix asks for.
+const LIMIT: i64 = 50;
 
-/// Serves cached summaries on `listen` until the process is stopped.
-pub async fn serve(listen: SocketAddr, verifier: TokenVerifier) -> Result<(), String> {
-    let answers: HashMap<i64, pb::GetUnreadSummaryResponse> =
-        (0..USERS).map(|user| (user, summary_of(user))).collect();
-    let size = prost::Message::encoded_len(&answers[&0]);
+/// Serves on `listen`, until the process is stopped, the unread summaries of tutors 1 to
+/// `tutors` (the polling mix's online users) as chatd answers them: read once from
+/// `store` at start, so the ceiling sends the same bytes chatd sends, from a map.
+pub async fn serve(
+    listen: SocketAddr,
+    verifier: TokenVerifier,
+    store: Store,
+    tutors: i64,
+) -> Result<(), String> {
+    let answers = read_answers(&store, tutors).await?;
+    let bytes: usize = answers.values().map(prost::Message::encoded_len).sum();
     let service = CachedSummaries {
         verifier: Arc::new(verifier),
         answers: Arc::new(answers),
@@ -38,7 +48,9 @@ pub async fn serve(listen: SocketAddr, verifier: TokenVerifier) -> Result<(), St
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!(
-        "cached-answer ceiling: GetUnreadSummary on {listen}, a {size}-byte summary per user from a map"
+        "cached-answer ceiling: GetUnreadSummary on {listen}, the summaries of tutors 1 to \
+         {tutors} from a map, {} bytes each on average",
+        bytes / (tutors.max(1) as usize)
     );
     let routes = tonic::service::Routes::new(service).prepare();
     net::serve(
@@ -52,36 +64,35 @@ pub async fn serve(listen: SocketAddr, verifier: TokenVerifier) -> Result<(), St
     Ok(())
 }
 
-/// A summary like a tutor's with eight unread threads: about 750 bytes encoded.
-fn summary_of(user: i64) -> pb::GetUnreadSummaryResponse {
-    let threads = (0..8)
-        .map(|i| pb::ThreadUnread {
-            thread_id: user * 8 + i,
-            kind: pb::ThreadKind::Contact as i32,
-            relation_id: Some(user * 8 + i),
-            inquiry_id: None,
-            tutor_id: user,
-            student_id: 100_000 + i,
-            unread_count: 1 + i,
-            last_message_at: Some(prost_types::Timestamp {
-                seconds: 1_764_000_000 + i,
-                nanos: 0,
-            }),
-            last_message_preview: "Hello! Could we move Thursday's lesson to 5 pm? I have an exam"
-                .into(),
-            last_message_sender_id: 100_000 + i,
-            is_writable: true,
-            muted: false,
-            muted_until: None,
-        })
-        .collect();
-    pb::GetUnreadSummaryResponse {
-        threads,
-        total: 36,
-        etag: format!("\"s{user}-1234567890\""),
-        not_modified: false,
-        muted_total: 0,
+/// Each tutor's first page of their summary, as chatd's GetUnreadSummary answers it.
+async fn read_answers(
+    store: &Store,
+    tutors: i64,
+) -> Result<HashMap<i64, pb::GetUnreadSummaryResponse>, String> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut answers = HashMap::with_capacity(usize::try_from(tutors).unwrap_or_default());
+    for tutor in 1..=tutors {
+        let key = SummaryKey::new(tutor, Side::Tutor);
+        let page = store
+            .unread_summary(key, LIMIT, now_ms)
+            .await
+            .map_err(|e| format!("cannot read tutor {tutor}'s summary: {e}"))?;
+        let etag = Etag {
+            key,
+            version: page.version.unwrap_or_default(),
+            limit: LIMIT,
+            changes_at: page.changes_at,
+        };
+        let answer = pb::GetUnreadSummaryResponse {
+            threads: convert::threads_unread(&page.rows),
+            total: page.total,
+            etag: etag.to_string(),
+            not_modified: false,
+            muted_total: page.muted_total,
+        };
+        answers.insert(tutor, answer);
     }
+    Ok(answers)
 }
 
 #[derive(Clone)]
@@ -106,10 +117,10 @@ impl tonic::server::UnaryService<pb::GetUnreadSummaryRequest> for CachedSummarie
         let answer = match self.verifier.verify_header(header) {
             Ok(verified) => self
                 .answers
-                .get(&verified.user_id.rem_euclid(USERS))
+                .get(&verified.user_id)
                 .cloned()
                 .map(tonic::Response::new)
-                .ok_or_else(|| tonic::Status::not_found("no summary")),
+                .ok_or_else(|| tonic::Status::not_found("not one of the tutors read at start")),
             Err(refused) => Err(tonic::Status::unauthenticated(refused.to_string())),
         };
         std::future::ready(answer)

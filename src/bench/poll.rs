@@ -2,7 +2,8 @@
 //! summary as fast as the clients allow, over gRPC and then over REST with the ETag of
 //! their last answer in If-None-Match (as the web frontend's bell does), while their
 //! students write `--send-rate` messages per second, so the cache sees real
-//! invalidations. Health/Check runs first, in the same run, as the reference.
+//! invalidations. Health/Check runs first, in the same run, as the reference, then
+//! Check again carrying the users' bearer tokens (what the tokens alone cost HTTP/2).
 //!
 //! It reports each phase's rate and latency, the cache's hit ratio during each polling
 //! phase (read from the server's /metrics), REST answers by status, and the messages
@@ -56,13 +57,20 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     );
     let empty = Latencies::new()?;
 
-    let check_request = framed(&HealthCheckRequest {
-        service: String::new(),
-    });
     let check = call_grpc(
         "Health/Check",
         &raw,
-        Call::Check(check_request),
+        Call::check(None),
+        config.duration,
+        &empty,
+    )
+    .await;
+    // What the users' bearer tokens alone cost the transport: Check does not read them,
+    // but HTTP/2 carries and HPACK decodes each one, as for every poll.
+    let check_as_users = call_grpc(
+        "Health/Check + bearer",
+        &raw,
+        Call::check(Some(&headers)),
         config.duration,
         &empty,
     )
@@ -168,10 +176,16 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
             grpc.latencies.quantile_ms(0.99) / ceiling.latencies.quantile_ms(0.99).max(0.001)
         )
     });
-    let reports: Vec<Report> = [Some(check), Some(grpc), ceiling, Some(rest)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let reports: Vec<Report> = [
+        Some(check),
+        Some(check_as_users),
+        Some(grpc),
+        ceiling,
+        Some(rest),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     super::print_reports(&reports, reference);
     if let Some(line) = against_ceiling {
         println!("{line}");
@@ -195,34 +209,46 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     Ok(())
 }
 
-/// What the clients of a gRPC phase call.
+/// What the clients of a gRPC phase call: a path with a framed request, as a random one
+/// of the online users (their bearer headers) when `callers` is given.
 #[derive(Clone)]
-enum Call {
-    /// Health/Check, with no token.
-    Check(Bytes),
-    /// GetUnreadSummary as a random one of the online users (their bearer headers).
-    Summary(Bytes, Arc<Vec<http::HeaderValue>>),
+struct Call {
+    path: &'static str,
+    request: Bytes,
+    callers: Option<Arc<Vec<http::HeaderValue>>>,
 }
 
 impl Call {
-    fn summary(headers: &Arc<Vec<http::HeaderValue>>) -> Self {
+    fn check(callers: Option<&Arc<Vec<http::HeaderValue>>>) -> Self {
+        let request = framed(&HealthCheckRequest {
+            service: String::new(),
+        });
+        Call {
+            path: CHECK,
+            request,
+            callers: callers.cloned(),
+        }
+    }
+
+    fn summary(callers: &Arc<Vec<http::HeaderValue>>) -> Self {
         let request = framed(&pb::GetUnreadSummaryRequest {
             limit: 50,
             if_none_match: String::new(),
         });
-        Call::Summary(request, headers.clone())
+        Call {
+            path: SUMMARY,
+            request,
+            callers: Some(callers.clone()),
+        }
     }
 
-    /// The call's path, its caller's header (if any) and its framed request.
+    /// The next call's path, caller's header (if any) and framed request.
     fn next(&self) -> (&'static str, Option<&http::HeaderValue>, &Bytes) {
-        match self {
-            Call::Check(request) => (CHECK, None, request),
-            Call::Summary(request, headers) => (
-                SUMMARY,
-                Some(&headers[fastrand::usize(..headers.len())]),
-                request,
-            ),
-        }
+        let caller = self
+            .callers
+            .as_ref()
+            .map(|callers| &callers[fastrand::usize(..callers.len())]);
+        (self.path, caller, &self.request)
     }
 }
 

@@ -84,7 +84,8 @@ pub struct BenchArgs {
     pub ceiling_target: Option<String>,
     /// Serve the polling mix's cached-answer ceiling on this address until stopped: chat.v1
     /// GetUnreadSummary over the stack chatd serves gRPC with, the same bearer token
-    /// verified, a fixed summary of about 1 KB answered from a map. Drives no load.
+    /// verified, the summaries of tutors 1 to --online-users answered from a map (read
+    /// from the database once at start, as chatd answers them). Drives no load.
     #[arg(long)]
     pub serve_cached_summaries: Option<std::net::SocketAddr>,
     /// RPCs to drive, in order (default: all, starting with the Health/Check reference).

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The polling mix beside its ceiling, in one run, and where chatd's time goes:
+#   - chatd serve on DATABASE_URL (seed it first: chatd bench --seed with the same
+#     dataset flags) and `chatd bench --serve-cached-summaries`, the cached-answer
+#     ceiling: the same answers (read from the database at its start) from a map, over
+#     chatd's own gRPC stack and token check;
+#   - ROUNDS (2) rounds of `chatd bench --poll --ceiling-target` with ONLINE (20000)
+#     online tutors: Check, chatd's gRPC polls, the ceiling's, then REST, each phase
+#     DURATION (10s); each round prints chatd's polls as a fraction of Check and of the
+#     ceiling;
+#   - with PROFILE=DIR, one more round with perf recording chatd during its gRPC phase
+#     (499 Hz, DWARF call graphs): tests/bench/flamegraph.py writes DIR/poll.svg and
+#     prints the share of samples by part of the stack (kernel, h2, allocator, chatd...);
+#     PERF_DATA=FILE keeps perf's recording there for `perf report -i FILE`.
+#
+#   tests/bench/poll.sh [-- chatd bench dataset flags]
+#   PROFILE=docs/performance tests/bench/poll.sh -- --users 50000 --threads 200000 --messages 1000000
+#
+# CHATD_BIN picks another binary (default ./target/release/chatd): build first with
+# cargo build --release. The server runs with --user-send-rate 0 (the dataset's writers
+# are few users). Ports: gRPC 24351, REST 24380, the ceiling 24390.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ "${1:-}" = "--" ] && shift
+dataset=("$@")
+chatd=${CHATD_BIN:-./target/release/chatd}
+rounds=${ROUNDS:-2}
+online=${ONLINE:-20000}
+duration=${DURATION:-10s}
+: "${DATABASE_URL:?set DATABASE_URL to the seeded database}"
+export CHATD_JWT_SECRET=${CHATD_JWT_SECRET:-bench-secret-bench-secret-bench-secret}
+grpc=127.0.0.1:24351
+http=127.0.0.1:24380
+ceiling=127.0.0.1:24390
+work=$(mktemp -d /tmp/chatd-poll-bench.XXXXXX)
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop; rm -rf "$work"' EXIT
+wait_for() { # FILE TEXT
+  for _ in $(seq 1 1200); do grep -q "$2" "$1" && return; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; exit 1
+}
+
+"$chatd" serve --listen "$grpc" --http "$http" --user-send-rate 0 >"$work/serve.log" 2>&1 &
+server=$!
+pids+=("$server")
+"$chatd" bench --serve-cached-summaries "$ceiling" --online-users "$online" >"$work/ceiling.log" 2>&1 &
+pids+=($!)
+wait_for "$work/serve.log" "chatd gRPC listening"
+wait_for "$work/ceiling.log" "cached-answer ceiling"
+cat "$work/ceiling.log"
+
+poll() {
+  "$chatd" bench --poll --online-users "$online" --duration "$duration" \
+    --target "http://$grpc" --http-target "http://$http" --ceiling-target "http://$ceiling" \
+    "${dataset[@]}"
+}
+
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds"
+  poll
+done
+
+if [ -n "${PROFILE:-}" ]; then
+  echo "== profile: perf on chatd (pid $server) during its gRPC phase"
+  mkdir -p "$PROFILE"
+  perf_data=${PERF_DATA:-$work/perf.data}
+  poll >"$work/profiled.txt" 2>&1 &
+  bench=$!
+  wait_for "$work/profiled.txt" "warm-up:"
+  seconds=$(( $(sed 's/s$//' <<<"$duration") - 1 ))
+  perf record -q -F 499 --call-graph dwarf,16384 -p "$server" -o "$perf_data" -- sleep "$seconds" 2>/dev/null
+  wait "$bench"
+  cat "$work/profiled.txt"
+  perf script -i "$perf_data" 2>/dev/null |
+    python3 tests/bench/flamegraph.py "$PROFILE/poll.svg" \
+      "chatd during the polling mix's gRPC phase, $online online tutors"
+fi
