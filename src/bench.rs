@@ -51,6 +51,8 @@ pub struct BenchConfig {
     pub poll: bool,
     /// Polling mode: how many users (tutors) are online and poll.
     pub online_users: usize,
+    /// Polling mode: the gRPC phases run in turn in this many slices.
+    pub poll_slices: u32,
     /// Polling mode: the REST gateway to poll, and whose /metrics to read.
     pub http_target: String,
     /// Watcher mode: open this many WatchUnreadSummary streams instead of driving RPCs.
@@ -194,6 +196,16 @@ struct Report {
 impl Report {
     fn rps(&self) -> f64 {
         self.latencies.count() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Adds another run of the same phase (a later slice of it).
+    fn merge(&mut self, other: Report) {
+        self.latencies.add(&other.latencies);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed += other.elapsed;
     }
 
     /// Merges the clients' runs of a phase that started at `started`.

@@ -2,8 +2,9 @@
 //! summary as fast as the clients allow, over gRPC and then over REST with the ETag of
 //! their last answer in If-None-Match (as the web frontend's bell does), while their
 //! students write `--send-rate` messages per second, so the cache sees real
-//! invalidations. Health/Check runs first, in the same run, as the reference, then
-//! Check again carrying the users' bearer tokens (what the tokens alone cost HTTP/2).
+//! invalidations. Health/Check runs in the same run as the reference, and Check again
+//! carrying the users' bearer tokens (what the tokens alone cost HTTP/2); the gRPC
+//! phases run in turn, in slices (`--poll-slices`).
 //!
 //! It reports each phase's rate and latency, the cache's hit ratio during each polling
 //! phase (read from the server's /metrics), REST answers by status, and the messages
@@ -57,25 +58,6 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
     );
     let empty = Latencies::new()?;
 
-    let check = call_grpc(
-        "Health/Check",
-        &raw,
-        Call::check(None),
-        config.duration,
-        &empty,
-    )
-    .await;
-    // What the users' bearer tokens alone cost the transport: Check does not read them,
-    // but HTTP/2 carries and HPACK decodes each one, as for every poll.
-    let check_as_users = call_grpc(
-        "Health/Check + bearer",
-        &raw,
-        Call::check(Some(&headers)),
-        config.duration,
-        &empty,
-    )
-    .await;
-
     // Every online user polls once first, as a browser that was already open would
     // have: the phases measure the steady state, not the first poll of each user.
     let warm_up = Instant::now();
@@ -107,28 +89,74 @@ pub async fn run(config: &BenchConfig, signer: &TokenSigner) -> Result<(), Strin
         warm_up.elapsed()
     );
 
-    let sender = Sender::start(config, signer.clone(), dataset, online);
-    let before = http.cache_reads().await?;
-    let grpc = call_grpc(
-        "GetUnreadSummary (gRPC)",
-        &raw,
-        Call::summary(&headers),
-        config.duration,
-        &empty,
-    )
-    .await;
-    let between = http.cache_reads().await?;
-    let ceiling = match &config.ceiling_target {
+    let ceiling_clients = match &config.ceiling_target {
         Some(target) => {
             let mut clients = Vec::with_capacity(config.concurrency);
             for _ in 0..config.concurrency {
                 clients.push(RawGrpc::connect(target).await?);
             }
-            let name = "cached-answer ceiling (gRPC)";
-            let call = Call::summary(&headers);
-            Some(call_grpc(name, &clients, call, config.duration, &empty).await)
+            Some(clients)
         }
         None => None,
+    };
+    let mut phases = vec![GrpcPhase::new(
+        "GetUnreadSummary (gRPC)",
+        &raw,
+        Call::summary(&headers),
+        &empty,
+    )];
+    if let Some(clients) = &ceiling_clients {
+        let name = "cached-answer ceiling (gRPC)";
+        phases.push(GrpcPhase::new(
+            name,
+            clients,
+            Call::summary(&headers),
+            &empty,
+        ));
+    }
+    phases.push(GrpcPhase::new(
+        "Health/Check",
+        &raw,
+        Call::check(None),
+        &empty,
+    ));
+    // What the users' bearer tokens alone cost the transport: Check does not read them,
+    // but HTTP/2 carries and HPACK decodes each one, as for every poll.
+    let check_as_users = Call::check(Some(&headers));
+    phases.push(GrpcPhase::new(
+        "Health/Check + bearer",
+        &raw,
+        check_as_users,
+        &empty,
+    ));
+
+    let sender = Sender::start(config, signer.clone(), dataset, online);
+    let before = http.cache_reads().await?;
+    let slices = config.poll_slices.max(1);
+    let slice = config.duration / slices;
+    for _ in 0..slices {
+        for (at, phase) in phases.iter_mut().enumerate() {
+            // The students write all along, so every phase shares the machine with the
+            // writes; to the polled tutors only while chatd's polls (the first) run, so
+            // what the other phases' time writes does not stale what chatd answers next.
+            sender.to_online(at == 0);
+            let name = phase.report.name.clone();
+            let run = call_grpc(name, phase.clients, phase.call.clone(), slice, &empty);
+            phase.report.merge(run.await);
+        }
+    }
+    sender.to_online(true);
+    println!(
+        "gRPC phases: {slices} slice(s) of {slice:.1?} each, in turn, so a drift in the machine's speed falls on all alike"
+    );
+    let between = http.cache_reads().await?;
+    let has_ceiling = ceiling_clients.is_some();
+    let mut reports = phases.into_iter().map(|phase| phase.report);
+    let grpc = reports.next();
+    let ceiling = if has_ceiling { reports.next() } else { None };
+    let (Some(grpc), Some(check), Some(check_as_users)) = (grpc, reports.next(), reports.next())
+    else {
+        return Err("a gRPC phase of the mix did not run".into());
     };
 
     let started = Instant::now();
@@ -252,10 +280,34 @@ impl Call {
     }
 }
 
+/// A gRPC phase of the mix: its clients, what they call, and its report so far.
+struct GrpcPhase<'a> {
+    clients: &'a [RawGrpc],
+    call: Call,
+    report: Report,
+}
+
+impl<'a> GrpcPhase<'a> {
+    fn new(name: &str, clients: &'a [RawGrpc], call: Call, empty: &Latencies) -> Self {
+        let report = Report {
+            name: name.to_owned(),
+            errors: 0,
+            first_error: None,
+            latencies: empty.clone(),
+            elapsed: Duration::ZERO,
+        };
+        GrpcPhase {
+            clients,
+            call,
+            report,
+        }
+    }
+}
+
 /// One gRPC phase: each client makes `call` over its own connection, one at a time,
 /// for `duration`.
 async fn call_grpc(
-    name: &'static str,
+    name: String,
     raw: &[RawGrpc],
     call: Call,
     duration: Duration,
@@ -303,6 +355,10 @@ impl RestStatuses {
 /// those tutors: each invalidates the tutor's summary.
 struct Sender {
     stop: Arc<AtomicBool>,
+    /// Writes to the online tutors' threads while set (chatd's polls); to the others'
+    /// while not (the ceiling, Check): the same load on the machine, without staling the
+    /// summaries chatd's polls will read later.
+    to_online: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<String>,
 }
 
@@ -315,6 +371,8 @@ impl Sender {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let to_online = Arc::new(AtomicBool::new(true));
+        let online_now = to_online.clone();
         let (target, rate) = (config.target.clone(), config.send_rate.max(1));
         let task = tokio::spawn(async move {
             let channel = match connect(&target, 1).await {
@@ -323,12 +381,18 @@ impl Sender {
             };
             let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
             let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+            let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let mut ticker = tokio::time::interval(period);
             let started = Instant::now();
             let mut in_flight = Vec::new();
+            let offline = dataset.tutors() - online;
             while !stopping.load(Ordering::Relaxed) {
                 ticker.tick().await;
-                let tutor = 1 + fastrand::i64(0..online);
+                let tutor = if online_now.load(Ordering::Relaxed) || offline <= 0 {
+                    1 + fastrand::i64(0..online)
+                } else {
+                    online + 1 + fastrand::i64(0..offline)
+                };
                 let thread = thread_of(&dataset, tutor);
                 let student = dataset.student_of(thread);
                 let Ok(token) = bearer(&signer, student, Role::Student) else {
@@ -374,7 +438,16 @@ impl Sender {
             }
             line
         });
-        Self { stop, task }
+        Self {
+            stop,
+            to_online,
+            task,
+        }
+    }
+
+    /// Writes to the online tutors' threads (`true`) or to the others' from now on.
+    fn to_online(&self, online: bool) {
+        self.to_online.store(online, Ordering::Relaxed);
     }
 
     async fn stop(self) -> String {

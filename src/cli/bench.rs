@@ -38,6 +38,12 @@ pub struct BenchArgs {
     /// Polling mode: how many users are online and poll.
     #[arg(long, default_value_t = 20_000)]
     pub online_users: usize,
+    /// Polling mode: the gRPC phases (chatd's polls, the ceiling's, Check, Check with the
+    /// users' tokens) run in turn in this many slices of --duration / N each, so a drift
+    /// in the machine's speed during the run falls on all of them alike; 1 runs each
+    /// whole, chatd's polls first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub poll_slices: u32,
     /// Polling mode: the REST gateway to poll, whose /metrics gives the hit ratio.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub http_target: String,
@@ -145,6 +151,7 @@ impl BenchArgs {
             },
             poll: self.poll,
             online_users: self.online_users,
+            poll_slices: self.poll_slices,
             http_target: self.http_target.clone(),
             watchers: self.watchers,
             windows: self.windows,

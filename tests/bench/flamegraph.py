@@ -36,7 +36,9 @@ PARTS = [
      re.compile(r"\b(jsonwebtoken|hmac|sha2|base64|serde_json|serde)::")),
     ("tracing/metrics", re.compile(r"\b(tracing|tracing_core|tracing_subscriber|opentelemetry\w*)::")),
     ("database (diesel, tokio-postgres, sqlite)", re.compile(r"\b(diesel\w*|tokio_postgres|postgres_protocol)::|sqlite3")),
+    ("cache lookups (quick_cache: tokens, summaries)", re.compile(r"\bquick_cache::")),
     ("chatd", re.compile(r"\bchatd::")),
+    ("clock", re.compile(r"clock_gettime|\[vdso\]")),
     ("libc/std (other)", re.compile(r"libc\.so|\bstd::|\bcore::|\balloc::")),
 ]
 
@@ -49,6 +51,21 @@ def part_of(frame):
 
 
 FRAME = re.compile(r"^\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$")
+
+
+INNERMOST_GENERICS = re.compile(r"<[^<>]*>")
+FOLDED = "\x00"
+
+
+def shorten(symbol, longest=120):
+    """Rust's generic arguments make symbols kilobytes long: fold them into <..>, the
+    innermost first, until the name reads in a line."""
+    while len(symbol.replace(FOLDED, "<..>")) > longest:
+        folded = INNERMOST_GENERICS.sub(FOLDED, symbol, count=1)
+        if folded == symbol:
+            break
+        symbol = folded
+    return symbol.replace(FOLDED, "<..>")
 
 
 def samples(lines):
@@ -112,7 +129,8 @@ def svg(root, total, title, width=1600, row=16):
 
     def draw(node, name, x, level):
         w = node.count / total * (width - 16)
-        if w < 0.3:
+        if w < 1.5:
+            # Too narrow to see or point at: left out, which keeps the file small.
             return
         y = height - (level + 1) * row
         share = 100.0 * node.count / total
@@ -148,7 +166,8 @@ def main():
     total = 0
     for comm, frames in samples(sys.stdin):
         total += 1
-        stack = [thread_kind(comm)] + frames
+        # The graph shows names folded to a line; the parts are told from whole names.
+        stack = [thread_kind(comm)] + [shorten(frame) for frame in frames]
         node = root
         node.count += 1
         for frame in stack:
@@ -170,7 +189,7 @@ def main():
         print(f"{part:<58} {0.0:6.1f}% {100.0 * inclusive[part] / total:9.1f}%")
     print("innermost frames with the most samples:")
     for frame, count in leaves.most_common(25):
-        print(f"{100.0 * count / total:6.1f}%  [{part_of(frame)}] {frame[:150]}")
+        print(f"{100.0 * count / total:6.1f}%  [{part_of(frame)}] {shorten(frame)}")
 
 
 if __name__ == "__main__":

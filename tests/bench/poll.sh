@@ -5,8 +5,9 @@
 #     ceiling: the same answers (read from the database at its start) from a map, over
 #     chatd's own gRPC stack and token check;
 #   - ROUNDS (2) rounds of `chatd bench --poll --ceiling-target` with ONLINE (20000)
-#     online tutors: Check, chatd's gRPC polls, the ceiling's, then REST, each phase
-#     DURATION (10s); each round prints chatd's polls as a fraction of Check and of the
+#     online tutors: chatd's gRPC polls, the ceiling's, Check and Check carrying the
+#     users' tokens, in turn in slices (--poll-slices, 5), each DURATION (10s) in all,
+#     then REST; each round prints chatd's polls as a fraction of Check and of the
 #     ceiling;
 #   - with PROFILE=DIR, one more round with perf recording chatd during its gRPC phase
 #     (499 Hz, DWARF call graphs): tests/bench/flamegraph.py writes DIR/poll.svg and
@@ -16,7 +17,8 @@
 #   tests/bench/poll.sh [-- chatd bench dataset flags]
 #   PROFILE=docs/performance tests/bench/poll.sh -- --users 50000 --threads 200000 --messages 1000000
 #
-# CHATD_BIN picks another binary (default ./target/release/chatd): build first with
+# perf comes from Debian's linux-perf (PROFILE only). CHATD_BIN picks another binary
+# (default ./target/release/chatd): build first with
 # cargo build --release. The server runs with --user-send-rate 0 (the dataset's writers
 # are few users). Ports: gRPC 24351, REST 24380, the ceiling 24390.
 set -euo pipefail
@@ -56,7 +58,7 @@ cat "$work/ceiling.log"
 poll() {
   "$chatd" bench --poll --online-users "$online" --duration "$duration" \
     --target "http://$grpc" --http-target "http://$http" --ceiling-target "http://$ceiling" \
-    "${dataset[@]}"
+    "${dataset[@]}" "$@"
 }
 
 for round in $(seq 1 "$rounds"); do
@@ -68,7 +70,8 @@ if [ -n "${PROFILE:-}" ]; then
   echo "== profile: perf on chatd (pid $server) during its gRPC phase"
   mkdir -p "$PROFILE"
   perf_data=${PERF_DATA:-$work/perf.data}
-  poll >"$work/profiled.txt" 2>&1 &
+  # One slice: chatd's polls run whole, first after the warm-up, while perf records.
+  poll --poll-slices 1 >"$work/profiled.txt" 2>&1 &
   bench=$!
   wait_for "$work/profiled.txt" "warm-up:"
   seconds=$(( $(sed 's/s$//' <<<"$duration") - 1 ))
