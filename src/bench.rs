@@ -19,6 +19,7 @@
 mod ceiling;
 mod erase;
 mod events;
+mod gateway;
 mod phases;
 mod poll;
 mod rpcs;

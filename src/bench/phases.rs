@@ -3,7 +3,7 @@
 //! after, the difference reported per phase. A quantile read from buckets is the upper
 //! bound of the bucket it falls in.
 
-use super::poll::HttpTarget;
+use super::gateway::HttpTarget;
 
 /// One phase's cumulative buckets (upper bound in seconds, count), sum and count.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::Dataset;
+use super::gateway::HttpTarget;
 use super::phases::WritePhases;
-use super::poll::HttpTarget;
 use super::{BenchConfig, ClientRun, Latencies, Report, authed, bearer, connect};
 use crate::auth::TokenSigner;
 use crate::domain::Role;
