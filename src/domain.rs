@@ -114,6 +114,8 @@ pub struct Chat {
     limits: SendLimits,
     /// How far the outbox's numbering has gone: what event streams wait on.
     outbox: Outbox,
+    /// The summary reads in flight: one database read per missed summary at a time.
+    summary_reads: crate::summaries::flight::Flights,
 }
 
 impl Chat {
@@ -133,6 +135,7 @@ impl Chat {
             counters,
             coalesce,
             limits,
+            summary_reads: Default::default(),
         }
     }
 

@@ -38,6 +38,15 @@ impl Chat {
             return Ok(answer(key, &cached, limit, condition.as_ref()));
         }
         if let Some(token) = self.summaries.fill_token(&key) {
+            // Callers missing the same summary at once wait for one read, the leader's,
+            // who holds its place until it has filled the cache (or failed). The token
+            // was taken before waiting: a write since refuses this caller's fill too.
+            let _leading = self.summary_reads.join(key).wait().await;
+            if let Some(cached) = self.summaries.filled(&key)
+                && cached.current_at(now)
+            {
+                return Ok(answer(key, &cached, limit, condition.as_ref()));
+            }
             // Read deep enough for any page size, so the entry answers every later poll.
             let (page, version) = self.read_summary(key, MAX_PAGE_LIMIT, now).await?;
             let cached = Arc::new(CachedSummary::new(version, page));
