@@ -306,9 +306,9 @@ async fn remind(store: Store, after: Duration, window: i64, mut stop: watch::Rec
                 last: Some(last),
                 ..
             }) if count == batch => Some(last),
-            Ok(Reminded { beyond: true, .. }) => {
-                Some(ParticipantKey::before_thread(through_thread_id + 1))
-            }
+            Ok(Reminded { beyond: true, .. }) => Some(ParticipantKey::before_thread(
+                through_thread_id.saturating_add(1),
+            )),
             Ok(_) => None,
             Err(error) => {
                 tracing::warn!(%error, "unread reminders: a round failed; the next sweep starts over");
@@ -316,6 +316,9 @@ async fn remind(store: Store, after: Duration, window: i64, mut stop: watch::Rec
             }
         };
         match next {
+            // A sweep of a large database is many rounds: it ends with the relay too
+            // (which stops by dropping its sender).
+            Some(_) if stop.has_changed().unwrap_or(true) => return,
             Some(key) => from = key,
             None => {
                 from = ParticipantKey::before_thread(0);
