@@ -80,7 +80,10 @@ impl Telemetry {
         let logs_filter =
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let logs = match format {
+            // Colours only for a person at a terminal: log files and collectors get plain
+            // text (and each call's span skips formatting escape codes).
             LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .with_filter(logs_filter)
                 .boxed(),
