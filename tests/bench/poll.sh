@@ -12,12 +12,16 @@
 #   - with PROFILE=DIR, one more round with perf recording chatd during its gRPC phase
 #     (499 Hz, DWARF call graphs): tests/bench/flamegraph.py writes DIR/poll.svg and
 #     prints the share of samples by part of the stack (kernel, h2, allocator, chatd...);
-#     PERF_DATA=FILE keeps perf's recording there for `perf report -i FILE`.
+#     PERF_DATA=FILE keeps perf's recording there for `perf report -i FILE`;
+#   - with CPU=1, one more round measuring CPU time (perf stat's task-clock): chatd's
+#     during its gRPC phase and during the ceiling's (its background: the students'
+#     writes, the sweep), and the ceiling's during its own; it prints the CPU each
+#     server spends per poll, chatd's with its background taken out.
 #
 #   tests/bench/poll.sh [-- chatd bench dataset flags]
 #   PROFILE=docs/performance tests/bench/poll.sh -- --users 50000 --threads 200000 --messages 1000000
 #
-# perf comes from Debian's linux-perf (PROFILE only). CHATD_BIN picks another binary
+# perf comes from Debian's linux-perf (PROFILE and CPU only). CHATD_BIN picks another binary
 # (default ./target/release/chatd): build first with
 # cargo build --release. The server runs with --user-send-rate 0 (the dataset's writers
 # are few users). Ports: gRPC 24351, REST 24380, the ceiling 24390.
@@ -50,7 +54,8 @@ wait_for() { # FILE TEXT
 server=$!
 pids+=("$server")
 "$chatd" bench --serve-cached-summaries "$ceiling" --online-users "$online" >"$work/ceiling.log" 2>&1 &
-pids+=($!)
+ceiling_pid=$!
+pids+=("$ceiling_pid")
 wait_for "$work/serve.log" "chatd gRPC listening"
 wait_for "$work/ceiling.log" "cached-answer ceiling"
 cat "$work/ceiling.log"
@@ -81,4 +86,29 @@ if [ -n "${PROFILE:-}" ]; then
   perf script -i "$perf_data" 2>/dev/null |
     python3 tests/bench/flamegraph.py "$PROFILE/poll.svg" \
       "chatd during the polling mix's gRPC phase, $online online tutors"
+fi
+
+if [ -n "${CPU:-}" ]; then
+  echo "== CPU per poll: perf stat on chatd and on the ceiling, each during its phase"
+  # One slice: chatd's polls run whole first, then the ceiling's, each DURATION long.
+  poll --poll-slices 1 >"$work/cpu.txt" 2>&1 &
+  bench=$!
+  wait_for "$work/cpu.txt" "warm-up:"
+  seconds=$(( $(sed 's/s$//' <<<"$duration") - 2 ))
+  task_clock() { perf stat -x, -e task-clock -p "$1" -- sleep "$seconds" 2>&1 >/dev/null | cut -d, -f1; }
+  chatd_polling=$(task_clock "$server")
+  sleep 3 # into the ceiling's phase
+  task_clock "$ceiling_pid" >"$work/ceiling.cpu" &
+  ceiling_clock=$!
+  chatd_background=$(task_clock "$server")
+  wait "$ceiling_clock"
+  wait "$bench"
+  cat "$work/cpu.txt"
+  rate() { awk -v phase="$1" 'index($0, phase) == 1 { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$work/cpu.txt"; }
+  awk -v polling="$chatd_polling" -v background="$chatd_background" -v ceiling="$(cat "$work/ceiling.cpu")" \
+    -v chatd_rate="$(rate "GetUnreadSummary (gRPC)")" -v ceiling_rate="$(rate "cached-answer ceiling")" \
+    -v seconds="$seconds" 'BEGIN {
+      printf "CPU per poll: chatd %.1f us (%.1f us of its background taken out: %.3f cores), the ceiling %.1f us\n",
+        (polling - background) * 1000 / (chatd_rate * seconds), background * 1000 / (chatd_rate * seconds),
+        background / (seconds * 1000), ceiling * 1000 / (ceiling_rate * seconds) }'
 fi
