@@ -36,8 +36,12 @@ due AS MATERIALIZED (
             AND m.sender_id <> p.user_id AND m.deleted_at IS NULL
             AND m.created_at <= params.due_before
       )
-      AND (p.thread_id, p.side) > (params.after_thread_id, params.after_side)
-      AND p.thread_id <= params.through_thread_id
+      -- The window's bounds as subqueries of params, not its columns: only so are they
+      -- bounds of the index scan; compared in a join, a round would read every
+      -- participant before its window, and a sweep would cost the square of the table.
+      AND (p.thread_id, p.side) > ((SELECT after_thread_id FROM params),
+                                   (SELECT after_side FROM params))
+      AND p.thread_id <= (SELECT through_thread_id FROM params)
     ORDER BY p.thread_id, p.side
     LIMIT (SELECT batch FROM params)
     FOR NO KEY UPDATE OF p SKIP LOCKED
@@ -61,6 +65,8 @@ noted AS (
 SELECT CAST(count(*) AS BIGINT) AS reminded,
        (SELECT thread_id FROM noted ORDER BY thread_id DESC, side DESC LIMIT 1) AS last_thread_id,
        (SELECT side FROM noted ORDER BY thread_id DESC, side DESC LIMIT 1) AS last_side,
-       EXISTS (SELECT 1 FROM thread_participants, params
-               WHERE thread_id > params.through_thread_id) AS beyond
+       -- The greatest key, one step of the index; an EXISTS would be planned as a
+       -- scan of the table, all of it when the window is the last.
+       COALESCE((SELECT max(thread_id) FROM thread_participants)
+                > (SELECT through_thread_id FROM params), false) AS beyond
 FROM noted;
