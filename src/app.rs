@@ -373,33 +373,33 @@ async fn services(
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
 
-    let chat_service = tonic::service::interceptor::InterceptedService::new(
+    let chat_service = Authenticate::new(
+        verifier.clone(),
+        ChatServiceServer::<grpc::ChatService>::NAME,
+        &[Role::Tutor, Role::Student],
+    )
+    .with_stream_tickets()
+    .service(
         ChatServiceServer::new(grpc::ChatService::new(chat.clone()))
             .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
-        Authenticate::new(
-            verifier.clone(),
-            ChatServiceServer::<grpc::ChatService>::NAME,
-            &[Role::Tutor, Role::Student],
-        )
-        .with_stream_tickets(),
     );
-    let sync_service = tonic::service::interceptor::InterceptedService::new(
+    let sync_service = Authenticate::new(
+        verifier.clone(),
+        SyncServiceServer::<grpc::SyncService>::NAME,
+        &[Role::Service],
+    )
+    .service(
         SyncServiceServer::new(grpc::SyncService::new(chat.clone()))
             .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
-        Authenticate::new(
-            verifier.clone(),
-            SyncServiceServer::<grpc::SyncService>::NAME,
-            &[Role::Service],
-        ),
     );
-    let event_service = tonic::service::interceptor::InterceptedService::new(
+    let event_service = Authenticate::new(
+        verifier.clone(),
+        EventServiceServer::<grpc::EventService>::NAME,
+        &[Role::Service],
+    )
+    .service(
         EventServiceServer::new(grpc::EventService::new(chat.clone()))
             .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
-        Authenticate::new(
-            verifier.clone(),
-            EventServiceServer::<grpc::EventService>::NAME,
-            &[Role::Service],
-        ),
     );
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)

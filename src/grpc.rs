@@ -1,4 +1,4 @@
-//! The gRPC transport: chat.v1 services over the domain, the auth interceptor, proto ↔
+//! The gRPC transport: chat.v1 services over the domain, the authentication, proto ↔
 //! domain conversions, and the one mapping from `DomainError` to `tonic::Status` (with
 //! a google.rpc.ErrorInfo), whose codes come from `crate::status`.
 

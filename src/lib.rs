@@ -7,7 +7,7 @@
 //!   the change fan-out, background tasks, shutdown).
 //! - `bench`: the load generator behind `chatd bench`, and its seeded dataset.
 //! - Transports: `http` (the REST/JSON edge gateway, calling chatd over gRPC like any
-//!   client) and `grpc` (tonic services, the auth interceptor, proto ↔ domain
+//!   client) and `grpc` (tonic services, the authentication, proto ↔ domain
 //!   conversion, the one `DomainError` → `Status` mapping); `proto` (the generated code).
 //! - `domain`: the operations, transport-free.
 //! - Infrastructure the domain keeps in memory: `summaries` (the cache of unread

@@ -128,6 +128,15 @@ where
             .observe(elapsed.as_secs_f64());
     }
 
+    /// The series of `labels`, made to exist now (at zero), for counting into without
+    /// looking it up again.
+    pub fn series(&self, labels: &L) -> RequestSeries {
+        RequestSeries {
+            total: self.total.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+        }
+    }
+
     /// Makes a series exist (at zero) before its first request.
     pub fn declare(&self, labels: &L) {
         drop(self.total.get_or_create(labels));
@@ -137,6 +146,21 @@ where
     /// How many requests with `labels` were counted.
     pub fn count(&self, labels: &L) -> u64 {
         self.total.get(labels).map_or(0, |counter| counter.get())
+    }
+}
+
+/// One label set's counter and histogram, held by whoever counts into them on every
+/// request: no hashing of the labels and no lock of the family per request.
+#[derive(Clone, Debug)]
+pub struct RequestSeries {
+    total: Counter,
+    duration: Histogram,
+}
+
+impl RequestSeries {
+    pub fn observe(&self, elapsed: Duration) {
+        self.total.inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 }
 

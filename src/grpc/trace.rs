@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tower_service::Service;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::metrics::{RequestMetrics, RpcLabels};
+use crate::metrics::{RequestMetrics, RequestSeries, RpcLabels};
 use crate::{net, status, telemetry};
 
 /// Every chat.v1 method, by the name metrics label it with. A path that is none of
@@ -118,19 +119,42 @@ fn headers_too_large<Body: Default>(header_bytes: usize) -> http::Response<Body>
 /// Wraps the gRPC server's routes in `RpcTrace`, counting into `metrics`.
 #[derive(Debug, Clone)]
 pub struct RpcTraceLayer {
-    metrics: RequestMetrics<RpcLabels>,
+    metrics: RpcMetrics,
     call_timeout: Duration,
+}
+
+/// Where calls are counted: each method's OK series held at hand (most calls end OK,
+/// and counting them needs no lookup), the family for the rest.
+#[derive(Debug, Clone)]
+struct RpcMetrics {
+    family: RequestMetrics<RpcLabels>,
+    ok: Arc<[RequestSeries; RPCS.len()]>,
+}
+
+impl RpcMetrics {
+    /// Counts a call of `RPCS[known]` (`None`: a method chatd does not have).
+    fn observe(&self, known: Option<usize>, code: &'static str, elapsed: Duration) {
+        match known.and_then(|index| self.ok.get(index)) {
+            Some(series) if code == "OK" => series.observe(elapsed),
+            _ => {
+                let rpc = known.and_then(|index| RPCS.get(index)).copied();
+                let rpc = rpc.unwrap_or("(unknown)");
+                self.family.observe(&RpcLabels { rpc, code }, elapsed)
+            }
+        }
+    }
 }
 
 impl RpcTraceLayer {
     /// Every method's OK series exists from the start, at zero. No chat.v1 call runs
     /// longer than `call_timeout` before it answers (a stream, before its first message).
-    pub fn new(metrics: RequestMetrics<RpcLabels>, call_timeout: Duration) -> Self {
-        for rpc in RPCS {
-            metrics.declare(&RpcLabels { rpc, code: "OK" });
-        }
+    pub fn new(family: RequestMetrics<RpcLabels>, call_timeout: Duration) -> Self {
+        let ok = RPCS.map(|rpc| family.series(&RpcLabels { rpc, code: "OK" }));
         Self {
-            metrics,
+            metrics: RpcMetrics {
+                family,
+                ok: Arc::new(ok),
+            },
             call_timeout,
         }
     }
@@ -151,7 +175,7 @@ impl<S> Layer<S> for RpcTraceLayer {
 #[derive(Debug, Clone)]
 pub struct RpcTrace<S> {
     inner: S,
-    metrics: RequestMetrics<RpcLabels>,
+    metrics: RpcMetrics,
     call_timeout: Duration,
 }
 
@@ -184,10 +208,9 @@ where
         else {
             return Box::pin(inner.call(request));
         };
-        let rpc = RPCS
-            .into_iter()
-            .find(|known| *known == path)
-            .unwrap_or("(unknown)");
+        let known = RPCS.iter().position(|known| *known == path);
+        let rpc = known.and_then(|index| RPCS.get(index)).copied();
+        let rpc = rpc.unwrap_or("(unknown)");
         let span = if telemetry::exporting() {
             let span = tracing::info_span!(
                 "rpc",
@@ -237,13 +260,7 @@ where
                 );
             });
             let code_name = status::code_name(tonic::Code::from(code));
-            metrics.observe(
-                &RpcLabels {
-                    rpc,
-                    code: code_name,
-                },
-                started.elapsed(),
-            );
+            metrics.observe(known, code_name, started.elapsed());
             if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
                 // Server faults (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
                 // UNAVAILABLE, DATA_LOSS), per the RPC conventions.

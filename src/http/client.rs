@@ -19,7 +19,7 @@ const FORWARDED_HEADERS: [&str; 3] = ["authorization", "traceparent", "tracestat
 
 /// chatd's gRPC services as the gateway calls them: gRPC requests in, gRPC responses
 /// out. Standalone, a channel over the network; inside `chatd serve`, chatd's own
-/// service stack (the same interceptors and layers) with no network hop between.
+/// service stack (the same authentication and layers) with no network hop between.
 pub type GrpcService = tower::util::BoxCloneSyncService<
     http::Request<tonic::body::Body>,
     http::Response<tonic::body::Body>,
