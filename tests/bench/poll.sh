@@ -16,7 +16,9 @@
 #   - with CPU=1, one more round measuring CPU time (perf stat's task-clock): chatd's
 #     during its gRPC phase and during the ceiling's (its background: the students'
 #     writes, the sweep), and the ceiling's during its own; it prints the CPU each
-#     server spends per poll, chatd's with its background taken out.
+#     server spends per poll, chatd's with its background taken out, and the cores
+#     each process used in each phase (tests/bench/cpu_share.py): the servers, the
+#     load generator, PostgreSQL.
 #
 #   tests/bench/poll.sh [-- chatd bench dataset flags]
 #   PROFILE=docs/performance tests/bench/poll.sh -- --users 50000 --threads 200000 --messages 1000000
@@ -96,14 +98,24 @@ if [ -n "${CPU:-}" ]; then
   wait_for "$work/cpu.txt" "warm-up:"
   seconds=$(( $(sed 's/s$//' <<<"$duration") - 2 ))
   task_clock() { perf stat -x, -e task-clock -p "$1" -- sleep "$seconds" 2>&1 >/dev/null | cut -d, -f1; }
+  generator=$(pgrep -P "$bench" || echo "$bench")
+  share() { python3 tests/bench/cpu_share.py "$seconds" "$1" "chatd serve=$server" \
+    "the ceiling=$ceiling_pid" "the load generator=$generator" & shares+=($!); }
+  shares=()
+  share "$work/chatd.share"
   chatd_polling=$(task_clock "$server")
   sleep 3 # into the ceiling's phase
+  share "$work/ceiling.share"
   task_clock "$ceiling_pid" >"$work/ceiling.cpu" &
   ceiling_clock=$!
   chatd_background=$(task_clock "$server")
   wait "$ceiling_clock"
-  wait "$bench"
+  wait "$bench" "${shares[@]}"
   cat "$work/cpu.txt"
+  echo "the machine's CPU during chatd's phase:"
+  cat "$work/chatd.share"
+  echo "the machine's CPU during the ceiling's phase:"
+  cat "$work/ceiling.share"
   rate() { awk -v phase="$1" 'index($0, phase) == 1 { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$work/cpu.txt"; }
   awk -v polling="$chatd_polling" -v background="$chatd_background" -v ceiling="$(cat "$work/ceiling.cpu")" \
     -v chatd_rate="$(rate "GetUnreadSummary (gRPC)")" -v ceiling_rate="$(rate "cached-answer ceiling")" \
