@@ -139,8 +139,7 @@ where
 
     /// Makes a series exist (at zero) before its first request.
     pub fn declare(&self, labels: &L) {
-        drop(self.total.get_or_create(labels));
-        drop(self.duration.get_or_create(labels));
+        drop(self.series(labels));
     }
 
     /// How many requests with `labels` were counted.

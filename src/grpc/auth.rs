@@ -60,9 +60,7 @@ impl Authenticate {
         self.stream_tickets = true;
         self
     }
-}
 
-impl Authenticate {
     /// Puts `inner` behind this authentication.
     pub fn service<S>(self, inner: S) -> Authenticated<S> {
         Authenticated { inner, auth: self }

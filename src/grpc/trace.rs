@@ -132,15 +132,17 @@ struct RpcMetrics {
 }
 
 impl RpcMetrics {
-    /// Counts a call of `RPCS[known]` (`None`: a method chatd does not have).
-    fn observe(&self, known: Option<usize>, code: &'static str, elapsed: Duration) {
+    /// Counts a call of `rpc`, which is `RPCS[known]` (`known` is `None` for a method
+    /// chatd does not have).
+    fn observe(
+        &self,
+        (known, rpc): (Option<usize>, &'static str),
+        code: &'static str,
+        elapsed: Duration,
+    ) {
         match known.and_then(|index| self.ok.get(index)) {
             Some(series) if code == "OK" => series.observe(elapsed),
-            _ => {
-                let rpc = known.and_then(|index| RPCS.get(index)).copied();
-                let rpc = rpc.unwrap_or("(unknown)");
-                self.family.observe(&RpcLabels { rpc, code }, elapsed)
-            }
+            _ => self.family.observe(&RpcLabels { rpc, code }, elapsed),
         }
     }
 }
@@ -260,7 +262,7 @@ where
                 );
             });
             let code_name = status::code_name(tonic::Code::from(code));
-            metrics.observe(known, code_name, started.elapsed());
+            metrics.observe((known, rpc), code_name, started.elapsed());
             if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
                 // Server faults (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
                 // UNAVAILABLE, DATA_LOSS), per the RPC conventions.
