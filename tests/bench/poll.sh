@@ -18,7 +18,10 @@
 #     writes, the sweep), and the ceiling's during its own; it prints the CPU each
 #     server spends per poll, chatd's with its background taken out, and the cores
 #     each process used in each phase (tests/bench/cpu_share.py): the servers, the
-#     load generator, PostgreSQL.
+#     load generator, PostgreSQL;
+#   - with DIFF=1, one more round with perf recording chatd during its gRPC phase and
+#     the ceiling during its own (999 Hz, no call graphs): tests/bench/profile_diff.py
+#     prints each one's CPU per poll by part of the stack and the difference.
 #
 #   tests/bench/poll.sh [-- chatd bench dataset flags]
 #   PROFILE=docs/performance tests/bench/poll.sh -- --users 50000 --threads 200000 --messages 1000000
@@ -68,6 +71,9 @@ poll() {
     "${dataset[@]}" "$@"
 }
 
+# A phase's rate in a poll's output: rate PHASE FILE.
+rate() { awk -v phase="$1" 'index($0, phase) == 1 { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$2"; }
+
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds"
   poll
@@ -116,11 +122,27 @@ if [ -n "${CPU:-}" ]; then
   cat "$work/chatd.share"
   echo "the machine's CPU during the ceiling's phase:"
   cat "$work/ceiling.share"
-  rate() { awk -v phase="$1" 'index($0, phase) == 1 { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$work/cpu.txt"; }
   awk -v polling="$chatd_polling" -v background="$chatd_background" -v ceiling="$(cat "$work/ceiling.cpu")" \
-    -v chatd_rate="$(rate "GetUnreadSummary (gRPC)")" -v ceiling_rate="$(rate "cached-answer ceiling")" \
+    -v chatd_rate="$(rate "GetUnreadSummary (gRPC)" "$work/cpu.txt")" \
+    -v ceiling_rate="$(rate "cached-answer ceiling" "$work/cpu.txt")" \
     -v seconds="$seconds" 'BEGIN {
       printf "CPU per poll: chatd %.1f us (%.1f us of its background taken out: %.3f cores), the ceiling %.1f us\n",
         (polling - background) * 1000 / (chatd_rate * seconds), background * 1000 / (chatd_rate * seconds),
         background / (seconds * 1000), ceiling * 1000 / (ceiling_rate * seconds) }'
+fi
+
+if [ -n "${DIFF:-}" ]; then
+  echo "== CPU per poll by part of the stack: perf on chatd and on the ceiling, each during its phase"
+  poll --poll-slices 1 >"$work/diff.txt" 2>&1 &
+  bench=$!
+  wait_for "$work/diff.txt" "warm-up:"
+  seconds=$(( $(sed 's/s$//' <<<"$duration") - 2 ))
+  perf record -q -F 999 -p "$server" -o "$work/chatd.perf" -- sleep "$seconds" 2>/dev/null
+  sleep 3 # into the ceiling's phase
+  perf record -q -F 999 -p "$ceiling_pid" -o "$work/ceiling.perf" -- sleep "$seconds" 2>/dev/null
+  wait "$bench"
+  cat "$work/diff.txt"
+  python3 tests/bench/profile_diff.py 999 \
+    "$work/chatd.perf" "$(( $(rate "GetUnreadSummary (gRPC)" "$work/diff.txt") * seconds ))" \
+    "$work/ceiling.perf" "$(( $(rate "cached-answer ceiling" "$work/diff.txt") * seconds ))"
 fi
