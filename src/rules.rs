@@ -368,6 +368,26 @@ pub fn is_muted(muted_until_ms: Option<i64>, now_ms: i64) -> bool {
     muted_until_ms.is_some_and(|until| until > now_ms)
 }
 
+/// Whether a participant is reminded of a thread now (`--unread-reminder-after`): a
+/// message counts as unread for them (`counts_as_unread`) and was sent at or before
+/// `due_before`, the thread is not muted for them, and they were not reminded at their
+/// current horizon yet. One reminder per unread spell: a spell begins when the horizon
+/// moves. The reminder names the oldest unread message and the unread count then.
+/// remind_unread.sql applies it in one statement; the reminder model test holds it there.
+pub fn reminder_due<T: PartialOrd>(
+    unread_sent_at: impl IntoIterator<Item = T>,
+    due_before: &T,
+    muted: bool,
+    reminded_at_horizon: Option<i64>,
+    horizon: i64,
+) -> bool {
+    !muted
+        && reminded_at_horizon != Some(horizon)
+        && unread_sent_at
+            .into_iter()
+            .any(|sent_at| sent_at <= *due_before)
+}
+
 /// How a participant's mute shows at `now_ms`: `None` when not muted (never muted, or
 /// its time has passed), `Some(None)` muted until unmuted, `Some(Some(ms))` muted until
 /// that time. Summaries, MuteThread's answer and whose summary a mute changes all read

@@ -74,6 +74,7 @@ mod model;
 mod mute;
 mod nats;
 mod pooler;
+mod reminders;
 mod sinks;
 mod stream_tickets;
 mod summary_cache;

@@ -73,8 +73,8 @@ struct RemindedRow {
     beyond: bool,
 }
 
-/// SQLite: the participants due, as the statement's `due` reads them. SQLite numbers
-/// `$n` parameters in the order they appear, so they are numbered in that order.
+/// SQLite: the participants due (`rules::reminder_due`), as the statement's `due` reads them.
+/// SQLite numbers `$n` parameters in the order they appear, so they are numbered so.
 const DUE: &str = "\
 SELECT p.thread_id, p.side, p.user_id, p.unread_count, p.last_read_seq,
        (SELECT MIN(m.seq) FROM messages m

@@ -5,6 +5,8 @@
 -- (rules::is_muted at params.now_ms) and who was not reminded at their current horizon
 -- yet: one reminder per unread spell, a new spell when the horizon moves
 -- (thread_participants.reminded_read_seq). A reminder names the oldest unread message.
+-- This is rules::reminder_due (unread: rules::counts_as_unread), which
+-- tests/api/reminders.rs holds it to.
 --
 -- A round goes on from where the last one stopped, in key order (after
 -- params.after_thread_id and params.after_side), so a backlog is read once however many
