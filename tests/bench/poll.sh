@@ -71,6 +71,17 @@ poll() {
     "${dataset[@]}" "$@"
 }
 
+# One more round in one slice (chatd's polls whole first, then the ceiling's, each
+# DURATION long), measured from outside: measured_round FILE starts it, its output to
+# FILE, and once its warm-up is done sets `bench` (its pid) and `seconds` (how long to
+# measure each phase, starting now and 3 s into the ceiling's).
+measured_round() {
+  poll --poll-slices 1 >"$1" 2>&1 &
+  bench=$!
+  wait_for "$1" "warm-up:"
+  seconds=$(( $(sed 's/s$//' <<<"$duration") - 2 ))
+}
+
 # A phase's rate in a poll's output: rate PHASE FILE.
 rate() { awk -v phase="$1" 'index($0, phase) == 1 { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$2"; }
 
@@ -98,11 +109,7 @@ fi
 
 if [ -n "${CPU:-}" ]; then
   echo "== CPU per poll: perf stat on chatd and on the ceiling, each during its phase"
-  # One slice: chatd's polls run whole first, then the ceiling's, each DURATION long.
-  poll --poll-slices 1 >"$work/cpu.txt" 2>&1 &
-  bench=$!
-  wait_for "$work/cpu.txt" "warm-up:"
-  seconds=$(( $(sed 's/s$//' <<<"$duration") - 2 ))
+  measured_round "$work/cpu.txt"
   task_clock() { perf stat -x, -e task-clock -p "$1" -- sleep "$seconds" 2>&1 >/dev/null | cut -d, -f1; }
   generator=$(pgrep -P "$bench" || echo "$bench")
   share() { python3 tests/bench/cpu_share.py "$seconds" "$1" "chatd serve=$server" \
@@ -133,10 +140,7 @@ fi
 
 if [ -n "${DIFF:-}" ]; then
   echo "== CPU per poll by part of the stack: perf on chatd and on the ceiling, each during its phase"
-  poll --poll-slices 1 >"$work/diff.txt" 2>&1 &
-  bench=$!
-  wait_for "$work/diff.txt" "warm-up:"
-  seconds=$(( $(sed 's/s$//' <<<"$duration") - 2 ))
+  measured_round "$work/diff.txt"
   perf record -q -F 999 -p "$server" -o "$work/chatd.perf" -- sleep "$seconds" 2>/dev/null
   sleep 3 # into the ceiling's phase
   perf record -q -F 999 -p "$ceiling_pid" -o "$work/ceiling.perf" -- sleep "$seconds" 2>/dev/null
