@@ -73,6 +73,8 @@ mod messages;
 mod model;
 mod mute;
 mod nats;
+#[path = "../common/nats_server.rs"]
+mod nats_server;
 mod pooler;
 mod reminders;
 mod sinks;

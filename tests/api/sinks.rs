@@ -10,7 +10,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 
 use crate::helpers::{Backend, ChatClientExt, TestApp};
-use crate::nats::NatsServer;
+use crate::nats_server::NatsServer;
 
 const TUTOR: i64 = 42;
 const STUDENT: i64 = 7;

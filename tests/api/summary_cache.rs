@@ -181,7 +181,7 @@ async fn postgres_two_replicas_under_load_leave_the_sweep_nothing_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_two_replicas_under_load_leave_the_sweep_nothing_stale() {
     let test = "summary_cache::nats_two_replicas_under_load_leave_the_sweep_nothing_stale";
-    let Some(nats) = crate::nats::NatsServer::start(test).await else {
+    let Some(nats) = crate::nats_server::NatsServer::start(test).await else {
         return;
     };
     two_replicas_under_load_leave_the_sweep_nothing_stale(Some(nats.url())).await;

@@ -8,12 +8,12 @@
 //! and a repeat only with the same id.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 
+use crate::nats_server::NatsServer;
 use crate::processes::{Chatd, TempDir, ThrowawayPostgres, free_port};
 use crate::workload::{self, Caller};
 
@@ -131,89 +131,28 @@ impl Receiver {
     }
 }
 
-/// A nats-server with JetStream of the test's own.
-struct Nats {
-    program: PathBuf,
-    port: u16,
-    store: TempDir,
-    process: Option<tokio::process::Child>,
-}
-
-impl Nats {
-    async fn start(test: &str) -> Option<Self> {
-        let program = crate::require::program(test, "nats-server", "nats-server", &[])?;
-        let mut nats = Self {
-            program,
-            port: free_port(),
-            store: TempDir::new(),
-            process: None,
-        };
-        nats.start_again().await;
-        Some(nats)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn start_again(&mut self) {
-        let process = tokio::process::Command::new(&self.program)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store.0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server starts");
-        self.process = Some(process);
-        let up = tokio::time::timeout(Duration::from_secs(10), async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(up.is_ok(), "nats-server listens within 10 s");
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.kill().await.expect("nats-server stops");
+/// Every event in `nats`' JetStream stream, in stream order.
+async fn jetstream_events(nats: &NatsServer) -> Vec<Received> {
+    let client = async_nats::connect(nats.url()).await.expect("NATS answers");
+    let jetstream = async_nats::jetstream::new(client);
+    let Ok(mut stream) = jetstream.get_stream("CHATD_EVENTS").await else {
+        return Vec::new();
+    };
+    let last = stream
+        .info()
+        .await
+        .map_or(0, |info| info.state.last_sequence);
+    let mut events = Vec::new();
+    for sequence in 1..=last {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            let event: serde_json::Value =
+                serde_json::from_slice(&message.payload).expect("a JSON event");
+            let id = message.headers.get("Nats-Msg-Id").map(ToString::to_string);
+            assert_eq!(id.as_deref(), event["id"].as_str(), "Nats-Msg-Id is the id");
+            events.push(received(&event));
         }
     }
-
-    /// Every event in the stream, in stream order.
-    async fn events(&self) -> Vec<Received> {
-        let client = async_nats::connect(self.url()).await.expect("NATS answers");
-        let jetstream = async_nats::jetstream::new(client);
-        let Ok(mut stream) = jetstream.get_stream("CHATD_EVENTS").await else {
-            return Vec::new();
-        };
-        let last = stream
-            .info()
-            .await
-            .map_or(0, |info| info.state.last_sequence);
-        let mut events = Vec::new();
-        for sequence in 1..=last {
-            if let Ok(message) = stream.get_raw_message(sequence).await {
-                let event: serde_json::Value =
-                    serde_json::from_slice(&message.payload).expect("a JSON event");
-                let id = message.headers.get("Nats-Msg-Id").map(ToString::to_string);
-                assert_eq!(id.as_deref(), event["id"].as_str(), "Nats-Msg-Id is the id");
-                events.push(received(&event));
-            }
-        }
-        events
-    }
+    events
 }
 
 /// The log as stored: every event's id, position, thread and version, and the
@@ -297,7 +236,7 @@ async fn postgres_every_event_reaches_every_sink_through_faults() {
     let Some(postgres) = ThrowawayPostgres::start(test).await else {
         return;
     };
-    let Some(mut nats) = Nats::start(test).await else {
+    let Some(mut nats) = NatsServer::start_jetstream(test).await else {
         return;
     };
     let receiver = Receiver::start().await;
@@ -357,7 +296,7 @@ async fn postgres_every_event_reaches_every_sink_through_faults() {
             seq: message.seq,
         });
     }
-    nats.start_again().await;
+    nats.restart().await;
     receiver.set(Mood::Accept);
     workload::audit(&writer, &pairs, &seen.acknowledged).await;
 
@@ -393,7 +332,7 @@ async fn postgres_every_event_reaches_every_sink_through_faults() {
                 .iter()
                 .map(|e| e.position)
                 .max();
-            let stream = nats.events().await;
+            let stream = jetstream_events(&nats).await;
             if webhook >= Some(newest) && stream.iter().map(|e| e.position).max() >= Some(newest) {
                 return stream;
             }

@@ -8,6 +8,8 @@
 //! back within a bound, health answering throughout.
 
 mod events;
+#[path = "../common/nats_server.rs"]
+mod nats_server;
 #[expect(
     dead_code,
     reason = "shared with the browser tests; this binary uses a part"
@@ -27,6 +29,7 @@ mod workload;
 use std::time::{Duration, Instant};
 
 use chatd::grpc::pb;
+use processes::harness;
 use processes::{Chatd, TempDir, ThrowawayPostgres};
 use workload::Caller;
 

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
     dead_code,
     reason = "shared with the api tests; this binary uses a part"
 )]
-mod harness;
+pub mod harness;
 pub use harness::TempDir;
 
 /// The HS256 secret the chatd processes of these tests verify tokens with.
