@@ -55,7 +55,7 @@ async fn a_case_of_random_writes_reminds_exactly_whom_the_rule_names(app: TestAp
     // Who has the thread muted now, by (thread, side): by the answers to mute and unmute.
     let mut muted: HashMap<(i64, i32), bool> = HashMap::new();
     let mut last_seq: HashMap<i64, i64> = HashMap::new();
-    let mut done = Vec::new();
+    let mut steps = Vec::new();
     let mut first_send: Option<Instant> = None;
     for _ in 0..OPERATIONS {
         let n = rng.i64(0..THREADS);
@@ -104,22 +104,22 @@ async fn a_case_of_random_writes_reminds_exactly_whom_the_rule_names(app: TestAp
                     thread_id: thread,
                     until: None,
                 };
-                let done = client.mute_thread(request).await.is_ok();
-                if done {
+                let answered = client.mute_thread(request).await.is_ok();
+                if answered {
                     muted.insert((thread, side as i32), true);
                 }
-                format!("muted: {done}")
+                format!("muted: {answered}")
             }
             _ => {
                 let request = pb::UnmuteThreadRequest { thread_id: thread };
-                let done = client.unmute_thread(request).await.is_ok();
-                if done {
+                let answered = client.unmute_thread(request).await.is_ok();
+                if answered {
                     muted.insert((thread, side as i32), false);
                 }
-                format!("unmuted: {done}")
+                format!("unmuted: {answered}")
             }
         };
-        done.push(format!("thread {thread}, {side:?}: {outcome}"));
+        steps.push(format!("thread {thread}, {side:?}: {outcome}"));
     }
     let (tutor, student) = (190, 290);
     let sentinel = app.contact_thread(799, tutor, student).await.thread_id;
@@ -132,7 +132,7 @@ async fn a_case_of_random_writes_reminds_exactly_whom_the_rule_names(app: TestAp
     );
     let case = format!(
         "seed {seed} (CHATD_REMINDER_SEED reruns it):\n{}",
-        done.join("\n")
+        steps.join("\n")
     );
 
     let mut expected = BTreeSet::new();
